@@ -1,0 +1,186 @@
+"""Python side of the value-cache hook (native/vr_hook.c): capture last-layer nodes, read and write V rows.
+
+The C callback runs inside llama.cpp's graph compute; this module configures it, reads what it
+captured after a decode, and writes value rows into the persistent `cache_v_l{L}` tensor between decode
+steps with `ggml_backend_tensor_set` (valid for CPU, CUDA and Metal buffers alike).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+
+import numpy as np
+
+import llama_cpp as L
+from llama_cpp._ctypes_extensions import load_shared_library
+from llama_cpp.llama_cpp import _base_path
+
+from .errors import UserError
+from .gguf_info import ModelInfo
+
+GGML_TYPE_F16 = 1
+_c = ctypes
+_lib: ctypes.CDLL | None = None
+_ggml: ctypes.CDLL | None = None
+
+
+def _load() -> tuple[ctypes.CDLL, ctypes.CDLL]:
+    """Load the hook library and ggml-base once, declare signatures, verify the tensor layout."""
+    global _lib, _ggml
+    if _lib is not None:
+        return _lib, _ggml
+    spec = importlib.util.find_spec("vreason_local._vrhook")
+    if spec is None or not spec.origin:
+        raise UserError("the native value-cache hook is not built; reinstall vreason-local (pip install .)")
+    lib = ctypes.CDLL(spec.origin)
+    ggml = load_shared_library("ggml-base", _base_path)
+    vp, sz, i64 = _c.c_void_p, _c.c_size_t, _c.c_int64
+    sigs = {
+        "vr_tensor_size": ([], sz), "vr_name_offset": ([], sz), "vr_view_src_offset": ([], sz),
+        "vr_tensor_type": ([vp], _c.c_int32), "vr_tensor_ne": ([vp, _c.c_int], i64),
+        "vr_tensor_nb": ([vp, _c.c_int], sz), "vr_tensor_view_src": ([vp], vp),
+        "vr_hook_new": ([vp], vp), "vr_hook_free": ([vp], None),
+        "vr_hook_add_capture": ([vp, _c.c_char_p, sz], _c.c_int),
+        "vr_hook_set_cache_names": ([vp, _c.c_char_p, _c.c_char_p], None),
+        "vr_hook_enable": ([vp, _c.c_int], None), "vr_hook_reset": ([vp], None),
+        "vr_hook_capture": ([vp, _c.c_int, _c.POINTER(i64), _c.POINTER(sz), _c.POINTER(i64), _c.POINTER(_c.c_int32)], vp),
+        "vr_hook_cache": ([vp, _c.c_int], vp), "vr_hook_n_asked": ([vp], i64), "vr_hook_n_observed": ([vp], i64),
+    }
+    for name, (args, res) in sigs.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, res
+    ggml.ggml_backend_tensor_get.argtypes = [vp, vp, sz, sz]
+    ggml.ggml_backend_tensor_set.argtypes = [vp, vp, sz, sz]
+    ggml.ggml_backend_tensor_get.restype = ggml.ggml_backend_tensor_set.restype = None
+    verify_layout(lib, ggml)
+    _lib, _ggml = lib, ggml
+    return lib, ggml
+
+
+class _InitParams(ctypes.Structure):
+    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
+
+
+def verify_layout(lib: ctypes.CDLL, ggml: ctypes.CDLL) -> None:
+    """Check the C mirror of `struct ggml_tensor` against the running ggml; refuse if they differ.
+
+    Builds real tensors with ggml itself and reads them back through the mirror: size (ggml's tensor
+    overhead minus its 32-byte object header), the name's offset, ne/nb/type and a view's source.
+    """
+    vp = ctypes.c_void_p
+    ggml.ggml_init.argtypes, ggml.ggml_init.restype = [_InitParams], vp
+    ggml.ggml_new_tensor_2d.argtypes, ggml.ggml_new_tensor_2d.restype = [vp, ctypes.c_int, ctypes.c_int64, ctypes.c_int64], vp
+    ggml.ggml_view_1d.argtypes, ggml.ggml_view_1d.restype = [vp, vp, ctypes.c_int64, ctypes.c_size_t], vp
+    ggml.ggml_set_name.argtypes, ggml.ggml_set_name.restype = [vp, ctypes.c_char_p], vp
+    ggml.ggml_get_name.argtypes, ggml.ggml_get_name.restype = [vp], vp
+    ggml.ggml_tensor_overhead.restype = ctypes.c_size_t
+    ggml.ggml_free.argtypes = [vp]
+    ctx = ggml.ggml_init(_InitParams(1 << 16, None, True))
+    try:
+        t = ggml.ggml_new_tensor_2d(ctx, GGML_TYPE_F16, 6, 5)
+        ggml.ggml_set_name(t, b"vr_probe")
+        view = ggml.ggml_view_1d(ctx, t, 4, 0)
+        checks = {
+            "size": lib.vr_tensor_size() == ggml.ggml_tensor_overhead() - 32,
+            "name": ggml.ggml_get_name(t) == t + lib.vr_name_offset(),
+            "type": lib.vr_tensor_type(t) == GGML_TYPE_F16,
+            "ne": (lib.vr_tensor_ne(t, 0), lib.vr_tensor_ne(t, 1), lib.vr_tensor_ne(t, 3)) == (6, 5, 1),
+            "nb": (lib.vr_tensor_nb(t, 0), lib.vr_tensor_nb(t, 1)) == (2, 12),
+            "view_src": lib.vr_tensor_view_src(view) == t,
+        }
+    finally:
+        ggml.ggml_free(ctx)
+    bad = [k for k, ok in checks.items() if not ok]
+    if bad:
+        raise UserError(f"this llama.cpp build's ggml_tensor layout does not match the hook ({', '.join(bad)} differ); "
+                        "install the pinned llama-cpp-python==0.3.36")
+
+
+class ValueHook:
+    """One hook per llama.cpp context: captures `kq_soft_max-L` and `ffn_inp-L`, owns V-row I/O."""
+
+    def __init__(self, info: ModelInfo, n_ctx: int) -> None:
+        self.lib, self.ggml = _load()
+        self.info = info
+        last = info.n_layer - 1
+        self.h = self.lib.vr_hook_new(ctypes.cast(self.ggml.ggml_backend_tensor_get, ctypes.c_void_p))
+        self.lib.vr_hook_set_cache_names(self.h, f"cache_k_l{last}".encode(), f"cache_v_l{last}".encode())
+        # attention probabilities over all cells for one token, and the residual stream before the FFN
+        self.names = {"probs": f"kq_soft_max-{last}", "ffn_inp": f"ffn_inp-{last}"}
+        sizes = {"probs": n_ctx * info.n_head * 4, "ffn_inp": info.n_embd * 4}
+        self.slots = {k: self.lib.vr_hook_add_capture(self.h, n.encode(), sizes[k]) for k, n in self.names.items()}
+        self.n_embd_v = info.n_head_kv * info.head_dim
+        addr = ctypes.cast(self.lib.vr_hook_callback, ctypes.c_void_p).value
+        self._callback = L.ggml_backend_sched_eval_callback(addr)  # keep referenced for the context's life
+
+    def callback_args(self) -> tuple[object, int]:
+        return self._callback, self.h
+
+    def prepare(self, capture: bool) -> None:
+        """Before a decode: clear the last captures and ask for the nodes only if they will be used."""
+        self.lib.vr_hook_reset(self.h)
+        self.lib.vr_hook_enable(self.h, int(capture))
+
+    def capture(self, key: str) -> np.ndarray:
+        """The data copied from node `key` in the last decode, shaped as ggml's ne reversed (row-major)."""
+        ne = (ctypes.c_int64 * 4)()
+        nbytes, seen, err = ctypes.c_size_t(), ctypes.c_int64(), ctypes.c_int32()
+        ptr = self.lib.vr_hook_capture(self.h, self.slots[key], ne, ctypes.byref(nbytes), ctypes.byref(seen), ctypes.byref(err))
+        if err.value or not seen.value:
+            raise RuntimeError(f"hook did not capture {self.names[key]} (error {err.value}, seen {seen.value})")
+        arr = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(nbytes.value // 4,))
+        return arr.reshape(tuple(reversed(list(ne)))).copy()
+
+    @property
+    def counts(self) -> tuple[int, int]:
+        """(nodes asked, nodes observed) since the last `prepare`."""
+        return self.lib.vr_hook_n_asked(self.h), self.lib.vr_hook_n_observed(self.h)
+
+    def _cache_v(self) -> int:
+        t = self.lib.vr_hook_cache(self.h, 1)
+        if not t:
+            raise RuntimeError("the last layer's value cache was not seen in the graph yet")
+        if self.lib.vr_tensor_type(t) != GGML_TYPE_F16:
+            raise UserError("V-Reason needs an F16 value cache (the default); do not quantise the V cache")
+        return t
+
+    def _spans(self, rows: np.ndarray) -> list[tuple[int, int, int]]:
+        """Contiguous runs of cells as (first index into rows, first cell, length)."""
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        starts = np.concatenate([[0], breaks])
+        ends = np.concatenate([breaks, [len(rows)]])
+        return [(int(s), int(rows[s]), int(e - s)) for s, e in zip(starts, ends)]
+
+    def read_values(self, rows: np.ndarray, transposed: bool) -> np.ndarray:
+        """The F16 value rows of the last layer at these cells, shape [len(rows), n_head_kv*head_dim]."""
+        return self._io(rows, None, transposed)
+
+    def write_values(self, rows: np.ndarray, values: np.ndarray, transposed: bool) -> None:
+        """Overwrite the last layer's value rows at these cells (values: float16 [len(rows), n_embd_v])."""
+        self._io(rows, np.ascontiguousarray(values, dtype=np.float16), transposed)
+
+    def _io(self, rows: np.ndarray, values: np.ndarray | None, transposed: bool) -> np.ndarray:
+        t = self._cache_v()
+        kv_size = self.lib.vr_tensor_ne(t, 1)  # cache shape [n_embd_v, kv_size, n_stream]
+        n = self.n_embd_v
+        out = np.empty((len(rows), n), np.float16) if values is None else values
+        fn = self.ggml.ggml_backend_tensor_get if values is None else self.ggml.ggml_backend_tensor_set
+        for first, cell, length in self._spans(np.asarray(rows)):
+            if not transposed:  # row-major: cell*n + channel, one call per run of cells
+                block = np.ascontiguousarray(out[first : first + length]) if values is not None else np.empty((length, n), np.float16)
+                fn(t, block.ctypes.data, cell * n * 2, block.nbytes)
+                if values is None:
+                    out[first : first + length] = block
+            else:  # transposed: channel*kv_size + cell, one call per channel and run
+                block = np.ascontiguousarray(out[first : first + length].T) if values is not None else np.empty((n, length), np.float16)
+                for c in range(n):
+                    fn(t, block[c].ctypes.data, (c * kv_size + cell) * 2, length * 2)
+                if values is None:
+                    out[first : first + length] = block.T
+        return out
+
+    def close(self) -> None:
+        if self.h:
+            self.lib.vr_hook_free(self.h)
+            self.h = None

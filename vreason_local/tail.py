@@ -1,0 +1,152 @@
+"""The tail of a Qwen-VL language model in PyTorch: just enough of the model to differentiate the logits
+with respect to the last layer's value rows.
+
+The values of the last layer enter only its attention, and the attention probabilities do not depend
+on them. With the probabilities `a` and the residual `ffn_inp` that llama.cpp computed for the current
+token (captured by the hook), the logits as a function of the new value rows are
+
+    x      = ffn_inp + W_o · Σ_rows a[h, r] · (V_new[r] - V_cache[r])      (per head h, GQA groups)
+    y      = x + W_down · (silu(W_gate · n(x)) * (W_up · n(x)))             n = RMSNorm · ffn_norm
+    logits = W_head · (RMSNorm(y) · output_norm)
+
+Same for Qwen2-VL, Qwen2.5-VL and Qwen3-VL: their last layers differ only before `ffn_inp`.
+Weights are read from the GGUF with `gguf` (which dequantises). The LM head, the largest matrix
+(151936 x 2048 for a 3B model), is never materialised: only the rows of the tokens that carry the
+probability mass are dequantised per update, straight from the memory-mapped file.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .gguf_info import ModelInfo
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """cuda, then Apple's mps, then cpu, unless the user names one."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def norm_preserving(v_base: torch.Tensor, dv: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """V_new = (V + dV) / ||V + dV|| · ||V||, per row and kv head (norm over head_dim), method.md."""
+    v = v_base + dv
+    return v * (v_base.norm(dim=-1, keepdim=True) / v.norm(dim=-1, keepdim=True).clamp_min(eps))
+
+
+@dataclass
+class TailInputs:
+    """What llama.cpp computed for the current token, captured by the hook."""
+
+    probs: torch.Tensor  # [n_head, n_rows] attention probabilities at the controlled rows
+    ffn_inp: torch.Tensor  # [n_embd] residual stream before the last FFN
+
+
+class LMHead:
+    """Rows of the output matrix, dequantised on demand from the GGUF's memory map."""
+
+    def __init__(self, tensor, device: torch.device, dtype: torch.dtype) -> None:
+        import gguf
+
+        self.raw = tensor.data  # numpy view into the mmap: [n_vocab, row] floats or quantised bytes
+        self.qtype = tensor.tensor_type
+        self.quantised = self.qtype not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16,
+                                            gguf.GGMLQuantizationType.BF16)
+        self.device, self.dtype = device, dtype
+
+    def rows(self, ids: np.ndarray) -> torch.Tensor:
+        import gguf
+
+        block = self.raw[ids]
+        w = gguf.quants.dequantize(block, self.qtype) if self.quantised or self.qtype == gguf.GGMLQuantizationType.BF16 else block
+        return torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)).to(self.device, self.dtype)
+
+
+class Tail(torch.nn.Module):
+    """Last layer after attention, final norm and LM head, rebuilt from GGUF weights."""
+
+    def __init__(self, info: ModelInfo, weights: dict[str, np.ndarray], head: LMHead, device: torch.device,
+                 dtype: torch.dtype) -> None:
+        super().__init__()
+        self.info = info
+        self.eps = info.rms_eps
+        self.device, self.dtype = device, dtype
+
+        def t(name: str) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(weights[name], dtype=np.float32)).to(device, dtype)
+
+        self.w_o = t("attn_output")  # [n_embd, n_head*head_dim]
+        self.ffn_norm = t("ffn_norm")
+        self.w_gate, self.w_up, self.w_down = t("ffn_gate"), t("ffn_up"), t("ffn_down")
+        self.out_norm = t("output_norm")
+        self.head = head
+
+    @staticmethod
+    def from_gguf(info: ModelInfo, device: str = "auto", dtype: str = "float32") -> "Tail":
+        import gguf
+
+        reader = gguf.GGUFReader(str(info.path), "r")
+        last = info.n_layer - 1
+        wanted = {f"blk.{last}.attn_output.weight": "attn_output", f"blk.{last}.ffn_norm.weight": "ffn_norm",
+                  f"blk.{last}.ffn_gate.weight": "ffn_gate", f"blk.{last}.ffn_up.weight": "ffn_up",
+                  f"blk.{last}.ffn_down.weight": "ffn_down", "output_norm.weight": "output_norm"}
+        weights: dict[str, np.ndarray] = {}
+        tensors = {t.name: t for t in reader.tensors}
+        for gname, key in wanted.items():
+            ten = tensors[gname]
+            weights[key] = gguf.quants.dequantize(ten.data, ten.tensor_type).reshape(tuple(reversed([int(n) for n in ten.shape])))
+        head_tensor = tensors.get("output.weight") or tensors["token_embd.weight"]  # tied embeddings (3B)
+        dev = pick_device(device)
+        dt = getattr(torch, dtype)
+        return Tail(info, weights, LMHead(head_tensor, dev, dt), dev, dt)
+
+    def hidden(self, inp: TailInputs, v_base: torch.Tensor, v_cache: torch.Tensor, dv: torch.Tensor) -> torch.Tensor:
+        """The normalised final hidden state for value offset `dv` ([n_rows, n_head_kv, head_dim])."""
+        n_head, n_kv = self.info.n_head, self.info.n_head_kv
+        delta = norm_preserving(v_base, dv) - v_cache  # [R, G, D]; zero where dv is what is cached
+        a = inp.probs.view(n_kv, n_head // n_kv, -1)  # query head h uses kv head h // (n_head/n_kv)
+        attn = torch.einsum("gqr,rgd->gqd", a, delta).reshape(-1)  # [n_head*head_dim], head-major
+        x = inp.ffn_inp + self.w_o @ attn
+        n1 = rms_norm(x, self.ffn_norm, self.eps)
+        y = x + self.w_down @ (torch.nn.functional.silu(self.w_gate @ n1) * (self.w_up @ n1))
+        return rms_norm(y, self.out_norm, self.eps)
+
+    def logits(self, hidden: torch.Tensor, head_rows: torch.Tensor) -> torch.Tensor:
+        return head_rows @ hidden
+
+
+def entropy_loss(z_sub: torch.Tensor, ids: torch.Tensor, z_full: torch.Tensor, alpha: int) -> torch.Tensor:
+    """alpha · KL(p || U) = alpha · (ln|V| - H(p)), with the logits at `ids` replaced by `z_sub`.
+
+    Logits outside `ids` are held at llama.cpp's values: they carry (almost) no probability, so their
+    gradient is negligible, and the entropy itself stays that of the full vocabulary.
+    """
+    z = z_full.index_put((ids,), z_sub)
+    logp = torch.log_softmax(z, dim=-1)
+    h = -(logp.exp() * logp).sum()
+    return alpha * (math.log(z_full.numel()) - h)
+
+
+def mass_tokens(logits: np.ndarray, mass: float, cap: int) -> np.ndarray:
+    """The smallest set of token ids holding `mass` of the probability (at most `cap` ids), sorted."""
+    z = logits.astype(np.float64)
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    k = min(cap, p.size)
+    top = np.argpartition(-p, k - 1)[:k] if k < p.size else np.arange(p.size)
+    top = top[np.argsort(-p[top])]
+    n = int(np.searchsorted(np.cumsum(p[top]), mass)) + 1
+    return np.sort(top[: min(n, k)])

@@ -1,0 +1,126 @@
+"""The V-Reason controller (docs: method.md): an entropy-steered offset on the last layer's value rows.
+
+Per generated token k (steps count from 1):
+    E_k = beta·E_{k-1} + (1-beta)·H_k,  P_k = max(E_1..E_k),  alpha_k = -1 if E_k < P_k else +1
+and when k % every == 0: `steps` optimiser steps on dV against alpha_k·KL(p_k || U), then the new value
+rows V_new = normp(V + dV) are written into llama.cpp's cache, in force from the next decode on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .events import ControlState
+from .hook import ValueHook
+from .tail import Tail, TailInputs, entropy_loss, mass_tokens, norm_preserving
+
+# Largest |tail logit - llama.cpp logit| accepted silently. The cache holds F16 values and llama.cpp
+# accumulates in its own order, so agreement is to ~1e-3 relative; beyond this the tail does not
+# describe the running model (wrong weights, wrong build) and the user is warned.
+SELFCHECK_TOL = 5e-2
+
+
+@dataclass(frozen=True)
+class VReasonSettings:
+    """Settings of method.md; the ones marked [ours] there are ours to choose, with these defaults."""
+
+    beta: float = 0.9  # EMA factor [ours]
+    every: int = 2  # update every k-th token (the paper's best)
+    steps: int = 1  # optimiser steps per update [ours]
+    lr: float = 1e-3  # [ours]
+    optimizer: str = "adam"  # adam | sgd [ours]
+    head_mass: float = 0.9999  # the LM-head backward covers the tokens holding this much probability...
+    head_max: int = 4096  # ...but at most this many rows (see tail.mass_tokens)
+    device: str = "auto"
+    dtype: str = "float32"
+
+
+class VReason:
+    """One answer's controller: owns dV, the optimiser and the EMA state."""
+
+    def __init__(self, tail: Tail, hook: ValueHook, rows: np.ndarray, transposed: bool,
+                 settings: VReasonSettings, n_vocab: int) -> None:
+        self.tail, self.hook, self.rows, self.transposed, self.s = tail, hook, np.asarray(rows), transposed, settings
+        self.n_vocab = n_vocab
+        g, d = tail.info.n_head_kv, tail.info.head_dim
+        self.v_orig = hook.read_values(self.rows, transposed)  # F16, restored when the answer ends
+        self.v_base = torch.from_numpy(self.v_orig.astype(np.float32)).view(-1, g, d).to(tail.device, tail.dtype)
+        self.v_cache = self.v_base.clone()  # what llama.cpp currently attends over
+        self.dv = torch.zeros_like(self.v_base, requires_grad=True)
+        opt = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[settings.optimizer]
+        self.opt = opt([self.dv], lr=settings.lr)
+        self.ema = 0.0
+        self.peak = -math.inf
+        self.warning: str | None = None
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.rows)
+
+    def prepare(self, next_step: int) -> None:
+        """Before the decode that yields step `next_step`'s logits: capture only if that step updates."""
+        self.hook.prepare(next_step % self.s.every == 0)
+
+    def step(self, k: int, logits: np.ndarray, h: float) -> ControlState:
+        self.ema = self.s.beta * self.ema + (1 - self.s.beta) * h
+        self.peak = max(self.peak, self.ema)
+        alpha = -1 if self.ema < self.peak else 1
+        if k % self.s.every:
+            return ControlState(self.ema, self.peak, None, self._dv_norm(), None, None)
+        t0 = time.perf_counter()
+        selfcheck = self._update(logits, alpha)
+        return ControlState(self.ema, self.peak, alpha, self._dv_norm(), (time.perf_counter() - t0) * 1e3, selfcheck)
+
+    def _dv_norm(self) -> float:
+        return float(self.dv.detach().norm())
+
+    def _update(self, logits: np.ndarray, alpha: int) -> float:
+        dev, dt = self.tail.device, self.tail.dtype
+        probs = self.hook.capture("probs")  # ne [n_kv, 1, n_head, 1] -> numpy [1, n_head, 1, n_kv]
+        probs = probs.reshape(self.tail.info.n_head, -1)[:, self.rows]
+        inp = TailInputs(torch.from_numpy(probs).to(dev, dt), torch.from_numpy(self.hook.capture("ffn_inp").reshape(-1)).to(dev, dt))
+        ids_np = mass_tokens(logits, self.s.head_mass, self.s.head_max)
+        ids = torch.from_numpy(ids_np).to(dev)
+        head_rows = self.tail.head.rows(ids_np)
+        z_full = torch.from_numpy(logits).to(dev, torch.float32)
+        selfcheck = float("nan")
+        for i in range(self.s.steps):
+            self.opt.zero_grad()
+            z_sub = self.tail.logits(self.tail.hidden(inp, self.v_base, self.v_cache, self.dv), head_rows).float()
+            if i == 0:
+                selfcheck = float((z_sub.detach() - z_full[ids]).abs().max())
+            loss = entropy_loss(z_sub, ids, z_full, alpha)
+            loss.backward()
+            if not (torch.isfinite(loss) and torch.isfinite(self.dv.grad).all()):
+                self._reset("non-finite loss or gradient")
+                return selfcheck
+            self.opt.step()
+        if selfcheck > SELFCHECK_TOL:
+            self.warning = f"self-check: the tail's logits differ from llama.cpp's by {selfcheck:.3g} (tolerance {SELFCHECK_TOL})"
+        self._write()
+        return selfcheck
+
+    def _write(self) -> None:
+        """Put V_new = normp(V + dV) into llama.cpp's cache (F16, as it stores them)."""
+        with torch.no_grad():
+            v_new = norm_preserving(self.v_base, self.dv) if self.dv.any() else self.v_base
+            v16 = v_new.reshape(self.n_rows, -1).to("cpu", torch.float16).numpy()
+        self.hook.write_values(self.rows, v16, self.transposed)
+        self.v_cache = torch.from_numpy(v16.astype(np.float32)).view_as(self.v_base).to(self.tail.device, self.tail.dtype)
+
+    def _reset(self, why: str) -> None:
+        """Guard: drop dV (and the optimiser's memory of it) and carry on with the base values."""
+        with torch.no_grad():
+            self.dv.zero_()
+        self.opt = type(self.opt)([self.dv], **self.opt.defaults)
+        self.warning = f"V-Reason update skipped ({why}); dV reset to zero"
+        self._write()
+
+    def restore(self) -> None:
+        """Give the cache its original value rows back when the answer ends."""
+        self.hook.write_values(self.rows, self.v_orig, self.transposed)
