@@ -287,7 +287,11 @@ class Engine:
         self._n_cells += len(ids) - 1
         controller = None
         if mode != "base":
+            tc = time.perf_counter()
             controller, notice = self._start_controller(mode, vreason)
+            setup_s = time.perf_counter() - tc
+            t0 += setup_s  # loading the tail's weights is not prefill
+            answer.timings["controller_setup_s"] = round(setup_s, 4)
             answer.n_video_tokens_kept = controller.n_rows if mode == "lite" else None
             if notice:
                 answer.notices.append(notice)

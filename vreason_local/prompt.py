@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-import numpy as np
+from .video import Frame
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 # Video-R1's instruction (which the paper's evaluation follows), shortened: think, then answer in tags.
@@ -22,20 +22,11 @@ REASONING_INSTRUCTION = (
 
 
 @dataclass(frozen=True)
-class MediaFrame:
-    """One RGB picture handed to the vision encoder, with the time it shows (seconds)."""
-
-    rgb: np.ndarray  # HxWx3 uint8, contiguous
-    timestamp_s: float
-    index: int = 0
-
-
-@dataclass(frozen=True)
 class Media:
     """What the user asks about: a video's sampled frames, one still image, or nothing."""
 
     kind: Literal["video", "image", "none"]
-    frames: Sequence[MediaFrame] = ()
+    frames: Sequence[Frame] = ()
     source: str = ""
 
     @staticmethod
@@ -43,7 +34,7 @@ class Media:
         return Media("none")
 
 
-def prefix_parts(media: Media, marker: str, system: str = DEFAULT_SYSTEM) -> tuple[str, list[MediaFrame]]:
+def prefix_parts(media: Media, marker: str, system: str = DEFAULT_SYSTEM) -> tuple[str, list[Frame]]:
     """Prompt text up to and including the media, with one `marker` per frame.
 
     Video frames go in consecutive pairs with no text between them, so mtmd merges each pair into one

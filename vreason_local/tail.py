@@ -86,7 +86,7 @@ class Tail(torch.nn.Module):
         self.device, self.dtype = device, dtype
 
         def t(name: str) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(weights[name], dtype=np.float32)).to(device, dtype)
+            return torch.from_numpy(np.array(weights[name], dtype=np.float32)).to(device, dtype)
 
         self.w_o = t("attn_output")  # [n_embd, n_head*head_dim]
         self.ffn_norm = t("ffn_norm")

@@ -1,0 +1,481 @@
+"""Registry, Hugging Face cache/download, fit check and the `models` CLI group.
+
+Downloads run the real huggingface_hub against a local HTTP server that speaks the Hub's
+``/{repo_id}/resolve/{revision}/{filename}`` endpoint; nothing is mocked and nothing leaves 127.0.0.1.
+Every test gets its own HF cache under tmp_path and a dummy HF_TOKEN, so the real ~/.cache/huggingface
+is neither read nor written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import huggingface_hub.constants  # imported now, before any test sets HF_HUB_OFFLINE: it reads env once
+import pytest
+from click.testing import CliRunner
+
+from vreason_local import fit, hub, registry
+from vreason_local.errors import UserError
+from vreason_local.model_commands import models as models_group
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+REQUIRED = {
+    "qwen2-vl-2b": ("qwen2vl", 14),
+    "qwen2.5-vl-3b": ("qwen25vl", 14),
+    "qwen2.5-vl-7b": ("qwen25vl", 14),
+    "qwen3-vl-2b": ("qwen3vl", 16),
+    "qwen3-vl-4b": ("qwen3vl", 16),
+    "qwen3-vl-8b": ("qwen3vl", 16),
+    "qwen3-vl-2b-thinking": ("qwen3vl", 16),
+    "qwen3-vl-4b-thinking": ("qwen3vl", 16),
+    "qwen3-vl-8b-thinking": ("qwen3vl", 16),
+}
+
+
+# --------------------------------------------------------------------------------------------- fake Hub
+
+
+@dataclass
+class FakeHub:
+    """Files served at /{repo_id}/resolve/{revision}/{filename}, and a log of what was asked."""
+
+    files: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    drop_first_get: set[str] = field(default_factory=set)  # filenames whose first GET is cut halfway
+    hub_headers: bool = True  # False: answer like a plain web server (no X-Repo-Commit / ETag)
+    requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, filename, Range)
+    url: str = ""
+    _gets: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, repo_id: str, filename: str, data: bytes) -> None:
+        self.files[(repo_id, filename)] = data
+
+    def add_spec(self, spec: registry.ModelSpec, size: int = 300_000, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
+        out = {}
+        for i, name in enumerate((spec.model_file, spec.mmproj_file)):
+            if name in skip:
+                continue
+            data = (hashlib.sha256(f"{name}".encode()).digest() * (size // 32 + 1))[: size + i * 1000]
+            self.add(spec.repo_id, name, data)
+            out[name] = data
+        return out
+
+    def seen(self, method: str, filename: str) -> list[str | None]:
+        return [r for m, f, r in self.requests if m == method and f == filename]
+
+
+def _handler(hubstate: FakeHub) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:  # keep pytest output clean
+            pass
+
+        def _lookup(self) -> tuple[str, bytes | None]:
+            parts = [unquote(p) for p in urlsplit(self.path).path.strip("/").split("/")]
+            if "resolve" not in parts:
+                return "", None
+            i = parts.index("resolve")
+            repo_id, filename = "/".join(parts[:i]), "/".join(parts[i + 2 :])
+            return filename, hubstate.files.get((repo_id, filename))
+
+        def _not_found(self, filename: str) -> None:
+            self.send_response(404)
+            if hubstate.hub_headers:
+                self.send_header("X-Repo-Commit", COMMIT)
+                self.send_header("X-Error-Code", "EntryNotFound")
+                self.send_header("X-Error-Message", f"{filename} does not exist")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def _meta_headers(self, data: bytes) -> None:
+            if hubstate.hub_headers:
+                # What hf_hub_download needs from HEAD: the commit and an ETag (the blob name in the cache),
+                # plus the size. No X-Xet-Hash / xet Link header, so it takes the plain HTTP path.
+                self.send_header("X-Repo-Commit", COMMIT)
+                self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+            self.send_header("Accept-Ranges", "bytes")
+            self.send_header("Content-Type", "application/octet-stream")
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            filename, data = self._lookup()
+            with hubstate._lock:
+                hubstate.requests.append(("HEAD", filename, None))
+            if data is None:
+                return self._not_found(filename)
+            self.send_response(200)
+            self._meta_headers(data)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+
+        def do_GET(self) -> None:  # noqa: N802
+            filename, data = self._lookup()
+            rng = self.headers.get("Range")
+            with hubstate._lock:
+                hubstate.requests.append(("GET", filename, rng))
+                n = hubstate._gets[filename] = hubstate._gets.get(filename, 0) + 1
+            if data is None:
+                return self._not_found(filename)
+            start = 0
+            if rng and rng.startswith("bytes="):
+                start = int(rng[len("bytes=") :].split("-")[0])
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            else:
+                self.send_response(200)
+            body = data[start:]
+            self._meta_headers(data)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if n == 1 and filename in hubstate.drop_first_get:
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            self.wfile.write(body)
+
+    return Handler
+
+
+@pytest.fixture
+def fake_hub():
+    state = FakeHub()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+def hf_env(tmp_path, monkeypatch):
+    """A private HF home and cache for this test; no endpoint, offline flag or real token from outside."""
+    home = tmp_path / "hf_home"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setenv("HF_TOKEN", "hf_dummy_token_for_tests")  # so the real token file is never read
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # the fake Hub is local even behind a proxy
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    for var in ("HF_ENDPOINT", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(var, raising=False)
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        pytest.skip("huggingface_hub was imported with HF_HUB_OFFLINE set; download tests need it unset")
+    return home / "hub"
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _one_line(e: pytest.ExceptionInfo) -> str:
+    msg = str(e.value)
+    assert "\n" not in msg
+    return msg
+
+
+# --------------------------------------------------------------------------------------------- registry
+
+
+def test_registry_loads_every_required_model_complete():
+    specs = registry.load_registry()
+    assert set(REQUIRED) <= set(specs)
+    for name, (family, patch) in REQUIRED.items():
+        s = specs[name]
+        assert (s.family, s.patch_size) == (family, patch), name
+        assert s.thinking == name.endswith("-thinking")
+        assert s.model_file.endswith(".gguf") and s.mmproj_file.endswith(".gguf")
+        assert "mmproj" in s.mmproj_file.lower() and "mmproj" not in s.model_file.lower()
+        assert s.repo_id.count("/") == 1 and s.repo_id.split("/")[0] in {"ggml-org", "Qwen", "unsloth"}
+        assert s.quant in s.model_file and s.mmproj_quant in s.mmproj_file
+        assert 10**8 < s.model_bytes < 10**10 and 10**8 < s.mmproj_bytes < 5 * 10**9
+        assert s.context_length >= 32768
+        assert s.n_layer > 0 and s.n_head_kv > 0 and s.head_dim > 0 and s.n_embd > 0
+        assert s.n_embd % s.head_dim == 0
+        assert isinstance(s.verified, bool)
+
+
+def test_registry_json_names_unique_default_and_note():
+    data = json.loads(registry.registry_resource().read_text(encoding="utf-8"))
+    names = [m["name"] for m in data["models"]]
+    assert len(names) == len(set(names))
+    assert data["default"] == registry.DEFAULT_MODEL in names
+    assert "approximate" in data["note"]
+    default = registry.get_spec(registry.DEFAULT_MODEL)
+    assert default.display_name == "Qwen2.5-VL-3B-Instruct" and default.quant == "Q4_K_M"
+
+
+def test_unknown_model_suggests_a_close_name():
+    with pytest.raises(UserError) as e:
+        registry.get_spec("qwen2.5-vl-3")
+    msg = _one_line(e)
+    assert "did you mean qwen2.5-vl-3b?" in msg and "qwen3-vl-8b-thinking" in msg
+    assert registry.get_spec("Qwen3-VL-4B-Instruct").name == "qwen3-vl-4b"
+
+
+def test_spec_kv_matches_published_figures():
+    # Published llama.cpp catalogue figure for Qwen3-VL-8B: 150_994_944 bytes of f16 KV per 1024 tokens.
+    assert registry.get_spec("qwen3-vl-8b").kv_bytes_per_token() * 1024 == 150_994_944
+    assert registry.get_spec("qwen3-vl-2b").kv_bytes_per_token() * 1024 == 117_440_512
+
+
+# --------------------------------------------------------------------------------------------- path mode
+
+
+def _touch(path: Path, data: bytes = b"GGUF") -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_path_mode_finds_the_projector_beside_the_model(tmp_path):
+    model = _touch(tmp_path / "m-Q4_K_M.gguf")
+    proj = _touch(tmp_path / "mmproj-m-f16.gguf")
+    r = hub.resolve_model(str(model))
+    assert (r.model_path, r.mmproj_path, r.spec) == (model, proj, None)
+    other = _touch(tmp_path / "elsewhere.gguf")
+    assert hub.resolve_model(str(model), str(other)).mmproj_path == other
+
+
+def test_path_mode_missing_model_and_missing_projector(tmp_path):
+    with pytest.raises(UserError, match="model file not found"):
+        hub.resolve_model(str(tmp_path / "nope.gguf"))
+    model = _touch(tmp_path / "m.gguf")
+    with pytest.raises(UserError) as e:
+        hub.resolve_model(str(model))
+    assert "pass --mmproj" in _one_line(e)
+    with pytest.raises(UserError, match="projector"):
+        hub.resolve_model(str(model), str(tmp_path / "missing-mmproj.gguf"))
+
+
+def test_path_mode_two_projectors_is_ambiguous(tmp_path):
+    model = _touch(tmp_path / "m.gguf")
+    _touch(tmp_path / "mmproj-a.gguf")
+    _touch(tmp_path / "mmproj-b.gguf")
+    with pytest.raises(UserError) as e:
+        hub.resolve_model(str(model))
+    msg = _one_line(e)
+    assert "mmproj-a.gguf" in msg and "mmproj-b.gguf" in msg and "--mmproj" in msg
+
+
+def test_path_mode_refuses_a_projector_as_the_model(tmp_path):
+    proj = _touch(tmp_path / "mmproj-m.gguf")
+    with pytest.raises(UserError, match="looks like a vision projector"):
+        hub.resolve_model(str(proj))
+
+
+# --------------------------------------------------------------------------------------------- cache + pull
+
+
+def test_missing_files_name_them_and_the_pull_command(hf_env, monkeypatch):
+    spec = registry.get_spec("qwen2.5-vl-3b")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError) as e:
+        hub.resolve_model(spec.name)
+    msg = _one_line(e)
+    assert spec.model_file in msg and spec.mmproj_file in msg
+    assert "vreason models pull qwen2.5-vl-3b" in msg and "HF_HUB_OFFLINE" in msg
+    assert str(hf_env) in msg
+
+
+def test_pull_downloads_into_the_cache_and_resolves_offline(hf_env, fake_hub, monkeypatch):
+    spec = registry.get_spec("qwen2.5-vl-3b")
+    data = fake_hub.add_spec(spec)
+    r = hub.pull(spec.name, endpoint=fake_hub.url, progress=False)
+    for path, name in ((r.model_path, spec.model_file), (r.mmproj_path, spec.mmproj_file)):
+        assert path.read_bytes() == data[name]
+        assert hf_env in path.parents and path.name == name
+        assert fake_hub.seen("HEAD", name) and fake_hub.seen("GET", name) == [None]
+
+    before = len(fake_hub.requests)
+    assert hub.pull(spec.name, endpoint=fake_hub.url, progress=False) == r  # cached: no network
+    assert len(fake_hub.requests) == before
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub.resolve_model(spec.name) == r
+    states = {st.spec.name: st.state for st in hub.list_models()}
+    assert states[spec.name] == "yes" and states["qwen3-vl-8b"] == "no"
+    st = hub.model_status(spec)
+    assert st.local_bytes == sum(len(d) for d in data.values())
+
+
+def test_interrupted_download_resumes_with_a_range_request(hf_env, fake_hub):
+    # huggingface_hub writes whole DOWNLOAD_CHUNK_SIZE (10 MiB) chunks, so the file must outgrow one chunk
+    # for the retry after the dropped connection to start past zero.
+    chunk = huggingface_hub.constants.DOWNLOAD_CHUNK_SIZE
+    spec = registry.get_spec("qwen3-vl-2b")
+    data = fake_hub.add_spec(spec, size=chunk * 5 // 2)
+    fake_hub.drop_first_get.add(spec.model_file)
+    r = hub.pull(spec.name, endpoint=fake_hub.url, progress=False, cache_dir=hf_env)
+    ranges = fake_hub.seen("GET", spec.model_file)
+    assert ranges[0] is None and len(ranges) == 2
+    half = len(data[spec.model_file]) // 2
+    assert ranges[1] == f"bytes={half // chunk * chunk}-" and half // chunk >= 1
+    assert r.model_path.read_bytes() == data[spec.model_file]
+    assert r.mmproj_path.read_bytes() == data[spec.mmproj_file]
+
+
+def test_404_is_one_line_and_keeps_the_finished_file(hf_env, fake_hub, monkeypatch):
+    spec = registry.get_spec("qwen2.5-vl-3b")
+    fake_hub.add_spec(spec, skip=(spec.mmproj_file,))
+    with pytest.raises(UserError) as e:
+        hub.pull(spec.name, endpoint=fake_hub.url, progress=False)
+    msg = _one_line(e)
+    assert spec.mmproj_file in msg and spec.repo_id in msg and "404" in msg
+    assert f"{spec.model_file} already downloaded and kept" in msg
+    assert hub.model_status(spec).state == "partial"
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError) as e:
+        hub.resolve_model(spec.name)
+    msg = _one_line(e)
+    assert f"missing {spec.mmproj_file} from" in msg and spec.model_file not in msg
+    assert "vreason models pull qwen2.5-vl-3b" in msg
+
+
+def test_unreachable_endpoint_fails_fast_with_the_cause(hf_env):
+    start = time.monotonic()
+    with pytest.raises(UserError) as e:
+        hub.pull("qwen2-vl-2b", endpoint=f"http://127.0.0.1:{_closed_port()}", progress=False)
+    msg = _one_line(e)
+    assert "connection refused" in msg and "ggml-org/Qwen2-VL-2B-Instruct-GGUF" in msg
+    assert "files already downloaded are kept" in msg
+    assert time.monotonic() - start < 10
+
+
+def test_a_server_that_is_not_a_hub_is_named(hf_env, fake_hub):
+    spec = registry.get_spec("qwen2-vl-2b")
+    fake_hub.add_spec(spec)
+    fake_hub.hub_headers = False
+    with pytest.raises(UserError, match="did not answer like a Hugging Face Hub"):
+        hub.pull(spec.name, endpoint=fake_hub.url, progress=False)
+
+
+def test_offline_mode_refuses_to_pull(hf_env, fake_hub, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="offline mode is on"):
+        hub.pull("qwen2-vl-2b", endpoint=fake_hub.url, progress=False)
+    assert fake_hub.requests == []
+
+
+def test_hf_endpoint_env_is_read_at_call_time(hf_env, fake_hub, monkeypatch):
+    spec = registry.get_spec("qwen2-vl-2b")
+    fake_hub.add_spec(spec, size=50_000)
+    monkeypatch.setenv("HF_ENDPOINT", fake_hub.url + "/")
+    r = hub.pull(spec.name, progress=False)
+    assert r.model_path.is_file() and fake_hub.seen("GET", spec.mmproj_file)
+
+
+# --------------------------------------------------------------------------------------------- fit
+
+
+def test_kv_bytes_per_token_by_hand():
+    # Qwen2.5-VL-3B: 36 layers, 2 KV heads of 128 -> K and V rows of 256 f16 values = 1024 bytes per layer.
+    assert fit.kv_bytes_per_token(36, 2, 128) == 36 * 1024
+    # Qwen2.5-VL-7B: 28 layers x (4 x 128) x 2 (K, V) x 2 bytes.
+    assert fit.kv_bytes_per_token(28, 4, 128) == 57_344
+    assert fit.kv_bytes_per_token(28, 4, 128, bytes_per_elem=1) == 28_672
+    with pytest.raises(ValueError):
+        fit.kv_bytes_per_token(0, 4, 128)
+
+
+def test_check_fit_fits_and_does_not():
+    mem = fit.MemoryInfo(total=16 * 10**9, available=12 * 10**9, limit=None, source="test")
+    kv = fit.kv_bytes_per_token(28, 4, 128)
+    ok = fit.check_fit(4_700_000_000, 850_000_000, 32_000, kv, 800_000_000, mem)
+    assert ok.fits and ok.advice == "" and ok.needed == 4_700_000_000 + 850_000_000 + 32_000 * kv + 800_000_000
+
+    tight = fit.MemoryInfo(total=16 * 10**9, available=8 * 10**9, limit=7 * 10**9, source="test")
+    bad = fit.check_fit(4_200_000_000, 1_300_000_000, 38_000, kv, 500_000_000, tight, frames=64, tokens_per_frame=560)
+    assert not bad.fits and bad.available == 7 * 10**9
+    assert bad.summary.startswith("needs 8.2 GB (model 4.2 + projector 1.3 + KV 2.2 for 38k tokens")
+    assert "but 7.0 GB is available" in bad.summary
+    # (7.0e9 - 6.0e9) / 57344 = 17438 tokens fit; 38000 - 64*560 = 2160 are not frames -> 27 frames.
+    assert bad.max_ctx_tokens == 17_438 and "--max-frames 27" in bad.advice and "vreason models list" in bad.advice
+
+    with pytest.raises(UserError) as e:
+        fit.require_fit(4_200_000_000, 1_300_000_000, 38_000, kv, 500_000_000, tight, frames=64, tokens_per_frame=560)
+    assert _one_line(e) == f"{bad.summary}; {bad.advice}"
+
+    weights_only = fit.check_fit(9 * 10**9, 10**9, 1000, kv, 0, tight)
+    assert not weights_only.fits and "smaller model" in weights_only.advice
+
+
+def test_available_memory_is_positive_here():
+    mem = fit.available_memory()
+    assert mem.total > 0 and 0 < mem.available <= mem.total and mem.budget > 0 and mem.source
+
+
+def test_apple_gpu_limit_rule_and_byte_format():
+    gib = 1 << 30
+    assert fit.apple_gpu_limit(16 * gib, 0) == int(16 * gib * 2 / 3)
+    assert fit.apple_gpu_limit(64 * gib, None) == 48 * gib
+    assert fit.apple_gpu_limit(16 * gib, 12_000) == 12_000 * 1024 * 1024
+    assert fit.format_bytes(1_929_901_056) == "1.9 GB"
+    assert fit.format_bytes(512) == "512 B" and fit.format_bytes(844_757_728) == "844.8 MB"
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_models_list_table_and_json(hf_env):
+    runner = CliRunner()
+    result = runner.invoke(models_group, ["list"])
+    assert result.exit_code == 0, result.output
+    for name in REQUIRED:
+        assert name in result.output
+    default_line = next(line for line in result.output.splitlines() if " qwen2.5-vl-3b " in f" {line} ")
+    assert default_line.startswith("*") and " no " in f" {default_line} "
+
+    result = runner.invoke(models_group, ["list", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert {r["name"] for r in rows} == set(REQUIRED)
+    assert [r["name"] for r in rows if r["default"]] == ["qwen2.5-vl-3b"]
+    assert all(r["downloaded"] == "no" and r["model_path"] is None for r in rows)
+
+
+def test_cli_models_pull_against_the_local_server(hf_env, fake_hub, monkeypatch):
+    spec = registry.get_spec("qwen2-vl-2b")
+    data = fake_hub.add_spec(spec, size=60_000)
+    runner = CliRunner()
+    result = runner.invoke(models_group, ["pull", spec.name, "--endpoint", fake_hub.url, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    lines = dict(line.split(":", 1) for line in result.stdout.splitlines() if line.startswith(("model:", "mmproj:")))
+    assert Path(lines["model"].strip()).read_bytes() == data[spec.model_file]
+    assert Path(lines["mmproj"].strip()).read_bytes() == data[spec.mmproj_file]
+
+    listed = {r["name"]: r for r in json.loads(runner.invoke(models_group, ["list", "--json"]).output)}
+    assert listed[spec.name]["downloaded"] == "yes"
+    assert listed[spec.name]["local_bytes"] == sum(len(d) for d in data.values())
+
+    # HF_ENDPOINT alone works too, and a failure reaches the caller as a UserError.
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    result = runner.invoke(models_group, ["pull", "qwen3-vl-2b", "--no-progress"])
+    assert isinstance(result.exception, UserError) and "connection refused" in str(result.exception)
+
+
+def test_cli_make_tiny(tmp_path):
+    pytest.importorskip("vreason_local.tiny")
+    result = CliRunner().invoke(models_group, ["make-tiny", str(tmp_path / "tiny"), "--arch", "qwen25vl"])
+    assert result.exit_code == 0, result.output
+    lines = dict(line.split(":", 1) for line in result.stdout.splitlines() if line.startswith(("model:", "mmproj:")))
+    assert Path(lines["model"].strip()).is_file() and Path(lines["mmproj"].strip()).is_file()
+    assert "random" in result.output
+

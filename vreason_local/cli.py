@@ -1,0 +1,180 @@
+"""The `vreason` command: a thin layer over session/engine that renders the event stream.
+
+Exit codes: 0 ok, 2 bad input (one line on stderr), 1 internal error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import click
+
+from .errors import UserError
+
+DEFAULT_MODEL_HELP = "Registry name (see `vreason models list`) or path to a GGUF file."
+
+
+def _engine_options(f: Callable) -> Callable:
+    """Options shared by every command that runs the model."""
+    opts = [
+        click.option("--model", "-m", default=None, help=DEFAULT_MODEL_HELP + " [default: qwen2.5-vl-3b]"),
+        click.option("--mmproj", default=None, help="Vision projector GGUF (default: the one beside the model, or the registry's)."),
+        click.option("--mode", type=click.Choice(["base", "vreason", "lite"]), default="base", show_default=True,
+                     help="Decoding: plain, V-Reason, or V-Reason Lite (prunes half the video tokens)."),
+        click.option("--max-tokens", type=click.IntRange(1), default=1024, show_default=True),
+        click.option("--temperature", type=click.FloatRange(0), default=0.0, show_default=True, help="0 = greedy."),
+        click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True),
+        click.option("--min-p", type=click.FloatRange(0, 1), default=0.0, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--no-reasoning", is_flag=True, help="Do not ask for <think>/<answer>; answer directly."),
+        click.option("--fps", type=float, default=1.0, show_default=True, help="Frames sampled per second of video."),
+        click.option("--min-frames", type=int, default=4, show_default=True),
+        click.option("--max-frames", type=int, default=32, show_default=True),
+        click.option("--start", type=float, default=None, help="Clip window start (seconds)."),
+        click.option("--end", type=float, default=None, help="Clip window end (seconds)."),
+        click.option("--max-pixels", type=click.IntRange(784), default=336 * 336, show_default=True, help="Pixel budget per frame."),
+        click.option("--token-budget", type=click.IntRange(1), default=None, help="Fit frames and resolution to this many video tokens."),
+        click.option("--ctx", type=click.IntRange(256), default=None, help="Context size in tokens (default: what the prompt needs)."),
+        click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all, up to 8)."),
+        click.option("--gpu-layers", type=int, default=-1, show_default=True, help="Layers offloaded to the GPU (-1 all, 0 none)."),
+        click.option("--repack", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+                     help="llama.cpp's repacking of quantised weights (auto: off where it crashes, e.g. AMX CPUs)."),
+        click.option("--beta", type=click.FloatRange(0, 1, max_open=True), default=0.9, show_default=True, help="V-Reason: EMA factor."),
+        click.option("--every", type=click.IntRange(1), default=2, show_default=True, help="V-Reason: update every k tokens."),
+        click.option("--steps", type=click.IntRange(1), default=1, show_default=True, help="V-Reason: optimiser steps per update."),
+        click.option("--lr", type=click.FloatRange(0), default=1e-3, show_default=True, help="V-Reason: learning rate."),
+        click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True),
+        click.option("--device", default="auto", show_default=True, help="V-Reason controller device: auto, cpu, cuda, mps."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _settings(o: dict):
+    """Turn the parsed options into the core's settings objects."""
+    from .engine import EngineSettings, GenerationSettings
+    from .llama_backend import default_threads
+    from .sampling import SamplingSettings
+    from .video import SamplingSettings as FrameSettings
+    from .vreason import VReasonSettings
+
+    gen = GenerationSettings(o["max_tokens"], SamplingSettings(o["temperature"], o["top_p"], o["min_p"], o["seed"]),
+                             reasoning=not o["no_reasoning"], stop_at_answer=not o["no_reasoning"])
+    frames = FrameSettings(fps=o["fps"], min_frames=o["min_frames"], max_frames=o["max_frames"], start_s=o["start"],
+                           end_s=o["end"], max_pixels=o["max_pixels"])
+    eng = EngineSettings(n_threads=o["threads"] or default_threads(), n_gpu_layers=o["gpu_layers"], repack=o["repack"],
+                         hook=o["mode"] != "base")
+    vr = VReasonSettings(beta=o["beta"], every=o["every"], steps=o["steps"], lr=o["lr"], optimizer=o["optimizer"], device=o["device"])
+    return gen, frames, eng, vr
+
+
+@click.group()
+@click.version_option(package_name="vreason-local")
+def cli() -> None:
+    """Ask questions about a video with a local Qwen-VL model, with V-Reason decoding."""
+
+
+@cli.command()
+@click.option("--video", "-v", type=click.Path(path_type=Path), default=None, help="Video file.")
+@click.option("--image", "-i", type=click.Path(path_type=Path), default=None, help="Still image instead of a video.")
+@click.option("--question", "-q", required=True, help="What to ask.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming text.")
+@_engine_options
+def run(video: Path | None, image: Path | None, question: str, as_json: bool, **o) -> None:
+    """Answer one question about a video (or an image, or none) and exit.
+
+    \b
+    vreason run --video clip.mp4 -q "What happens after the door opens?"
+    vreason run --video clip.mp4 -q "How many people?" --mode vreason --json
+    """
+    from .report import answer_json, stream_text
+
+    if not question.strip():
+        raise UserError("the question is empty")
+    gen, frames, eng, vr = _settings(o)
+    from .registry import DEFAULT_MODEL
+    from .session import open_engine, plan_run
+
+    plan = plan_run(o["model"] or DEFAULT_MODEL, o["mmproj"], video, image, frames, gen, eng, o["token_budget"], o["ctx"])
+    click.echo(plan.estimate.describe(plan.media), err=True)
+    with open_engine(plan) as engine:
+        events = engine.ask(plan.media.media, question, gen, o["mode"], vr)
+        if as_json:
+            click.echo(json.dumps(answer_json(plan, engine, events, o["mode"], question), ensure_ascii=False))
+        else:
+            stream_text(plan, engine, events)
+
+
+@cli.command()
+@click.option("--dir", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to write the generated model and clip (default: a cache folder).")
+@click.option("--mode", type=click.Choice(["base", "vreason", "lite"]), default="vreason", show_default=True)
+@click.option("--max-tokens", type=click.IntRange(1), default=48, show_default=True)
+def demo(out_dir: Path | None, mode: str, max_tokens: int) -> None:
+    """Check an install end to end, with no download: a generated tiny model and a generated clip.
+
+    The model has RANDOM WEIGHTS: its answer is gibberish by design. What the demo shows is that video
+    decoding, the vision encoder, llama.cpp, the value-cache hook and the V-Reason controller all run.
+    """
+    from .clips import make_clip
+    from .engine import EngineSettings, GenerationSettings
+    from .report import stream_text
+    from .session import open_engine, plan_run
+    from .tiny import make_tiny
+    from .video import SamplingSettings
+    from .vreason import VReasonSettings
+
+    out_dir = out_dir or Path(os.environ.get("VREASON_CACHE", Path.home() / ".cache" / "vreason-local")) / "demo"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    click.echo(f"demo: generating a tiny Qwen2.5-VL model with RANDOM WEIGHTS and a test clip in {out_dir}", err=True)
+    tiny = make_tiny(out_dir, arch="qwen25vl", shape="tiny")
+    clip = make_clip(out_dir / "demo-clip.mp4", seconds=4.0, fps=10.0, size=(224, 168))
+    gen = GenerationSettings(max_tokens=max_tokens)
+    plan = plan_run(str(tiny.model_path), str(tiny.mmproj_path), clip, None, SamplingSettings(fps=2.0, max_frames=8),
+                    gen, EngineSettings(hook=mode != "base"))
+    click.echo(plan.estimate.describe(plan.media), err=True)
+    with open_engine(plan) as engine:
+        stream_text(plan, engine, engine.ask(plan.media.media, "What happens in this video?", gen, mode, VReasonSettings()))
+    click.echo("demo: OK (the text above is from random weights; real answers need a real model: vreason models pull)", err=True)
+
+
+def _register_models() -> None:
+    from .model_commands import models
+
+    cli.add_command(models)
+
+
+_register_models()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one line and exit 2 for bad input, exit 1 for bugs, never a bare traceback."""
+    try:
+        cli.main(args=argv, standalone_mode=False)
+    except UserError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(2)
+    except Exception as exc:  # a bug: say so in one line; VREASON_DEBUG=1 shows the traceback
+        if os.environ.get("VREASON_DEBUG") == "1":
+            raise
+        click.echo(f"internal error: {type(exc).__name__}: {exc} (set VREASON_DEBUG=1 for details)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""From what the user names (a video, an image, or nothing) to the `Media` the engine encodes.
+
+The only place that knows both the files and the model's vision grid, so front ends stay thin.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import cv2
+
+from .errors import UserError
+from .prompt import Media
+from .video import Frame, SamplingPlan, SamplingSettings, VideoInfo, fit_token_budget, plan_sampling, probe, sample_frames, smart_resize, video_tokens
+
+
+@dataclass(frozen=True)
+class LoadedMedia:
+    """The media plus what the user is shown before encoding (the estimate) and in the JSON."""
+
+    media: Media
+    n_tokens: int  # vision tokens the media will occupy
+    info: VideoInfo | None = None
+    plan: SamplingPlan | None = None
+    sampling_s: float = 0.0
+
+
+def load_video(path: Path, settings: SamplingSettings, patch: int, token_budget: int | None = None) -> LoadedMedia:
+    """Probe, plan (fitting `token_budget` if given) and decode the frames of a video."""
+    t0 = time.perf_counter()
+    info = probe(path)
+    settings = replace(settings, factor=patch * 2)
+    if token_budget:
+        settings = fit_token_budget(info, settings, token_budget, patch=patch)
+    plan = plan_sampling(info, settings)
+    frames = sample_frames(path, plan)
+    n = video_tokens(len(frames), plan.height, plan.width, patch=patch)
+    return LoadedMedia(Media("video", frames, str(path)), n, info, plan, time.perf_counter() - t0)
+
+
+def load_image(path: Path, max_pixels: int, patch: int) -> LoadedMedia:
+    """Read a still image and resize it to the model's grid within the pixel budget."""
+    t0 = time.perf_counter()
+    if not path.is_file():
+        raise UserError(f"image not found: {path}")
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise UserError(f"{path} is not an image OpenCV can read (PNG, JPEG, WebP, BMP, TIFF)")
+    h, w = smart_resize(bgr.shape[0], bgr.shape[1], factor=patch * 2, max_pixels=max_pixels)
+    rgb = cv2.cvtColor(cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+    n = (h // (patch * 2)) * (w // (patch * 2))
+    return LoadedMedia(Media("image", [Frame(0, 0.0, rgb)], str(path)), n, sampling_s=time.perf_counter() - t0)

@@ -1,0 +1,152 @@
+"""``vreason models ...``: list the known models, download one, or write a tiny random one for tests.
+
+`UserError` is left to propagate: the main CLI prints it as one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .fit import format_bytes
+from .registry import DEFAULT_MODEL, get_spec
+
+
+def _context(n: int) -> str:
+    """32768 -> '32k', 262144 -> '256k', 128000 -> '128k'."""
+    if n % 1000 == 0:
+        return f"{n // 1000}k"
+    if n % 1024 == 0:
+        return f"{n // 1024}k"
+    return str(n)
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+@click.group("models")
+def models() -> None:
+    """List, download and fake the GGUF models vreason can use."""
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of a table.")
+def list_cmd(as_json: bool) -> None:
+    """Show the known models and whether each is downloaded."""
+    from .hub import hf_cache_dir, list_models
+
+    statuses = list_models()
+    if as_json:
+        out = []
+        for st in statuses:
+            s = st.spec
+            out.append(
+                {
+                    "name": s.name,
+                    "display_name": s.display_name,
+                    "default": s.name == DEFAULT_MODEL,
+                    "family": s.family,
+                    "thinking": s.thinking,
+                    "repo_id": s.repo_id,
+                    "revision": s.revision,
+                    "model_file": s.model_file,
+                    "mmproj_file": s.mmproj_file,
+                    "quant": s.quant,
+                    "mmproj_quant": s.mmproj_quant,
+                    "model_bytes": s.model_bytes,
+                    "mmproj_bytes": s.mmproj_bytes,
+                    "context_length": s.context_length,
+                    "verified": s.verified,
+                    "downloaded": st.state,
+                    "model_path": str(st.model.path) if st.model.path else None,
+                    "mmproj_path": str(st.mmproj.path) if st.mmproj.path else None,
+                    "local_bytes": st.local_bytes,
+                }
+            )
+        click.echo(json.dumps(out, indent=2))
+        return
+
+    rows = [["", "NAME", "FAMILY", "QUANT", "SIZE", "CONTEXT", "DOWNLOADED", "PATH"]]
+    for st in statuses:
+        s = st.spec
+        path = st.model.path or st.mmproj.path
+        rows.append(
+            [
+                "*" if s.name == DEFAULT_MODEL else "",
+                s.name,
+                s.family,
+                s.quant,
+                format_bytes(s.total_bytes),
+                _context(s.context_length),
+                st.state,
+                str(path.parent) if path else "-",
+            ]
+        )
+    click.echo(_table(rows))
+    click.echo(f"\n* default model.  Sizes are approximate (model + projector).  Cache: {hf_cache_dir()}")
+    click.echo("Download one with: vreason models pull NAME")
+
+
+@models.command("pull")
+@click.argument("name")
+@click.option("--endpoint", hidden=True, default=None, help="Hub endpoint (default: $HF_ENDPOINT or huggingface.co).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show download progress bars.")
+def pull_cmd(name: str, endpoint: str | None, progress: bool) -> None:
+    """Download model NAME (its GGUF and vision projector) into the Hugging Face cache."""
+    from .hub import hf_cache_dir, hf_endpoint, pull
+
+    spec = get_spec(name)
+    click.echo(
+        f"Pulling {spec.name} ({spec.display_name} {spec.quant}, about {format_bytes(spec.total_bytes)})"
+        f" from {spec.repo_id} at {hf_endpoint(endpoint)} into {hf_cache_dir()}",
+        err=True,
+    )
+    resolved = pull(spec.name, endpoint=endpoint, progress=progress)
+    click.echo(f"model:  {resolved.model_path}")
+    click.echo(f"mmproj: {resolved.mmproj_path}")
+    click.echo(f"Ready: use --model {spec.name}", err=True)
+
+
+@models.command("make-tiny")
+@click.argument("out_dir", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--arch", type=click.Choice(["qwen2vl", "qwen25vl", "qwen3vl"]), default="qwen25vl", show_default=True)
+@click.option(
+    "--shape",
+    type=click.Choice(["tiny", "3b"]),
+    default="tiny",
+    show_default=True,
+    help="tiny: a few MB; 3b: the real 3B dimensions.",
+)
+@click.option(
+    "--type",
+    "wtype",
+    type=click.Choice(["f32", "f16", "q8_0"]),
+    default=None,
+    help="Weight type (default: f16 for tiny, q8_0 for 3b).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed for the weights.")
+def make_tiny_cmd(out_dir: Path, arch: str, shape: str, wtype: str | None, seed: int) -> None:
+    """Write a random-weight GGUF model and projector into DIR, for testing without a download."""
+    from .tiny import make_tiny
+
+    def progress(message: str) -> None:
+        click.echo(message, err=True)
+
+    # The tiny shape takes a fraction of a second; only the 3b one is worth progress lines.
+    tiny = make_tiny(
+        out_dir, arch=arch, shape=shape, wtype=wtype, seed=seed, progress=None if shape == "tiny" else progress
+    )
+    click.echo(f"model:  {tiny.model_path}")
+    click.echo(f"mmproj: {tiny.mmproj_path}")
+    click.echo(
+        f"Note: the weights are random ({arch}, {shape}); answers are gibberish. Use it to test the pipeline:"
+        f" --model {tiny.model_path}",
+        err=True,
+    )
+
+
+__all__ = ["models"]
