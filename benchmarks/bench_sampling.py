@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
+
 from vreason_local.clips import make_clip
 from vreason_local.video import SamplingSettings, plan_sampling, probe, sample_frames
 
@@ -37,6 +39,16 @@ def median_ms(action: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def grab_all(path: Path) -> int:
+    """Decode every frame without colour conversion: the cost of walking the whole clip."""
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    count = 0
+    while cap.grab():
+        count += 1
+    cap.release()
+    return count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -48,6 +60,7 @@ def main() -> None:
         info = probe(path)
         print(f"probe_ms {median_ms(lambda: probe(path), repeats):.1f}")
         minutes = info.duration_s / 60
+        print(f"grab_all_frames ms_per_video_minute {median_ms(lambda: grab_all(path), repeats) / minutes:.1f}")
         for name, settings in SETTINGS.items():
             plan = plan_sampling(info, settings)
             ms = median_ms(lambda: sample_frames(path, plan), repeats)

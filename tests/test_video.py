@@ -489,7 +489,9 @@ def test_frames_past_a_lying_header_use_nearest_decoded(media, long_avi):
 # ---------------------------------------------------------------- smart_resize and tokens
 
 
-@pytest.mark.parametrize(("height", "width"), [(120, 160), (360, 640), (1080, 1920), (2160, 3840), (1920, 1080), (50, 900)])
+@pytest.mark.parametrize(
+    ("height", "width"), [(120, 160), (360, 640), (1080, 1920), (2160, 3840), (1920, 1080), (50, 900)]
+)
 @pytest.mark.parametrize("max_pixels", [224 * 224, 336 * 336, 448 * 448, 16384 * 28 * 28])
 @pytest.mark.parametrize("factor", [28, 32])
 def test_smart_resize_grid_budget_and_aspect(height, width, max_pixels, factor):
@@ -528,7 +530,14 @@ def qwen_grid_tokens(n_frames: int, height: int, width: int, patch: int, merge: 
 
 @pytest.mark.parametrize(
     ("n", "h", "w", "patch", "temporal"),
-    [(2, 28, 28, 14, 2), (32, 252, 448, 14, 2), (16, 336, 588, 14, 2), (5, 56, 84, 14, 2), (8, 256, 448, 16, 2), (3, 224, 224, 14, 1)],
+    [
+        (2, 28, 28, 14, 2),
+        (32, 252, 448, 14, 2),
+        (16, 336, 588, 14, 2),
+        (5, 56, 84, 14, 2),
+        (8, 256, 448, 16, 2),
+        (3, 224, 224, 14, 1),
+    ],
 )
 def test_video_tokens(n, h, w, patch, temporal):
     assert video_tokens(n, h, w, patch=patch, temporal=temporal) == qwen_grid_tokens(n, h, w, patch, 2, temporal)
@@ -614,7 +623,14 @@ def test_make_image_writes_png(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(size=(16, 16)), dict(seconds=0.0), dict(fps=0.0), dict(codec="avc1"), dict(codec="XXXX")],
+    [
+        dict(size=(16, 16)),
+        dict(seconds=0.0),
+        dict(fps=0.0),
+        dict(codec="avc1"),  # no H.264 encoder in the opencv-python wheels
+        dict(codec="XXXX"),
+        dict(codec="h264x"),
+    ],
 )
 def test_make_clip_rejects_bad_arguments(tmp_path, kwargs):
     with pytest.raises(UserError):

@@ -44,9 +44,14 @@ def make_clip(
     n_frames = round(seconds * fps)
     if fps <= 0 or n_frames < 1:
         raise UserError(f"make_clip: need fps > 0 and at least one frame, got {seconds} s at {fps} fps")
+    if len(codec) != 4:
+        raise UserError(f"make_clip: codec must be a four-character code such as 'mp4v', got {codec!r}")
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, (width, height))
     if not writer.isOpened():
-        raise UserError(f"cannot write {path} with codec {codec!r}: OpenCV's FFmpeg has no such encoder for this container")
+        raise UserError(
+            f"cannot write {path} with codec {codec!r}: OpenCV's FFmpeg has no such encoder for "
+            "this container, or the folder is not writable"
+        )
     style = _ClipStyle(np.random.default_rng(seed), width, height)
     try:
         for index in range(n_frames):

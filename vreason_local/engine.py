@@ -71,7 +71,8 @@ class _Prefix:
     tokens: list[int | None]  # token ids, None at media positions
     media_cells: np.ndarray  # KV cells of the media tokens, in order
     n_frames: int
-    snapshot: bytes | None = None  # sequence state, taken before anything modifies the prefix
+    snapshot: bytes | None = None  # sequence state of the prefix alone (hooked engines: Lite may prune it)
+    pruned: bool = False  # Lite removed media rows from the cache; an independent question reloads
 
 
 def media_key(media: Media) -> str:
@@ -124,6 +125,8 @@ class Engine:
         self._n_cells = 0
         self._history = False  # the cache holds at least one answered question after the prefix
         self._tail = None
+        self.controller = None
+        self.prompt_tokens: list[int | None] = []
         self.load_s = time.perf_counter() - t0
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -167,6 +170,8 @@ class Engine:
             encode_s, prefill_s = self._encode_media(text, frames, tokens, media_cells)
         cells = np.concatenate(media_cells) if media_cells else np.zeros(0, np.int64)
         self._prefix = _Prefix(key, self._n_past, self._n_cells, tokens, cells, len(frames))
+        if self.hook:
+            self._prefix.snapshot = self.ctx.state_get()
         yield Encoded(len(tokens), len(cells), len(frames), encode_s, prefill_s, False)
 
     def _encode_media(self, text: str, frames: list, tokens: list[int | None], media_cells: list[np.ndarray]) -> tuple[float, float]:
@@ -235,9 +240,10 @@ class Engine:
         p = self._prefix
         if keep_history or not self._history:
             return
-        if p.snapshot is not None:  # the prefix itself was changed (Lite pruned it): reload it
+        if p.pruned:  # Lite removed rows from the prefix itself: reload it whole
             self.ctx.state_set(p.snapshot)
-            p.media_cells = np.arange(len(p.tokens))[[t is None for t in p.tokens]]
+            p.media_cells = np.flatnonzero([t is None for t in p.tokens])
+            p.pruned = False
         else:
             self.ctx.remove_from(p.n_past)
         self._n_past, self._n_cells, self._history = p.n_past, p.n_cells, False
@@ -248,8 +254,7 @@ class Engine:
         Returns the kept rows' cells after the reload (cells are renumbered in order).
         """
         p = self._prefix
-        if p.snapshot is None:
-            p.snapshot = self.ctx.state_get()
+        p.pruned = True
         v = values.reshape(len(rows), self.info.n_head_kv, self.info.head_dim).astype(np.float32)
         score = np.linalg.norm(v, axis=2).sum(axis=1)  # method.md: norm per kv head, summed over heads
         n_keep = len(rows) - len(rows) // 2
@@ -285,10 +290,11 @@ class Engine:
         self.ctx.decode_tokens(ids[:-1], self._n_past)
         self._n_past += len(ids) - 1
         self._n_cells += len(ids) - 1
-        controller = None
+        controller = self.controller = None
         if mode != "base":
             tc = time.perf_counter()
             controller, notice = self._start_controller(mode, vreason)
+            self.controller = controller  # the current answer's controller, for telemetry and tests
             setup_s = time.perf_counter() - tc
             t0 += setup_s  # loading the tail's weights is not prefill
             answer.timings["controller_setup_s"] = round(setup_s, 4)

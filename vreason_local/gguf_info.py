@@ -136,7 +136,7 @@ def read_projector_info(path: Path) -> ProjectorInfo:
 def check_pair(model: ModelInfo, proj: ProjectorInfo) -> None:
     """Refuse a projector built for another model: llama.cpp would crash or emit garbage."""
     want_arch = PROJECTORS[proj.projector_type]
-    want_dim = model.n_embd * (1 + model.n_deepstack)
+    want_dim = model.n_embd  # Qwen3-VL's deepstack features ride along inside the projector's output
     if want_arch != model.arch or (proj.projection_dim and proj.projection_dim != want_dim):
         raise UserError(
             f"projector {proj.path.name} ({proj.projector_type}, output {proj.projection_dim}) does not match "

@@ -141,12 +141,19 @@ def entropy_loss(z_sub: torch.Tensor, ids: torch.Tensor, z_full: torch.Tensor, a
 
 
 def mass_tokens(logits: np.ndarray, mass: float, cap: int) -> np.ndarray:
-    """The smallest set of token ids holding `mass` of the probability (at most `cap` ids), sorted."""
+    """The token ids that carry `mass` of the loss gradient's weight (at most `cap` ids), sorted.
+
+    d loss / d z_v = alpha · p_v · (ln p_v + H): a token's weight in the LM head's backward is
+    |p_v (ln p_v + H)|, so tokens are ranked by that, not by probability alone (unlikely tokens with
+    large |ln p| still pull). Dropping the rest changes the gradient by at most their share.
+    """
     z = logits.astype(np.float64)
-    p = np.exp(z - z.max())
-    p /= p.sum()
-    k = min(cap, p.size)
-    top = np.argpartition(-p, k - 1)[:k] if k < p.size else np.arange(p.size)
-    top = top[np.argsort(-p[top])]
-    n = int(np.searchsorted(np.cumsum(p[top]), mass)) + 1
+    logp = z - z.max()
+    logp -= np.log(np.exp(logp).sum())
+    p = np.exp(logp)
+    w = np.abs(p * (logp - (p * logp).sum()))
+    k = min(cap, w.size)
+    top = np.argpartition(-w, k - 1)[:k] if k < w.size else np.arange(w.size)
+    top = top[np.argsort(-w[top])]
+    n = int(np.searchsorted(np.cumsum(w[top]), mass * w.sum())) + 1
     return np.sort(top[: min(n, k)])

@@ -556,9 +556,10 @@ def _pad(f: BinaryIO, n: int, align: int) -> None:
 
 def _write_gguf(path: Path, arch: str, kv: Callable[[gguf.GGUFWriter], None], tensors: list[_T], wtype: str, seed: int,
                 progress: Callable[[str], None] | None, label: str) -> None:
-    # `label` names the file in progress messages and also keys the random streams, so the
-    # qwen2vl and qwen25vl language models (same llama.cpp arch) still get different weights.
     """Write one GGUF file streaming: header + KV + tensor infos first, then tensor data one at a time.
+
+    `label` names the file in progress messages and also keys the random streams, so the qwen2vl and
+    qwen25vl language models (same llama.cpp arch) still get different weights.
 
     Written to a temporary name in the same directory and renamed at the end, so an interrupted run
     never leaves a file under the final name.

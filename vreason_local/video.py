@@ -31,10 +31,11 @@ MAX_PLAUSIBLE_FPS = 1000.0  # high-speed cameras stay below; larger values are h
 # fit_token_budget never shrinks frames below this: at 224x224 a frame is an 8x8 token grid,
 # about where objects and text stop being recognisable, so dropping frames is the better loss.
 MIN_FRAME_PIXELS = 224 * 224
-# OpenCV's seek decodes from the keyframe before the target and then 16 more frames, so a
-# seek costs tens of decodes (about 60 grabs on the benchmark clip); walk forward with
-# grab() below this gap.
-SEEK_MIN_GAP = 128
+# OpenCV's seek restarts decoding 16 frames before the target (and from the keyframe before
+# that), so one seek costs about 16 + GOP/2 + a few decodes: ~30 grabs on the benchmark clip
+# (GOP 12), ~40-55 for phone footage (GOP 1-2 s), ~150 for x264's default GOP of 250. Gaps up
+# to this many frames are walked with grab() instead; 64 is never more than ~2x off the best.
+SEEK_MIN_GAP = 64
 # After a frame fails to decode, how many following frames to try before giving up on it.
 FORWARD_TRIES = 8
 
@@ -57,10 +58,11 @@ class VideoInfo:
 class SamplingSettings:
     """How many frames to take and how large, before any model-specific budget fitting.
 
-    Defaults are for a laptop: at most 336*336 px a frame is 144 tokens per pair of frames
-    for a square video (9x16 grid for 16:9), so a 10 s clip at 1 fps costs about 720 video
-    tokens and even the 32-frame cap (~2.3k tokens) leaves room in a 4k context for the
-    prompt and the answer. Qwen's own video default (up to 768 tokens a frame) does not.
+    Defaults are for a laptop. At most 336*336 px a frame, a pair of frames (one temporal
+    patch) is 144 tokens, a 12x12 grid for a square video or 9x16 for 16:9. So a clip of up
+    to 4 s (the 4-frame minimum) costs 288 video tokens, 10 s at 1 fps costs 720, and even
+    the 32-frame cap (2304) leaves room in a 4k context for the prompt and the answer.
+    448*448 would cost 4096 at the cap; qwen-vl-utils' default allows 768 tokens a pair.
     """
 
     fps: float = 1.0
@@ -479,8 +481,9 @@ def fit_token_budget(
     """Settings whose plan for `info` costs at most `budget_tokens` video tokens.
 
     Resolution goes first, down to MIN_FRAME_PIXELS (or the caller's own lower max_pixels),
-    because a few sharp frames describe a short clip better than many blurry ones; then the
-    frame count, down to 2. The returned settings use the model's grid (patch * merge).
+    because questions about a video are mostly about what happens when, which needs the
+    frames more than fine detail; below that floor frames stop being legible, so the frame
+    count goes next, down to 2. The returned settings use the model's grid (patch * merge).
     """
     settings = replace(settings, factor=patch * merge)
     frames = len(plan_sampling(info, settings).indices)

@@ -34,8 +34,8 @@ class VReasonSettings:
     steps: int = 1  # optimiser steps per update [ours]
     lr: float = 1e-3  # [ours]
     optimizer: str = "adam"  # adam | sgd [ours]
-    head_mass: float = 0.9999  # the LM-head backward covers the tokens holding this much probability...
-    head_max: int = 4096  # ...but at most this many rows (see tail.mass_tokens)
+    head_mass: float = 0.999  # the LM-head backward covers the tokens carrying this share of the gradient
+    head_max: int = 4096  # ...but at most this many rows (see tail.mass_tokens; error <1%, tested)
     device: str = "auto"
     dtype: str = "float32"
 
@@ -79,27 +79,38 @@ class VReason:
     def _dv_norm(self) -> float:
         return float(self.dv.detach().norm())
 
-    def _update(self, logits: np.ndarray, alpha: int) -> float:
+    def inputs(self) -> TailInputs:
+        """The hook's captures from the last decode, as the tail's inputs at the controlled rows."""
         dev, dt = self.tail.device, self.tail.dtype
-        probs = self.hook.capture("probs")  # ne [n_kv, 1, n_head, 1] -> numpy [1, n_head, 1, n_kv]
+        probs = self.hook.capture("probs")  # ggml ne [n_kv, 1, n_head, 1] -> numpy [1, n_head, 1, n_kv]
         probs = probs.reshape(self.tail.info.n_head, -1)[:, self.rows]
-        inp = TailInputs(torch.from_numpy(probs).to(dev, dt), torch.from_numpy(self.hook.capture("ffn_inp").reshape(-1)).to(dev, dt))
-        ids_np = mass_tokens(logits, self.s.head_mass, self.s.head_max)
-        ids = torch.from_numpy(ids_np).to(dev)
-        head_rows = self.tail.head.rows(ids_np)
-        z_full = torch.from_numpy(logits).to(dev, torch.float32)
+        ffn_inp = self.hook.capture("ffn_inp").reshape(-1)
+        return TailInputs(torch.from_numpy(probs).to(dev, dt), torch.from_numpy(ffn_inp).to(dev, dt))
+
+    def loss(self, inp: TailInputs, dv: torch.Tensor, ids: np.ndarray, logits: np.ndarray, alpha: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, tail logits at `ids`) for value offset `dv`; logits outside `ids` held at llama.cpp's."""
+        head_rows = self.tail.head.rows(ids)
+        z_sub = self.tail.logits(self.tail.hidden(inp, self.v_base, self.v_cache, dv), head_rows).float()
+        z_full = torch.from_numpy(logits).to(z_sub.device, torch.float32)
+        return entropy_loss(z_sub, torch.from_numpy(ids).to(z_sub.device), z_full, alpha), z_sub
+
+    def _update(self, logits: np.ndarray, alpha: int) -> float:
+        inp = self.inputs()
+        ids = mass_tokens(logits, self.s.head_mass, self.s.head_max)
         selfcheck = float("nan")
         for i in range(self.s.steps):
             self.opt.zero_grad()
-            z_sub = self.tail.logits(self.tail.hidden(inp, self.v_base, self.v_cache, self.dv), head_rows).float()
+            loss, z_sub = self.loss(inp, self.dv, ids, logits, alpha)
             if i == 0:
-                selfcheck = float((z_sub.detach() - z_full[ids]).abs().max())
-            loss = entropy_loss(z_sub, ids, z_full, alpha)
+                selfcheck = float((z_sub.detach().cpu().numpy() - logits[ids]).__abs__().max())
             loss.backward()
             if not (torch.isfinite(loss) and torch.isfinite(self.dv.grad).all()):
                 self._reset("non-finite loss or gradient")
                 return selfcheck
             self.opt.step()
+            if not torch.isfinite(self.dv).all():
+                self._reset("non-finite value offset after the optimiser step")
+                return selfcheck
         if selfcheck > SELFCHECK_TOL:
             self.warning = f"self-check: the tail's logits differ from llama.cpp's by {selfcheck:.3g} (tolerance {SELFCHECK_TOL})"
         self._write()
