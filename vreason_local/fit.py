@@ -15,9 +15,8 @@ Where the memory number comes from (`available_memory`):
   which we take as 2/3 of RAM up to 36 GiB and 3/4 of RAM above (what Metal reports as
   ``recommendedMaxWorkingSetSize`` on those machines). That limit becomes ``MemoryInfo.limit``.
 - Windows: ``GlobalMemoryStatusEx`` through ctypes.
-- CUDA: if torch is already installed and sees a GPU, its free memory (``torch.cuda.mem_get_info``) is
-  recorded too, and the check uses it, since a CUDA build of llama.cpp puts weights and KV cache there.
-  torch is imported lazily and never required.
+- GPU builds (CUDA, Vulkan): the free memory of the first dedicated GPU in ggml's device registry is
+  recorded too, and the check uses it, since such a build of llama.cpp puts weights and KV cache there.
 """
 
 from __future__ import annotations
@@ -88,7 +87,7 @@ class MemoryInfo:
     """Memory on this machine, in bytes.
 
     ``available`` is what the OS could hand out now; ``limit`` is a cap below that which applies to the model
-    (cgroup limit, Apple GPU wired limit), or None. ``gpu_total``/``gpu_free`` are set when a CUDA device is
+    (cgroup limit, Apple GPU wired limit), or None. ``gpu_total``/``gpu_free`` are set when a dedicated GPU is
     visible. ``budget`` is the single number the fit check compares against.
     """
 
@@ -227,25 +226,40 @@ def _posix_memory() -> tuple[int, int, int | None, str]:
     return total, available, None, "sysconf"
 
 
-def _cuda_memory() -> tuple[int, int] | None:
-    """(total, free) of CUDA device 0 if torch is installed and sees one; never installs or requires torch."""
-    import importlib.util
+def _gpu_memory() -> tuple[int, int] | None:
+    """(total, free) of the first dedicated GPU llama.cpp itself sees (CUDA, Vulkan, ...), or None.
 
-    if "torch" not in sys.modules and importlib.util.find_spec("torch") is None:
+    Asked of ggml's device registry rather than of PyTorch: it is the memory llama.cpp will use, and a
+    base run need not import torch for it. Apple's unified memory is handled by the macOS rule above.
+    """
+    if sys.platform == "darwin":
         return None
     try:
-        import torch
+        from llama_cpp._ctypes_extensions import load_shared_library
+        from llama_cpp.llama_cpp import _base_path
 
-        if not torch.cuda.is_available():
-            return None
-        free, total = torch.cuda.mem_get_info(0)
-        return int(total), int(free)
-    except Exception:  # a broken CUDA install must not break the CPU path
+        ggml = load_shared_library("ggml", _base_path)
+        base = load_shared_library("ggml-base", _base_path)
+        ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
+        ggml.ggml_backend_dev_get.argtypes, ggml.ggml_backend_dev_get.restype = [ctypes.c_size_t], ctypes.c_void_p
+        base.ggml_backend_dev_type.argtypes, base.ggml_backend_dev_type.restype = [ctypes.c_void_p], ctypes.c_int
+        base.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)]
+        for i in range(ggml.ggml_backend_dev_count()):
+            dev = ggml.ggml_backend_dev_get(i)
+            if base.ggml_backend_dev_type(dev) == _GGML_DEVICE_TYPE_GPU:
+                free, total = ctypes.c_size_t(), ctypes.c_size_t()
+                base.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+                return int(total.value), int(free.value)
+    except (OSError, AttributeError):  # a build without the registry API: fall back to system memory
         return None
+    return None
+
+
+_GGML_DEVICE_TYPE_GPU = 1  # enum ggml_backend_dev_type (ggml-backend.h)
 
 
 def available_memory(use_gpu: bool = True) -> MemoryInfo:
-    """What this machine can give the model now. With ``use_gpu`` a visible CUDA device's free memory is
+    """What this machine can give the model now. With ``use_gpu`` a dedicated GPU's free memory is
     what the fit check uses (see `MemoryInfo.budget`)."""
     if sys.platform.startswith("linux"):
         total, available, limit, source = _linux_memory()
@@ -255,9 +269,9 @@ def available_memory(use_gpu: bool = True) -> MemoryInfo:
         total, available, limit, source = _windows_memory()
     else:
         total, available, limit, source = _posix_memory()
-    gpu = _cuda_memory() if use_gpu else None
+    gpu = _gpu_memory() if use_gpu else None
     if gpu is not None:
-        source += " + CUDA device 0 free memory"
+        source += " + GPU free memory (ggml)"
     return MemoryInfo(
         total=total,
         available=available,
