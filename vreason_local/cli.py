@@ -62,7 +62,6 @@ def _settings(o: dict):
     from .llama_backend import default_threads
     from .sampling import SamplingSettings
     from .video import SamplingSettings as FrameSettings
-    from .vreason import VReasonSettings
 
     gen = GenerationSettings(o["max_tokens"], SamplingSettings(o["temperature"], o["top_p"], o["min_p"], o["seed"]),
                              reasoning=not o["no_reasoning"], stop_at_answer=not o["no_reasoning"])
@@ -70,7 +69,12 @@ def _settings(o: dict):
                            end_s=o["end"], max_pixels=o["max_pixels"])
     eng = EngineSettings(n_threads=o["threads"] or default_threads(), n_gpu_layers=o["gpu_layers"], repack=o["repack"],
                          hook=o["mode"] != "base")
-    vr = VReasonSettings(beta=o["beta"], every=o["every"], steps=o["steps"], lr=o["lr"], optimizer=o["optimizer"], device=o["device"])
+    vr = None
+    if o["mode"] != "base":  # .vreason imports torch (~1 s): base runs and input errors do without it
+        from .vreason import VReasonSettings
+
+        vr = VReasonSettings(beta=o["beta"], every=o["every"], steps=o["steps"], lr=o["lr"], optimizer=o["optimizer"],
+                             device=o["device"])
     return gen, frames, eng, vr
 
 
@@ -153,6 +157,11 @@ def _register_models() -> None:
 _register_models()
 
 
+# click >= 8.2 raises this (a UsageError whose message is the whole help page) for a group run with no
+# arguments; older click prints the help and exits by itself.
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line and exit 2 for bad input, exit 1 for bugs, never a bare traceback."""
     try:
@@ -166,8 +175,11 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except _NO_ARGS_IS_HELP as exc:  # bare `vreason` / `vreason models`: the help, not an "error: Usage: ..." block
+        exc.show()
+        sys.exit(2)
     except click.ClickException as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
+        click.echo("error: " + " ".join(exc.format_message().splitlines()), err=True)
         sys.exit(2)
     except Exception as exc:  # a bug: say so in one line; VREASON_DEBUG=1 shows the traceback
         if os.environ.get("VREASON_DEBUG") == "1":

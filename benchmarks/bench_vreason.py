@@ -1,0 +1,187 @@
+"""V-Reason's cost on the `3b` shape model (Qwen2.5-VL-3B dimensions, Q8_0, random weights), side by side.
+
+Run: python benchmarks/bench_vreason.py [--tokens 24] [--rounds 3] [--frames 4]
+Prints ratios measured in one run, configurations interleaved round by round (shared, noisy machine):
+  A. the eval callback: none / C hook off / C hook capturing / plain ctypes callback (no / capturing)
+  B. time per generated token, V-Reason (k=2, one Adam step) over base, on the same encoded video
+  C. peak memory (max RSS) of `vreason run` processes, V-Reason over base
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+from _setup import clip, median, model_3b, steady_step_s
+
+from vreason_local.engine import Engine, EngineSettings, GenerationSettings
+from vreason_local.events import Finished, TokenEvent
+from vreason_local.gguf_info import read_model_info
+from vreason_local.hook import ValueHook, _load
+from vreason_local.llama_backend import Context, Model, default_threads
+from vreason_local.media import load_video
+from vreason_local.video import SamplingSettings
+from vreason_local.vreason import VReasonSettings
+
+import llama_cpp as L
+
+PROMPT = "<|im_start|>user\n" + "Describe the scene in careful detail, frame by frame. " * 24 + "<|im_end|>\n<|im_start|>assistant\n"
+
+
+def python_callback(names: set[bytes], capture: list[bool], sizes: dict[bytes, int]):
+    """The same job as native/vr_hook.c, written as a plain ctypes callback (for comparison)."""
+    lib, ggml = _load()
+    off = lib.vr_name_offset()
+    bufs = {n: np.empty(s // 4, np.float32) for n, s in sizes.items()}
+
+    @L.ggml_backend_sched_eval_callback
+    def cb(t, ask, _ud):
+        name = ctypes.string_at(t + off)
+        if ask:
+            return capture[0] and name in names
+        n = 1
+        for d in range(4):
+            n *= lib.vr_tensor_ne(t, d)
+        ggml.ggml_backend_tensor_get(t, bufs[name].ctypes.data, 0, n * 4)
+        return True
+
+    return cb
+
+
+def decode_loop(ctx: Context, model: Model, n: int, capture=None) -> list[float]:
+    """Greedy decode `n` tokens after PROMPT; seconds per decode call. `capture(on)` toggles capturing,
+    kept off for the prompt (its buffers are sized for one token at a time, as in the engine)."""
+    ctx.clear()
+    ids = model.tokenize(PROMPT)
+    if capture:
+        capture(False)
+    ctx.decode_tokens(ids, 0)
+    pos, times = len(ids), []
+    for _ in range(n):
+        tok = int(np.argmax(ctx.logits()))
+        if capture:
+            capture(True)
+        t0 = time.perf_counter()
+        ctx.decode_tokens([tok], pos)
+        times.append(time.perf_counter() - t0)
+        pos += 1
+    return times[1:]
+
+
+def bench_callbacks(path, tokens: int, rounds: int, label: str) -> None:
+    info = read_model_info(path)
+    model = Model(path, n_gpu_layers=0, repack=True)
+    threads = default_threads()
+    last = info.n_layer - 1
+    n_ctx = 1024
+    hook = ValueHook(info, n_ctx)
+    capture = [False]
+    names = {f"kq_soft_max-{last}".encode(), f"ffn_inp-{last}".encode()}
+    py_cb = python_callback(names, capture, {f"kq_soft_max-{last}".encode(): n_ctx * info.n_head * 4,
+                                             f"ffn_inp-{last}".encode(): info.n_embd * 4})
+    ctxs = {
+        "no callback, flash attn auto (base default)": Context(model, n_ctx, 512, threads, "auto"),
+        "no callback, flash attn off": Context(model, n_ctx, 512, threads, "off"),
+        "C hook installed, capture off": Context(model, n_ctx, 512, threads, "off", *hook.callback_args()),
+        "ctypes callback, answers no": Context(model, n_ctx, 512, threads, "off", py_cb, None),
+    }
+    runs = {k: [] for k in ctxs}
+    runs["C hook capturing 2 nodes/token"] = []
+    runs["ctypes callback capturing 2 nodes/token"] = []
+    for _ in range(rounds):
+        hook.prepare(False)
+        capture[0] = False
+        for name, ctx in ctxs.items():
+            runs[name] += decode_loop(ctx, model, tokens)
+        runs["C hook capturing 2 nodes/token"] += decode_loop(ctxs["C hook installed, capture off"], model, tokens,
+                                                              hook.prepare)
+        runs["ctypes callback capturing 2 nodes/token"] += decode_loop(ctxs["ctypes callback, answers no"], model, tokens,
+                                                                       lambda on: capture.__setitem__(0, on))
+    decode_loop(ctxs["C hook installed, capture off"], model, 1, hook.prepare)
+    nodes = hook.counts[0]  # nodes asked since the last prepare(): one token's graph
+    ref = median(runs["no callback, flash attn off"])
+    print(f"A. eval callback cost, {label} ({nodes} graph nodes per token; ms per decoded token, median of "
+          f"{len(runs['no callback, flash attn off'])}; ratio to no callback with FA off)")
+    for name, ts in runs.items():
+        extra_ns = (median(ts) - ref) / nodes * 1e9
+        print(f"   {name:44s} {median(ts) * 1e3:8.3f} ms   x{median(ts) / ref:.3f}   ({extra_ns:+.0f} ns per node)")
+    for ctx in ctxs.values():
+        ctx.close()
+    hook.close()
+    model.close()
+
+
+def bench_decode(model, tokens: int, rounds: int, frames: int) -> None:
+    lm = load_video(clip(), SamplingSettings(fps=1.0, min_frames=frames, max_frames=frames), patch=14)
+    gen = GenerationSettings(max_tokens=tokens, stop_at_answer=False)
+    per: dict[str, list[float]] = {"base": [], "vreason": []}
+    updates: list[float] = []
+    selfchecks: list[float] = []
+    with Engine(model.model_path, model.mmproj_path, EngineSettings(n_ctx=2048, hook=True)) as engine:
+        for _ in range(rounds):
+            for mode in ("base", "vreason"):
+                t_s = []
+                for ev in engine.ask(lm.media, "What happens in this video?", gen, mode, VReasonSettings(every=2, steps=1)):
+                    if isinstance(ev, TokenEvent):
+                        t_s.append(ev.t_s)
+                        if ev.control and ev.control.update_ms is not None:
+                            updates.append(ev.control.update_ms)
+                            selfchecks.append(ev.control.selfcheck)
+                per[mode] += steady_step_s(t_s)
+        rows = engine.controller.n_rows
+    base, vr = float(np.mean(per["base"])), float(np.mean(per["vreason"]))
+    print(f"B. time per generated token ({lm.n_tokens} video tokens controlled: {rows}; mean of {len(per['base'])} steps each)")
+    print(f"   base {base * 1e3:.1f} ms, V-Reason (k=2, 1 step) {vr * 1e3:.1f} ms: V-Reason/base = x{vr / base:.3f}")
+    print(f"   controller update: median {median(updates):.1f} ms per update (every 2nd token); "
+          f"self-check max |logit diff| {max(selfchecks):.2e}")
+
+
+def peak_rss(args: list[str]) -> tuple[float, dict]:
+    proc = subprocess.Popen([sys.executable, "-m", "vreason_local.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise SystemExit(f"vreason run failed: {args}")
+    return usage.ru_maxrss * 1024, json.loads(out)
+
+
+def bench_memory(model, tokens: int, frames: int) -> None:
+    common = ["run", "--model", str(model.model_path), "--mmproj", str(model.mmproj_path), "--video", str(clip()),
+              "-q", "What happens?", "--json", "--max-tokens", str(tokens), "--min-frames", str(frames),
+              "--max-frames", str(frames)]
+    base, _ = peak_rss(common + ["--mode", "base"])
+    vr, out = peak_rss(common + ["--mode", "vreason"])
+    print(f"C. peak memory (max RSS of `vreason run`, {out['n_video_tokens']} video tokens, {tokens} tokens)")
+    print(f"   base {base / 1e9:.2f} GB, V-Reason {vr / 1e9:.2f} GB: V-Reason/base = x{vr / base:.3f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, default=24)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--frames", type=int, default=4)
+    ap.add_argument("--only", choices=["A", "B", "C"], default=None)
+    args = ap.parse_args()
+    model = model_3b()
+    print(f"model: {model.model_path.name} (Qwen2.5-VL-3B shape, Q8_0, random weights), {default_threads()} threads")
+    if args.only in (None, "A"):
+        from vreason_local.tiny import make_tiny
+
+        tiny = make_tiny(model.model_path.parent, arch="qwen25vl", shape="tiny")
+        bench_callbacks(tiny.model_path, 400, args.rounds, "tiny model (callback cost visible)")
+        bench_callbacks(model.model_path, args.tokens, args.rounds, "3b shape")
+    if args.only in (None, "B"):
+        bench_decode(model, args.tokens, args.rounds, args.frames)
+    if args.only in (None, "C"):
+        bench_memory(model, 8, args.frames)
+
+
+if __name__ == "__main__":
+    main()
