@@ -80,34 +80,32 @@ def bench_callbacks(path, tokens: int, rounds: int, label: str) -> None:
     threads = default_threads()
     last = info.n_layer - 1
     n_ctx = 1024
-    hook = ValueHook(info, n_ctx)
+    hook = ValueHook(info)
     capture = [False]
-    names = {f"kq_soft_max-{last}".encode(), f"ffn_inp-{last}".encode()}
-    py_cb = python_callback(names, capture, {f"kq_soft_max-{last}".encode(): n_ctx * info.n_head * 4,
-                                             f"ffn_inp-{last}".encode(): info.n_embd * 4})
+    sizes = {f"Qcur-{last}".encode(): info.n_head * info.head_dim * 4, f"ffn_inp-{last}".encode(): info.n_embd * 4}
+    py_cb = python_callback(set(sizes), capture, sizes)
     ctxs = {
-        "no callback, flash attn auto (base default)": Context(model, n_ctx, 512, threads, "auto"),
-        "no callback, flash attn off": Context(model, n_ctx, 512, threads, "off"),
-        "C hook installed, capture off": Context(model, n_ctx, 512, threads, "off", *hook.callback_args()),
-        "ctypes callback, answers no": Context(model, n_ctx, 512, threads, "off", py_cb, None),
+        "no callback": Context(model, n_ctx, 512, threads, "auto"),
+        "C hook installed, capture off": Context(model, n_ctx, 512, threads, "auto", *hook.callback_args()),
+        "ctypes callback, answers no": Context(model, n_ctx, 512, threads, "auto", py_cb, None),
     }
     runs = {k: [] for k in ctxs}
-    runs["C hook capturing 2 nodes/token"] = []
-    runs["ctypes callback capturing 2 nodes/token"] = []
+    runs["C hook capturing (Qcur, ffn_inp)"] = []
+    runs["ctypes callback capturing (Qcur, ffn_inp)"] = []
     for _ in range(rounds):
         hook.prepare(False)
         capture[0] = False
         for name, ctx in ctxs.items():
             runs[name] += decode_loop(ctx, model, tokens)
-        runs["C hook capturing 2 nodes/token"] += decode_loop(ctxs["C hook installed, capture off"], model, tokens,
+        runs["C hook capturing (Qcur, ffn_inp)"] += decode_loop(ctxs["C hook installed, capture off"], model, tokens,
                                                               hook.prepare)
-        runs["ctypes callback capturing 2 nodes/token"] += decode_loop(ctxs["ctypes callback, answers no"], model, tokens,
+        runs["ctypes callback capturing (Qcur, ffn_inp)"] += decode_loop(ctxs["ctypes callback, answers no"], model, tokens,
                                                                        lambda on: capture.__setitem__(0, on))
     decode_loop(ctxs["C hook installed, capture off"], model, 1, hook.prepare)
     nodes = hook.counts[0]  # nodes asked since the last prepare(): one token's graph
-    ref = median(runs["no callback, flash attn off"])
+    ref = median(runs["no callback"])
     print(f"A. eval callback cost, {label} ({nodes} graph nodes per token; ms per decoded token, median of "
-          f"{len(runs['no callback, flash attn off'])}; ratio to no callback with FA off)")
+          f"{len(runs['no callback'])}; ratio to no callback)")
     for name, ts in runs.items():
         extra_ns = (median(ts) - ref) / nodes * 1e9
         print(f"   {name:44s} {median(ts) * 1e3:8.3f} ms   x{median(ts) / ref:.3f}   ({extra_ns:+.0f} ns per node)")
@@ -117,7 +115,7 @@ def bench_callbacks(path, tokens: int, rounds: int, label: str) -> None:
     model.close()
 
 
-def bench_decode(model, tokens: int, rounds: int, frames: int) -> None:
+def bench_decode(model, tokens: int, rounds: int, frames: int, dtype: str) -> None:
     lm = load_video(clip(), SamplingSettings(fps=1.0, min_frames=frames, max_frames=frames), patch=14)
     gen = GenerationSettings(max_tokens=tokens, stop_at_answer=False)
     per: dict[str, list[float]] = {"base": [], "vreason": []}
@@ -127,7 +125,7 @@ def bench_decode(model, tokens: int, rounds: int, frames: int) -> None:
         for _ in range(rounds):
             for mode in ("base", "vreason"):
                 t_s = []
-                for ev in engine.ask(lm.media, "What happens in this video?", gen, mode, VReasonSettings(every=2, steps=1)):
+                for ev in engine.ask(lm.media, "What happens in this video?", gen, mode, VReasonSettings(every=2, steps=1, dtype=dtype)):
                     if isinstance(ev, TokenEvent):
                         t_s.append(ev.t_s)
                         if ev.control and ev.control.update_ms is not None:
@@ -137,7 +135,8 @@ def bench_decode(model, tokens: int, rounds: int, frames: int) -> None:
         rows = engine.controller.n_rows
     base, vr = float(np.mean(per["base"])), float(np.mean(per["vreason"]))
     print(f"B. time per generated token ({lm.n_tokens} video tokens controlled: {rows}; mean of {len(per['base'])} steps each)")
-    print(f"   base {base * 1e3:.1f} ms, V-Reason (k=2, 1 step) {vr * 1e3:.1f} ms: V-Reason/base = x{vr / base:.3f}")
+    print(f"   base {base * 1e3:.1f} ms, V-Reason (k=2, 1 step, tail {engine._tail.dtype}) {vr * 1e3:.1f} ms: "
+          f"V-Reason/base = x{vr / base:.3f}")
     print(f"   controller update: median {median(updates):.1f} ms per update (every 2nd token); "
           f"self-check max |logit diff| {max(selfchecks):.2e}")
 
@@ -152,14 +151,14 @@ def peak_rss(args: list[str]) -> tuple[float, dict]:
     return usage.ru_maxrss * 1024, json.loads(out)
 
 
-def bench_memory(model, tokens: int, frames: int) -> None:
+def bench_memory(model, tokens: int, frames: int, dtype: str) -> None:
     common = ["run", "--model", str(model.model_path), "--mmproj", str(model.mmproj_path), "--video", str(clip()),
               "-q", "What happens?", "--json", "--max-tokens", str(tokens), "--min-frames", str(frames),
               "--max-frames", str(frames)]
     base, _ = peak_rss(common + ["--mode", "base"])
-    vr, out = peak_rss(common + ["--mode", "vreason"])
+    vr, out = peak_rss(common + ["--mode", "vreason", "--tail-dtype", dtype])
     print(f"C. peak memory (max RSS of `vreason run`, {out['n_video_tokens']} video tokens, {tokens} tokens)")
-    print(f"   base {base / 1e9:.2f} GB, V-Reason {vr / 1e9:.2f} GB: V-Reason/base = x{vr / base:.3f}")
+    print(f"   base {base / 1e9:.2f} GB, V-Reason (tail {dtype}) {vr / 1e9:.2f} GB: V-Reason/base = x{vr / base:.3f}")
 
 
 def main() -> None:
@@ -168,6 +167,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--frames", type=int, default=4)
     ap.add_argument("--only", choices=["A", "B", "C"], default=None)
+    ap.add_argument("--tail-dtype", default="auto", help="dtype of the controller's weights (auto, float32, bfloat16)")
     args = ap.parse_args()
     model = model_3b()
     print(f"model: {model.model_path.name} (Qwen2.5-VL-3B shape, Q8_0, random weights), {default_threads()} threads")
@@ -178,9 +178,9 @@ def main() -> None:
         bench_callbacks(tiny.model_path, 400, args.rounds, "tiny model (callback cost visible)")
         bench_callbacks(model.model_path, args.tokens, args.rounds, "3b shape")
     if args.only in (None, "B"):
-        bench_decode(model, args.tokens, args.rounds, args.frames)
+        bench_decode(model, args.tokens, args.rounds, args.frames, args.tail_dtype)
     if args.only in (None, "C"):
-        bench_memory(model, 8, args.frames)
+        bench_memory(model, 8, args.frames, args.tail_dtype)
 
 
 if __name__ == "__main__":

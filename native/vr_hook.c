@@ -8,7 +8,8 @@
  *   - records the persistent last-layer K and V cache tensors when they show up as view sources
  *     (their addresses are stable for the context's life), so Python can write value rows later;
  *   - while capturing is enabled, asks for the nodes named in its capture list and copies their F32
- *     data out (ggml_backend_tensor_get, so it works for host and device buffers alike).
+ *     data out (ggml_backend_tensor_get, so it works for host and device buffers alike). Several nodes
+ *     may share a name (Qcur-L: matmul, bias, reshape, RoPE); the last one computed wins.
  * Writing the value rows happens between decode steps from Python, with ggml_backend_tensor_set.
  *
  * No ggml header is needed at build time: `struct vr_tensor` mirrors `struct ggml_tensor` of the
@@ -159,6 +160,7 @@ static void copy_node(vr_hook *h, vr_capture *c, const struct vr_tensor *t) {
     memcpy(c->ne, t->ne, sizeof(c->ne));
     c->n_bytes = expect;
     c->n_seen++;
+    c->error = 0; /* the last node of the name wins, including over an earlier view that could not be copied */
 }
 
 VR_API bool vr_hook_callback(struct vr_tensor *t, bool ask, void *user_data) {
@@ -181,6 +183,25 @@ VR_API bool vr_hook_callback(struct vr_tensor *t, bool ask, void *user_data) {
     }
     return true; /* false would abort the graph */
 }
+
+#if !defined(_WIN32)
+#include <unistd.h>
+/* Gather rows of a tensor straight from the model file (the tail's LM-head rows). pread, not a memory
+ * map: a map's fault-around would pull ~64 KB around each scattered row into the process's resident set
+ * (150 MB for 2048 rows of a 3B head), where reading copies exactly the rows. Returns n, or -1-i if row
+ * i could not be read. */
+VR_API int64_t vr_read_rows(int fd, int64_t base, int64_t row_bytes, const int64_t *ids, int64_t n, uint8_t *out) {
+    for (int64_t i = 0; i < n; i++) {
+        int64_t done = 0;
+        while (done < row_bytes) {
+            ssize_t got = pread(fd, out + i * row_bytes + done, (size_t)(row_bytes - done), (off_t)(base + ids[i] * row_bytes + done));
+            if (got <= 0) return -1 - i;
+            done += got;
+        }
+    }
+    return n;
+}
+#endif
 
 /* A Python module only so that setuptools can build and install this file portably; Python reaches
  * the functions above through ctypes. */

@@ -109,22 +109,20 @@ class Engine:
         self.model = Model(self.info.path, settings.n_gpu_layers, self.repack)
         self.vision = Vision(self.projector.path, self.model, settings.n_threads, settings.n_gpu_layers != 0) if self.projector else None
         self.hook = None
-        flash_attn = settings.flash_attn
         if settings.hook:
             from .hook import ValueHook
 
-            # The controller reads the last layer's attention probabilities (kq_soft_max), which exist
-            # only with flash attention off; the cache's V is then stored transposed.
-            flash_attn = "off"
-            self.hook = ValueHook(self.info, settings.n_ctx)
-        self.ctx = Context(self.model, settings.n_ctx, settings.n_batch, settings.n_threads, flash_attn,
+            self.hook = ValueHook(self.info)
+        self.ctx = Context(self.model, settings.n_ctx, settings.n_batch, settings.n_threads, settings.flash_attn,
                            *(self.hook.callback_args() if self.hook else ()))
-        self.v_transposed = flash_attn == "off"
+        # llama.cpp stores V transposed only when flash attention is explicitly off (llama-notes.md)
+        self.v_transposed = settings.flash_attn == "off"
         self._prefix: _Prefix | None = None
         self._n_past = 0
         self._n_cells = 0
         self._history = False  # the cache holds at least one answered question after the prefix
-        self._tail = None
+        self._tail = None  # the PyTorch tail, loaded at the first V-Reason answer and kept
+        self._tail_key: tuple[str, str] | None = None
         self.controller = None
         self.prompt_tokens: list[int | None] = []
         self.load_s = time.perf_counter() - t0
@@ -137,6 +135,8 @@ class Engine:
                 obj.close()
         if self.hook:
             self.hook.close()
+        if self._tail is not None:
+            self._tail.head.close()
 
     def __enter__(self) -> "Engine":
         return self
@@ -332,12 +332,15 @@ class Engine:
             values = self.hook.read_values(rows, self.v_transposed)
             rows = self._prune_lite(values, rows)
             p.media_cells = rows
-        if self._tail is None:
+        settings = settings or VReasonSettings()
+        if self._tail is None or self._tail_key != (settings.device, settings.dtype):
             from .tail import Tail
 
-            self._tail = Tail.from_gguf(self.info)
-        return VReason(self._tail, self.hook, rows, self.v_transposed,
-                       settings or VReasonSettings(), self.model.n_vocab), notice
+            if self._tail is not None:
+                self._tail.head.close()
+            self._tail = Tail.from_gguf(self.info, settings.device, settings.dtype)
+            self._tail_key = (settings.device, settings.dtype)
+        return VReason(self._tail, self.hook, rows, self.v_transposed, settings, self.model.n_vocab), notice
 
     def _decode(self, answer: Answer, gen: GenerationSettings, controller, cancel: threading.Event | None) -> Iterator[Event]:
         """The decode loop. The token of step k comes from p_k before that step's update (method.md)."""
@@ -353,7 +356,7 @@ class Engine:
             state: ControlState | None = None
             if controller:
                 tc = time.perf_counter()
-                state = controller.step(step, logits, h)
+                state = controller.step(step, logits, h, self._n_cells)
                 control_s += time.perf_counter() - tc
                 if controller.warning:
                     answer.notices.append(controller.warning)

@@ -41,7 +41,7 @@ class ControlState:
     alpha: int | None
     dv_norm: float
     update_ms: float | None
-    selfcheck: float | None  # largest |tail logit - llama.cpp logit| over the tokens the tail computes
+    selfcheck: float | None  # max |tail logit - llama.cpp logit| / max(1, max |logit|), over the tail's tokens
 
 
 @dataclass(frozen=True)

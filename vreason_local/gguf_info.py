@@ -6,8 +6,11 @@ of log and return NULL) and size the context and the memory check from the real 
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from .errors import UserError
 
@@ -58,27 +61,111 @@ class ProjectorInfo:
         return self.patch_size * 2
 
 
-def _fields(path: Path) -> dict[str, object]:
-    import gguf
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]  # ggml order: shape[0] is the row length
+    ggml_type: int
+    offset: int  # absolute byte offset in the file
 
+
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+
+
+class GGUFFile:
+    """A minimal GGUF reader: metadata and tensor locations, without materialising big arrays.
+
+    `gguf.GGUFReader` builds numpy objects for every token and merge of a 151k vocabulary (hundreds of
+    MB for a moment); we only need scalars, a few tensors and the vocabulary's size, and skip the rest.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fields: dict[str, object] = {}
+        self.array_lengths: dict[str, int] = {}
+        self.tensors: dict[str, TensorInfo] = {}
+        with open(path, "rb") as f:
+            self._buf = f.read(64 << 20)  # metadata is at the front; 64 MB covers a 151k-token vocabulary
+        self._off = 0
+        if self._take("<I") != 0x46554747:  # b"GGUF"
+            raise ValueError("no GGUF magic")
+        version, n_tensors, n_kv = self._take("<I"), self._take("<Q"), self._take("<Q")
+        if version < 2:
+            raise ValueError(f"GGUF version {version} is too old")
+        for _ in range(n_kv):
+            key = self._string()
+            vtype = self._take("<I")
+            if vtype == _ARRAY:
+                etype, n = self._take("<I"), self._take("<Q")
+                self.array_lengths[key] = n
+                if n <= 64:
+                    self.fields[key] = [self._value(etype) for _ in range(n)]
+                elif etype == _STRING:
+                    self._skip_strings(n)
+                else:  # large numeric arrays (token types, scores): skipped, their length is kept
+                    self._off += n * struct.calcsize(_SCALARS[etype])
+            else:
+                self.fields[key] = self._value(vtype)
+        infos = []
+        for _ in range(n_tensors):
+            name = self._string()
+            n_dims = self._take("<I")
+            shape = tuple(self._take("<Q") for _ in range(n_dims))
+            infos.append((name, shape, self._take("<I"), self._take("<Q")))
+        align = int(self.fields.get("general.alignment", 32))
+        data_start = -(-self._off // align) * align
+        self.tensors = {n: TensorInfo(n, s, t, data_start + o) for n, s, t, o in infos}
+        del self._buf
+
+    def _take(self, fmt: str):
+        v = struct.unpack_from(fmt, self._buf, self._off)[0]
+        self._off += struct.calcsize(fmt)
+        return v
+
+    def _string(self) -> str:
+        n = self._take("<Q")
+        s = self._buf[self._off : self._off + n].decode("utf-8", "replace")
+        self._off += n
+        return s
+
+    def _skip_strings(self, n: int) -> None:
+        for _ in range(n):
+            self._off += 8 + struct.unpack_from("<Q", self._buf, self._off)[0]
+
+    def _value(self, vtype: int):
+        if vtype == _STRING:
+            return self._string()
+        if vtype == _ARRAY:
+            etype, n = self._take("<I"), self._take("<Q")
+            return [self._value(etype) for _ in range(n)]
+        return self._take(_SCALARS[vtype])
+
+    def tensor_bytes(self, name: str) -> np.ndarray:
+        """The raw data of a tensor as a read-only memory map, one row of bytes per ggml row."""
+        import gguf
+
+        t = self.tensors[name]
+        block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(t.ggml_type)]
+        row_bytes = t.shape[0] // block * type_size
+        n_rows = int(np.prod(t.shape[1:])) if len(t.shape) > 1 else 1
+        return np.memmap(self.path, np.uint8, "r", t.offset, (n_rows, row_bytes))
+
+
+def open_gguf(path: Path) -> GGUFFile:
     if not path.is_file():
         raise UserError(f"model file not found: {path}")
     try:
-        reader = gguf.GGUFReader(str(path), "r")
-    except Exception as exc:  # gguf raises ValueError/struct.error/etc. on non-GGUF input
-        raise UserError(f"{path} is not a readable GGUF file ({type(exc).__name__}: {exc})") from None
-    out: dict[str, object] = {}
-    for key, field in reader.fields.items():
-        if key.startswith("tokenizer.ggml.") and key != "tokenizer.ggml.model":
-            continue  # large arrays; not needed here
-        try:
-            out[key] = field.contents()
-        except Exception:
-            continue
-    # the vocabulary size is the row count of the token embedding
-    for t in reader.tensors:
-        if t.name == "token_embd.weight":
-            out["_n_vocab"] = int(t.shape[-1])
+        return GGUFFile(path)
+    except (ValueError, struct.error, KeyError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not a readable GGUF file ({exc})") from None
+
+
+def _fields(path: Path) -> dict[str, object]:
+    g = open_gguf(path)
+    out = dict(g.fields)
+    embd = g.tensors.get("token_embd.weight")
+    out["_n_vocab"] = embd.shape[1] if embd else g.array_lengths.get("tokenizer.ggml.tokens", 0)
     return out
 
 

@@ -25,6 +25,11 @@ _lib: ctypes.CDLL | None = None
 _ggml: ctypes.CDLL | None = None
 
 
+def native() -> ctypes.CDLL:
+    """The hook library (for its helpers, e.g. `vr_read_rows`)."""
+    return _load()[0]
+
+
 def _load() -> tuple[ctypes.CDLL, ctypes.CDLL]:
     """Load the hook library and ggml-base once, declare signatures, verify the tensor layout."""
     global _lib, _ggml
@@ -50,6 +55,9 @@ def _load() -> tuple[ctypes.CDLL, ctypes.CDLL]:
     for name, (args, res) in sigs.items():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = args, res
+    if hasattr(lib, "vr_read_rows"):  # POSIX only
+        lib.vr_read_rows.argtypes = [_c.c_int, i64, i64, vp, i64, vp]
+        lib.vr_read_rows.restype = i64
     ggml.ggml_backend_tensor_get.argtypes = [vp, vp, sz, sz]
     ggml.ggml_backend_tensor_set.argtypes = [vp, vp, sz, sz]
     ggml.ggml_backend_tensor_get.restype = ggml.ggml_backend_tensor_set.restype = None
@@ -98,17 +106,17 @@ def verify_layout(lib: ctypes.CDLL, ggml: ctypes.CDLL) -> None:
 
 
 class ValueHook:
-    """One hook per llama.cpp context: captures `kq_soft_max-L` and `ffn_inp-L`, owns V-row I/O."""
+    """One hook per llama.cpp context: captures the last layer's post-RoPE query (`Qcur-L`) and residual
+    before the FFN (`ffn_inp-L`) for one token, and owns reading K/V rows and writing V rows."""
 
-    def __init__(self, info: ModelInfo, n_ctx: int) -> None:
+    def __init__(self, info: ModelInfo) -> None:
         self.lib, self.ggml = _load()
         self.info = info
         last = info.n_layer - 1
         self.h = self.lib.vr_hook_new(ctypes.cast(self.ggml.ggml_backend_tensor_get, ctypes.c_void_p))
         self.lib.vr_hook_set_cache_names(self.h, f"cache_k_l{last}".encode(), f"cache_v_l{last}".encode())
-        # attention probabilities over all cells for one token, and the residual stream before the FFN
-        self.names = {"probs": f"kq_soft_max-{last}", "ffn_inp": f"ffn_inp-{last}"}
-        sizes = {"probs": n_ctx * info.n_head * 4, "ffn_inp": info.n_embd * 4}
+        self.names = {"q": f"Qcur-{last}", "ffn_inp": f"ffn_inp-{last}"}
+        sizes = {"q": info.n_head * info.head_dim * 4, "ffn_inp": info.n_embd * 4}  # one token each
         self.slots = {k: self.lib.vr_hook_add_capture(self.h, n.encode(), sizes[k]) for k, n in self.names.items()}
         self.n_embd_v = info.n_head_kv * info.head_dim
         addr = ctypes.cast(self.lib.vr_hook_callback, ctypes.c_void_p).value
@@ -137,13 +145,23 @@ class ValueHook:
         """(nodes asked, nodes observed) since the last `prepare`."""
         return self.lib.vr_hook_n_asked(self.h), self.lib.vr_hook_n_observed(self.h)
 
-    def _cache_v(self) -> int:
-        t = self.lib.vr_hook_cache(self.h, 1)
+    def _cache(self, which: int) -> int:
+        t = self.lib.vr_hook_cache(self.h, which)
         if not t:
-            raise RuntimeError("the last layer's value cache was not seen in the graph yet")
+            raise RuntimeError("the last layer's KV cache was not seen in the graph yet")
         if self.lib.vr_tensor_type(t) != GGML_TYPE_F16:
-            raise UserError("V-Reason needs an F16 value cache (the default); do not quantise the V cache")
+            raise UserError("V-Reason needs an F16 KV cache (the default); do not quantise the K/V cache")
         return t
+
+    def read_keys(self, n_cells: int) -> np.ndarray:
+        """The last layer's F16 key rows of cells [0, n_cells), shape [n_cells, n_head_kv*head_dim].
+
+        Keys are stored row by row whatever the flash-attention setting.
+        """
+        t = self._cache(0)
+        out = np.empty((n_cells, self.info.n_head_kv * self.info.head_dim), np.float16)
+        self.ggml.ggml_backend_tensor_get(t, out.ctypes.data, 0, out.nbytes)
+        return out
 
     def _spans(self, rows: np.ndarray) -> list[tuple[int, int, int]]:
         """Contiguous runs of cells as (first index into rows, first cell, length)."""
@@ -161,7 +179,7 @@ class ValueHook:
         self._io(rows, np.ascontiguousarray(values, dtype=np.float16), transposed)
 
     def _io(self, rows: np.ndarray, values: np.ndarray | None, transposed: bool) -> np.ndarray:
-        t = self._cache_v()
+        t = self._cache(1)
         kv_size = self.lib.vr_tensor_ne(t, 1)  # cache shape [n_embd_v, kv_size, n_stream]
         n = self.n_embd_v
         out = np.empty((len(rows), n), np.float16) if values is None else values

@@ -137,7 +137,7 @@ class Context:
         size = L.llama_state_seq_get_size(self.ptr, 0)
         buf = (ctypes.c_uint8 * size)()
         n = L.llama_state_seq_get_data(self.ptr, buf, size, 0)
-        return bytes(buf[:n])
+        return bytes(memoryview(buf)[:n])  # slicing the ctypes array itself would build a list of ints
 
     def state_set(self, blob: bytes) -> None:
         self.clear()

@@ -18,12 +18,14 @@ probability mass are dequantised per update, straight from the memory-mapped fil
 from __future__ import annotations
 
 import math
+import mmap
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .gguf_info import ModelInfo
+from .gguf_info import ModelInfo, open_gguf
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -51,67 +53,112 @@ def norm_preserving(v_base: torch.Tensor, dv: torch.Tensor, eps: float = 1e-12) 
 class TailInputs:
     """What llama.cpp computed for the current token, captured by the hook."""
 
-    probs: torch.Tensor  # [n_head, n_rows] attention probabilities at the controlled rows
-    ffn_inp: torch.Tensor  # [n_embd] residual stream before the last FFN
+    probs: torch.Tensor  # [n_head, n_rows] attention probabilities at the controlled rows (float32)
+    ffn_inp: torch.Tensor  # [n_embd] residual stream before the last FFN (float32)
+
+
+def dequantize(raw: np.ndarray, ggml_type: int) -> torch.Tensor:
+    """Rows of a GGUF tensor as float32. Q8_0 (the usual laptop quant) has a vectorised torch path;
+    other types go through `gguf.quants` (numpy)."""
+    import gguf
+
+    t = gguf.GGMLQuantizationType(ggml_type)
+    raw = np.array(raw)  # a private, writable copy of just these rows
+    if t == gguf.GGMLQuantizationType.Q8_0:  # blocks of (f16 scale, 32 x int8)
+        blocks = raw.reshape(raw.shape[0], -1, 34)
+        scale = torch.from_numpy(blocks[..., :2].copy().view(np.float16).astype(np.float32))
+        return torch.from_numpy(blocks[..., 2:].copy().view(np.int8)).float().mul_(scale).reshape(raw.shape[0], -1)
+    if t == gguf.GGMLQuantizationType.F32:
+        return torch.from_numpy(raw.view(np.float32))
+    if t == gguf.GGMLQuantizationType.F16:
+        return torch.from_numpy(raw.view(np.float16)).float()
+    return torch.from_numpy(gguf.quants.dequantize(raw, t))
 
 
 class LMHead:
-    """Rows of the output matrix, dequantised on demand from the GGUF's memory map."""
+    """Rows of the output matrix, read and dequantised on demand from the GGUF file (never all of it)."""
 
-    def __init__(self, tensor, device: torch.device, dtype: torch.dtype) -> None:
-        import gguf
-
-        self.raw = tensor.data  # numpy view into the mmap: [n_vocab, row] floats or quantised bytes
-        self.qtype = tensor.tensor_type
-        self.quantised = self.qtype not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16,
-                                            gguf.GGMLQuantizationType.BF16)
+    def __init__(self, raw: np.ndarray, ggml_type: int, device: torch.device, dtype: torch.dtype) -> None:
+        self.raw, self.ggml_type = raw, ggml_type  # [n_vocab, row bytes], memory-mapped
         self.device, self.dtype = device, dtype
+        from .hook import native
+
+        self._read = getattr(native(), "vr_read_rows", None)
+        self._fd = os.open(raw.filename, os.O_RDONLY | getattr(os, "O_BINARY", 0)) if self._read else None
 
     def rows(self, ids: np.ndarray) -> torch.Tensor:
-        import gguf
+        return dequantize(self._gather(ids), self.ggml_type).to(self.device, self.dtype)
 
-        block = self.raw[ids]
-        w = gguf.quants.dequantize(block, self.qtype) if self.quantised or self.qtype == gguf.GGMLQuantizationType.BF16 else block
-        return torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)).to(self.device, self.dtype)
+    def _gather(self, ids: np.ndarray) -> np.ndarray:
+        """The raw bytes of rows `ids`: pread where available (see native/vr_hook.c, vr_read_rows), else
+        through the memory map, whose pages are released again right after."""
+        if self._read is None:
+            out = np.array(self.raw[ids])
+            mm = getattr(self.raw, "_mmap", None)
+            if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+                mm.madvise(mmap.MADV_DONTNEED)
+            return out
+        idx = np.ascontiguousarray(ids, dtype=np.int64)
+        out = np.empty((len(idx), self.raw.shape[1]), np.uint8)
+        if self._read(self._fd, self.raw.offset, out.shape[1], idx.ctypes.data, len(idx), out.ctypes.data) != len(idx):
+            raise OSError(f"could not read LM-head rows from {self.raw.filename}")
+        return out
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def pick_dtype(name: str, device: torch.device, n_weights: int) -> torch.dtype:
+    """float32 where the tail's weights are small; else half the memory (bfloat16, float16 on mps).
+
+    The tail's matrices are the last layer's FFN (3 x 2048 x 11008 for a 3B model): 270 MB in float32,
+    a quarter of what the whole V-Reason memory budget allows. bfloat16's rounding (~0.4% a weight) is
+    the size of Q8_0's own, so the tail stays as close to llama.cpp as llama.cpp is to the model.
+    """
+    if name != "auto":
+        return getattr(torch, name)
+    if n_weights * 4 <= 128 << 20:
+        return torch.float32
+    return torch.float16 if device.type == "mps" else torch.bfloat16
 
 
 class Tail(torch.nn.Module):
     """Last layer after attention, final norm and LM head, rebuilt from GGUF weights."""
 
-    def __init__(self, info: ModelInfo, weights: dict[str, np.ndarray], head: LMHead, device: torch.device,
+    def __init__(self, info: ModelInfo, weights: dict[str, torch.Tensor], head: LMHead, device: torch.device,
                  dtype: torch.dtype) -> None:
         super().__init__()
         self.info = info
         self.eps = info.rms_eps
         self.device, self.dtype = device, dtype
-
-        def t(name: str) -> torch.Tensor:
-            return torch.from_numpy(np.array(weights[name], dtype=np.float32)).to(device, dtype)
-
-        self.w_o = t("attn_output")  # [n_embd, n_head*head_dim]
-        self.ffn_norm = t("ffn_norm")
-        self.w_gate, self.w_up, self.w_down = t("ffn_gate"), t("ffn_up"), t("ffn_down")
-        self.out_norm = t("output_norm")
+        self.w_o = weights["attn_output"]  # [n_embd, n_head*head_dim]
+        self.ffn_norm = weights["ffn_norm"]
+        self.w_gate, self.w_up, self.w_down = weights["ffn_gate"], weights["ffn_up"], weights["ffn_down"]
+        self.out_norm = weights["output_norm"]
         self.head = head
 
     @staticmethod
-    def from_gguf(info: ModelInfo, device: str = "auto", dtype: str = "float32") -> "Tail":
-        import gguf
-
-        reader = gguf.GGUFReader(str(info.path), "r")
+    def from_gguf(info: ModelInfo, device: str = "auto", dtype: str = "auto") -> "Tail":
+        g = open_gguf(info.path)
         last = info.n_layer - 1
-        wanted = {f"blk.{last}.attn_output.weight": "attn_output", f"blk.{last}.ffn_norm.weight": "ffn_norm",
-                  f"blk.{last}.ffn_gate.weight": "ffn_gate", f"blk.{last}.ffn_up.weight": "ffn_up",
-                  f"blk.{last}.ffn_down.weight": "ffn_down", "output_norm.weight": "output_norm"}
-        weights: dict[str, np.ndarray] = {}
-        tensors = {t.name: t for t in reader.tensors}
-        for gname, key in wanted.items():
-            ten = tensors[gname]
-            weights[key] = gguf.quants.dequantize(ten.data, ten.tensor_type).reshape(tuple(reversed([int(n) for n in ten.shape])))
-        head_tensor = tensors.get("output.weight") or tensors["token_embd.weight"]  # tied embeddings (3B)
+        names = {"attn_output": f"blk.{last}.attn_output.weight", "ffn_norm": f"blk.{last}.ffn_norm.weight",
+                 "ffn_gate": f"blk.{last}.ffn_gate.weight", "ffn_up": f"blk.{last}.ffn_up.weight",
+                 "ffn_down": f"blk.{last}.ffn_down.weight", "output_norm": "output_norm.weight"}
         dev = pick_device(device)
-        dt = getattr(torch, dtype)
-        return Tail(info, weights, LMHead(head_tensor, dev, dt), dev, dt)
+        n_weights = sum(int(np.prod(g.tensors[n].shape)) for n in names.values())
+        dt = pick_dtype(dtype, dev, n_weights)
+        weights = {}
+        for key, name in names.items():
+            t = g.tensors[name]
+            raw = g.tensor_bytes(name)
+            w = torch.empty(raw.shape[0], t.shape[0], dtype=torch.float32 if key.endswith("norm") else dt)
+            for i in range(0, raw.shape[0], 1024):  # in slices: float32 copies stay a few MB
+                w[i : i + 1024] = dequantize(raw[i : i + 1024], t.ggml_type)
+            weights[key] = w.reshape(tuple(reversed(t.shape))).to(dev)  # norms stay float32
+        head = "output.weight" if "output.weight" in g.tensors else "token_embd.weight"  # tied: 3B
+        return Tail(info, weights, LMHead(g.tensor_bytes(head), g.tensors[head].ggml_type, dev, dt), dev, dt)
 
     def hidden(self, inp: TailInputs, v_base: torch.Tensor, v_cache: torch.Tensor, dv: torch.Tensor) -> torch.Tensor:
         """The normalised final hidden state for value offset `dv` ([n_rows, n_head_kv, head_dim])."""
@@ -119,13 +166,18 @@ class Tail(torch.nn.Module):
         delta = norm_preserving(v_base, dv) - v_cache  # [R, G, D]; zero where dv is what is cached
         a = inp.probs.view(n_kv, n_head // n_kv, -1)  # query head h uses kv head h // (n_head/n_kv)
         attn = torch.einsum("gqr,rgd->gqd", a, delta).reshape(-1)  # [n_head*head_dim], head-major
-        x = inp.ffn_inp + self.w_o @ attn
+        x = inp.ffn_inp + mv(self.w_o, attn)
         n1 = rms_norm(x, self.ffn_norm, self.eps)
-        y = x + self.w_down @ (torch.nn.functional.silu(self.w_gate @ n1) * (self.w_up @ n1))
+        y = x + mv(self.w_down, torch.nn.functional.silu(mv(self.w_gate, n1)) * mv(self.w_up, n1))
         return rms_norm(y, self.out_norm, self.eps)
 
     def logits(self, hidden: torch.Tensor, head_rows: torch.Tensor) -> torch.Tensor:
-        return head_rows @ hidden
+        return mv(head_rows, hidden)
+
+
+def mv(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Matrix-vector product in the weights' dtype; activations and the residual stream stay float32."""
+    return (w @ x.to(w.dtype)).float()
 
 
 def entropy_loss(z_sub: torch.Tensor, ids: torch.Tensor, z_full: torch.Tensor, alpha: int) -> torch.Tensor:
