@@ -135,7 +135,7 @@ def bench_decode(model, tokens: int, rounds: int, frames: int, dtype: str) -> No
         rows = engine.controller.n_rows
     base, vr = float(np.mean(per["base"])), float(np.mean(per["vreason"]))
     print(f"B. time per generated token ({lm.n_tokens} video tokens controlled: {rows}; mean of {len(per['base'])} steps each)")
-    print(f"   base {base * 1e3:.1f} ms, V-Reason (k=2, 1 step, tail {engine._tail.dtype}) {vr * 1e3:.1f} ms: "
+    print(f"   base {base * 1e3:.1f} ms, V-Reason (k=2, 1 step, tail {engine._tail.kind}) {vr * 1e3:.1f} ms: "
           f"V-Reason/base = x{vr / base:.3f}")
     print(f"   controller update: median {median(updates):.1f} ms per update (every 2nd token); "
           f"self-check max |logit diff| {max(selfchecks):.2e}")
@@ -167,7 +167,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--frames", type=int, default=4)
     ap.add_argument("--only", choices=["A", "B", "C"], default=None)
-    ap.add_argument("--tail-dtype", default="auto", help="dtype of the controller's weights (auto, float32, bfloat16)")
+    ap.add_argument("--tail-dtype", default="auto", help="storage of the controller's weights (auto, float32, bfloat16, float16, int8)")
     args = ap.parse_args()
     model = model_3b()
     print(f"model: {model.model_path.name} (Qwen2.5-VL-3B shape, Q8_0, random weights), {default_threads()} threads")

@@ -50,7 +50,7 @@ def _engine_options(f: Callable) -> Callable:
         click.option("--lr", type=click.FloatRange(0), default=1e-3, show_default=True, help="V-Reason: learning rate."),
         click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True),
         click.option("--device", default="auto", show_default=True, help="V-Reason controller device: auto, cpu, cuda, mps."),
-        click.option("--tail-dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+        click.option("--tail-dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16", "int8"]), default="auto",
                      show_default=True, help="V-Reason: dtype of the controller's copy of the last layer's weights."),
         click.option("--head-max", type=click.IntRange(1), default=2048, show_default=True,
                      help="V-Reason: most LM-head rows in the backward (the tokens carrying the gradient)."),

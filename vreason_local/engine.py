@@ -71,7 +71,7 @@ class _Prefix:
     tokens: list[int | None]  # token ids, None at media positions
     media_cells: np.ndarray  # KV cells of the media tokens, in order
     n_frames: int
-    snapshot: bytes | None = None  # sequence state of the prefix alone (hooked engines: Lite may prune it)
+    snapshot: bytes | None = None  # the prefix's sequence state, saved before Lite first prunes it
     pruned: bool = False  # Lite removed media rows from the cache; an independent question reloads
 
 
@@ -170,8 +170,6 @@ class Engine:
             encode_s, prefill_s = self._encode_media(text, frames, tokens, media_cells)
         cells = np.concatenate(media_cells) if media_cells else np.zeros(0, np.int64)
         self._prefix = _Prefix(key, self._n_past, self._n_cells, tokens, cells, len(frames))
-        if self.hook:
-            self._prefix.snapshot = self.ctx.state_get()
         yield Encoded(len(tokens), len(cells), len(frames), encode_s, prefill_s, False)
 
     def _encode_media(self, text: str, frames: list, tokens: list[int | None], media_cells: list[np.ndarray]) -> tuple[float, float]:
@@ -248,25 +246,31 @@ class Engine:
             self.ctx.remove_from(p.n_past)
         self._n_past, self._n_cells, self._history = p.n_past, p.n_cells, False
 
-    def _prune_lite(self, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Lite: drop the half of the video rows with the lowest last-layer value norm, in every layer.
+    def _prune_lite(self) -> int:
+        """Lite: drop the half of the media rows with the lowest last-layer value norm, in every layer.
 
-        Returns the kept rows' cells after the reload (cells are renumbered in order).
+        Runs before the question is prefilled. The prefix's state is saved first (once), so a later
+        independent question gets the whole video back; in a continued chat the pruned rows stay gone,
+        and an independent question after that re-encodes. Returns the number of media rows kept.
         """
         p = self._prefix
-        p.pruned = True
+        rows = p.media_cells
+        if not self._history and p.snapshot is None:
+            p.snapshot = self.ctx.state_get()
+        elif self._history and p.snapshot is None:
+            p.key = ""  # no clean copy of the prefix to go back to: re-encode next time
+        values = self.hook.read_values(rows, self.v_transposed)
         v = values.reshape(len(rows), self.info.n_head_kv, self.info.head_dim).astype(np.float32)
         score = np.linalg.norm(v, axis=2).sum(axis=1)  # method.md: norm per kv head, summed over heads
-        n_keep = len(rows) - len(rows) // 2
-        keep_rows = np.sort(np.argsort(-score, kind="stable")[:n_keep])
+        keep_rows = np.sort(np.argsort(-score, kind="stable")[: len(rows) - len(rows) // 2])
         keep = np.ones(self._n_cells, bool)
-        drop = np.setdiff1d(np.arange(len(rows)), keep_rows)
-        keep[rows[drop]] = False
-        blob = prune_cells(self.ctx.state_get(), keep, has_ext=True)
-        self.ctx.state_set(blob)
-        new_index = np.cumsum(keep) - 1
+        keep[np.delete(rows, keep_rows)] = False
+        self.ctx.state_set(prune_cells(self.ctx.state_get(), keep, has_ext=True))
+        new_index = np.cumsum(keep) - 1  # the reload packs the kept cells in order
         self._n_cells = int(keep.sum())
-        return new_index[rows[keep_rows]]
+        p.media_cells = new_index[rows[keep_rows]]
+        p.pruned = True
+        return len(keep_rows)
 
     def ask(self, media: Media, question: str, gen: GenerationSettings = GenerationSettings(), mode: Mode = "base",
             vreason: "VReasonSettings | None" = None, keep_history: bool = False,
@@ -282,6 +286,12 @@ class Engine:
         self._rewind(keep_history)
         answer = Answer(mode=mode, question=question)
         answer.timings["load_s"] = round(self.load_s, 4)
+        if mode == "lite":
+            if len(self._prefix.media_cells):
+                answer.n_video_tokens_kept = self._prune_lite()
+            else:
+                answer.notices.append("no video or image tokens: Lite has nothing to prune")
+                yield Notice("info", answer.notices[-1])
 
         # prefill the question; the last token alone, so the hook can capture its step if needed
         ids = self.model.tokenize(question_text(question, gen.reasoning, follow_up=self._history))
@@ -293,12 +303,11 @@ class Engine:
         controller = self.controller = None
         if mode != "base":
             tc = time.perf_counter()
-            controller, notice = self._start_controller(mode, vreason)
+            controller, notice = self._start_controller(vreason)
             self.controller = controller  # the current answer's controller, for telemetry and tests
             setup_s = time.perf_counter() - tc
             t0 += setup_s  # loading the tail's weights is not prefill
             answer.timings["controller_setup_s"] = round(setup_s, 4)
-            answer.n_video_tokens_kept = controller.n_rows if mode == "lite" else None
             if notice:
                 answer.notices.append(notice)
                 yield Notice("info", notice)
@@ -318,7 +327,7 @@ class Engine:
                 controller.restore()
         yield Finished(answer)
 
-    def _start_controller(self, mode: Mode, settings: "VReasonSettings | None"):
+    def _start_controller(self, settings: "VReasonSettings | None"):
         from .vreason import VReason, VReasonSettings
 
         p = self._prefix
@@ -328,10 +337,6 @@ class Engine:
         else:  # text-only: the controller spans all prompt rows (method.md, [ours])
             rows = np.arange(self._n_cells)
             notice = f"no video or image tokens: V-Reason acts on all {len(rows)} prompt rows"
-        if mode == "lite":
-            values = self.hook.read_values(rows, self.v_transposed)
-            rows = self._prune_lite(values, rows)
-            p.media_cells = rows
         settings = settings or VReasonSettings()
         if self._tail is None or self._tail_key != (settings.device, settings.dtype):
             from .tail import Tail

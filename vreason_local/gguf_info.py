@@ -6,6 +6,7 @@ of log and return NULL) and size the context and the memory check from the real 
 
 from __future__ import annotations
 
+import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,9 +86,12 @@ class GGUFFile:
         self.fields: dict[str, object] = {}
         self.array_lengths: dict[str, int] = {}
         self.tensors: dict[str, TensorInfo] = {}
-        with open(path, "rb") as f:
-            self._buf = f.read(64 << 20)  # metadata is at the front; 64 MB covers a 151k-token vocabulary
-        self._off = 0
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            self._buf = mm  # parsed in place: only the metadata's pages are read, nothing is copied
+            self._off = 0
+            self._parse()
+
+    def _parse(self) -> None:
         if self._take("<I") != 0x46554747:  # b"GGUF"
             raise ValueError("no GGUF magic")
         version, n_tensors, n_kv = self._take("<I"), self._take("<Q"), self._take("<Q")
@@ -116,7 +120,7 @@ class GGUFFile:
         align = int(self.fields.get("general.alignment", 32))
         data_start = -(-self._off // align) * align
         self.tensors = {n: TensorInfo(n, s, t, data_start + o) for n, s, t, o in infos}
-        del self._buf
+        self._buf = None
 
     def _take(self, fmt: str):
         v = struct.unpack_from(fmt, self._buf, self._off)[0]
@@ -150,6 +154,17 @@ class GGUFFile:
         row_bytes = t.shape[0] // block * type_size
         n_rows = int(np.prod(t.shape[1:])) if len(t.shape) > 1 else 1
         return np.memmap(self.path, np.uint8, "r", t.offset, (n_rows, row_bytes))
+
+
+def release_pages(raw: np.ndarray) -> None:
+    """Drop this process's mapping of a memory-mapped tensor's pages once read.
+
+    llama.cpp maps the same file, so the pages stay in the page cache; but every mapping that touched
+    them counts them in the process's resident memory until it is unmapped or told to let go.
+    """
+    mm = getattr(raw, "_mmap", None)
+    if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mm.madvise(mmap.MADV_DONTNEED)
 
 
 def open_gguf(path: Path) -> GGUFFile:

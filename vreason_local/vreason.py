@@ -39,7 +39,7 @@ class VReasonSettings:
     head_mass: float = 0.999  # the LM-head backward covers the tokens carrying this share of the gradient
     head_max: int = 2048  # ...but at most this many rows (see tail.mass_tokens; error <1%, tested)
     device: str = "auto"  # where the tail runs: auto (cuda, mps, cpu), or one of them
-    dtype: str = "auto"  # the tail's weights: auto (see tail.pick_dtype), float32, bfloat16, float16
+    dtype: str = "auto"  # the tail's matrices: auto (see tail.pick_dtype), float32, bfloat16, float16, int8
 
 
 class VReason:
