@@ -410,7 +410,7 @@ def test_check_fit_fits_and_does_not():
     assert bad.max_ctx_tokens == 17_438 and "--max-frames 27" in bad.advice and "vreason models list" in bad.advice
 
     with pytest.raises(UserError) as e:
-        fit.require_fit(4_200_000_000, 1_300_000_000, 38_000, kv, 500_000_000, tight, frames=64, tokens_per_frame=560)
+        fit.check_fit(4_200_000_000, 1_300_000_000, 38_000, kv, 500_000_000, tight, frames=64, tokens_per_frame=560).require()
     assert _one_line(e) == f"{bad.summary}; {bad.advice}"
 
     weights_only = fit.check_fit(9 * 10**9, 10**9, 1000, kv, 0, tight)

@@ -306,6 +306,12 @@ class FitReport:
             f" + overhead {_gb(self.overhead_bytes)}) but {format_bytes(self.available)} is available"
         )
 
+    def require(self) -> "FitReport":
+        """This report, or a `UserError` with the sum and the advice when it does not fit."""
+        if not self.fits:
+            raise UserError(f"{self.summary}; {self.advice}")
+        return self
+
 
 def check_fit(
     model_bytes: int,
@@ -368,33 +374,6 @@ def check_fit(
     )
 
 
-def require_fit(
-    model_bytes: int,
-    mmproj_bytes: int,
-    n_ctx_tokens: int,
-    kv_per_token: int,
-    overhead_bytes: int = DEFAULT_OVERHEAD_BYTES,
-    mem: MemoryInfo | None = None,
-    *,
-    frames: int | None = None,
-    tokens_per_frame: int | None = None,
-) -> FitReport:
-    """`check_fit`, raising `UserError` with the sum and the advice when it does not fit."""
-    report = check_fit(
-        model_bytes,
-        mmproj_bytes,
-        n_ctx_tokens,
-        kv_per_token,
-        overhead_bytes,
-        mem,
-        frames=frames,
-        tokens_per_frame=tokens_per_frame,
-    )
-    if not report.fits:
-        raise UserError(f"{report.summary}; {report.advice}")
-    return report
-
-
 __all__ = [
     "DEFAULT_OVERHEAD_BYTES",
     "FitReport",
@@ -405,5 +384,4 @@ __all__ = [
     "format_bytes",
     "format_tokens",
     "kv_bytes_per_token",
-    "require_fit",
 ]

@@ -15,7 +15,7 @@ from pathlib import Path
 from . import gguf_info
 from .engine import Engine, EngineSettings, GenerationSettings
 from .errors import UserError
-from .fit import format_bytes, require_fit
+from .fit import check_fit, format_bytes
 from .hub import resolve_model
 from .media import LoadedMedia, load_image, load_video
 from .prompt import Media
@@ -125,9 +125,9 @@ def plan_run(model: str, mmproj: str | None, video: Path | None, image: Path | N
     settings = replace(engine, n_ctx=ctx)
     kv = ctx * info.kv_bytes_per_token
     if check_memory:
-        require_fit(info.file_bytes, projector.file_bytes if projector else 0, ctx, info.kv_bytes_per_token,
+        check_fit(info.file_bytes, projector.file_bytes if projector else 0, ctx, info.kv_bytes_per_token,
                     frames=len(loaded.media.frames) or None,
-                    tokens_per_frame=(loaded.n_tokens // max(1, len(loaded.media.frames))) or None)
+                    tokens_per_frame=(loaded.n_tokens // max(1, len(loaded.media.frames))) or None).require()
     speed, measured = _prefill_speed(info, settings)
     est = Estimate(loaded.n_tokens, ctx, kv, (loaded.n_tokens + PROMPT_OVERHEAD) / speed, measured)
     return Plan(info.path, projector.path if projector else None, info, projector, loaded, settings, est)
