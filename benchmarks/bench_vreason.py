@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
-import os
 import subprocess
 import sys
 import time
@@ -52,6 +51,33 @@ def python_callback(names: set[bytes], capture: list[bool], sizes: dict[bytes, i
         return True
 
     return cb
+
+
+def bench_invocation(info, nodes_per_token: int, decode_s: float, calls: int = 200_000) -> None:
+    """Cost of one callback invocation made from C, as llama.cpp's scheduler makes it: the C hook
+    answering "no" (capture off) against a plain ctypes callback doing the same name test."""
+    from vreason_local.hook import _InitParams
+
+    lib, ggml = _load()
+    lib.vr_time_callback.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    lib.vr_time_callback.restype = ctypes.c_double
+    ctx = ggml.ggml_init(_InitParams(1 << 16, None, True))
+    t = ggml.ggml_new_tensor_2d(ctx, 0, 4, 4)
+    ggml.ggml_set_name(t, b"blk.7.attn_norm")
+    hook = ValueHook(info)
+    last = info.n_layer - 1
+    sizes = {f"Qcur-{last}".encode(): info.n_head * info.head_dim * 4, f"ffn_inp-{last}".encode(): info.n_embd * 4}
+    py_cb = python_callback(set(sizes), [False], sizes)
+    c_fn = ctypes.cast(lib.vr_hook_callback, ctypes.c_void_p).value
+    py_fn = ctypes.cast(py_cb, ctypes.c_void_p).value
+    c_ns = lib.vr_time_callback(c_fn, t, hook.h, calls) / calls * 1e9
+    py_ns = lib.vr_time_callback(py_fn, t, None, calls // 10) / (calls // 10) * 1e9
+    ggml.ggml_free(ctx)
+    hook.close()
+    for name, ns in (("C hook (native/vr_hook.c)", c_ns), ("plain ctypes callback", py_ns)):
+        per_token = ns * nodes_per_token * 1e-6
+        print(f"   {name:28s} {ns:8.0f} ns per node -> {per_token:6.3f} ms per token at {nodes_per_token} nodes "
+              f"({per_token / (decode_s * 1e3) * 100:.2f}% of a {decode_s * 1e3:.0f} ms decode)")
 
 
 def decode_loop(ctx: Context, model: Model, n: int, capture=None) -> list[float]:
@@ -109,6 +135,8 @@ def bench_callbacks(path, tokens: int, rounds: int, label: str) -> None:
     for name, ts in runs.items():
         extra_ns = (median(ts) - ref) / nodes * 1e9
         print(f"   {name:44s} {median(ts) * 1e3:8.3f} ms   x{median(ts) / ref:.3f}   ({extra_ns:+.0f} ns per node)")
+    print("   callback invocation cost, measured by calling it from C in a loop:")
+    bench_invocation(info, nodes, ref)
     for ctx in ctxs.values():
         ctx.close()
     hook.close()
@@ -141,14 +169,20 @@ def bench_decode(model, tokens: int, rounds: int, frames: int, dtype: str) -> No
           f"self-check max |logit diff| {max(selfchecks):.2e}")
 
 
+# A lean parent for the measured run: a child forked from this (large) benchmark process would start
+# with this process's resident pages and report them as its own peak.
+_MEASURE = ("import json, resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True); "
+            "print(json.dumps([p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.stdout.decode()]))")
+
+
 def peak_rss(args: list[str]) -> tuple[float, dict]:
-    proc = subprocess.Popen([sys.executable, "-m", "vreason_local.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
+    """Peak resident memory (bytes) of one `vreason` run, and its JSON output."""
+    out = subprocess.run([sys.executable, "-c", _MEASURE, sys.executable, "-m", "vreason_local.cli", *args],
+                         capture_output=True, text=True, check=True).stdout
+    code, max_rss_kb, stdout = json.loads(out)
+    if code != 0:
         raise SystemExit(f"vreason run failed: {args}")
-    return usage.ru_maxrss * 1024, json.loads(out)
+    return max_rss_kb * 1024, json.loads(stdout)
 
 
 def bench_memory(model, tokens: int, frames: int, dtype: str) -> None:

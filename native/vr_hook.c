@@ -184,6 +184,19 @@ VR_API bool vr_hook_callback(struct vr_tensor *t, bool ask, void *user_data) {
     return true; /* false would abort the graph */
 }
 
+/* For benchmarks/bench_vreason.py: the cost of one callback invocation as llama.cpp's scheduler makes it
+ * (from C, on this thread), for this hook or any other callback such as a ctypes one. Returns the
+ * total seconds for n calls with ask=true on tensor t. */
+#include <time.h>
+typedef bool (*vr_eval_fn)(struct vr_tensor *t, bool ask, void *user_data);
+VR_API double vr_time_callback(vr_eval_fn fn, struct vr_tensor *t, void *user_data, int64_t n) {
+    struct timespec a, b;
+    timespec_get(&a, TIME_UTC);
+    for (int64_t i = 0; i < n; i++) fn(t, true, user_data);
+    timespec_get(&b, TIME_UTC);
+    return (double)(b.tv_sec - a.tv_sec) + 1e-9 * (double)(b.tv_nsec - a.tv_nsec);
+}
+
 #if !defined(_WIN32)
 #include <unistd.h>
 /* Gather rows of a tensor straight from the model file (the tail's LM-head rows). pread, not a memory

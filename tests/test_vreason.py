@@ -269,3 +269,16 @@ def test_restricted_lm_head_gradient_within_tolerance(engines, clip):
     assert n_mass < e.model.n_vocab  # the restriction really drops tokens here
     assert rel < 1e-2, rel  # the stated tolerance (README): under 1% relative gradient error
     gen.close()
+
+
+def test_lite_in_a_continued_chat_prunes_once(engines, clip):
+    e = engines()
+    m = video(e, clip, frames=6)
+    _, first = answer(e, m, mode="lite", max_tokens=3)
+    n_media = len(e._prefix.tokens) - sum(t is not None for t in e._prefix.tokens)
+    events = list(e.ask(m, "And then?", GenerationSettings(max_tokens=3), "lite", VReasonSettings(), keep_history=True))
+    second = events[-1].answer
+    assert first.n_video_tokens_kept == second.n_video_tokens_kept == n_media - n_media // 2
+    assert len(e._prefix.media_cells) == first.n_video_tokens_kept
+    _, base = answer(e, m, mode="base", max_tokens=3)  # independent again: the whole video is back
+    assert len(e._prefix.media_cells) == n_media

@@ -261,7 +261,7 @@ class Engine:
             p.key = ""  # no clean copy of the prefix to go back to: re-encode next time
         values = self.hook.read_values(rows, self.v_transposed)
         v = values.reshape(len(rows), self.info.n_head_kv, self.info.head_dim).astype(np.float32)
-        score = np.linalg.norm(v, axis=2).sum(axis=1)  # method.md: norm per kv head, summed over heads
+        score = np.linalg.norm(v, axis=2).sum(axis=1)  # the method: norm per kv head, summed over heads
         keep_rows = np.sort(np.argsort(-score, kind="stable")[: len(rows) - len(rows) // 2])
         keep = np.ones(self._n_cells, bool)
         keep[np.delete(rows, keep_rows)] = False
@@ -287,7 +287,9 @@ class Engine:
         answer = Answer(mode=mode, question=question)
         answer.timings["load_s"] = round(self.load_s, 4)
         if mode == "lite":
-            if len(self._prefix.media_cells):
+            if self._prefix.pruned:  # a continued chat: the video was pruned for an earlier answer
+                answer.n_video_tokens_kept = len(self._prefix.media_cells)
+            elif len(self._prefix.media_cells):
                 answer.n_video_tokens_kept = self._prune_lite()
             else:
                 answer.notices.append("no video or image tokens: Lite has nothing to prune")
@@ -334,7 +336,7 @@ class Engine:
         notice = None
         if len(p.media_cells):
             rows = p.media_cells
-        else:  # text-only: the controller spans all prompt rows (method.md, [ours])
+        else:  # text-only: the controller spans all prompt rows (our choice; README)
             rows = np.arange(self._n_cells)
             notice = f"no video or image tokens: V-Reason acts on all {len(rows)} prompt rows"
         settings = settings or VReasonSettings()
@@ -345,10 +347,10 @@ class Engine:
                 self._tail.head.close()
             self._tail = Tail.from_gguf(self.info, settings.device, settings.dtype)
             self._tail_key = (settings.device, settings.dtype)
-        return VReason(self._tail, self.hook, rows, self.v_transposed, settings, self.model.n_vocab), notice
+        return VReason(self._tail, self.hook, rows, self.v_transposed, settings), notice
 
     def _decode(self, answer: Answer, gen: GenerationSettings, controller, cancel: threading.Event | None) -> Iterator[Event]:
-        """The decode loop. The token of step k comes from p_k before that step's update (method.md)."""
+        """The decode loop. The token of step k comes from p_k before that step's update (the method)."""
         sampler = Sampler(gen.sampling)
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         t0 = time.perf_counter()

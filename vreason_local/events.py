@@ -34,7 +34,7 @@ class Prefilled:
 
 @dataclass(frozen=True)
 class ControlState:
-    """What the V-Reason controller did at one step (method.md). `alpha` is None where no update ran."""
+    """What the V-Reason controller did at one step (README: V-Reason). `alpha` is None where no update ran."""
 
     ema: float
     peak: float

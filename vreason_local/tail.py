@@ -47,7 +47,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def norm_preserving(v_base: torch.Tensor, dv: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """V_new = (V + dV) / ||V + dV|| · ||V||, per row and kv head (norm over head_dim), method.md."""
+    """V_new = (V + dV) / ||V + dV|| · ||V||, per row and kv head (norm over head_dim), as the method defines it."""
     v = v_base + dv
     return v * (v_base.norm(dim=-1, keepdim=True) / v.norm(dim=-1, keepdim=True).clamp_min(eps))
 

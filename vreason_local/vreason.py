@@ -1,4 +1,5 @@
-"""The V-Reason controller (docs: method.md): an entropy-steered offset on the last layer's value rows.
+"""The V-Reason controller (arXiv 2510.17045; README "V-Reason"): an entropy-steered offset on the last
+layer's value rows.
 
 Per generated token k (steps count from 1):
     E_k = beta·E_{k-1} + (1-beta)·H_k,  P_k = max(E_1..E_k),  alpha_k = -1 if E_k < P_k else +1
@@ -21,15 +22,15 @@ from .tail import Tail, TailInputs, entropy_loss, mass_tokens, norm_preserving
 
 # Largest |tail logit - llama.cpp logit|, relative to the largest |logit| of the step, accepted silently.
 # llama.cpp quantises activations for quantised weights and stores V in F16, and the tail may hold its
-# weights in bfloat16: measured agreement is ~5e-3 relative (3B shape, Q8_0) and ~1e-4 (F16 tiny
-# models). A tail that does not describe the running model (wrong weights, wrong build) is off by the
+# matrices in int8: measured agreement is ~5e-3 relative (3B shape, Q8_0, int8 tail) and ~1e-4 (F16
+# tiny models, float32 tail). A tail that does not describe the running model (wrong weights, wrong build) is off by the
 # size of the logits themselves, far beyond this.
 SELFCHECK_TOL = 2e-2
 
 
 @dataclass(frozen=True)
 class VReasonSettings:
-    """Settings of method.md; the ones marked [ours] there are ours to choose, with these defaults."""
+    """The method's settings; those marked [ours] are not published by the paper: our defaults."""
 
     beta: float = 0.9  # EMA factor [ours]
     every: int = 2  # update every k-th token (the paper's best)
@@ -45,10 +46,8 @@ class VReasonSettings:
 class VReason:
     """One answer's controller: owns dV, the optimiser and the EMA state."""
 
-    def __init__(self, tail: Tail, hook: ValueHook, rows: np.ndarray, transposed: bool,
-                 settings: VReasonSettings, n_vocab: int) -> None:
+    def __init__(self, tail: Tail, hook: ValueHook, rows: np.ndarray, transposed: bool, settings: VReasonSettings) -> None:
         self.tail, self.hook, self.rows, self.transposed, self.s = tail, hook, np.asarray(rows), transposed, settings
-        self.n_vocab = n_vocab
         g, d = tail.info.n_head_kv, tail.info.head_dim
         self.v_orig = hook.read_values(self.rows, transposed)  # F16, restored when the answer ends
         self.v_base = torch.from_numpy(self.v_orig.astype(np.float32)).view(-1, g, d).to(tail.device)
@@ -97,9 +96,10 @@ class VReason:
         ffn_inp = torch.from_numpy(self.hook.capture("ffn_inp").reshape(-1))
         return TailInputs(probs.to(dev), ffn_inp.to(dev))
 
-    def loss(self, inp: TailInputs, dv: torch.Tensor, ids: np.ndarray, logits: np.ndarray, alpha: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(self, inp: TailInputs, dv: torch.Tensor, ids: np.ndarray, logits: np.ndarray, alpha: int,
+             head_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, tail logits at `ids`) for value offset `dv`; logits outside `ids` held at llama.cpp's."""
-        head_rows = self.tail.head.rows(ids)
+        head_rows = self.tail.head.rows(ids) if head_rows is None else head_rows
         z_sub = self.tail.logits(self.tail.hidden(inp, self.v_base, self.v_cache, dv), head_rows).float()
         z_full = torch.from_numpy(logits).to(z_sub.device, torch.float32)
         return entropy_loss(z_sub, torch.from_numpy(ids).to(z_sub.device), z_full, alpha), z_sub
@@ -107,11 +107,12 @@ class VReason:
     def _update(self, logits: np.ndarray, alpha: int) -> float:
         inp = self.inputs()
         ids = mass_tokens(logits, self.s.head_mass, self.s.head_max)
+        head_rows = self.tail.head.rows(ids)
         selfcheck = float("nan")
         for i in range(self.s.steps):
             self.opt.zero_grad()
-            loss, z_sub = self.loss(inp, self.dv, ids, logits, alpha)
-            if i == 0:
+            loss, z_sub = self.loss(inp, self.dv, ids, logits, alpha, head_rows)
+            if i == 0:  # at the cached dV: the tail must reproduce what llama.cpp just computed
                 ref = logits[ids]
                 selfcheck = float(np.abs(z_sub.detach().cpu().numpy() - ref).max() / max(1.0, np.abs(ref).max()))
             loss.backward()
