@@ -282,3 +282,33 @@ def test_lite_in_a_continued_chat_prunes_once(engines, clip):
     assert len(e._prefix.media_cells) == first.n_video_tokens_kept
     _, base = answer(e, m, mode="base", max_tokens=3)  # independent again: the whole video is back
     assert len(e._prefix.media_cells) == n_media
+
+
+def test_transposed_value_cache(tiny_model_factory, clip):
+    """With flash attention off llama.cpp stores V transposed: reads, writes and the tail still agree."""
+    t = tiny_model_factory("qwen25vl")
+    with Engine(t.model_path, t.mmproj_path, EngineSettings(n_ctx=2048, hook=True, flash_attn="off")) as e:
+        assert e.v_transposed
+        gen, ev = paused_at_first_update(e, video(e, clip), lr=0.2)
+        c = e.controller
+        assert ev.control.selfcheck < 1e-3
+        np.testing.assert_array_equal(e.hook.read_values(c.rows, True), c.v_cache.reshape(c.n_rows, -1).numpy().astype(np.float16))
+        inp, before = c.inputs(), e.ctx.logits()
+        c_v, c.v_cache = c.v_cache, c.v_base
+        _, predicted = c.loss(inp, c.dv.detach(), np.arange(e.model.n_vocab), before, 1)
+        c.v_cache = c_v
+        after = redecode_last(e)
+        assert np.abs(after - before).max() > 10 * np.abs(predicted.detach().numpy() - after).max()
+        gen.close()
+
+
+def test_vreason_on_an_image(engines, tmp_path):
+    from vreason_local.clips import make_image
+    from vreason_local.media import load_image
+
+    e = engines()
+    img = load_image(make_image(tmp_path / "x.png", (200, 150)), 336 * 336, e.projector.patch_size)
+    events = list(e.ask(img.media, "What is shown?", GenerationSettings(max_tokens=4), "vreason", VReasonSettings(every=1)))
+    a = events[-1].answer
+    assert e.controller.n_rows == img.n_tokens  # the controller acts on the image's rows
+    assert all(c.alpha in (-1, 1) for c in a.control)
