@@ -18,7 +18,7 @@ import torch
 
 from .events import ControlState
 from .hook import ValueHook
-from .tail import Tail, TailInputs, entropy_loss, mass_tokens, norm_preserving
+from .tail import Tail, TailInputs, entropy_loss, mass_tokens, norm_preserving, return_freed_memory
 
 # Largest |tail logit - llama.cpp logit|, relative to the largest |logit| of the step, accepted silently.
 # llama.cpp quantises activations for quantised weights and stores V in F16, and the tail may hold its
@@ -127,6 +127,7 @@ class VReason:
             self.warning = (f"self-check: the tail's logits differ from llama.cpp's by {selfcheck:.3g} of the logit scale "
                             f"(tolerance {SELFCHECK_TOL}); V-Reason may not steer this model as intended")
         self._write()
+        return_freed_memory()
         return selfcheck
 
     def _write(self) -> None:
