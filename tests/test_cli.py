@@ -363,3 +363,22 @@ def test_models_make_tiny(jobs, files):
     proj = gguf_info.read_projector_info(Path(printed["mmproj"]))
     assert info.arch == "qwen2vl" and info.random_weights
     gguf_info.check_pair(info, proj)  # a matching pair
+
+
+def test_first_ctrl_c_keeps_the_answer(files):
+    """Ctrl-C during generation: the answer so far is still printed (valid JSON), exit 130."""
+    import signal
+    import time
+
+    args = ["run", "--model", str(files["model"]), "-q", "Tell me a long story.", "--max-tokens", "7000", "--json"]
+    p = subprocess.Popen([sys.executable, "-m", "vreason_local.cli", *args], env=_env(files["root"], "sigint"),
+                         cwd=files["root"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    line = p.stderr.readline().decode()  # the estimate: printed just before the model loads
+    assert "vision tokens" in line
+    time.sleep(2.0)  # loading takes well under a second; 7000 tokens take ~5 s on the tiny model
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=TIMEOUT_S)
+    assert p.returncode == 130, err
+    answer = json.loads(out)
+    assert answer["stop_reason"] == "cancelled" and 0 < answer["n_tokens"] < 7000
+    assert answer["n_tokens"] == len(answer["tokens"]) == len(answer["entropy"])

@@ -5,12 +5,15 @@ Exit codes: 0 ok, 2 bad input (one line on stderr), 1 internal error, 130 interr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import click
 
@@ -111,12 +114,33 @@ def run(video: Path | None, image: Path | None, question: str, as_json: bool, **
 
     plan = plan_run(o["model"] or DEFAULT_MODEL, o["mmproj"], video, image, frames, gen, eng, o["token_budget"], o["ctx"])
     click.echo(plan.estimate.describe(plan.media), err=True)
-    with open_engine(plan) as engine:
-        events = engine.ask(plan.media.media, question, gen, o["mode"], vr)
+    with _first_ctrl_c_stops() as cancel, open_engine(plan) as engine:
+        events = engine.ask(plan.media.media, question, gen, o["mode"], vr, cancel=cancel)
         if as_json:
             click.echo(json.dumps(answer_json(plan, engine, events, o["mode"], question), ensure_ascii=False))
         else:
             stream_text(plan, engine, events)
+    if cancel.is_set():
+        sys.exit(130)
+
+
+@contextlib.contextmanager
+def _first_ctrl_c_stops() -> Iterator[threading.Event]:
+    """The first Ctrl-C ends the answer after the current token (what was generated is still printed,
+    JSON included); a second one aborts."""
+    cancel = threading.Event()
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+        click.echo("\n[stopping after this token; Ctrl-C again to abort]", err=True)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield cancel
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @cli.command()

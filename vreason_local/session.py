@@ -44,7 +44,7 @@ class Estimate:
             what = f"image {w}x{h}"
         guess = "" if self.measured else " (rough guess until measured here)"
         return (f"{what} -> {self.n_media_tokens:,} vision tokens; context {self.n_ctx:,} tokens, "
-                f"KV cache {format_bytes(self.kv_bytes)}; prefill ~{self.prefill_s:.0f} s{guess}")
+                f"KV cache {format_bytes(self.kv_bytes)}; encode + prefill ~{self.prefill_s:.0f} s{guess}")
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ token (captured by the hook), the logits as a function of the new value rows are
     logits = W_head · (RMSNorm(y) · output_norm)
 
 Same for Qwen2-VL, Qwen2.5-VL and Qwen3-VL: their last layers differ only before `ffn_inp`.
-Weights are read from the GGUF with `gguf` (which dequantises). The LM head, the largest matrix
-(151936 x 2048 for a 3B model), is never materialised: only the rows of the tokens that carry the
-probability mass are dequantised per update, straight from the memory-mapped file.
+Weights are read from the GGUF file itself (the layout `gguf_info` locates; Q8_0 dequantised here,
+other types by `gguf.quants`). The LM head, the largest matrix (151936 x 2048 for a 3B model), is never
+materialised: only the rows of the tokens that carry the gradient are read per update.
 """
 
 from __future__ import annotations
@@ -169,12 +169,11 @@ class _Int8MatVec(torch.autograd.Function):
         return torch._weight_int8pack_mm(g.to(torch.bfloat16)[None], m.qt, m.scale_t)[0].float(), None
 
 
-class Tail(torch.nn.Module):
+class Tail:
     """Last layer after attention, final norm and LM head, rebuilt from GGUF weights."""
 
     def __init__(self, info: ModelInfo, weights: dict[str, "torch.Tensor | Int8Matrix"], head: LMHead,
                  device: torch.device, kind: str) -> None:
-        super().__init__()
         self.info = info
         self.eps = info.rms_eps
         self.device, self.kind = device, kind  # kind: how the matrices are stored (see pick_dtype)
