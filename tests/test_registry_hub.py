@@ -49,6 +49,8 @@ class FakeHub:
 
     files: dict[tuple[str, str], bytes] = field(default_factory=dict)
     drop_first_get: set[str] = field(default_factory=set)  # filenames whose first GET is cut halfway
+    cut_at: dict[str, int] = field(default_factory=dict)  # filename -> every GET is closed at this file offset
+    ignore_range: bool = False  # True: answer every GET with 200 and the whole file, like a server without Range
     hub_headers: bool = True  # False: answer like a plain web server (no X-Repo-Commit / ETag)
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, filename, Range)
     url: str = ""
@@ -125,7 +127,7 @@ def _handler(hubstate: FakeHub) -> type[BaseHTTPRequestHandler]:
             if data is None:
                 return self._not_found(filename)
             start = 0
-            if rng and rng.startswith("bytes="):
+            if rng and rng.startswith("bytes=") and not hubstate.ignore_range:
                 start = int(rng[len("bytes=") :].split("-")[0])
                 self.send_response(206)
                 self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
@@ -135,8 +137,11 @@ def _handler(hubstate: FakeHub) -> type[BaseHTTPRequestHandler]:
             self._meta_headers(data)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            if n == 1 and filename in hubstate.drop_first_get:
-                self.wfile.write(body[: len(body) // 2])
+            cut = len(body) // 2 if n == 1 and filename in hubstate.drop_first_get else None
+            if filename in hubstate.cut_at:
+                cut = max(hubstate.cut_at[filename] - start, 0)
+            if cut is not None:
+                self.wfile.write(body[:cut])
                 self.wfile.flush()
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
@@ -315,20 +320,94 @@ def test_pull_downloads_into_the_cache_and_resolves_offline(hf_env, fake_hub, mo
     assert st.local_bytes == sum(len(d) for d in data.values())
 
 
+def _blobs(cache: Path, spec: registry.ModelSpec) -> Path:
+    return cache / f"models--{spec.repo_id.replace('/', '--')}" / "blobs"
+
+
 def test_interrupted_download_resumes_with_a_range_request(hf_env, fake_hub):
-    # huggingface_hub writes whole DOWNLOAD_CHUNK_SIZE (10 MiB) chunks, so the file must outgrow one chunk
-    # for the retry after the dropped connection to start past zero.
-    chunk = huggingface_hub.constants.DOWNLOAD_CHUNK_SIZE
+    # Every byte received is on disk, so the retry in the same run asks for exactly the rest.
     spec = registry.get_spec("qwen3-vl-2b")
-    data = fake_hub.add_spec(spec, size=chunk * 5 // 2)
+    data = fake_hub.add_spec(spec, size=3_000_000)
     fake_hub.drop_first_get.add(spec.model_file)
     r = hub.pull(spec.name, endpoint=fake_hub.url, progress=False, cache_dir=hf_env)
     ranges = fake_hub.seen("GET", spec.model_file)
     assert ranges[0] is None and len(ranges) == 2
     half = len(data[spec.model_file]) // 2
-    assert ranges[1] == f"bytes={half // chunk * chunk}-" and half // chunk >= 1
+    assert ranges[1] == f"bytes={half}-"
     assert r.model_path.read_bytes() == data[spec.model_file]
     assert r.mmproj_path.read_bytes() == data[spec.mmproj_file]
+
+
+def test_a_second_pull_continues_a_download_the_first_run_could_not_finish(hf_env, fake_hub, monkeypatch):
+    monkeypatch.setattr(hub, "_RETRY_WAIT_S", 0.0)
+    spec = registry.get_spec("qwen2.5-vl-3b")
+    data = fake_hub.add_spec(spec, size=2_000_000)
+    cut = 1_234_567
+    fake_hub.cut_at[spec.model_file] = cut  # every attempt of the first run stops there
+    with pytest.raises(UserError) as e:
+        hub.pull(spec.name, endpoint=fake_hub.url, progress=False)
+    msg = _one_line(e)
+    assert spec.model_file in msg and spec.repo_id in msg and "connection dropped" in msg
+    again = "run `vreason models pull qwen2.5-vl-3b` again to continue"
+    assert msg.endswith(f"; 1.2 MB of 2.0 MB downloaded and kept; {again}")
+    attempts = fake_hub.seen("GET", spec.model_file)
+    assert attempts[0] is None and set(attempts[1:]) == {f"bytes={cut}-"}  # retries in the run resumed too
+    etag = hashlib.sha256(data[spec.model_file]).hexdigest()
+    partial = _blobs(hf_env, spec) / f"{etag}.incomplete"
+    assert partial.read_bytes() == data[spec.model_file][:cut]
+    assert hub.model_status(spec).state == "partial"
+
+    del fake_hub.cut_at[spec.model_file]
+    fake_hub.requests.clear()
+    r = hub.pull(spec.name, endpoint=fake_hub.url, progress=False)
+    assert fake_hub.seen("GET", spec.model_file) == [f"bytes={cut}-"]
+    blob = _blobs(hf_env, spec) / etag
+    assert blob.read_bytes() == data[spec.model_file] and not partial.exists()
+    assert r.model_path.read_bytes() == data[spec.model_file]
+    assert r.mmproj_path.read_bytes() == data[spec.mmproj_file]
+    if r.model_path.is_symlink():  # the layout hf_hub_download makes
+        assert Path(r.model_path.readlink()) == Path("..", "..", "blobs", etag)
+    refs = hf_env / f"models--{spec.repo_id.replace('/', '--')}" / "refs" / spec.revision
+    assert refs.read_text() == COMMIT and r.model_path.parent.name == COMMIT
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub.resolve_model(spec.name) == r
+    assert hub.model_status(spec).state == "yes"
+    from huggingface_hub import hf_hub_download
+
+    found = hf_hub_download(
+        spec.repo_id, spec.model_file, revision=spec.revision, cache_dir=hf_env, local_files_only=True
+    )
+    assert Path(found) == r.model_path
+
+
+def test_a_server_that_ignores_range_still_gives_the_right_file(hf_env, fake_hub):
+    spec = registry.get_spec("qwen2-vl-2b")
+    data = fake_hub.add_spec(spec, size=500_000)
+    etag = hashlib.sha256(data[spec.model_file]).hexdigest()
+    blobs = _blobs(hf_env, spec)
+    blobs.mkdir(parents=True)
+    (blobs / f"{etag}.incomplete").write_bytes(data[spec.model_file][:200_000])
+    fake_hub.ignore_range = True
+    r = hub.pull(spec.name, endpoint=fake_hub.url, progress=False)
+    assert fake_hub.seen("GET", spec.model_file) == ["bytes=200000-"]  # asked, got 200 with the whole body
+    assert r.model_path.read_bytes() == data[spec.model_file]
+    assert not (blobs / f"{etag}.incomplete").exists()
+
+
+def test_a_complete_file_is_not_fetched_again(hf_env, fake_hub):
+    spec = registry.get_spec("qwen2-vl-2b")
+    data = fake_hub.add_spec(spec, size=100_000)
+    first = hub.pull(spec.name, endpoint=fake_hub.url, progress=False)
+    # The snapshot link is gone but the blob is there: relinked from the blob, no GET.
+    first.model_path.unlink()
+    fake_hub.requests.clear()
+    r = hub.pull(spec.name, endpoint=fake_hub.url, progress=False)
+    assert r == first and r.model_path.read_bytes() == data[spec.model_file]
+    assert fake_hub.seen("GET", spec.model_file) == [] and fake_hub.seen("GET", spec.mmproj_file) == []
+    fake_hub.requests.clear()
+    assert hub.pull(spec.name, endpoint=fake_hub.url, progress=False) == first
+    assert fake_hub.requests == []
 
 
 def test_404_is_one_line_and_keeps_the_finished_file(hf_env, fake_hub, monkeypatch):

@@ -302,28 +302,195 @@ def explain_download_error(error: BaseException) -> str:
     return _one_line(f"{type(error).__name__}: {error}")
 
 
-def _fetch(spec: ModelSpec, filename: str, endpoint: str, cache: Path) -> Path:
-    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
-
-    # A quick HEAD first, without huggingface_hub's backoff: an unreachable or wrong server fails in
-    # seconds with its real cause instead of after ~25 s of retries and a generic "cannot find" error.
-    url = hf_hub_url(spec.repo_id, filename, revision=spec.revision, endpoint=endpoint)
-    meta = get_hf_file_metadata(url)
-    if meta.commit_hash is None or meta.etag is None:
-        raise _NotAHub(f"{url} answered without X-Repo-Commit/ETag headers")
-    return Path(
-        hf_hub_download(
-            repo_id=spec.repo_id,
-            filename=filename,
-            revision=spec.revision,
-            cache_dir=str(cache),
-            endpoint=endpoint,
-        )
-    )
+# Within one run, a connection that drops mid-file is resumed at once; this many attempts in a row that bring
+# no new byte end the run (like huggingface_hub's own http_get). What was received stays on disk either way.
+_MAX_ATTEMPTS_WITHOUT_PROGRESS = 5
+_RETRY_WAIT_S = 1.0
+_RESUMABLE_ERRORS = ("ConnectError", "TimeoutException", "RemoteProtocolError", "NetworkError")
 
 
 class _NotAHub(Exception):
     pass
+
+
+class _PartialDownload(Exception):
+    """A download that failed after keeping ``kept`` of ``total`` bytes in ``<etag>.incomplete``."""
+
+    def __init__(self, error: BaseException, kept: int, total: int | None) -> None:
+        super().__init__(str(error))
+        self.error, self.kept, self.total = error, kept, total
+
+
+def _link_snapshot(blob: Path, pointer: Path, new_blob: bool) -> None:
+    """``snapshots/<commit>/<file>`` -> ``../../blobs/<etag>`` as huggingface_hub makes it: a relative symlink,
+    else (no symlinks: Windows without developer mode, some mounts) the blob itself, moved if this run just made
+    it or copied if another snapshot may already point at it."""
+    import shutil
+
+    from huggingface_hub.file_download import are_symlinks_supported
+
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        pointer.unlink()
+    if are_symlinks_supported(str(pointer.parents[2])):
+        try:
+            os.symlink(os.path.relpath(blob, pointer.parent), pointer)
+            return
+        except OSError:
+            pass
+    if new_blob:
+        shutil.move(str(blob), str(pointer))
+    else:
+        shutil.copyfile(blob, pointer)
+
+
+def _write_ref(repo_folder: Path, revision: str, commit: str) -> None:
+    """``refs/<revision>`` holds the commit hash (nothing when the revision is the commit itself)."""
+    if revision == commit:
+        return
+    ref = repo_folder / "refs" / revision
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    if not ref.is_file() or ref.read_text() != commit:
+        tmp = ref.with_name(f"{ref.name}.{os.getpid()}.tmp")
+        tmp.write_text(commit)
+        os.replace(tmp, ref)
+
+
+def _stream_to(incomplete: Path, url: str, headers: dict[str, str], total: int | None, filename: str) -> None:
+    """Append ``url``'s bytes to ``incomplete`` from its current size on, with a ``Range`` request.
+
+    A 200 answer to a Range request (server ignores Range) restarts the file from byte 0. Within this run a
+    dropped connection is resumed from where it stopped; the partial file is never deleted, so a later run
+    continues too. Raises when the server keeps failing or the sizes disagree."""
+    import time
+
+    from huggingface_hub import constants
+    from huggingface_hub.utils import hf_raise_for_status, http_stream_backoff, tqdm
+
+    have = incomplete.stat().st_size if incomplete.exists() else 0
+    if total is not None and have > total:  # not a prefix of this blob: start again
+        incomplete.unlink()
+        have = 0
+    bar = tqdm(
+        total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1000, desc=filename,
+        name="huggingface_hub.http_get",
+    )
+    fails = 0
+    try:
+        while total is None or have < total:
+            request_headers = dict(headers)
+            if have:
+                request_headers["Range"] = f"bytes={have}-"
+            try:
+                with http_stream_backoff(
+                    "GET", url, headers=request_headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
+                    follow_redirects=True, retry_on_exceptions=(), retry_on_status_codes=(408, 429, 500, 502, 503, 504),
+                ) as response:
+                    if response.status_code == 416 and have:  # the range is past the end: not our blob's prefix
+                        incomplete.unlink()
+                        have = 0
+                        bar.reset(total=total)
+                        continue
+                    hf_raise_for_status(response)
+                    restart = response.status_code != 206
+                    if not restart:  # 206: be sure it starts where we asked
+                        content_range = response.headers.get("Content-Range", "")
+                        restart = not content_range.startswith(f"bytes {have}-")
+                    if restart and have:
+                        have = 0
+                        bar.reset(total=total)
+                    if total is None:
+                        length = response.headers.get("Content-Range", "").rpartition("/")[2]
+                        total = int(length) if length.isdigit() else None
+                        if total is None and response.status_code == 200:
+                            clen = response.headers.get("Content-Length")
+                            total = int(clen) if clen and clen.isdigit() else None
+                        bar.total = total
+                    with incomplete.open("wb" if restart else "ab") as f:
+                        for chunk in response.iter_bytes():
+                            if chunk:
+                                f.write(chunk)
+                                have += len(chunk)
+                                bar.update(len(chunk))
+                                fails = 0
+                    if total is None:  # no size known from anywhere: the server's end of body is the end
+                        total = have
+            except Exception as e:
+                if not (_class_names(e) & set(_RESUMABLE_ERRORS)):
+                    raise
+                fails += 1
+                if fails >= _MAX_ATTEMPTS_WITHOUT_PROGRESS:
+                    raise
+                time.sleep(_RETRY_WAIT_S)
+                continue
+            if have != total:
+                raise OSError(
+                    f"Consistency check failed: {filename} should be {total} bytes but the server sent {have}"
+                )
+    finally:
+        bar.close()
+
+
+def _fetch(spec: ModelSpec, filename: str, endpoint: str, cache: Path) -> Path:
+    """Download one file into the HF cache layout, resumable across runs.
+
+    ``blobs/<etag>.incomplete`` grows by HTTP Range requests and is kept when a run fails or is interrupted;
+    the next run continues from its size. Complete, it becomes ``blobs/<etag>``, linked from
+    ``snapshots/<commit>/<filename>``, with ``refs/<revision>`` -> commit: what ``hf_hub_download`` makes, so
+    ``try_to_load_from_cache`` / ``local_files_only`` find it."""
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+    from huggingface_hub.utils import WeakFileLock, build_hf_headers
+
+    # A quick HEAD first, without huggingface_hub's backoff: an unreachable or wrong server fails in
+    # seconds with its real cause instead of after ~25 s of retries and a generic "cannot find" error.
+    url = hf_hub_url(spec.repo_id, filename, revision=spec.revision, endpoint=endpoint)
+    meta = get_hf_file_metadata(url, endpoint=endpoint)
+    if meta.commit_hash is None or meta.etag is None:  # etag is normalised by get_hf_file_metadata (W/"..")
+        raise _NotAHub(f"{url} answered without X-Repo-Commit/ETag headers")
+    if meta.xet_file_data is not None:
+        # Xet-backed file: huggingface_hub downloads it (with hf_xet when installed, else plain HTTP); resuming
+        # an interrupted download is then hf's/hf_xet's own (hf_xet keeps a chunk cache), not ours.
+        return Path(
+            hf_hub_download(
+                repo_id=spec.repo_id, filename=filename, revision=spec.revision, cache_dir=str(cache), endpoint=endpoint
+            )
+        )
+
+    repo_folder = _repo_cache_folder(spec, cache)
+    blob = repo_folder / "blobs" / meta.etag
+    pointer = repo_folder / "snapshots" / meta.commit_hash / Path(*filename.split("/"))
+    incomplete = blob.with_name(blob.name + ".incomplete")
+    lock = cache / ".locks" / repo_folder.name / f"{meta.etag}.lock"  # the lock hf_hub_download takes too
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    with WeakFileLock(str(lock)):
+        new_blob = False
+        if not (blob.is_file() and (meta.size is None or blob.stat().st_size == meta.size)):
+            headers = build_hf_headers()
+            headers["Accept-Encoding"] = "identity"  # the bytes of the blob, so Range offsets mean file offsets
+            if urlsplit(meta.location).netloc != urlsplit(url).netloc:
+                headers.pop("authorization", None)  # a signed CDN URL: no token (as hf_hub_download)
+            try:
+                _stream_to(incomplete, meta.location, headers, meta.size, filename)
+            except Exception as e:
+                kept = incomplete.stat().st_size if incomplete.exists() else 0
+                raise _PartialDownload(e, kept, meta.size) from e
+            os.replace(incomplete, blob)
+            new_blob = True
+        if not pointer.exists():
+            _link_snapshot(blob, pointer, new_blob=new_blob)
+        _write_ref(repo_folder, spec.revision, meta.commit_hash)
+    return pointer
+
+
+def _kept_text(kept: int, total: int | None) -> str:
+    from .fit import format_bytes
+
+    if total:
+        return f"{format_bytes(kept)} of {format_bytes(total)} downloaded and kept"
+    return f"{format_bytes(kept)} downloaded and kept"
 
 
 def pull(
@@ -335,9 +502,11 @@ def pull(
 ) -> ResolvedModel:
     """Download a registry model's GGUF and mmproj into the Hugging Face cache; return their paths.
 
-    Files already complete in the cache are not downloaded again. A connection that drops mid-file is
-    resumed with an HTTP Range request (huggingface_hub retries up to 5 times). Any failure becomes one
-    `UserError` line naming the repo, the file and the cause; files that finished stay in the cache.
+    Files already complete in the cache are not downloaded again. A file is downloaded into
+    ``blobs/<etag>.incomplete``, which is kept when the run fails or is interrupted: a connection that drops
+    mid-file is resumed with an HTTP Range request in the same run (up to 5 attempts without progress), and
+    the next `pull` continues from the bytes kept. Any failure becomes one `UserError` line naming the repo,
+    the file, the cause and how much was kept; files that finished stay in the cache.
     """
     spec = get_spec(name)
     cache = _cache(cache_dir)
@@ -365,12 +534,16 @@ def pull(
             try:
                 paths[filename] = _fetch(spec, filename, base, cache)
             except Exception as e:
+                cause = e.error if isinstance(e, _PartialDownload) else e
                 reason = (
                     "the server did not answer like a Hugging Face Hub (no X-Repo-Commit/ETag); check HF_ENDPOINT"
-                    if isinstance(e, _NotAHub)
-                    else explain_download_error(e)
+                    if isinstance(cause, _NotAHub)
+                    else explain_download_error(cause)
                 )
-                raise UserError(f"{where}: {reason}; {kept}; {again}") from e
+                if isinstance(e, _PartialDownload) and e.kept:
+                    # e.g. "2.1 GB of 4.7 GB downloaded and kept; run `vreason models pull NAME` again to continue"
+                    kept = _kept_text(e.kept, e.total) + (f"; {kept}" if done else "")
+                raise UserError(f"{where}: {reason}; {kept}; {again}") from cause
             done.append(filename)
     return ResolvedModel(paths[spec.model_file], paths[spec.mmproj_file], spec)
 

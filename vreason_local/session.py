@@ -19,7 +19,7 @@ from .fit import check_fit, format_bytes
 from .hub import resolve_model
 from .media import LoadedMedia, load_image, load_video
 from .prompt import Media
-from .video import SamplingSettings
+from .video import SamplingSettings, check_video_file
 
 PROMPT_OVERHEAD = 128  # system prompt, timestamps, question and instruction, in tokens (generous)
 
@@ -103,6 +103,10 @@ def plan_run(model: str, mmproj: str | None, video: Path | None, image: Path | N
     """Resolve, sample and size a run; raise `UserError` with advice when it cannot work."""
     if video and image:
         raise UserError("give either --video or --image, not both")
+    if video:  # the user's own files first: a typo should not be answered with "download the model"
+        check_video_file(video)
+    if image and not Path(image).is_file():
+        raise UserError(f"image not found: {image}")
     model_path, mmproj_path = _resolve(model, mmproj, needs_vision=bool(video or image))
     info = gguf_info.read_model_info(model_path)
     projector = gguf_info.read_projector_info(mmproj_path) if mmproj_path else None

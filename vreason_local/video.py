@@ -137,7 +137,7 @@ def probe(path: str | Path) -> VideoInfo:
     reading, and one whose last frame does not decode (a truncated file) is corrected by a
     binary search with seeks, so `plan_sampling` never picks frames that do not exist.
     """
-    path = _existing_file(path)
+    path = check_video_file(path)
     with _capture(path) as cap:
         first = _first_frame(cap, path)
         fps = _checked_fps(cap, path)
@@ -148,7 +148,7 @@ def probe(path: str | Path) -> VideoInfo:
     return VideoInfo(path, count / fps, fps, count, width, height, rotation, codec)
 
 
-def _existing_file(path: str | Path) -> Path:
+def check_video_file(path: str | Path) -> Path:
     """Reject what is not a non-empty regular file before OpenCV gives a vaguer answer."""
     path = Path(path).expanduser()
     if not path.exists():
@@ -373,7 +373,7 @@ def sample_frames(path: str | Path, plan: SamplingPlan) -> list[Frame]:
     nearest one that does (see `Frame`); only a file where no planned frame decodes is an error.
     Repeated indices in the plan share one array.
     """
-    path = _existing_file(path)
+    path = check_video_file(path)
     decoded: dict[int, np.ndarray] = {}
     with _capture(path) as cap:
         reader = _FrameReader(cap, plan.fps)
