@@ -11,7 +11,6 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterator
 

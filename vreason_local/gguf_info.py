@@ -56,11 +56,6 @@ class ProjectorInfo:
     patch_size: int
     file_bytes: int
 
-    @property
-    def pixels_per_token(self) -> int:
-        """Side in pixels of the square one vision token covers after the 2x2 merge."""
-        return self.patch_size * 2
-
 
 @dataclass(frozen=True)
 class TensorInfo:
