@@ -185,11 +185,9 @@ class ValueHook:
         out = np.empty((len(rows), n), np.float16) if values is None else values
         fn = self.ggml.ggml_backend_tensor_get if values is None else self.ggml.ggml_backend_tensor_set
         for first, cell, length in self._spans(np.asarray(rows)):
-            if not transposed:  # row-major: cell*n + channel, one call per run of cells
-                block = np.ascontiguousarray(out[first : first + length]) if values is not None else np.empty((length, n), np.float16)
+            if not transposed:  # row-major: cell*n + channel, one call per run of cells, straight in/out of `out`
+                block = out[first : first + length]
                 fn(t, block.ctypes.data, cell * n * 2, block.nbytes)
-                if values is None:
-                    out[first : first + length] = block
             else:  # transposed: channel*kv_size + cell, one call per channel and run
                 block = np.ascontiguousarray(out[first : first + length].T) if values is not None else np.empty((n, length), np.float16)
                 for c in range(n):
