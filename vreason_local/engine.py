@@ -98,13 +98,12 @@ def split_answer(text: str) -> tuple[str, str]:
 class Engine:
     """A Qwen-VL model (and its projector) loaded once, answering questions about media."""
 
-    def __init__(self, model_path: Path, mmproj_path: Path | None, settings: EngineSettings = EngineSettings()) -> None:
+    def __init__(self, model_path: Path, mmproj_path: Path | None, settings: EngineSettings = EngineSettings(),
+                 infos: tuple[gguf_info.ModelInfo, gguf_info.ProjectorInfo | None] | None = None) -> None:
+        """`infos`: the files' metadata, already read and checked by the caller (session.plan_run)."""
         t0 = time.perf_counter()
         self.settings = settings
-        self.info = gguf_info.read_model_info(Path(model_path))
-        self.projector = gguf_info.read_projector_info(Path(mmproj_path)) if mmproj_path else None
-        if self.projector:
-            gguf_info.check_pair(self.info, self.projector)
+        self.info, self.projector = infos or gguf_info.read_pair(model_path, mmproj_path)
         self.repack = repack_allowed(settings.repack)
         self.model = Model(self.info.path, settings.n_gpu_layers, self.repack)
         self.vision = Vision(self.projector.path, self.model, settings.n_threads, settings.n_gpu_layers != 0) if self.projector else None

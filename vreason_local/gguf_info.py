@@ -239,3 +239,12 @@ def check_pair(model: ModelInfo, proj: ProjectorInfo) -> None:
             f"projector {proj.path.name} ({proj.projector_type}, output {proj.projection_dim}) does not match "
             f"model {model.path.name} ({model.arch}, embedding {want_dim}); use the mmproj file released with the model"
         )
+
+
+def read_pair(model: Path, mmproj: Path | None) -> tuple[ModelInfo, ProjectorInfo | None]:
+    """A language model and its projector (if any), read and checked against each other."""
+    info = read_model_info(Path(model))
+    projector = read_projector_info(Path(mmproj)) if mmproj else None
+    if projector:
+        check_pair(info, projector)
+    return info, projector

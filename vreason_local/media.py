@@ -40,15 +40,19 @@ def load_video(path: Path, settings: SamplingSettings, patch: int, token_budget:
     return LoadedMedia(Media("video", frames, str(path)), n, info, plan, time.perf_counter() - t0)
 
 
+def check_image_file(path: Path) -> None:
+    if not Path(path).is_file():
+        raise UserError(f"image not found: {path}")
+
+
 def load_image(path: Path, max_pixels: int, patch: int) -> LoadedMedia:
     """Read a still image and resize it to the model's grid within the pixel budget."""
     t0 = time.perf_counter()
-    if not path.is_file():
-        raise UserError(f"image not found: {path}")
+    check_image_file(path)
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise UserError(f"{path} is not an image OpenCV can read (PNG, JPEG, WebP, BMP, TIFF)")
     h, w = smart_resize(bgr.shape[0], bgr.shape[1], factor=patch * 2, max_pixels=max_pixels)
     rgb = cv2.cvtColor(cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
-    n = (h // (patch * 2)) * (w // (patch * 2))
+    n = video_tokens(1, h, w, patch=patch, temporal=1)  # one image: no temporal merge
     return LoadedMedia(Media("image", [Frame(0, 0.0, rgb)], str(path)), n, sampling_s=time.perf_counter() - t0)

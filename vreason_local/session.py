@@ -17,7 +17,7 @@ from .engine import Engine, EngineSettings, GenerationSettings
 from .errors import UserError
 from .fit import check_fit, format_bytes
 from .hub import resolve_model
-from .media import LoadedMedia, load_image, load_video
+from .media import LoadedMedia, check_image_file, load_image, load_video
 from .prompt import Media
 from .video import SamplingSettings, check_video_file
 
@@ -99,19 +99,16 @@ def _has_gpu() -> bool:
 
 def plan_run(model: str, mmproj: str | None, video: Path | None, image: Path | None, sampling: SamplingSettings,
              gen: GenerationSettings, engine: EngineSettings, token_budget: int | None = None,
-             n_ctx: int | None = None, check_memory: bool = True) -> Plan:
+             n_ctx: int | None = None) -> Plan:
     """Resolve, sample and size a run; raise `UserError` with advice when it cannot work."""
     if video and image:
         raise UserError("give either --video or --image, not both")
     if video:  # the user's own files first: a typo should not be answered with "download the model"
         check_video_file(video)
-    if image and not Path(image).is_file():
-        raise UserError(f"image not found: {image}")
+    if image:
+        check_image_file(image)
     model_path, mmproj_path = _resolve(model, mmproj, needs_vision=bool(video or image))
-    info = gguf_info.read_model_info(model_path)
-    projector = gguf_info.read_projector_info(mmproj_path) if mmproj_path else None
-    if projector:
-        gguf_info.check_pair(info, projector)
+    info, projector = gguf_info.read_pair(model_path, mmproj_path)
     patch = projector.patch_size if projector else 14
     if video:
         loaded = load_video(video, sampling, patch, token_budget)
@@ -128,10 +125,9 @@ def plan_run(model: str, mmproj: str | None, video: Path | None, image: Path | N
             "a lower --max-pixels or --max-tokens" + ("" if n_ctx is None else ", or a larger --ctx"))
     settings = replace(engine, n_ctx=ctx)
     kv = ctx * info.kv_bytes_per_token
-    if check_memory:
-        check_fit(info.file_bytes, projector.file_bytes if projector else 0, ctx, info.kv_bytes_per_token,
-                    frames=len(loaded.media.frames) or None,
-                    tokens_per_frame=(loaded.n_tokens // max(1, len(loaded.media.frames))) or None).require()
+    check_fit(info.file_bytes, projector.file_bytes if projector else 0, ctx, info.kv_bytes_per_token,
+              frames=len(loaded.media.frames) or None,
+              tokens_per_frame=(loaded.n_tokens // max(1, len(loaded.media.frames))) or None).require()
     speed, measured = _prefill_speed(info, settings)
     est = Estimate(loaded.n_tokens, ctx, kv, (loaded.n_tokens + PROMPT_OVERHEAD) / speed, measured)
     return Plan(info.path, projector.path if projector else None, info, projector, loaded, settings, est)
@@ -150,4 +146,4 @@ def _resolve(model: str, mmproj: str | None, needs_vision: bool) -> tuple[Path, 
 
 
 def open_engine(plan: Plan) -> Engine:
-    return Engine(plan.model_path, plan.mmproj_path, plan.engine)
+    return Engine(plan.model_path, plan.mmproj_path, plan.engine, infos=(plan.info, plan.projector))
