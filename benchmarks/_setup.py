@@ -11,10 +11,11 @@ import statistics
 import sys
 from pathlib import Path
 
+from vreason_local.cache import cache_dir
 from vreason_local.clips import make_clip
 from vreason_local.tiny import TinyModel, make_tiny
 
-BENCH_DIR = Path(os.environ.get("VREASON_BENCH_DIR", Path.home() / ".cache" / "vreason-local" / "bench"))
+BENCH_DIR = Path(os.environ.get("VREASON_BENCH_DIR", cache_dir() / "bench"))
 
 
 def model_3b() -> TinyModel:

@@ -103,10 +103,10 @@ def run(video: Path | None, image: Path | None, question: str, as_json: bool, **
     vreason run --video clip.mp4 -q "What happens after the door opens?"
     vreason run --video clip.mp4 -q "How many people?" --mode vreason --json
     """
+    from .prompt import require_question
     from .report import answer_json, stream_text
 
-    if not question.strip():
-        raise UserError("the question is empty")
+    require_question(question)  # before anything slow, as the engine would later
     gen, frames, eng, vr = _settings(o)
     from .registry import DEFAULT_MODEL
     from .session import open_engine, plan_run
@@ -153,6 +153,7 @@ def demo(out_dir: Path | None, mode: str, max_tokens: int) -> None:
     The model has RANDOM WEIGHTS: its answer is gibberish by design. What the demo shows is that video
     decoding, the vision encoder, llama.cpp, the value-cache hook and the V-Reason controller all run.
     """
+    from .cache import cache_dir
     from .clips import make_clip
     from .engine import EngineSettings, GenerationSettings
     from .report import stream_text
@@ -161,7 +162,7 @@ def demo(out_dir: Path | None, mode: str, max_tokens: int) -> None:
     from .video import SamplingSettings
     from .vreason import VReasonSettings
 
-    out_dir = out_dir or Path(os.environ.get("VREASON_CACHE", Path.home() / ".cache" / "vreason-local")) / "demo"
+    out_dir = out_dir or cache_dir() / "demo"
     out_dir.mkdir(parents=True, exist_ok=True)
     click.echo(f"demo: generating a tiny Qwen2.5-VL model with RANDOM WEIGHTS and a test clip in {out_dir}", err=True)
     tiny = make_tiny(out_dir, arch="qwen25vl", shape="tiny")

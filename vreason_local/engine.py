@@ -30,7 +30,7 @@ from .errors import UserError
 from .events import Answer, ControlState, Encoded, Event, Finished, Notice, Prefilled, TokenEvent
 from .kv_state import prune_cells
 from .llama_backend import Context, Model, Vision, default_threads
-from .prompt import Media, prefix_parts, question_text
+from .prompt import Media, prefix_parts, question_text, require_question
 from .repack import repack_allowed
 from .sampling import Sampler, SamplingSettings, entropy
 
@@ -275,8 +275,7 @@ class Engine:
             vreason: "VReasonSettings | None" = None, keep_history: bool = False,
             cancel: threading.Event | None = None) -> Iterator[Event]:
         """Answer one question about `media`, yielding the event stream (ends with `Finished`)."""
-        if not question.strip():
-            raise UserError("the question is empty")
+        require_question(question)
         if mode not in MODES:
             raise UserError(f"unknown mode '{mode}'; choose one of {', '.join(MODES)}")
         if mode != "base" and self.hook is None:

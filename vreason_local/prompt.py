@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
+from .errors import UserError
 from .video import Frame
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
@@ -51,6 +52,11 @@ def prefix_parts(media: Media, marker: str, system: str = DEFAULT_SYSTEM) -> tup
     elif media.kind == "image":
         text += marker + "\n"
     return text, frames
+
+
+def require_question(question: str) -> None:
+    if not question.strip():
+        raise UserError("the question is empty")
 
 
 def question_text(question: str, reasoning: bool, follow_up: bool) -> str:

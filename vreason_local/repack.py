@@ -20,6 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .cache import cache_dir
+
 SETTINGS = ("auto", "on", "off")
 
 
@@ -42,8 +44,7 @@ def _cache_file() -> Path:
     except (OSError, StopIteration):
         pass
     key = hashlib.sha256(f"{cpu}|{stamp}".encode()).hexdigest()[:16]
-    base = Path(os.environ.get("VREASON_CACHE", Path.home() / ".cache" / "vreason-local"))
-    return base / f"repack-probe-{key}.json"
+    return cache_dir() / f"repack-probe-{key}.json"
 
 
 def probe(timeout_s: float = 300.0) -> bool:

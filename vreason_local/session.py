@@ -8,11 +8,11 @@ it all fits, and returns an `Estimate` the front end shows the user *before* the
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import gguf_info
+from .cache import cache_dir
 from .engine import Engine, EngineSettings, GenerationSettings
 from .errors import UserError
 from .fit import check_fit, format_bytes
@@ -59,7 +59,7 @@ class Plan:
 
 
 def _speed_file() -> Path:
-    return Path(os.environ.get("VREASON_CACHE", Path.home() / ".cache" / "vreason-local")) / "prefill-speed.json"
+    return cache_dir() / "prefill-speed.json"
 
 
 def _speed_key(info: gguf_info.ModelInfo, settings: EngineSettings) -> str:
