@@ -15,7 +15,7 @@ from _setup import clip, median, model_3b, steady_step_s
 from vreason_local.engine import Engine, EngineSettings, GenerationSettings
 from vreason_local.events import Encoded, Prefilled, TokenEvent
 from vreason_local.media import load_video
-from vreason_local.video import SamplingSettings
+from vreason_local.video import FrameSampling
 
 
 def ask(engine: Engine, media, question: str, tokens: int) -> dict:
@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=24)
     args = ap.parse_args()
     model = model_3b()
-    lm = load_video(clip(), SamplingSettings(fps=1.0, min_frames=args.frames, max_frames=args.frames), patch=14)
+    lm = load_video(clip(), FrameSampling(fps=1.0, min_frames=args.frames, max_frames=args.frames), patch=14)
     with Engine(model.model_path, model.mmproj_path, EngineSettings(n_ctx=4096)) as engine:
         first = ask(engine, lm.media, "What happens in this video?", args.tokens)
         follow = ask(engine, lm.media, "What colour is the square?", args.tokens)

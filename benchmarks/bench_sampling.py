@@ -18,14 +18,14 @@ from pathlib import Path
 import cv2
 
 from vreason_local.clips import make_clip
-from vreason_local.video import SamplingSettings, plan_sampling, probe, sample_frames
+from vreason_local.video import FrameSampling, plan_sampling, probe, sample_frames
 
 SECONDS, FPS, SIZE = 60.0, 30.0, (640, 360)
 SETTINGS = {
-    "1fps/32frames": SamplingSettings(fps=1.0, max_frames=32),
-    "2fps/64frames": SamplingSettings(fps=2.0, max_frames=64),
-    "0.25fps/16frames": SamplingSettings(fps=0.25, max_frames=16),
-    "1fps/32frames/448px": SamplingSettings(fps=1.0, max_frames=32, max_pixels=448 * 448),
+    "1fps/32frames": FrameSampling(fps=1.0, max_frames=32),
+    "2fps/64frames": FrameSampling(fps=2.0, max_frames=64),
+    "0.25fps/16frames": FrameSampling(fps=0.25, max_frames=16),
+    "1fps/32frames/448px": FrameSampling(fps=1.0, max_frames=32, max_pixels=448 * 448),
 }
 
 

@@ -25,7 +25,7 @@ from vreason_local.gguf_info import read_model_info
 from vreason_local.hook import ValueHook, _load
 from vreason_local.llama_backend import Context, Model, default_threads
 from vreason_local.media import load_video
-from vreason_local.video import SamplingSettings
+from vreason_local.video import FrameSampling
 from vreason_local.vreason import VReasonSettings
 
 import llama_cpp as L
@@ -144,7 +144,7 @@ def bench_callbacks(path, tokens: int, rounds: int, label: str) -> None:
 
 
 def bench_decode(model, tokens: int, rounds: int, frames: int, dtype: str) -> None:
-    lm = load_video(clip(), SamplingSettings(fps=1.0, min_frames=frames, max_frames=frames), patch=14)
+    lm = load_video(clip(), FrameSampling(fps=1.0, min_frames=frames, max_frames=frames), patch=14)
     gen = GenerationSettings(max_tokens=tokens, stop_at_answer=False)
     per: dict[str, list[float]] = {"base": [], "vreason": []}
     updates: list[float] = []

@@ -17,10 +17,11 @@ from vreason_local.engine import Engine, EngineSettings, GenerationSettings, spl
 from vreason_local.errors import UserError
 from vreason_local.events import Encoded, Finished, Prefilled, TokenEvent
 from vreason_local.media import load_image, load_video
-from vreason_local.prompt import Media, prefix_parts, question_text
+from vreason_local.media import Media
+from vreason_local.prompt import prefix_parts, question_text
 from vreason_local.repack import cpu_has_amx, probe, repack_allowed
-from vreason_local.sampling import Sampler, SamplingSettings, entropy
-from vreason_local.video import SamplingSettings as FrameSettings, video_tokens
+from vreason_local.sampling import Sampler, TokenSampling, entropy
+from vreason_local.video import FrameSampling, video_tokens
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +54,11 @@ def test_entropy_matches_torch():
 
 def test_sampler_greedy_and_seeded():
     z = np.random.default_rng(1).normal(0, 2, 50).astype(np.float32)
-    assert Sampler(SamplingSettings())(z) == int(np.argmax(z))
-    s = SamplingSettings(temperature=1.0, top_p=0.9, seed=7)
+    assert Sampler(TokenSampling())(z) == int(np.argmax(z))
+    s = TokenSampling(temperature=1.0, top_p=0.9, seed=7)
     assert [Sampler(s)(z) for _ in range(3)] == [Sampler(s)(z)] * 3
     # min_p keeps only tokens within a factor of the best: with min_p=1 only the argmax survives
-    assert Sampler(SamplingSettings(temperature=1.0, min_p=1.0))(z) == int(np.argmax(z))
+    assert Sampler(TokenSampling(temperature=1.0, min_p=1.0))(z) == int(np.argmax(z))
 
 
 def test_split_answer():
@@ -68,7 +69,7 @@ def test_split_answer():
 
 
 def test_video_answer_events(engine, clip):
-    lm = load_video(clip, FrameSettings(fps=2.0, max_frames=8), patch=14)
+    lm = load_video(clip, FrameSampling(fps=2.0, max_frames=8), patch=14)
     events, answer = run(engine, lm.media, gen=GenerationSettings(max_tokens=10))
     kinds = [type(e) for e in events]
     assert kinds[0] is Encoded and kinds[1] is Prefilled and kinds[-1] is Finished
@@ -106,7 +107,7 @@ def test_first_entropy_matches_plain_llama_cpp(engine, tiny):
 
 
 def test_follow_up_reuses_encoding(engine, clip):
-    lm = load_video(clip, FrameSettings(fps=2.0, max_frames=6), patch=14)
+    lm = load_video(clip, FrameSampling(fps=2.0, max_frames=6), patch=14)
     first, a1 = run(engine, lm.media, gen=GenerationSettings(max_tokens=8))
     again, a2 = run(engine, lm.media, gen=GenerationSettings(max_tokens=8))
     assert not first[0].reused and again[0].reused

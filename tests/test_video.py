@@ -23,7 +23,7 @@ from vreason_local.video import (
     MIN_FRAME_PIXELS,
     SEEK_MIN_GAP,
     SamplingPlan,
-    SamplingSettings,
+    FrameSampling,
     VideoInfo,
     fit_token_budget,
     plan_sampling,
@@ -121,7 +121,7 @@ def fake_info(width: int = 1920, height: int = 1080, seconds: float = 60.0, fps:
     return VideoInfo(Path("fake.mp4"), seconds, fps, round(seconds * fps), width, height, 0, "avc1")
 
 
-def plan_cost(info: VideoInfo, settings: SamplingSettings, patch: int = 14, temporal: int = 2) -> int:
+def plan_cost(info: VideoInfo, settings: FrameSampling, patch: int = 14, temporal: int = 2) -> int:
     plan = plan_sampling(info, settings)
     return video_tokens(len(plan.indices), plan.height, plan.width, patch=patch, temporal=temporal)
 
@@ -173,7 +173,7 @@ def test_probe_corrects_count_of_truncated_file(media, long_avi):
     info = probe(path)
     assert info.frame_count == 300
     assert info.duration_s == pytest.approx(30.0)
-    last = sample_frames(path, plan_sampling(info, SamplingSettings(start_s=info.duration_s - 0.5)))
+    last = sample_frames(path, plan_sampling(info, FrameSampling(start_s=info.duration_s - 0.5)))
     assert markers(last)[-1] == info.frame_count - 1
 
 
@@ -295,7 +295,7 @@ def test_sample_frames_when_nothing_decodes(tmp_path, media):
 INFO_4S = fake_info(160, 120, seconds=4, fps=10)
 
 
-def assert_well_formed(plan: SamplingPlan, info: VideoInfo, settings: SamplingSettings) -> None:
+def assert_well_formed(plan: SamplingPlan, info: VideoInfo, settings: FrameSampling) -> None:
     n = len(plan.indices)
     assert n % 2 == 0 and n >= 2
     assert n <= settings.max_frames
@@ -312,14 +312,14 @@ def assert_well_formed(plan: SamplingPlan, info: VideoInfo, settings: SamplingSe
 @pytest.mark.parametrize(
     "settings",
     [
-        SamplingSettings(),
-        SamplingSettings(fps=2.0),
-        SamplingSettings(fps=0.5, min_frames=3, max_frames=9),
-        SamplingSettings(fps=30.0, max_frames=64),
-        SamplingSettings(start_s=1.0, end_s=3.0),
-        SamplingSettings(start_s=1.05, end_s=2.95, fps=4.0),
-        SamplingSettings(start_s=3.5),
-        SamplingSettings(end_s=100.0),
+        FrameSampling(),
+        FrameSampling(fps=2.0),
+        FrameSampling(fps=0.5, min_frames=3, max_frames=9),
+        FrameSampling(fps=30.0, max_frames=64),
+        FrameSampling(start_s=1.0, end_s=3.0),
+        FrameSampling(start_s=1.05, end_s=2.95, fps=4.0),
+        FrameSampling(start_s=3.5),
+        FrameSampling(end_s=100.0),
     ],
 )
 def test_plan_is_even_uniform_and_inside_window(settings):
@@ -330,12 +330,12 @@ def test_plan_is_even_uniform_and_inside_window(settings):
 @pytest.mark.parametrize(
     ("seconds", "settings", "expected"),
     [
-        (60, SamplingSettings(), 32),  # 60 frames at 1 fps, capped at max_frames
-        (4, SamplingSettings(), 4),  # 4 frames
-        (2, SamplingSettings(), 4),  # 2 frames wanted, raised to min_frames
-        (10, SamplingSettings(fps=0.5), 6),  # 5 wanted, made even upwards
-        (60, SamplingSettings(max_frames=31), 30),  # odd cap: even count below it
-        (60, SamplingSettings(fps=0.05, min_frames=5), 6),  # odd floor: even count above it
+        (60, FrameSampling(), 32),  # 60 frames at 1 fps, capped at max_frames
+        (4, FrameSampling(), 4),  # 4 frames
+        (2, FrameSampling(), 4),  # 2 frames wanted, raised to min_frames
+        (10, FrameSampling(fps=0.5), 6),  # 5 wanted, made even upwards
+        (60, FrameSampling(max_frames=31), 30),  # odd cap: even count below it
+        (60, FrameSampling(fps=0.05, min_frames=5), 6),  # odd floor: even count above it
     ],
 )
 def test_frame_count(seconds, settings, expected):
@@ -349,26 +349,26 @@ def test_frames_are_centred_in_equal_slices():
 
 
 def test_window_selects_frames_inside_it():
-    plan = plan_sampling(INFO_4S, SamplingSettings(start_s=1.0, end_s=3.0, fps=2.0))
+    plan = plan_sampling(INFO_4S, FrameSampling(start_s=1.0, end_s=3.0, fps=2.0))
     assert plan.indices == (12, 17, 22, 27)
     assert (plan.start_s, plan.end_s) == (1.0, 3.0)
 
 
 def test_end_past_duration_is_clamped():
-    plan = plan_sampling(INFO_4S, SamplingSettings(start_s=2.0, end_s=99.0))
+    plan = plan_sampling(INFO_4S, FrameSampling(start_s=2.0, end_s=99.0))
     assert plan.end_s == 4.0
     assert max(plan.indices) < 40
 
 
 def test_short_window_uses_distinct_frames_it_has():
-    plan = plan_sampling(INFO_4S, SamplingSettings(start_s=1.0, end_s=1.25))  # frames 10, 11, 12
+    plan = plan_sampling(INFO_4S, FrameSampling(start_s=1.0, end_s=1.25))  # frames 10, 11, 12
     assert plan.indices == (10, 12)
 
 
 def test_window_with_one_frame_duplicates_it():
-    plan = plan_sampling(INFO_4S, SamplingSettings(start_s=1.0, end_s=1.05))
+    plan = plan_sampling(INFO_4S, FrameSampling(start_s=1.0, end_s=1.05))
     assert plan.indices == (10, 10)
-    between = plan_sampling(INFO_4S, SamplingSettings(start_s=1.02, end_s=1.08))  # no frame starts inside
+    between = plan_sampling(INFO_4S, FrameSampling(start_s=1.02, end_s=1.08))  # no frame starts inside
     assert between.indices == (10, 10)
 
 
@@ -382,7 +382,7 @@ def test_one_frame_video(media):
 
 
 def test_plan_output_size_follows_smart_resize():
-    settings = SamplingSettings(max_pixels=336 * 336)
+    settings = FrameSampling(max_pixels=336 * 336)
     plan = plan_sampling(fake_info(640, 360), settings)
     assert (plan.height, plan.width) == smart_resize(360, 640, 28, settings.min_pixels, 336 * 336) == (252, 448)
     qwen3 = plan_sampling(fake_info(640, 360), replace(settings, factor=32))
@@ -398,7 +398,7 @@ def test_plan_output_size_follows_smart_resize():
 )
 def test_window_outside_video(settings, fragment):
     with pytest.raises(UserError) as excinfo:
-        plan_sampling(INFO_4S, SamplingSettings(**settings))
+        plan_sampling(INFO_4S, FrameSampling(**settings))
     assert_user_error(excinfo, fragment, "fake.mp4")
 
 
@@ -418,7 +418,7 @@ def test_window_outside_video(settings, fragment):
 )
 def test_invalid_settings(settings, fragment):
     with pytest.raises(UserError) as excinfo:
-        SamplingSettings(**settings)
+        FrameSampling(**settings)
     assert_user_error(excinfo, fragment)
 
 
@@ -427,7 +427,7 @@ def test_invalid_settings(settings, fragment):
 
 def test_sampled_frames_are_the_planned_ones(clip_mp4):
     info = probe(clip_mp4)
-    plan = plan_sampling(info, SamplingSettings(fps=3.0))
+    plan = plan_sampling(info, FrameSampling(fps=3.0))
     frames = sample_frames(clip_mp4, plan)
     assert [f.index for f in frames] == list(plan.indices)
     assert markers(frames) == list(plan.indices)
@@ -452,10 +452,10 @@ def test_frames_are_rgb_resized_with_inter_area(clip_mp4):
 
 def test_seeking_over_long_gaps_lands_on_the_right_frames(long_avi):
     info = probe(long_avi)
-    plan = plan_sampling(info, SamplingSettings(max_frames=4))
+    plan = plan_sampling(info, FrameSampling(max_frames=4))
     assert min(np.diff(plan.indices)) > SEEK_MIN_GAP  # the sampler must seek here
     assert markers(sample_frames(long_avi, plan)) == list(plan.indices)
-    window = plan_sampling(info, SamplingSettings(start_s=41.0, end_s=47.0, fps=2.0))
+    window = plan_sampling(info, FrameSampling(start_s=41.0, end_s=47.0, fps=2.0))
     assert markers(sample_frames(long_avi, window)) == list(window.indices)
 
 
@@ -557,13 +557,13 @@ def test_video_tokens_needs_whole_tokens():
 
 
 def test_budget_that_fits_changes_nothing():
-    settings = SamplingSettings()
+    settings = FrameSampling()
     info = fake_info()
     assert fit_token_budget(info, settings, 10_000) == settings
 
 
 def test_budget_lowers_resolution_first():
-    info, settings = fake_info(), SamplingSettings()
+    info, settings = fake_info(), FrameSampling()
     fitted = fit_token_budget(info, settings, 1500)
     assert plan_cost(info, fitted) <= 1500
     assert fitted.max_frames == settings.max_frames
@@ -571,7 +571,7 @@ def test_budget_lowers_resolution_first():
 
 
 def test_budget_then_lowers_frame_count():
-    info, settings = fake_info(), SamplingSettings()
+    info, settings = fake_info(), FrameSampling()
     fitted = fit_token_budget(info, settings, 300)
     assert fitted.max_pixels == MIN_FRAME_PIXELS
     assert 2 <= len(plan_sampling(info, fitted).indices) < 32
@@ -582,14 +582,14 @@ def test_budget_then_lowers_frame_count():
 @pytest.mark.parametrize(("patch", "temporal"), [(14, 2), (16, 2), (14, 1)])
 def test_budget_always_fits(budget, patch, temporal):
     info = fake_info(1280, 720)
-    fitted = fit_token_budget(info, SamplingSettings(max_frames=64, fps=2.0), budget, patch=patch, temporal=temporal)
+    fitted = fit_token_budget(info, FrameSampling(max_frames=64, fps=2.0), budget, patch=patch, temporal=temporal)
     assert fitted.factor == patch * 2
     assert plan_cost(info, fitted, patch=patch, temporal=temporal) <= budget
 
 
 def test_budget_too_small_says_what_is_needed():
     with pytest.raises(UserError) as excinfo:
-        fit_token_budget(fake_info(), SamplingSettings(), 20)
+        fit_token_budget(fake_info(), FrameSampling(), 20)
     # 2 frames at the 224*224 floor for 16:9: 168x280 -> 6x10 tokens per frame pair
     assert_user_error(excinfo, "20", "need 60", "280x168")
 

@@ -21,10 +21,10 @@ from vreason_local.errors import UserError
 from vreason_local.events import Finished, Notice, TokenEvent
 from vreason_local.hook import ValueHook, verify_layout, _load
 from vreason_local.media import load_video
-from vreason_local.prompt import Media
+from vreason_local.media import Media
 from vreason_local.sampling import entropy
 from vreason_local.tail import mass_tokens, norm_preserving
-from vreason_local.video import SamplingSettings as FrameSettings
+from vreason_local.video import FrameSampling
 from vreason_local.vreason import SELFCHECK_TOL, VReasonSettings
 
 ARCHES = ["qwen2vl", "qwen25vl", "qwen3vl"]
@@ -51,7 +51,7 @@ def engines(tiny_model_factory):
 
 
 def video(engine: Engine, clip: Path, frames: int = 6) -> Media:
-    return load_video(clip, FrameSettings(fps=2.0, max_frames=frames), patch=engine.projector.patch_size).media
+    return load_video(clip, FrameSampling(fps=2.0, max_frames=frames), patch=engine.projector.patch_size).media
 
 
 def answer(engine: Engine, media: Media, mode: str = "vreason", max_tokens: int = 12, **vr) -> tuple[list, object]:

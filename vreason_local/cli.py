@@ -1,4 +1,4 @@
-"""The `vreason` command: a thin layer over session/engine that renders the event stream.
+"""The `vreason` command: a thin layer over planning/engine that renders the event stream.
 
 Exit codes: 0 ok, 2 bad input (one line on stderr), 1 internal error, 130 interrupted.
 """
@@ -66,12 +66,12 @@ def _settings(o: dict):
     """Turn the parsed options into the core's settings objects."""
     from .engine import EngineSettings, GenerationSettings
     from .llama_backend import default_threads
-    from .sampling import SamplingSettings
-    from .video import SamplingSettings as FrameSettings
+    from .sampling import TokenSampling
+    from .video import FrameSampling
 
-    gen = GenerationSettings(o["max_tokens"], SamplingSettings(o["temperature"], o["top_p"], o["min_p"], o["seed"]),
+    gen = GenerationSettings(o["max_tokens"], TokenSampling(o["temperature"], o["top_p"], o["min_p"], o["seed"]),
                              reasoning=not o["no_reasoning"], stop_at_answer=not o["no_reasoning"])
-    frames = FrameSettings(fps=o["fps"], min_frames=o["min_frames"], max_frames=o["max_frames"], start_s=o["start"],
+    frames = FrameSampling(fps=o["fps"], min_frames=o["min_frames"], max_frames=o["max_frames"], start_s=o["start"],
                            end_s=o["end"], max_pixels=o["max_pixels"])
     eng = EngineSettings(n_threads=o["threads"] or default_threads(), n_gpu_layers=o["gpu_layers"], repack=o["repack"],
                          hook=o["mode"] != "base")
@@ -109,7 +109,7 @@ def run(video: Path | None, image: Path | None, question: str, as_json: bool, **
     require_question(question)  # before anything slow, as the engine would later
     gen, frames, eng, vr = _settings(o)
     from .registry import DEFAULT_MODEL
-    from .session import open_engine, plan_run
+    from .planning import open_engine, plan_run
 
     plan = plan_run(o["model"] or DEFAULT_MODEL, o["mmproj"], video, image, frames, gen, eng, o["token_budget"], o["ctx"])
     click.echo(plan.estimate.describe(plan.media), err=True)
@@ -157,9 +157,9 @@ def demo(out_dir: Path | None, mode: str, max_tokens: int) -> None:
     from .clips import make_clip
     from .engine import EngineSettings, GenerationSettings
     from .report import stream_text
-    from .session import open_engine, plan_run
+    from .planning import open_engine, plan_run
     from .tiny import make_tiny
-    from .video import SamplingSettings
+    from .video import FrameSampling
     from .vreason import VReasonSettings
 
     out_dir = out_dir or cache_dir() / "demo"
@@ -168,7 +168,7 @@ def demo(out_dir: Path | None, mode: str, max_tokens: int) -> None:
     tiny = make_tiny(out_dir, arch="qwen25vl", shape="tiny")
     clip = make_clip(out_dir / "demo-clip.mp4", seconds=4.0, fps=10.0, size=(224, 168))
     gen = GenerationSettings(max_tokens=max_tokens)
-    plan = plan_run(str(tiny.model_path), str(tiny.mmproj_path), clip, None, SamplingSettings(fps=2.0, max_frames=8),
+    plan = plan_run(str(tiny.model_path), str(tiny.mmproj_path), clip, None, FrameSampling(fps=2.0, max_frames=8),
                     gen, EngineSettings(hook=mode != "base"))
     click.echo(plan.estimate.describe(plan.media), err=True)
     with open_engine(plan) as engine:

@@ -30,9 +30,10 @@ from .errors import UserError
 from .events import Answer, ControlState, Encoded, Event, Finished, Notice, Prefilled, TokenEvent
 from .kv_state import prune_cells
 from .llama_backend import Context, Model, Vision, default_threads
-from .prompt import Media, prefix_parts, question_text, require_question
+from .media import Media
+from .prompt import prefix_parts, question_text, require_question
 from .repack import repack_allowed
-from .sampling import Sampler, SamplingSettings, entropy
+from .sampling import Sampler, TokenSampling, entropy
 
 Mode = Literal["base", "vreason", "lite"]
 MODES = ("base", "vreason", "lite")
@@ -56,7 +57,7 @@ class GenerationSettings:
     """One answer's decoding settings."""
 
     max_tokens: int = 1024
-    sampling: SamplingSettings = SamplingSettings()
+    sampling: TokenSampling = TokenSampling()
     reasoning: bool = True  # ask for <think>...</think><answer>...</answer>
     stop_at_answer: bool = True  # stop once </answer> is written
 

@@ -7,13 +7,26 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from typing import Literal, Sequence
 from pathlib import Path
 
 import cv2
 
 from .errors import UserError
-from .prompt import Media
-from .video import Frame, SamplingPlan, SamplingSettings, VideoInfo, fit_token_budget, plan_sampling, probe, sample_frames, smart_resize, video_tokens
+from .video import Frame, SamplingPlan, FrameSampling, VideoInfo, fit_token_budget, plan_sampling, probe, sample_frames, smart_resize, video_tokens
+
+
+@dataclass(frozen=True)
+class Media:
+    """What the user asks about: a video's sampled frames, one still image, or nothing."""
+
+    kind: Literal["video", "image", "none"]
+    frames: Sequence[Frame] = ()
+    source: str = ""
+
+    @staticmethod
+    def none() -> "Media":
+        return Media("none")
 
 
 @dataclass(frozen=True)
@@ -27,7 +40,7 @@ class LoadedMedia:
     sampling_s: float = 0.0
 
 
-def load_video(path: Path, settings: SamplingSettings, patch: int, token_budget: int | None = None) -> LoadedMedia:
+def load_video(path: Path, settings: FrameSampling, patch: int, token_budget: int | None = None) -> LoadedMedia:
     """Probe, plan (fitting `token_budget` if given) and decode the frames of a video."""
     t0 = time.perf_counter()
     info = probe(path)

@@ -7,10 +7,8 @@ question then adds only its own text.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Sequence
-
 from .errors import UserError
+from .media import Media
 from .video import Frame
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
@@ -20,19 +18,6 @@ REASONING_INSTRUCTION = (
     "reasoning. Give your thinking between <think> and </think> tags, then your final answer between "
     "<answer> and </answer> tags."
 )
-
-
-@dataclass(frozen=True)
-class Media:
-    """What the user asks about: a video's sampled frames, one still image, or nothing."""
-
-    kind: Literal["video", "image", "none"]
-    frames: Sequence[Frame] = ()
-    source: str = ""
-
-    @staticmethod
-    def none() -> "Media":
-        return Media("none")
 
 
 def prefix_parts(media: Media, marker: str, system: str = DEFAULT_SYSTEM) -> tuple[str, list[Frame]]:

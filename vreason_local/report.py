@@ -13,7 +13,7 @@ import click
 
 from .engine import Engine
 from .events import Answer, Encoded, Event, Finished, Notice, Prefilled, TokenEvent
-from .session import Plan, record_prefill_speed
+from .planning import Plan, record_prefill_speed
 
 
 def _consume(plan: Plan, events: Iterable[Event], on_event) -> tuple[Answer, Encoded, Prefilled]:

@@ -18,7 +18,7 @@ def entropy(logits: np.ndarray) -> float:
 
 
 @dataclass(frozen=True)
-class SamplingSettings:
+class TokenSampling:
     """How the next token is chosen. Greedy (temperature 0) by default, as the method specifies."""
 
     temperature: float = 0.0
@@ -30,7 +30,7 @@ class SamplingSettings:
 class Sampler:
     """Chooses tokens; one instance per answer so a seed gives a reproducible answer."""
 
-    def __init__(self, settings: SamplingSettings) -> None:
+    def __init__(self, settings: TokenSampling) -> None:
         self.s = settings
         self.rng = np.random.default_rng(settings.seed)
 

@@ -55,7 +55,7 @@ class VideoInfo:
 
 
 @dataclass(frozen=True)
-class SamplingSettings:
+class FrameSampling:
     """How many frames to take and how large, before any model-specific budget fitting.
 
     Defaults are for a laptop. At most 336*336 px a frame, a pair of frames (one temporal
@@ -308,7 +308,7 @@ def smart_resize(
     return h_bar, w_bar
 
 
-def plan_sampling(info: VideoInfo, settings: SamplingSettings = SamplingSettings()) -> SamplingPlan:
+def plan_sampling(info: VideoInfo, settings: FrameSampling = FrameSampling()) -> SamplingPlan:
     """Pick an even number of uniformly spaced, distinct frames from the clip window.
 
     The count is window length x target fps, clamped to [min_frames, max_frames] and made even
@@ -330,7 +330,7 @@ def plan_sampling(info: VideoInfo, settings: SamplingSettings = SamplingSettings
     return SamplingPlan(indices, timestamps, width, height, start_s, end_s, info.fps)
 
 
-def _clip_window(info: VideoInfo, settings: SamplingSettings) -> tuple[float, float]:
+def _clip_window(info: VideoInfo, settings: FrameSampling) -> tuple[float, float]:
     """The [start, end) window in seconds, checked against the video's duration."""
     start_s = settings.start_s or 0.0
     if start_s >= info.duration_s:
@@ -354,7 +354,7 @@ def _window_frames(info: VideoInfo, start_s: float, end_s: float) -> tuple[int, 
     return first, last
 
 
-def _frame_count_for(window_s: float, settings: SamplingSettings, available: int) -> int:
+def _frame_count_for(window_s: float, settings: FrameSampling, available: int) -> int:
     """Even frame count for a window: target fps, clamped to the limits and to the frames there."""
     low, high = _even_frame_range(settings.min_frames, settings.max_frames)
     wanted = 2 * math.floor(window_s * settings.fps / 2 + 0.5)
@@ -472,12 +472,12 @@ def video_tokens(n_frames: int, height: int, width: int, patch: int = 14, merge:
 
 def fit_token_budget(
     info: VideoInfo,
-    settings: SamplingSettings,
+    settings: FrameSampling,
     budget_tokens: int,
     patch: int = 14,
     merge: int = 2,
     temporal: int = 2,
-) -> SamplingSettings:
+) -> FrameSampling:
     """Settings whose plan for `info` costs at most `budget_tokens` video tokens.
 
     Resolution goes first, down to MIN_FRAME_PIXELS (or the caller's own lower max_pixels),
@@ -503,13 +503,13 @@ def fit_token_budget(
     return replace(settings, max_frames=affordable, min_frames=min(settings.min_frames, affordable))
 
 
-def _pixels_for(settings: SamplingSettings, budget_tokens: int, frames: int, temporal: int) -> int:
+def _pixels_for(settings: FrameSampling, budget_tokens: int, frames: int, temporal: int) -> int:
     """Largest max_pixels that fits the budget at `frames` frames, not below the floor."""
     tokens_per_group = budget_tokens // math.ceil(frames / temporal)
     floor = min(MIN_FRAME_PIXELS, settings.max_pixels)
     return max(floor, min(settings.max_pixels, tokens_per_group * settings.factor**2))
 
 
-def _with_max_pixels(settings: SamplingSettings, max_pixels: int) -> SamplingSettings:
+def _with_max_pixels(settings: FrameSampling, max_pixels: int) -> FrameSampling:
     """`settings` with a new pixel cap, lowering min_pixels with it so the pair stays valid."""
     return replace(settings, max_pixels=max_pixels, min_pixels=min(settings.min_pixels, max_pixels))

@@ -17,9 +17,8 @@ from .engine import Engine, EngineSettings, GenerationSettings
 from .errors import UserError
 from .fit import check_fit, format_bytes
 from .hub import resolve_model
-from .media import LoadedMedia, check_image_file, load_image, load_video
-from .prompt import Media
-from .video import SamplingSettings, check_video_file
+from .media import LoadedMedia, Media, check_image_file, load_image, load_video
+from .video import FrameSampling, check_video_file
 
 PROMPT_OVERHEAD = 128  # system prompt, timestamps, question and instruction, in tokens (generous)
 
@@ -97,7 +96,7 @@ def _has_gpu() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
-def plan_run(model: str, mmproj: str | None, video: Path | None, image: Path | None, sampling: SamplingSettings,
+def plan_run(model: str, mmproj: str | None, video: Path | None, image: Path | None, sampling: FrameSampling,
              gen: GenerationSettings, engine: EngineSettings, token_budget: int | None = None,
              n_ctx: int | None = None) -> Plan:
     """Resolve, sample and size a run; raise `UserError` with advice when it cannot work."""
