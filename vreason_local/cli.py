@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 import click
 
-from .errors import UserError
+from .errors import Remedy, UserError
 
 DEFAULT_MODEL_HELP = "Registry name (see `vreason models list`) or path to a GGUF file."
 
@@ -185,6 +185,37 @@ def _register_models() -> None:
 _register_models()
 
 
+# The core names settings (errors.Remedy.setting); the command line words them as its flags.
+FLAGS = {
+    "model": "--model", "mmproj": "--mmproj", "video": "--video", "image": "--image", "mode": "--mode",
+    "frames.fps": "--fps", "frames.min_frames": "--min-frames", "frames.max_frames": "--max-frames",
+    "frames.start_s": "--start", "frames.end_s": "--end", "frames.max_pixels": "--max-pixels",
+    "frames.token_budget": "--token-budget",
+    "generation.max_tokens": "--max-tokens", "generation.sampling.temperature": "--temperature",
+    "generation.sampling.top_p": "--top-p", "generation.sampling.min_p": "--min-p",
+    "engine.n_ctx": "--ctx", "engine.n_threads": "--threads", "engine.n_gpu_layers": "--gpu-layers",
+    "engine.repack": "--repack",
+    "vreason.device": "--device", "vreason.dtype": "--tail-dtype", "vreason.head_max": "--head-max",
+}
+
+
+def render_remedy(r: Remedy) -> str:
+    """`--max-frames 16` when the remedy names a setting and a value, else its words (with the flag)."""
+    flag = FLAGS.get(r.setting or "")
+    if flag and r.value is not None:
+        return f"{flag} {r.value}"
+    if flag:
+        return f"{r.text} ({flag})"
+    return r.text
+
+
+def render_error(exc: UserError) -> str:
+    """One line: the fact, then what to do."""
+    if not exc.remedies:
+        return exc.message
+    return f"{exc.message}; try {' or '.join(render_remedy(r) for r in exc.remedies)}"
+
+
 # click >= 8.2 raises this (a UsageError whose message is the whole help page) for a group run with no
 # arguments; older click prints the help and exits by itself.
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
@@ -195,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, standalone_mode=False)
     except UserError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {render_error(exc)}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
