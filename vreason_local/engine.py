@@ -1,55 +1,73 @@
-"""The engine: one loaded Qwen-VL model that turns (media, question) into a stream of events.
+"""The engine: one loaded Qwen-VL model that answers questions about media, one answer at a time.
 
-Steps, in order (gpt-fast style, one small method each):
-    encode   - system prompt + frames into the KV cache, once per media (reused by follow-ups)
-    rewind   - back to the end of the media for an independent question, or keep the conversation
-    prefill  - the question's text
-    decode   - token by token: logits -> entropy -> (V-Reason update) -> choose -> decode
-The CLI, the TUI and the evaluator all drive `Engine.ask` and consume its events; nothing is computed
-twice downstream.
+    engine = Engine(model_path, mmproj_path)           # loads once; any mode can be asked per answer
+    encoding = engine.encode(media).result()           # optional: encode the video up front (progress events)
+    answer = engine.ask(encoding, "What happens?", mode="vreason")   # checked now, runs when iterated
+    for event in answer: ...                           # Progress, Encoded, Prefilled, TokenEvent, Notice, Finished
+    follow = engine.ask(encoding, "And then?", follow_up=answer.result())
+
+Steps of one answer, in order (gpt-fast style, one small method each):
+    resident - the media's prefix (system prompt + frames) in the KV cache: encoded, kept, or restored
+    prefill  - the conversation's tokens after the prefix; only what the cache does not already hold
+    decode   - token by token: logits -> token + entropy -> (V-Reason update) -> decode
+
+The cache is described exactly at all times (`_Cache`): which encoding is resident, whether Lite pruned
+it, and which tokens follow it. Each answer starts by bringing the cache to the state it needs, so
+whatever happened before (a cancelled or failed answer, another mode, another video) cannot leak into it.
+
+Threads: an engine and its answers are used from one thread at a time (the TUI iterates answers in a
+worker thread); `AnswerHandle.cancel()` may be called from any thread. While an answer is open (created
+and neither finished, cancelled, closed nor garbage-collected) asking another raises `EngineBusy`.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
-import re
 import threading
 import time
-from dataclasses import dataclass, field
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
 import numpy as np
 
-import llama_cpp as L
-from llama_cpp import mtmd_cpp as M
-
 from . import gguf_info
-from .errors import UserError
-from .events import Answer, ControlState, Encoded, Event, Finished, Notice, Prefilled, TokenEvent
+from .channels import ChannelSplitter, split_answer
+from .errors import ContextTooSmall, EngineBusy, Remedy, UserError
+from .events import Answer, ControlState, Encoded, Event, Finished, Notice, Prefilled, Progress, TokenEvent
 from .kv_state import prune_cells
-from .llama_backend import Context, Model, Vision, default_threads
+from .llama_backend import Context, MediaPrompt, Model, Vision, default_threads
 from .media import Media
 from .prompt import prefix_parts, question_text, require_question
 from .repack import repack_allowed
-from .sampling import Sampler, TokenSampling, entropy
+from .sampling import Sampler, TokenSampling
+
+if TYPE_CHECKING:
+    from .vreason import VReason, VReasonSettings
 
 Mode = Literal["base", "vreason", "lite"]
-MODES = ("base", "vreason", "lite")
+MODES: tuple[Mode, ...] = ("base", "vreason", "lite")
+MIN_AUTO_CTX = 2048  # the smallest context the engine sizes for itself (room for follow-ups)
+CTX_STEP = 256
 
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """How llama.cpp runs. `hook` installs the value-cache hook (needed by the vreason/lite modes)."""
+    """How llama.cpp runs. `n_ctx=None` sizes the context from the real prompt and grows it when a
+    conversation needs more; a number fixes it. `hook=False` leaves the value-cache hook out
+    (base answers only)."""
 
-    n_ctx: int = 8192
+    n_ctx: int | None = None
     n_batch: int = 512
     n_threads: int = field(default_factory=default_threads)
     n_gpu_layers: int = -1
     repack: str = "auto"
     flash_attn: str = "auto"
-    hook: bool = False
+    hook: bool = True
 
 
 @dataclass(frozen=True)
@@ -62,20 +80,6 @@ class GenerationSettings:
     stop_at_answer: bool = True  # stop once </answer> is written
 
 
-@dataclass
-class _Prefix:
-    """The encoded system prompt + media at the start of the KV cache."""
-
-    key: str
-    n_past: int  # next M-RoPE position after the prefix
-    n_cells: int
-    tokens: list[int | None]  # token ids, None at media positions
-    media_cells: np.ndarray  # KV cells of the media tokens, in order
-    n_frames: int
-    snapshot: bytes | None = None  # the prefix's sequence state, saved before Lite first prunes it
-    pruned: bool = False  # Lite removed media rows from the cache; an independent question reloads
-
-
 def media_key(media: Media) -> str:
     """Identity of the media content: same frames -> same encoding, reusable."""
     h = hashlib.sha1(media.kind.encode())
@@ -85,260 +89,520 @@ def media_key(media: Media) -> str:
     return h.hexdigest()
 
 
-def split_answer(text: str) -> tuple[str, str]:
-    """(reasoning, answer) from `<think>...</think><answer>...</answer>`, tolerant of missing tags."""
-    think = re.search(r"<think>(.*?)(</think>|$)", text, re.S)
-    ans = re.search(r"<answer>(.*?)(</answer>|$)", text, re.S)
-    reasoning = think.group(1).strip() if think else ""
-    if ans:
-        return reasoning, ans.group(1).strip()
-    rest = text.split("</think>", 1)[1] if "</think>" in text else ("" if think else text)
-    return reasoning, rest.strip()
+class Encoding:
+    """Media encoded by one engine: hold it to ask about the media again, in any mode and order, without
+    encoding it again. While it is in the engine's cache nothing is copied; when other media takes its
+    place the engine keeps the prefix's sequence state here (its KV rows, in host memory) to restore it."""
+
+    def __init__(self, engine: Engine, media: Media, key: str, tokens: list[int | None], n_past: int,
+                 media_cells: np.ndarray, encode_s: float, prefill_s: float) -> None:
+        self.media = media
+        self.key = key
+        self.tokens = tokens  # the prefix's token ids, None at media positions
+        self.n_past = n_past  # the next M-RoPE position after the prefix
+        self.media_cells = media_cells  # KV cells of the media tokens, in order (the prefix fills cells from 0)
+        self.encode_s = encode_s
+        self.prefill_s = prefill_s
+        self.snapshot: bytes | None = None  # the unpruned prefix's sequence state, when it had to be kept
+        self._engine = weakref.ref(engine)
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def n_media_tokens(self) -> int:
+        return len(self.media_cells)
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.media.frames)
 
 
-class Engine:
-    """A Qwen-VL model (and its projector) loaded once, answering questions about media."""
+@dataclass
+class _Cache:
+    """What the KV cache holds: `encoding`'s prefix (pruned by Lite or not), then `turns`' tokens."""
 
-    def __init__(self, model_path: Path, mmproj_path: Path | None, settings: EngineSettings = EngineSettings(),
-                 infos: tuple[gguf_info.ModelInfo, gguf_info.ProjectorInfo | None] | None = None) -> None:
-        """`infos`: the files' metadata, already read and checked by the caller (session.plan_run)."""
-        t0 = time.perf_counter()
-        self.settings = settings
-        self.info, self.projector = infos or gguf_info.read_pair(model_path, mmproj_path)
-        self.repack = repack_allowed(settings.repack)
-        self.model = Model(self.info.path, settings.n_gpu_layers, self.repack)
-        self.vision = Vision(self.projector.path, self.model, settings.n_threads, settings.n_gpu_layers != 0) if self.projector else None
-        self.hook = None
-        if settings.hook:
-            from .hook import ValueHook
+    encoding: Encoding | None = None
+    pruned: bool = False
+    media_cells: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # current cells of media rows
+    n_prefix_cells: int = 0
+    turns: list[int] = field(default_factory=list)  # token ids after the prefix, positions n_past + i
 
-            self.hook = ValueHook(self.info)
-        self.ctx = Context(self.model, settings.n_ctx, settings.n_batch, settings.n_threads, settings.flash_attn,
-                           *(self.hook.callback_args() if self.hook else ()))
-        # llama.cpp stores V transposed only when flash attention is explicitly off (llama-notes.md)
-        self.v_transposed = settings.flash_attn == "off"
-        self._prefix: _Prefix | None = None
-        self._n_past = 0
-        self._n_cells = 0
-        self._history = False  # the cache holds at least one answered question after the prefix
-        self._tail = None  # the PyTorch tail, loaded at the first V-Reason answer and kept
-        self._tail_key: tuple[str, str] | None = None
-        self.controller = None
-        self.prompt_tokens: list[int | None] = []
-        self.load_s = time.perf_counter() - t0
+    @property
+    def n_cells(self) -> int:
+        return self.n_prefix_cells + len(self.turns)
 
-    # -- lifecycle -----------------------------------------------------------------------------
+
+class _Cancelled(Exception):
+    """Raised inside an answer's steps when it is cancelled; the answer still finishes with what it has."""
+
+
+T = TypeVar("T")
+
+
+class _Control:
+    """What an operation's steps share with its handle: cancellation, the result, whether it is done.
+    (The steps hold this, not the handle, so an abandoned handle is freed, and closed, at once.)"""
+
+    def __init__(self, external: threading.Event | None) -> None:
+        self.cancel = threading.Event()
+        self.external = external
+        self.result: object | None = None
+        self.encoding: Encoding | None = None
+        self.done = False
+
+    def cancelled(self) -> bool:
+        return self.cancel.is_set() or (self.external is not None and self.external.is_set())
+
+
+class _Job(Generic[T]):
+    """A handle on one engine operation: iterate it for its events; `result()` runs it to the end."""
+
+    def __init__(self, cancel: threading.Event | None) -> None:
+        self._ctl = _Control(cancel)
+        self._gen: Iterator[Event] | None = None
+
+    @property
+    def done(self) -> bool:
+        """Finished, cancelled to its end, closed, or failed: the engine is free for the next operation."""
+        return self._ctl.done
+
+    def cancel(self) -> None:
+        """Stop at the next safe point (between tokens, vision chunks or prefill batches); any thread."""
+        self._ctl.cancel.set()
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._ctl.cancelled()
+
+    def __iter__(self) -> _Job[T]:
+        return self
+
+    def __next__(self) -> Event:
+        if self._gen is None:
+            raise StopIteration
+        try:
+            return next(self._gen)
+        except BaseException:
+            self._finish()
+            raise
+
+    def result(self) -> T:
+        """Run to the end (consuming the remaining events) and return the result."""
+        for _ in self:
+            pass
+        if self._ctl.result is None:
+            raise RuntimeError("this operation was closed or cancelled before it had a result")
+        return self._ctl.result  # type: ignore[return-value]
+
     def close(self) -> None:
-        """Free every llama.cpp object once, context before model."""
-        for obj in (self.ctx, self.vision, self.model):
-            if obj:
-                obj.close()
-        if self.hook:
-            self.hook.close()
-        if self._tail is not None:
-            self._tail.head.close()
+        """Abandon the operation now; the engine is left clean for the next one."""
+        if self._gen is not None:
+            self._gen.close()
+        self._finish()
 
-    def __enter__(self) -> "Engine":
+    def _finish(self) -> None:
+        self._gen = None
+        self._ctl.done = True
+
+    def __enter__(self) -> _Job[T]:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- the steps ------------------------------------------------------------------------------
-    def encode(self, media: Media) -> Iterator[Event]:
-        """Put the system prompt and the media into a fresh KV cache, unless it is already there."""
-        key = media_key(media)
-        if self._prefix and self._prefix.key == key:
-            yield Encoded(len(self._prefix.tokens), len(self._prefix.media_cells), self._prefix.n_frames, 0.0, 0.0, True)
-            return
+    def __del__(self) -> None:  # an abandoned iteration still restores the cache (generator finalisation)
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+class EncodeJob(_Job[Encoding]):
+    """Encoding media: `Progress` events, then `Encoded`; `result()` is the `Encoding`."""
+
+
+class AnswerHandle(_Job[Answer]):
+    """One answer: created when asked (bad input raises then), runs as it is iterated, ends with
+    `Finished` (also when cancelled). `result()` is the finished `Answer`, with its prompt tokens,
+    timings and settings; `encoding` is the media's encoding (once resident), to ask about it again."""
+
+    @property
+    def encoding(self) -> Encoding | None:
+        return self._ctl.encoding
+
+
+class Engine:
+    """A Qwen-VL model (and its projector) loaded once, answering questions about media."""
+
+    def __init__(self, model_path: Path, mmproj_path: Path | None = None, settings: EngineSettings = EngineSettings(),
+                 infos: tuple[gguf_info.ModelInfo, gguf_info.ProjectorInfo | None] | None = None) -> None:
+        """`infos`: the files' metadata, already read and checked by the caller (planning.plan_run).
+        Whatever was loaded is freed again if a later part fails."""
+        t0 = time.perf_counter()
+        self.settings = settings
+        self.info, self.projector = infos or gguf_info.read_pair(model_path, mmproj_path)
+        self.model: Model | None = None
+        self.vision: Vision | None = None
+        self.hook = None
+        self.ctx: Context | None = None
+        self._tail = None  # the PyTorch tail, loaded at the first V-Reason answer and kept
+        self._tail_key: tuple[str, str] | None = None
+        self._cache = _Cache()
+        self._active: weakref.ref[_Job] | None = None
+        with contextlib.ExitStack() as undo:
+            undo.callback(self.close)
+            self.repack = repack_allowed(settings.repack)
+            self.model = Model(self.info.path, settings.n_gpu_layers, self.repack)
+            if self.projector:
+                self.vision = Vision(self.projector.path, self.model, settings.n_threads, settings.n_gpu_layers != 0)
+            if settings.hook:
+                from .hook import ValueHook
+
+                self.hook = ValueHook(self.info)
+            if settings.n_ctx is not None:
+                self._new_context(settings.n_ctx)
+            undo.pop_all()
+        # llama.cpp stores V transposed only when flash attention is explicitly off (llama-notes.md)
+        self.v_transposed = settings.flash_attn == "off"
+        self.load_s = time.perf_counter() - t0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Free every llama.cpp object once, context before model."""
+        active = self._active() if self._active else None
+        if active is not None:
+            active.close()
+        for obj in (self.ctx, self.vision, self.model, self.hook):
+            if obj:
+                obj.close()
+        self.ctx = None
+        if self._tail is not None:
+            self._tail.head.close()
+            self._tail = None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def n_ctx(self) -> int:
+        """The context's size now (0 before the first encoding when it is sized automatically)."""
+        return self.ctx.n_ctx if self.ctx else 0
+
+    # -- the public operations -------------------------------------------------------------------
+    def encode(self, media: Media, cancel: threading.Event | None = None) -> EncodeJob:
+        """Encode `media` now (progress events while it runs), to ask about it later."""
+        self._check_idle()
+        prompt, n_prefix = self._prepare_media(media)
+        try:
+            self._check_room(n_prefix + 1)
+        except BaseException:
+            if prompt:
+                prompt.close()
+            raise
+        job = EncodeJob(cancel)
+        self._start(job, self._encode_steps(job._ctl, media, prompt))
+        return job
+
+    def ask(self, source: Media | Encoding, question: str, gen: GenerationSettings = GenerationSettings(),
+            mode: Mode = "base", vreason: VReasonSettings | None = None, follow_up: Answer | None = None,
+            cancel: threading.Event | None = None) -> AnswerHandle:
+        """Ask one question about `source` (media, or an `Encoding` of it). `follow_up`: an earlier answer
+        about the same media whose conversation this question continues. Checked now; runs when iterated."""
+        require_question(question)
+        self._check_idle()
+        if mode not in MODES:
+            raise UserError(f"unknown mode '{mode}'; the modes are {', '.join(MODES)}",
+                            [Remedy("a known mode", "mode", "vreason")])
+        if mode != "base" and self.hook is None:
+            raise UserError(f"the {mode} mode needs the engine loaded with the value-cache hook (EngineSettings.hook)")
+        if isinstance(source, Encoding):
+            if source._engine() is not self:
+                raise UserError("this encoding belongs to another engine; encode the media with this one")
+            prompt, key, n_prefix = None, source.key, source.n_tokens
+        else:
+            key = media_key(source)
+            prompt, n_prefix = self._prepare_media(source)
+        history: tuple[int, ...] = ()
+        if follow_up is not None:
+            if follow_up.settings.get("media_key") != key:
+                raise UserError("a follow-up must be about the same media as the answer it follows")
+            history = follow_up.history
+        ids = self.model.tokenize(question_text(question, gen.reasoning, follow_up=bool(history)))
+        wanted = list(history) + ids
+        try:
+            self._check_room(n_prefix + len(wanted) + gen.max_tokens)
+        except BaseException:
+            if prompt:
+                prompt.close()
+            raise
+        handle = AnswerHandle(cancel)
+        self._start(handle, self._answer_steps(handle._ctl, source, prompt, key, question, wanted, gen, mode, vreason))
+        return handle
+
+    def _check_idle(self) -> None:
+        """One operation at a time: an open one (not finished, closed or collected) makes the engine busy."""
+        active = self._active() if self._active else None
+        if active is not None and not active.done:
+            raise EngineBusy("an answer is still open on this engine: finish, cancel() or close() it first")
+
+    def _start(self, job: _Job, steps: Iterator[Event]) -> None:
+        job._gen = steps
+        self._active = weakref.ref(job)
+
+    # -- checks made before anything runs ----------------------------------------------------------
+    def _prepare_media(self, media: Media) -> tuple[MediaPrompt | None, int]:
+        """(tokenised prompt prefix, its token count); no prompt when the media is already resident."""
+        resident = self._cache.encoding
+        if resident is not None and resident.key == media_key(media):
+            return None, resident.n_tokens
         if media.kind != "none" and self.vision is None:
-            raise UserError("this model was loaded without a vision projector; pass --mmproj for images and video")
-        self.ctx.clear()
-        self._prefix, self._n_past, self._n_cells, self._history = None, 0, 0, False
-        marker = self.vision.marker if self.vision else "<__media__>"
-        text, frames = prefix_parts(media, marker)
+            raise UserError("this model was loaded without a vision projector, which images and video need",
+                            [Remedy("the projector file of this model", "mmproj")])
+        text, frames = prefix_parts(media, self.vision.marker if self.vision else "<__media__>")
+        if not frames:
+            return None, len(self.model.tokenize(text))
+        prompt = self.vision.tokenize(text, [f.rgb for f in frames], mergeable=len(frames) > 1)
+        return prompt, prompt.n_tokens
+
+    def _check_room(self, needed: int) -> None:
+        """Checked before anything is encoded, with the real prompt's token count."""
+        check_context(needed, self.settings.n_ctx, self.info.n_ctx_train)
+
+    def _ensure_context(self, needed: int) -> None:
+        """An automatic context grows (its cache carried over) when a conversation outgrows it; a fixed
+        one was checked by `_check_room` already."""
+        if self.ctx is not None and (needed <= self.ctx.n_ctx or self.settings.n_ctx is not None):
+            return
+        size = min(self.info.n_ctx_train, max(MIN_AUTO_CTX, round_up_ctx(needed), int(self.n_ctx * 1.5)))
+        state = self.ctx.state_get() if self.ctx is not None and self._cache.encoding is not None else None
+        if self.ctx is not None:
+            self.ctx.close()
+            self.ctx = None
+        self._new_context(size)
+        if state is not None:
+            self.ctx.state_set(state)
+
+    def _new_context(self, n_ctx: int) -> None:
+        s = self.settings
+        if self.hook:
+            self.hook.forget_cache()  # the new context has its own cache tensors
+        self.ctx = Context(self.model, n_ctx, s.n_batch, s.n_threads, s.flash_attn,
+                           *(self.hook.callback_args() if self.hook else ()))
+
+    # -- resident: the media's prefix in the cache -------------------------------------------------
+    def _encode_steps(self, ctl: _Control, media: Media, prompt: MediaPrompt | None) -> Iterator[Event]:
+        try:
+            encoding, event = yield from self._resident(media, prompt, ctl)
+        except _Cancelled:
+            return
+        finally:
+            if prompt:
+                prompt.close()
+        ctl.result = ctl.encoding = encoding
+        ctl.done = True
+        yield event
+
+    def _resident(self, source: Media | Encoding, prompt: MediaPrompt | None, ctl: _Control) -> Iterator[Event]:
+        """Make `source`'s prefix the cache's; returns (encoding, Encoded event)."""
+        c = self._cache
+        if isinstance(source, Encoding):
+            if c.encoding is not source:
+                self._ensure_context(source.n_tokens + 1)
+                self._evict()
+                self.ctx.state_set(source.snapshot)
+                self._cache = _Cache(source, False, source.media_cells, source.n_tokens)
+            return source, Encoded(source.n_tokens, source.n_media_tokens, source.n_frames, 0.0, 0.0, True)
+        key = media_key(source)
+        if c.encoding is not None and c.encoding.key == key:
+            e = c.encoding
+            return e, Encoded(e.n_tokens, e.n_media_tokens, e.n_frames, 0.0, 0.0, True)
+        encoding = yield from self._encode(source, key, prompt, ctl)
+        return encoding, Encoded(encoding.n_tokens, encoding.n_media_tokens, encoding.n_frames, encoding.encode_s,
+                                 encoding.prefill_s, False)
+
+    def _evict(self) -> None:
+        """Clear the cache; a resident encoding keeps its prefix's state to come back to."""
+        c = self._cache
+        if c.encoding is not None and c.encoding.snapshot is None:
+            self.ctx.remove_from(c.encoding.n_past)
+            c.encoding.snapshot = self.ctx.state_get()
+        if self.ctx is not None:
+            self.ctx.clear()
+        self._cache = _Cache()
+
+    def _encode(self, media: Media, key: str, prompt: MediaPrompt | None, ctl: _Control) -> Iterator[Event]:
+        """System prompt + media into an empty cache, chunk by chunk, stoppable between chunks."""
+        n_total = prompt.n_tokens if prompt else 0
+        text, _ = prefix_parts(media, "")
+        ids = None if prompt else self.model.tokenize(text)
+        self._ensure_context((n_total or len(ids)) + 1)
+        self._evict()
         tokens: list[int | None] = []
         media_cells: list[np.ndarray] = []
+        n_past = 0
         encode_s = prefill_s = 0.0
-        if not frames:
-            ids = self.model.tokenize(text)
-            t0 = time.perf_counter()
-            self.ctx.decode_tokens(ids, 0)
-            prefill_s = time.perf_counter() - t0
-            tokens, self._n_past, self._n_cells = list(ids), len(ids), len(ids)
-        else:
-            encode_s, prefill_s = self._encode_media(text, frames, tokens, media_cells)
-        cells = np.concatenate(media_cells) if media_cells else np.zeros(0, np.int64)
-        self._prefix = _Prefix(key, self._n_past, self._n_cells, tokens, cells, len(frames))
-        yield Encoded(len(tokens), len(cells), len(frames), encode_s, prefill_s, False)
-
-    def _encode_media(self, text: str, frames: list, tokens: list[int | None], media_cells: list[np.ndarray]) -> tuple[float, float]:
-        """Tokenise text+bitmaps with mtmd, then encode each image chunk and decode every chunk."""
-        bitmaps = []
-        for f in frames:
-            rgb = np.ascontiguousarray(f.rgb, dtype=np.uint8)
-            h, w = rgb.shape[:2]
-            bm = M.mtmd_bitmap_init(w, h, rgb.ctypes.data_as(L.ctypes.POINTER(L.ctypes.c_uint8)))
-            M.mtmd_bitmap_set_mergeable(bm, len(frames) > 1)  # video frames merge in pairs
-            bitmaps.append(bm)
-        chunks = M.mtmd_input_chunks_init()
+        t0 = time.perf_counter()
         try:
-            raw = text.encode()
-            inp = M.mtmd_input_text(text=raw, text_len=len(raw), add_special=False, parse_special=True)
-            arr = (M.mtmd_bitmap_p_ctypes * len(bitmaps))(*bitmaps)
-            rc = M.mtmd_tokenize(self.vision.ptr, chunks, L.ctypes.byref(inp), arr, len(bitmaps))
-            if rc != 0:
-                raise UserError(f"mtmd could not tokenise the media (code {rc})")
-            encode_s = prefill_s = 0.0
-            for i in range(M.mtmd_input_chunks_size(chunks)):
-                chunk = M.mtmd_input_chunks_get(chunks, i)
-                if M.mtmd_input_chunk_get_type(chunk) == M.MTMD_INPUT_CHUNK_TYPE_TEXT:
-                    n = L.ctypes.c_size_t()
-                    ptr = M.mtmd_input_chunk_get_tokens_text(chunk, L.ctypes.byref(n))
-                    ids = [ptr[j] for j in range(n.value)]
-                    t0 = time.perf_counter()
-                    self.ctx.decode_tokens(ids, self._n_past)
-                    prefill_s += time.perf_counter() - t0
-                    tokens += ids
-                    self._n_past += len(ids)
-                    self._n_cells += len(ids)
-                    continue
-                n_tok = M.mtmd_input_chunk_get_n_tokens(chunk)
-                self._check_room(self._n_cells + n_tok)
-                t0 = time.perf_counter()
-                if M.mtmd_encode_chunk(self.vision.ptr, chunk) != 0:
-                    raise UserError("the vision encoder failed on a frame")
-                embd = M.mtmd_get_output_embd(self.vision.ptr)
-                t1 = time.perf_counter()
-                new_n_past = L.llama_pos(0)
-                rc = M.mtmd_helper_decode_image_chunk(self.vision.ptr, self.ctx.ptr, chunk, embd, self._n_past, 0,
-                                                      self.ctx.n_batch, L.ctypes.byref(new_n_past),
-                                                      M.mtmd_helper_post_decode_callback(), None)
-                if rc != 0:
-                    raise UserError(f"llama.cpp could not decode the video tokens (code {rc})")
-                encode_s += t1 - t0
-                prefill_s += time.perf_counter() - t1
-                media_cells.append(np.arange(self._n_cells, self._n_cells + n_tok))
-                tokens += [None] * n_tok
-                self._n_past = new_n_past.value
-                self._n_cells += n_tok
-            return encode_s, prefill_s
+            if ids is not None:  # no media: the prefix is text only
+                yield from self._prefill_text(ids, 0, ctl, lambda batch: None)
+                tokens, n_past = list(ids), len(ids)
+                prefill_s = time.perf_counter() - t0
+            else:
+                for chunk in prompt.chunks:
+                    self._stop_if_cancelled(ctl)
+                    if chunk.tokens is not None:
+                        t1 = time.perf_counter()
+                        self.ctx.decode_tokens(chunk.tokens, n_past)
+                        prefill_s += time.perf_counter() - t1
+                        tokens += chunk.tokens
+                        n_past += chunk.n_tokens
+                    else:
+                        n_past, enc_s, dec_s = prompt.encode_and_decode(chunk, self.ctx, n_past)
+                        encode_s += enc_s
+                        prefill_s += dec_s
+                        media_cells.append(np.arange(len(tokens), len(tokens) + chunk.n_tokens))
+                        tokens += [None] * chunk.n_tokens
+                    yield Progress("encode", len(tokens), n_total, time.perf_counter() - t0)
+        except BaseException:
+            self.ctx.clear()  # a partial prefix is of no use to anyone
+            raise
+        cells = np.concatenate(media_cells) if media_cells else np.zeros(0, np.int64)
+        encoding = Encoding(self, media, key, tokens, n_past, cells, encode_s, prefill_s)
+        self._cache = _Cache(encoding, False, cells, len(tokens))
+        return encoding
+
+    def _prefill_text(self, ids: list[int], pos: int, ctl: _Control, on_batch: Callable[[list[int]], None]) -> Iterator[Event]:
+        """Decode text tokens batch by batch, with progress and a chance to stop between batches."""
+        t0 = time.perf_counter()
+        n = self.ctx.n_batch
+        for start in range(0, len(ids), n):
+            self._stop_if_cancelled(ctl)
+            batch = ids[start : start + n]
+            self.ctx.decode_tokens(batch, pos + start)
+            on_batch(batch)
+            if len(ids) > n:
+                yield Progress("prefill", start + len(batch), len(ids), time.perf_counter() - t0)
+
+    @staticmethod
+    def _stop_if_cancelled(ctl: _Control) -> None:
+        if ctl.cancelled():
+            raise _Cancelled
+
+    # -- one answer ---------------------------------------------------------------------------------
+    def _answer_steps(self, ctl: _Control, source: Media | Encoding, prompt: MediaPrompt | None, key: str,
+                      question: str, wanted: list[int], gen: GenerationSettings, mode: Mode,
+                      vreason: VReasonSettings | None) -> Iterator[Event]:
+        answer = Answer(mode=mode, question=question, settings={"media_key": key, "generation": asdict(gen)})
+        answer.timings["load_s"] = round(self.load_s, 4)
+        controller = None
+        try:
+            encoding, encoded = yield from self._resident(source, prompt, ctl)
+            ctl.encoding = encoding
+            answer.reused_encoding = encoded.reused
+            answer.n_media_tokens = encoding.n_media_tokens
+            answer.timings.update(encode_s=round(encoded.encode_s, 4), prefill_media_s=round(encoded.prefill_s, 4))
+            yield encoded
+            controller = yield from self._prefill(answer, encoding, wanted, gen, mode, vreason, ctl)
+            yield from self._decode(answer, gen, controller, ctl)
+        except _Cancelled:
+            answer.stop_reason = "cancelled"
         finally:
-            M.mtmd_input_chunks_free(chunks)
-            for bm in bitmaps:
-                M.mtmd_bitmap_free(bm)
+            if controller is not None:
+                controller.restore()
+            if self.hook:
+                self.hook.prepare(False)  # no node capture in later answers
+            if prompt:
+                prompt.close()
+        answer.reasoning, answer.answer = split_answer(answer.text)
+        ctl.result = answer
+        ctl.done = True
+        yield Finished(answer)
 
-    def _check_room(self, n_cells: int) -> None:
-        if n_cells > self.ctx.n_ctx:
-            raise UserError(f"the prompt needs more than {self.ctx.n_ctx} tokens of context; "
-                            "use fewer frames (--max-frames), a lower --max-pixels, or a larger --ctx")
+    def _prefill(self, answer: Answer, encoding: Encoding, wanted: list[int], gen: GenerationSettings, mode: Mode,
+                 vreason: VReasonSettings | None, ctl: _Control) -> Iterator[Event]:
+        """Bring the cache from what it holds to prefix + `wanted`, all but the last token, then set up
+        the controller and decode the last token (capturing its step when the controller needs it)."""
+        t0 = time.perf_counter()
+        self._ensure_context(encoding.n_tokens + len(wanted) + gen.max_tokens)
+        c = self._cache
+        lite_continues = mode == "lite" and c.pruned and wanted[: len(c.turns)] == c.turns
+        if c.pruned and not lite_continues:  # Lite removed media rows: back to the whole prefix
+            self.ctx.state_set(encoding.snapshot)
+            c = self._cache = _Cache(encoding, False, encoding.media_cells, encoding.n_tokens)
+        if mode == "lite" and not c.pruned and encoding.snapshot is None:
+            self.ctx.remove_from(encoding.n_past)  # the prefix alone is what an independent question returns to
+            c.turns = []
+            encoding.snapshot = self.ctx.state_get()
+        common = _common_prefix(c.turns, wanted[:-1])
+        if common < len(c.turns):
+            self.ctx.remove_from(encoding.n_past + common)
+            del c.turns[common:]
+        yield from self._prefill_text(wanted[common:-1], encoding.n_past + common, ctl, c.turns.extend)
+        if mode == "lite":
+            if not c.pruned and len(c.media_cells):
+                self._prune_lite()
+            if len(c.media_cells) == 0:
+                answer.notices.append("no video or image tokens: Lite has nothing to prune")
+                yield Notice("info", answer.notices[-1])
+            elif c.pruned:
+                answer.n_video_tokens_kept = len(c.media_cells)
+        controller = None
+        vr = None
+        if mode != "base":
+            from .vreason import VReasonSettings
 
-    def _rewind(self, keep_history: bool) -> None:
-        """Back to the end of the prefix for an independent question, unless continuing the chat."""
-        p = self._prefix
-        if keep_history or not self._history:
-            return
-        if p.pruned:  # Lite removed rows from the prefix itself: reload it whole
-            self.ctx.state_set(p.snapshot)
-            p.media_cells = np.flatnonzero([t is None for t in p.tokens])
-            p.pruned = False
-        else:
-            self.ctx.remove_from(p.n_past)
-        self._n_past, self._n_cells, self._history = p.n_past, p.n_cells, False
+            vr = vreason or VReasonSettings()
+            self.hook.prepare(1 % vr.every == 0)  # step 1's update needs the last prompt token's nodes
+        self._stop_if_cancelled(ctl)
+        self.ctx.decode_tokens(wanted[-1:], encoding.n_past + len(c.turns))
+        c.turns.append(wanted[-1])
+        prefill_s = time.perf_counter() - t0
+        if vr is not None:
+            tc = time.perf_counter()
+            controller, notice = self._start_controller(vr, answer)
+            answer.timings["controller_setup_s"] = round(time.perf_counter() - tc, 4)
+            if notice:
+                answer.notices.append(notice)
+                yield Notice("info", notice)
+        answer.timings["prefill_question_s"] = round(prefill_s, 4)
+        answer.settings["n_ctx"] = self.ctx.n_ctx
+        answer.prompt_tokens = list(encoding.tokens) + wanted
+        yield Prefilled(len(wanted), prefill_s, answer.n_video_tokens_kept)
+        return controller
 
-    def _prune_lite(self) -> int:
+    def _prune_lite(self) -> None:
         """Lite: drop the half of the media rows with the lowest last-layer value norm, in every layer.
 
-        Runs before the question is prefilled. The prefix's state is saved first (once), so a later
-        independent question gets the whole video back; in a continued chat the pruned rows stay gone,
-        and an independent question after that re-encodes. Returns the number of media rows kept.
+        Runs once the question is prefilled, so the question's own rows saw the whole video (the method).
+        The unpruned prefix was saved first, so an independent question gets the whole video back.
         """
-        p = self._prefix
-        rows = p.media_cells
-        if not self._history and p.snapshot is None:
-            p.snapshot = self.ctx.state_get()
-        elif self._history and p.snapshot is None:
-            p.key = ""  # no clean copy of the prefix to go back to: re-encode next time
+        c = self._cache
+        rows = c.media_cells
         values = self.hook.read_values(rows, self.v_transposed)
         v = values.reshape(len(rows), self.info.n_head_kv, self.info.head_dim).astype(np.float32)
         score = np.linalg.norm(v, axis=2).sum(axis=1)  # the method: norm per kv head, summed over heads
         keep_rows = np.sort(np.argsort(-score, kind="stable")[: len(rows) - len(rows) // 2])
-        keep = np.ones(self._n_cells, bool)
+        keep = np.ones(c.n_cells, bool)
         keep[np.delete(rows, keep_rows)] = False
         self.ctx.state_set(prune_cells(self.ctx.state_get(), keep, has_ext=True))
         new_index = np.cumsum(keep) - 1  # the reload packs the kept cells in order
-        self._n_cells = int(keep.sum())
-        p.media_cells = new_index[rows[keep_rows]]
-        p.pruned = True
-        return len(keep_rows)
+        c.n_prefix_cells -= len(rows) - len(keep_rows)
+        c.media_cells = new_index[rows[keep_rows]]
+        c.pruned = True
 
-    def ask(self, media: Media, question: str, gen: GenerationSettings = GenerationSettings(), mode: Mode = "base",
-            vreason: "VReasonSettings | None" = None, keep_history: bool = False,
-            cancel: threading.Event | None = None) -> Iterator[Event]:
-        """Answer one question about `media`, yielding the event stream (ends with `Finished`)."""
-        require_question(question)
-        if mode not in MODES:
-            raise UserError(f"unknown mode '{mode}'; choose one of {', '.join(MODES)}")
-        if mode != "base" and self.hook is None:
-            raise UserError(f"mode '{mode}' needs the engine loaded with the value-cache hook")
-        yield from self.encode(media)
-        self._rewind(keep_history)
-        answer = Answer(mode=mode, question=question)
-        answer.timings["load_s"] = round(self.load_s, 4)
-        if mode == "lite":
-            if self._prefix.pruned:  # a continued chat: the video was pruned for an earlier answer
-                answer.n_video_tokens_kept = len(self._prefix.media_cells)
-            elif len(self._prefix.media_cells):
-                answer.n_video_tokens_kept = self._prune_lite()
-            else:
-                answer.notices.append("no video or image tokens: Lite has nothing to prune")
-                yield Notice("info", answer.notices[-1])
+    def _start_controller(self, settings: VReasonSettings, answer: Answer) -> tuple[VReason, str | None]:
+        from .vreason import VReason
 
-        # prefill the question; the last token alone, so the hook can capture its step if needed
-        ids = self.model.tokenize(question_text(question, gen.reasoning, follow_up=self._history))
-        self._check_room(self._n_cells + len(ids) + gen.max_tokens)
-        t0 = time.perf_counter()
-        self.ctx.decode_tokens(ids[:-1], self._n_past)
-        self._n_past += len(ids) - 1
-        self._n_cells += len(ids) - 1
-        controller = self.controller = None
-        if mode != "base":
-            tc = time.perf_counter()
-            controller, notice = self._start_controller(vreason)
-            self.controller = controller  # the current answer's controller, for telemetry and tests
-            setup_s = time.perf_counter() - tc
-            t0 += setup_s  # loading the tail's weights is not prefill
-            answer.timings["controller_setup_s"] = round(setup_s, 4)
-            if notice:
-                answer.notices.append(notice)
-                yield Notice("info", notice)
-            controller.prepare(1)
-        self.ctx.decode_tokens(ids[-1:], self._n_past)
-        self._n_past += 1
-        self._n_cells += 1
-        self._history = True
-        prefill_s = time.perf_counter() - t0
-        answer.timings["prefill_question_s"] = round(prefill_s, 4)
-        self.prompt_tokens = list(self._prefix.tokens) + ids
-        yield Prefilled(len(ids), prefill_s, answer.n_video_tokens_kept)
-        try:
-            yield from self._decode(answer, gen, controller, cancel)
-        finally:
-            if controller:
-                controller.restore()
-        yield Finished(answer)
-
-    def _start_controller(self, settings: "VReasonSettings | None"):
-        from .vreason import VReason, VReasonSettings
-
-        p = self._prefix
+        c = self._cache
         notice = None
-        if len(p.media_cells):
-            rows = p.media_cells
-        else:  # text-only: the controller spans all prompt rows (our choice; README)
-            rows = np.arange(self._n_cells)
+        if len(c.media_cells):
+            rows = c.media_cells
+        else:  # no media: the controller spans all prompt rows, the last one included (our choice; README)
+            rows = np.arange(c.n_cells)
             notice = f"no video or image tokens: V-Reason acts on all {len(rows)} prompt rows"
-        settings = settings or VReasonSettings()
         if self._tail is None or self._tail_key != (settings.device, settings.dtype):
             from .tail import Tail
 
@@ -346,53 +610,80 @@ class Engine:
                 self._tail.head.close()
             self._tail = Tail.from_gguf(self.info, settings.device, settings.dtype)
             self._tail_key = (settings.device, settings.dtype)
-        return VReason(self._tail, self.hook, rows, self.v_transposed, settings), notice
+        controller = VReason(self._tail, self.hook, rows, self.v_transposed, settings)
+        answer.settings["vreason"] = {**asdict(settings), "device": str(self._tail.device),
+                                      "tail_dtype": self._tail.kind, "n_rows": len(rows)}
+        return controller, notice
 
-    def _decode(self, answer: Answer, gen: GenerationSettings, controller, cancel: threading.Event | None) -> Iterator[Event]:
+    def _decode(self, answer: Answer, gen: GenerationSettings, controller: VReason | None,
+                ctl: _Control) -> Iterator[Event]:
         """The decode loop. The token of step k comes from p_k before that step's update (the method)."""
-        sampler = Sampler(gen.sampling)
+        c, pos0 = self._cache, self._cache.encoding.n_past
+        sampler = Sampler(gen.sampling, self.model.n_vocab)
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        splitter = ChannelSplitter()
         t0 = time.perf_counter()
         control_s = 0.0
-        logits = self.ctx.logits()
         step = 0
         while True:
             step += 1
-            h = entropy(logits)
+            logits = self.ctx.logits()
+            tok, h = sampler(logits)
             state: ControlState | None = None
             if controller:
                 tc = time.perf_counter()
-                state = controller.step(step, logits, h, self._n_cells)
+                state = controller.step(step, logits, h, c.n_cells)
                 control_s += time.perf_counter() - tc
                 if controller.warning:
                     answer.notices.append(controller.warning)
                     yield Notice("warning", controller.warning)
                     controller.warning = None
-            tok = sampler(logits)
             eog = self.model.is_eog(tok)
             piece = "" if eog else utf8.decode(self.model.piece(tok))
             answer.tokens.append(tok)
+            answer.token_text.append(piece)
             answer.entropy.append(h)
             answer.control.append(state)
             answer.text += piece
-            yield TokenEvent(step, tok, piece, h, time.perf_counter() - t0, state)
+            yield TokenEvent(step, tok, piece, h, time.perf_counter() - t0, state, splitter.feed(piece))
             if eog:
                 answer.stop_reason = "eos"
-            elif gen.stop_at_answer and "</answer>" in answer.text[-(len(piece) + 9):]:
+            elif gen.stop_at_answer and "</answer>" in answer.text[-(len(piece) + 9) :]:
                 answer.stop_reason = "answer"
             elif step >= gen.max_tokens:
                 answer.stop_reason = "max_tokens"
-            elif cancel is not None and cancel.is_set():
+            elif ctl.cancelled():
                 answer.stop_reason = "cancelled"
             if answer.stop_reason:
                 break
             if controller:
                 controller.prepare(step + 1)
-            self.ctx.decode_tokens([tok], self._n_past)
-            self._n_past += 1
-            self._n_cells += 1
-            logits = self.ctx.logits()
+            self.ctx.decode_tokens([tok], pos0 + len(c.turns))
+            c.turns.append(tok)
+        answer.history = tuple(c.turns) + (() if eog else (tok,))
         decode_s = time.perf_counter() - t0
-        answer.reasoning, answer.answer = split_answer(answer.text)
         answer.timings.update(decode_s=round(decode_s, 4), controller_s=round(control_s, 4),
                               tokens_per_s=round(len(answer.tokens) / decode_s, 3) if decode_s > 0 else 0.0)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if len(diff) else n
+
+
+def round_up_ctx(n: int) -> int:
+    return -(-n // CTX_STEP) * CTX_STEP
+
+
+def check_context(needed: int, n_ctx: int | None, n_ctx_train: int) -> None:
+    """`needed` tokens must fit a context the user fixed (`n_ctx`), or else the model's trained context,
+    up to which an automatic context grows."""
+    limit = n_ctx or n_ctx_train
+    if needed <= limit:
+        return
+    if n_ctx is not None and needed <= n_ctx_train:
+        raise ContextTooSmall(needed, limit, True, [Remedy("a larger context", "engine.n_ctx", round_up_ctx(needed))])
+    raise ContextTooSmall(needed, limit, n_ctx is not None, [
+        Remedy("fewer frames", "frames.max_frames"), Remedy("a lower frame resolution", "frames.max_pixels"),
+        Remedy("a shorter answer", "generation.max_tokens")])

@@ -1,7 +1,8 @@
 """The generation event stream: the one thing every front end (CLI, TUI, evaluator) consumes.
 
-The engine yields these in order: `Encoded` (once per media, or `reused=True`), `Prefilled`, then one
-`TokenEvent` per generated token, `Notice`s whenever something needs saying, and `Finished` last.
+An answer yields, in order: `Progress` while media is encoded and the prompt prefilled, `Encoded` (once
+per answer: the media encoded now, or reused), `Prefilled`, then one `TokenEvent` per generated token,
+`Notice`s whenever something needs saying, and `Finished` last, also when the answer was cancelled.
 Front ends only render or store them; nothing here is recomputed downstream.
 """
 
@@ -10,10 +11,33 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Union
 
+Channel = Literal["reasoning", "answer"]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A long step advanced: `encode` counts vision tokens (frames encoded and decoded into the cache),
+    `prefill` counts prompt text tokens. Sent after every vision chunk and every prefill batch."""
+
+    stage: Literal["encode", "prefill"]
+    done: int
+    total: int
+    elapsed_s: float
+
+    @property
+    def rate(self) -> float:
+        """Tokens per second so far."""
+        return self.done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left at the rate so far (None before the first measurement)."""
+        return (self.total - self.done) / self.rate if self.rate > 0 else None
+
 
 @dataclass(frozen=True)
 class Encoded:
-    """The system prompt and media are in the KV cache (encoded now, or reused from an earlier turn)."""
+    """The system prompt and media are in the KV cache (encoded now, or reused from an earlier answer)."""
 
     n_tokens: int
     n_media_tokens: int
@@ -46,7 +70,12 @@ class ControlState:
 
 @dataclass(frozen=True)
 class TokenEvent:
-    """One generated token, with the entropy (nats, temperature 1) of the distribution it came from."""
+    """One generated token, with the entropy (nats, temperature 1) of the distribution it came from.
+
+    `segments` is the token's visible text split by where it belongs, with the `<think>`/`<answer>` tags
+    removed: append each part to the reasoning or the answer view as it streams. A tag split over
+    several tokens is held back until it is complete, so `segments` may be empty while `text` is not.
+    """
 
     step: int
     token: int
@@ -54,6 +83,7 @@ class TokenEvent:
     entropy: float
     t_s: float  # seconds since decoding started
     control: ControlState | None = None
+    segments: tuple[tuple[Channel, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -71,13 +101,19 @@ class Answer:
     text: str = ""
     reasoning: str = ""
     answer: str = ""
-    stop_reason: str = ""
+    stop_reason: str = ""  # eos | answer | max_tokens | cancelled
     tokens: list[int] = field(default_factory=list)
+    token_text: list[str] = field(default_factory=list)
     entropy: list[float] = field(default_factory=list)
     control: list[ControlState | None] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    prompt_tokens: list[int | None] = field(default_factory=list)  # None at media (vision) positions
+    n_media_tokens: int = 0
     n_video_tokens_kept: int | None = None
+    reused_encoding: bool = False  # the media was not encoded again for this answer
+    settings: dict[str, object] = field(default_factory=dict)  # generation and (V-Reason modes) vreason
     notices: list[str] = field(default_factory=list)
+    history: tuple[int, ...] = ()  # the conversation's token ids after the media, through this answer
 
 
 @dataclass(frozen=True)
@@ -85,4 +121,4 @@ class Finished:
     answer: Answer
 
 
-Event = Union[Encoded, Prefilled, TokenEvent, Notice, Finished]
+Event = Union[Progress, Encoded, Prefilled, TokenEvent, Notice, Finished]

@@ -114,13 +114,18 @@ class ValueHook:
         self.info = info
         last = info.n_layer - 1
         self.h = self.lib.vr_hook_new(ctypes.cast(self.ggml.ggml_backend_tensor_get, ctypes.c_void_p))
-        self.lib.vr_hook_set_cache_names(self.h, f"cache_k_l{last}".encode(), f"cache_v_l{last}".encode())
+        self._cache_names = (f"cache_k_l{last}".encode(), f"cache_v_l{last}".encode())
+        self.forget_cache()
         self.names = {"q": f"Qcur-{last}", "ffn_inp": f"ffn_inp-{last}"}
         sizes = {"q": info.n_head * info.head_dim * 4, "ffn_inp": info.n_embd * 4}  # one token each
         self.slots = {k: self.lib.vr_hook_add_capture(self.h, n.encode(), sizes[k]) for k, n in self.names.items()}
         self.n_embd_v = info.n_head_kv * info.head_dim
         addr = ctypes.cast(self.lib.vr_hook_callback, ctypes.c_void_p).value
         self._callback = L.ggml_backend_sched_eval_callback(addr)  # keep referenced for the context's life
+
+    def forget_cache(self) -> None:
+        """Look for the last layer's K/V cache tensors again (a new context has its own)."""
+        self.lib.vr_hook_set_cache_names(self.h, *self._cache_names)
 
     def callback_args(self) -> tuple[object, int]:
         return self._callback, self.h

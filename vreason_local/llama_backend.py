@@ -1,12 +1,16 @@
-"""Thin owners of llama.cpp objects (model, context, mtmd context), each freed exactly once.
+"""Thin owners of llama.cpp objects (model, context, mtmd context and its chunks), each freed exactly once.
 
-Only this module and the hook talk to llama-cpp-python's low-level bindings.
+Only this module and the hook talk to llama-cpp-python's low-level bindings. Every owner frees what it
+allocated even when its own construction fails half way, and `close()` is idempotent.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -96,17 +100,22 @@ class Context:
         if eval_callback is not None:
             params.cb_eval = eval_callback
             params.cb_eval_user_data = callback_data
+        self._batch = None
         self.ptr = L.llama_init_from_model(model.ptr, params)
         if not self.ptr:
-            raise UserError(f"llama.cpp could not create a context of {n_ctx} tokens (out of memory?)")
+            raise UserError(f"llama.cpp could not create a context of {n_ctx:,} tokens (out of memory?)")
         self.n_ctx = n_ctx
         self.n_batch = n_batch
         self.n_vocab = model.n_vocab
         self.mem = L.llama_get_memory(self.ptr)
         self._batch = L.llama_batch_init(n_batch, 0, 1)
 
-    def decode_tokens(self, tokens: list[int], pos0: int) -> None:
-        """Decode text tokens at positions pos0.., keeping the logits of the last one."""
+    def decode_tokens(self, tokens: Sequence[int], pos0: int, between: Callable[[int], None] | None = None) -> None:
+        """Decode text tokens at positions pos0.., keeping the logits of the last one.
+
+        `between(n_done)` runs after each batch: the caller reports progress there, or raises to stop
+        (the batches already decoded stay in the cache).
+        """
         for start in range(0, len(tokens), self.n_batch):
             chunk = tokens[start : start + self.n_batch]
             b = self._batch
@@ -120,11 +129,16 @@ class Context:
             rc = L.llama_decode(self.ptr, b)
             if rc != 0:
                 raise UserError(f"llama.cpp decode failed (code {rc}): the context of {self.n_ctx} tokens is probably full")
+            if between is not None:
+                between(start + len(chunk))
 
     def logits(self) -> np.ndarray:
-        """The raw logits of the last decoded token (a copy: llama.cpp reuses its buffer)."""
+        """The raw logits of the last decoded token, as a view of llama.cpp's output buffer (no copy).
+
+        The next decode overwrites it, or frees it when the output buffer grows: use it before then.
+        """
         ptr = L.llama_get_logits_ith(self.ptr, -1)
-        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
 
     def remove_from(self, pos: int) -> None:
         """Forget every cached token at position >= pos."""
@@ -146,8 +160,10 @@ class Context:
             raise RuntimeError("llama.cpp refused the saved sequence state")
 
     def close(self) -> None:
-        if self.ptr:
+        if self._batch is not None:
             L.llama_batch_free(self._batch)
+            self._batch = None
+        if self.ptr:
             L.llama_free(self.ptr)
             self.ptr = None
 
@@ -166,7 +182,95 @@ class Vision:
             raise UserError(f"mtmd could not load the projector {mmproj} for this model")
         self.marker = M.mtmd_default_marker().decode()
 
+    def tokenize(self, text: str, images: Sequence[np.ndarray], mergeable: bool) -> "MediaPrompt":
+        """Split `text` (one marker per image) into text and image chunks, without encoding anything.
+
+        `mergeable`: consecutive same-size images form one Qwen temporal patch (video frames in pairs).
+        """
+        return MediaPrompt(self, text, images, mergeable)
+
     def close(self) -> None:
         if self.ptr:
             M.mtmd_free(self.ptr)
             self.ptr = None
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk of a tokenised media prompt: text (its token ids) or an image (its token count)."""
+
+    index: int
+    tokens: tuple[int, ...] | None  # text chunks
+    n_tokens: int
+
+
+class MediaPrompt:
+    """mtmd's chunks of one prompt, and the bitmaps they point at; encoded and decoded chunk by chunk
+    so that the caller can report progress and stop between chunks."""
+
+    def __init__(self, vision: Vision, text: str, images: Sequence[np.ndarray], mergeable: bool) -> None:
+        self.vision = vision
+        self._bitmaps: list[object] = []
+        self._chunks = M.mtmd_input_chunks_init()
+        try:
+            for rgb in images:
+                rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+                h, w = rgb.shape[:2]
+                bm = M.mtmd_bitmap_init(w, h, rgb.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)))
+                self._bitmaps.append(bm)
+                M.mtmd_bitmap_set_mergeable(bm, mergeable)
+            raw = text.encode()
+            inp = M.mtmd_input_text(text=raw, text_len=len(raw), add_special=False, parse_special=True)
+            arr = (M.mtmd_bitmap_p_ctypes * len(self._bitmaps))(*self._bitmaps)
+            rc = M.mtmd_tokenize(vision.ptr, self._chunks, ctypes.byref(inp), arr, len(self._bitmaps))
+            if rc != 0:
+                raise UserError(f"the vision projector could not tokenise the media (mtmd code {rc})")
+            self.chunks = [self._describe(i) for i in range(M.mtmd_input_chunks_size(self._chunks))]
+        except BaseException:
+            self.close()
+            raise
+
+    def _describe(self, i: int) -> Chunk:
+        chunk = M.mtmd_input_chunks_get(self._chunks, i)
+        if M.mtmd_input_chunk_get_type(chunk) == M.MTMD_INPUT_CHUNK_TYPE_TEXT:
+            n = ctypes.c_size_t()
+            ptr = M.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
+            return Chunk(i, tuple(ptr[j] for j in range(n.value)), n.value)
+        return Chunk(i, None, M.mtmd_input_chunk_get_n_tokens(chunk))
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(c.n_tokens for c in self.chunks)
+
+    def encode_and_decode(self, chunk: Chunk, ctx: Context, n_past: int) -> tuple[int, float, float]:
+        """Run the vision encoder on an image chunk, then decode its embeddings into `ctx` at `n_past`.
+
+        Returns (next position, encode seconds, decode seconds). Under M-RoPE the next position is not
+        n_past + n_tokens: all tokens of one image share a temporal position.
+        """
+        ptr = M.mtmd_input_chunks_get(self._chunks, chunk.index)
+        t0 = time.perf_counter()
+        if M.mtmd_encode_chunk(self.vision.ptr, ptr) != 0:
+            raise UserError("the vision encoder failed on a frame")
+        embd = M.mtmd_get_output_embd(self.vision.ptr)
+        t1 = time.perf_counter()
+        new_n_past = L.llama_pos(0)
+        rc = M.mtmd_helper_decode_image_chunk(self.vision.ptr, ctx.ptr, ptr, embd, n_past, 0, ctx.n_batch,
+                                              ctypes.byref(new_n_past), M.mtmd_helper_post_decode_callback(), None)
+        if rc != 0:
+            raise UserError(f"llama.cpp could not decode the video tokens (code {rc})")
+        return new_n_past.value, t1 - t0, time.perf_counter() - t1
+
+    def close(self) -> None:
+        if self._chunks is not None:
+            M.mtmd_input_chunks_free(self._chunks)
+            self._chunks = None
+        for bm in self._bitmaps:
+            M.mtmd_bitmap_free(bm)
+        self._bitmaps = []
+
+    def __enter__(self) -> "MediaPrompt":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

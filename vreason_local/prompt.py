@@ -39,6 +39,14 @@ def prefix_parts(media: Media, marker: str, system: str = DEFAULT_SYSTEM) -> tup
     return text, frames
 
 
+def text_token_bound(text: str) -> int:
+    """At most this many tokens: Qwen's tokenizer is byte-level BPE, so no token is shorter than a byte.
+
+    Lets a run be sized before the model is loaded; the engine then counts the real prompt exactly.
+    """
+    return len(text.encode())
+
+
 def require_question(question: str) -> None:
     if not question.strip():
         raise UserError("the question is empty")

@@ -1,37 +1,74 @@
-"""Views of the event stream for the command line: streamed text, or one JSON object.
+"""Views of the event stream for the command line: progress, streamed text, or one JSON object.
 
-Both consume the engine's events as they come; the JSON is assembled from the same `Answer` the engine
-built while yielding them, so nothing is recomputed here.
+Everything shown comes from the engine's events and the finished `Answer`; nothing is recomputed here.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Iterable
+import time
+from collections.abc import Iterable
+from dataclasses import asdict
 
 import click
 
-from .engine import Engine
-from .events import Answer, Encoded, Event, Finished, Notice, Prefilled, TokenEvent
+from .events import Answer, Encoded, Event, Finished, Notice, Progress, TokenEvent
 from .planning import Plan, record_prefill_speed
 
+STAGE = {"encode": "encoding video", "prefill": "reading the question"}
 
-def _consume(plan: Plan, events: Iterable[Event], on_event) -> tuple[Answer, Encoded, Prefilled]:
-    encoded = prefilled = answer = None
+
+class ProgressView:
+    """Progress on stderr: a bar redrawn in place on a terminal, else a plain line every few seconds."""
+
+    def __init__(self, stream=None, every_s: float = 2.0) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.every_s = every_s
+        self._last = 0.0
+        self._open = False
+
+    def show(self, p: Progress) -> None:
+        eta = f", ~{p.eta_s:.0f} s left" if p.eta_s is not None and p.done < p.total else ""
+        words = f"{STAGE[p.stage]}: {p.done:,}/{p.total:,} tokens, {p.rate:.0f} tokens/s{eta}"
+        if self.tty:
+            width = 24
+            filled = int(width * p.done / max(1, p.total))
+            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {words}\x1b[K")
+            self._open = True
+        elif time.monotonic() - self._last >= self.every_s or p.done >= p.total:
+            self.stream.write(words + "\n")
+            self._last = time.monotonic()
+        self.stream.flush()
+
+    def end(self) -> None:
+        if self._open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._open = False
+
+
+def consume(plan: Plan, events: Iterable[Event], on_event) -> tuple[Answer, Encoded | None]:
+    """Drive the events to the end, remembering this machine's prefill speed for later estimates."""
+    progress = ProgressView()
+    encoded = answer = None
     for ev in events:
+        if isinstance(ev, Progress):
+            progress.show(ev)
+            continue
+        progress.end()
         if isinstance(ev, Encoded):
             encoded = ev
             if not ev.reused:
                 record_prefill_speed(plan.info, plan.engine, ev.n_tokens, ev.encode_s + ev.prefill_s)
-        elif isinstance(ev, Prefilled):
-            prefilled = ev
         elif isinstance(ev, Finished):
             answer = ev.answer
         on_event(ev)
-    return answer, encoded, prefilled
+    progress.end()
+    return answer, encoded
 
 
-def stream_text(plan: Plan, engine: Engine, events: Iterable[Event]) -> Answer:
+def stream_text(plan: Plan, events: Iterable[Event]) -> Answer:
     """Print tokens as they arrive; the answer and a one-line summary go to stderr at the end."""
 
     def show(ev: Event) -> None:
@@ -40,27 +77,51 @@ def stream_text(plan: Plan, engine: Engine, events: Iterable[Event]) -> Answer:
             sys.stdout.flush()
         elif isinstance(ev, Notice):
             click.echo(f"\n[{ev.level}] {ev.message}", err=True)
-        elif isinstance(ev, Encoded):
-            click.echo(f"encoded {ev.n_media_tokens:,} vision tokens in {ev.encode_s + ev.prefill_s:.2f} s"
-                       + (" (reused)" if ev.reused else ""), err=True)
+        elif isinstance(ev, Encoded) and ev.n_media_tokens:
+            what = "reused the encoded media" if ev.reused else f"encoded {ev.n_media_tokens:,} vision tokens"
+            click.echo(f"{what} in {ev.encode_s + ev.prefill_s:.2f} s", err=True)
 
-    answer, _, _ = _consume(plan, events, show)
+    answer, _ = consume(plan, events, show)
     sys.stdout.write("\n")
     t = answer.timings
-    kept = f", video tokens kept {answer.n_video_tokens_kept}" if answer.n_video_tokens_kept is not None else ""
+    kept = f", {_rows(plan)} kept {answer.n_video_tokens_kept}" if answer.n_video_tokens_kept is not None else ""
     click.echo(f"answer: {answer.answer}", err=True)
     click.echo(f"[{answer.mode}] {len(answer.tokens)} tokens, {t.get('tokens_per_s', 0):.1f} tok/s, "
                f"stop: {answer.stop_reason}, controller {t.get('controller_s', 0):.2f} s{kept}", err=True)
     return answer
 
 
-def answer_json(plan: Plan, engine: Engine, events: Iterable[Event], mode: str, question: str) -> dict:
-    """The `vreason run --json` object (field list in README.md)."""
-    answer, encoded, prefilled = _consume(plan, events, lambda ev: None)
+def _rows(plan: Plan) -> str:
+    return "image tokens" if plan.media.media.kind == "image" else "video tokens"
+
+
+def run_settings(plan: Plan, answer: Answer) -> dict:
+    """Every setting the run used, so that it can be reproduced from its JSON."""
     media = plan.media
-    timings = {"load_s": round(engine.load_s, 4), "sampling_s": round(media.sampling_s, 4),
-               "encode_s": round(encoded.encode_s, 4), "prefill_s": round(encoded.prefill_s + prefilled.prefill_s, 4),
-               **{k: v for k, v in answer.timings.items() if k not in ("load_s",)}}
+    frames = None
+    if media.plan:
+        p = media.plan
+        frames = {"count": len(media.media.frames), "width": p.width, "height": p.height,
+                  "fps": plan.frame_settings.fps, "min_frames": plan.frame_settings.min_frames,
+                  "max_frames": plan.frame_settings.max_frames, "max_pixels": plan.frame_settings.max_pixels,
+                  "start_s": round(p.start_s, 3), "end_s": round(p.end_s, 3), "token_budget": plan.token_budget}
+    elif media.media.kind == "image":
+        h, w = media.media.frames[0].rgb.shape[:2]
+        frames = {"count": 1, "width": w, "height": h, "max_pixels": plan.frame_settings.max_pixels}
+    engine = {**asdict(plan.engine), "n_ctx_used": answer.settings.get("n_ctx")}
+    return {"frames": frames, "generation": answer.settings.get("generation"), "engine": engine,
+            "vreason": answer.settings.get("vreason")}
+
+
+def answer_json(plan: Plan, events: Iterable[Event]) -> dict:
+    """The `vreason run --json` object (field list in README.md)."""
+    answer, encoded = consume(plan, events, lambda ev: None)
+    media = plan.media
+    t = answer.timings
+    timings = {"load_s": t.get("load_s", 0.0), "sampling_s": round(media.sampling_s, 4),
+               "encode_s": t.get("encode_s", 0.0),
+               "prefill_s": round(t.get("prefill_media_s", 0.0) + t.get("prefill_question_s", 0.0), 4),
+               **{k: v for k, v in t.items() if k not in ("load_s", "encode_s", "prefill_media_s")}}
     control = answer.control
     updates = [c for c in control if c is not None and c.alpha is not None]
 
@@ -71,12 +132,12 @@ def answer_json(plan: Plan, engine: Engine, events: Iterable[Event], mode: str, 
         "model": plan.info.name,
         "model_path": str(plan.model_path),
         "random_weights": plan.info.random_weights,
-        "mode": mode,
-        "question": question,
+        "mode": answer.mode,
+        "question": answer.question,
         "media": media.media.kind,
-        "prompt_tokens": engine.prompt_tokens,  # null marks a media (vision) token position
-        "n_prompt_tokens": len(engine.prompt_tokens),
-        "n_video_tokens": encoded.n_media_tokens,
+        "prompt_tokens": answer.prompt_tokens,  # null marks a media (vision) token position
+        "n_prompt_tokens": len(answer.prompt_tokens),
+        "n_video_tokens": answer.n_media_tokens,
         "n_video_tokens_kept": answer.n_video_tokens_kept,
         "frames": [{"index": f.index, "timestamp_s": round(f.timestamp_s, 3)} for f in media.media.frames],
         "text": answer.text,
@@ -85,11 +146,15 @@ def answer_json(plan: Plan, engine: Engine, events: Iterable[Event], mode: str, 
         "stop_reason": answer.stop_reason,
         "n_tokens": len(answer.tokens),
         "tokens": answer.tokens,
+        "token_text": answer.token_text,
         "entropy": [round(h, 6) for h in answer.entropy],
         "ema": col("ema"), "peak": col("peak"), "alpha": col("alpha"), "dv_norm": col("dv_norm"),
         "update_ms": col("update_ms"), "selfcheck": col("selfcheck"),
-        "controller": {"n_updates": len(updates), "controller_s": answer.timings.get("controller_s", 0.0),
-                       "max_selfcheck": max((u.selfcheck for u in updates), default=None)} if mode != "base" else None,
+        "controller": {"n_updates": len(updates), "controller_s": t.get("controller_s", 0.0),
+                       "max_selfcheck": max((u.selfcheck for u in updates), default=None)}
+        if answer.mode != "base" else None,
+        "settings": run_settings(plan, answer),
+        "warnings": list(media.warnings),
         "notices": answer.notices,
         "timings": timings,
     }
