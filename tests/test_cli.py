@@ -63,6 +63,7 @@ class Result:
 def files(tmp_path_factory: pytest.TempPathFactory, tiny_model_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("cli_media")
     tiny, tiny3 = tiny_model_factory("qwen25vl"), tiny_model_factory("qwen3vl")
+    tiny2 = tiny_model_factory("qwen2vl")
     llama = d / "llama.gguf"  # a valid GGUF of a plain text LM: not Qwen-VL
     w = gguf.GGUFWriter(str(llama), "llama")
     w.add_block_count(1)
@@ -80,6 +81,12 @@ def files(tmp_path_factory: pytest.TempPathFactory, tiny_model_factory) -> dict[
         "model": tiny.model_path,
         "mmproj": tiny.mmproj_path,
         "mmproj3": tiny3.mmproj_path,
+        "model3": tiny3.model_path,
+        "model2": tiny2.model_path,
+        "mmproj2": tiny2.mmproj_path,
+        # the README's defaults on ordinary long clips: 3 and 10 minutes (1 fps, up to 32 frames)
+        "clip3min": make_clip(d / "three-minutes.mp4", seconds=180.0, fps=2.0, size=(320, 240)),
+        "clip10min": make_clip(d / "ten-minutes.mp4", seconds=600.0, fps=1.0, size=(320, 240)),
         "clip": make_clip(d / "clip.mp4", seconds=4.0, fps=10.0, size=(224, 168)),
         "png": make_image(d / "still.png", (200, 150)),
         "jpg": make_image(d / "still.jpg", (200, 150)),
@@ -120,6 +127,11 @@ def _good_runs(f: dict[str, Path]) -> dict[str, list[str]]:
         "text": ["run", "--json", "--mode", "vreason", "--model", str(f["model"]), "--max-tokens", MAX_TOKENS,
                  "--threads", "1", "-q", "Name a colour."],
         "demo": ["demo", "--dir", str(f["root"] / "demo"), "--max-tokens", MAX_TOKENS],
+        **{f"long_{arch}_{clip}": ["run", "--json", "--video", str(f[clip]), "--model", str(f[m]), "--mmproj", str(f[p]),
+                                    "--max-tokens", MAX_TOKENS, "--threads", "1", "-q", "What happens in this video?"]
+           for arch, m, p in (("qwen2vl", "model2", "mmproj2"), ("qwen25vl", "model", "mmproj"),
+                              ("qwen3vl", "model3", "mmproj3"))
+           for clip in ("clip3min", "clip10min")},
         "make_tiny": ["models", "make-tiny", str(f["root"] / "made"), "--arch", "qwen2vl"],
     }
 
@@ -142,10 +154,11 @@ def _bad_runs(f: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
                             r"vision projector.*not a language model.*--mmproj"),
         "mismatched_projector": ([*clip, "--model", str(f["model"]), "--mmproj", str(f["mmproj3"]), *q],
                                  r"projector .*qwen3vl.* does not match model"),
+        # the user's own --ctx too small: say so, and name the size that fits (not "use fewer frames")
         "video_over_context": ([*clip, "--fps", "10", "--max-frames", "32", "--ctx", "512", *model, *q],
-                               r"context holds 512.*--token-budget.*--ctx"),
+                               r"context size you set holds 512; try --ctx \d+$"),
         "generation_over_context": ([*clip, *model, "-q", "What?", "--max-tokens", "4000", "--ctx", "1024"],
-                                    r"4000 to generate.*context holds 1,024.*--max-tokens"),
+                                    r"needs [\d,]+ tokens of context but the context size you set holds 1,024; try --ctx \d+$"),
         "empty_question": ([*clip, *model, "-q", "  "], r"question is empty"),
         "unknown_registry_model": ([*clip, "--model", "nosuch", *q], r"unknown model 'nosuch'.*qwen2\.5-vl-3b"),
         "registry_model_not_downloaded": (
@@ -222,6 +235,15 @@ def test_run_json_base_video(jobs, files):
         assert isinstance(t[key], (int, float)) and t[key] >= 0, key
     assert t["tokens_per_s"] > 0 and t["load_s"] > 0
 
+    # every setting used, so that the run can be reproduced from its JSON; each token's text
+    st = out["settings"]
+    assert st["frames"]["count"] == CLIP_FRAMES and st["frames"]["max_frames"] == CLIP_FRAMES and st["frames"]["fps"] == 2
+    assert (st["frames"]["width"], st["frames"]["height"]) == (224, 168) and st["frames"]["end_s"] <= 4.0
+    assert st["generation"]["max_tokens"] == int(MAX_TOKENS) and st["generation"]["sampling"]["temperature"] == 0
+    assert st["engine"]["n_threads"] == 1 and st["engine"]["n_ctx"] is None and st["engine"]["n_ctx_used"] >= 2048
+    assert st["vreason"] is None
+    assert "".join(out["token_text"]) == out["text"] and len(out["token_text"]) == len(toks)
+
     # the estimate line is printed (to stderr) before encoding
     assert "vision tokens" in r.stderr and "KV cache" in r.stderr and "96 vision tokens" in r.stderr
     assert "Traceback" not in r.stderr
@@ -251,6 +273,9 @@ def _check_controller_columns(out: dict) -> list:
 
 def test_run_json_vreason_every_token(jobs):
     out = jobs["vreason"].result().json()
+    vr = out["settings"]["vreason"]
+    assert (vr["every"], vr["steps"], vr["lr"], vr["optimizer"], vr["beta"]) == (1, 1, 1e-3, "adam", 0.9)
+    assert vr["device"] == "cpu" and vr["tail_dtype"] == "float32" and vr["n_rows"] == out["n_video_tokens"]
     assert out["mode"] == "vreason" and out["n_video_tokens"] == 96 and out["n_video_tokens_kept"] is None
     updates = _check_controller_columns(out)
     assert len(updates) == len(out["tokens"])  # --every 1: an update at every step
@@ -293,7 +318,8 @@ def test_run_json_image_and_text_only(jobs):
     assert None not in out["prompt_tokens"] and 1 <= len(out["tokens"]) <= int(MAX_TOKENS)
     assert any("prompt rows" in m for m in out["notices"]), out["notices"]
     assert out["controller"]["n_updates"] == len(out["tokens"]) // 2
-    assert "no media -> 0 vision tokens" in text.stderr
+    assert re.search(r"text only; context [\d,]+ tokens, KV cache .*; prefill ~[\d.]+ s", text.stderr), text.stderr
+    assert "vision tokens" not in text.stderr
 
 
 def test_run_streaming(jobs):
@@ -365,20 +391,61 @@ def test_models_make_tiny(jobs, files):
     gguf_info.check_pair(info, proj)  # a matching pair
 
 
-def test_first_ctrl_c_keeps_the_answer(files):
-    """Ctrl-C during generation: the answer so far is still printed (valid JSON), exit 130."""
-    import signal
-    import time
+@pytest.mark.parametrize("arch", ["qwen2vl", "qwen25vl", "qwen3vl"])
+@pytest.mark.parametrize("clip", ["clip3min", "clip10min"])
+def test_readme_defaults_answer_about_long_clips(jobs, arch, clip):
+    """`vreason run --video clip.mp4 -q ...` with every default, on 3- and 10-minute clips, every family."""
+    r = jobs[f"long_{arch}_{clip}"].result()
+    out = r.json()
+    assert len(out["frames"]) == 32 and out["n_video_tokens"] > 0 and out["n_tokens"] >= 1
+    assert out["settings"]["engine"]["n_ctx_used"] >= out["n_prompt_tokens"] + int(MAX_TOKENS)
 
-    args = ["run", "--model", str(files["model"]), "-q", "Tell me a long story.", "--max-tokens", "7000", "--json"]
-    p = subprocess.Popen([sys.executable, "-m", "vreason_local.cli", *args], env=_env(files["root"], "sigint"),
-                         cwd=files["root"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    line = p.stderr.readline().decode()  # the estimate: printed just before the model loads
-    assert "vision tokens" in line
-    time.sleep(2.0)  # loading takes well under a second; 7000 tokens take ~5 s on the tiny model
+
+def _start(files: dict[str, Path], name: str, args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "vreason_local.cli", *args], env=_env(files["root"], name),
+                            cwd=files["root"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_first_ctrl_c_keeps_the_answer(files):
+    """Ctrl-C once the answer streams: it ends after the current token, the text so far stays, exit 130."""
+    import signal
+
+    args = ["run", "--model", str(files["model"]), "-q", "Tell me a long story.", "--max-tokens", "7000"]
+    p = _start(files, "sigint", args)
+    first = p.stdout.read(1)  # the first streamed token's first byte: decoding has started
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=TIMEOUT_S)
+    err = err.decode()
     assert p.returncode == 130, err
+    assert first and "Traceback" not in err
+    summary = re.search(r"\[base\] (\d+) tokens, .* stop: cancelled", err)
+    assert summary and 0 < int(summary.group(1)) < 7000, err
+
+
+def test_ctrl_c_while_encoding_stops_and_still_prints_json(files):
+    """Ctrl-C once encoding has begun (a progress line on stderr): the run stops, JSON still printed."""
+    import signal
+
+    args = ["run", "--json", "--video", str(files["clip10min"]), "--model", str(files["model"]), "--mmproj",
+            str(files["mmproj"]), "--max-frames", "64", "--fps", "2", "-q", "What happens?", "--max-tokens", "4000"]
+    p = _start(files, "sigint-encode", args)
+    while "encoding video" not in (line := p.stderr.readline().decode()):
+        assert line, "no progress line before the end of stderr"
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=TIMEOUT_S)
+    assert p.returncode == 130, err.decode()
     answer = json.loads(out)
-    assert answer["stop_reason"] == "cancelled" and 0 < answer["n_tokens"] < 7000
+    assert answer["stop_reason"] == "cancelled" and answer["n_tokens"] < 4000
     assert answer["n_tokens"] == len(answer["tokens"]) == len(answer["entropy"])
+
+
+def test_second_ctrl_c_aborts(files):
+    import signal
+
+    args = ["run", "--model", str(files["model"]), "-q", "Tell me a long story.", "--max-tokens", "7000"]
+    p = _start(files, "sigint2", args)
+    assert p.stdout.read(1)
+    p.send_signal(signal.SIGINT)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=TIMEOUT_S)
+    assert p.returncode == 130 and "Traceback" not in err.decode(), err.decode()

@@ -13,9 +13,10 @@ import torch
 import llama_cpp as L
 
 from vreason_local.clips import make_clip, make_image
-from vreason_local.engine import Engine, EngineSettings, GenerationSettings, split_answer
-from vreason_local.errors import UserError
-from vreason_local.events import Encoded, Finished, Prefilled, TokenEvent
+from vreason_local.channels import split_answer
+from vreason_local.engine import Engine, EngineSettings, GenerationSettings
+from vreason_local.errors import ContextTooSmall, UserError
+from vreason_local.events import Encoded, Finished, Prefilled, Progress, TokenEvent
 from vreason_local.media import load_image, load_video
 from vreason_local.media import Media
 from vreason_local.prompt import prefix_parts, question_text
@@ -41,7 +42,8 @@ def engine(tiny):
 
 
 def run(engine: Engine, media: Media, question: str = "What happens?", **kw) -> tuple[list, object]:
-    events = list(engine.ask(media, question, **kw))
+    """The answer's events less progress (tested on its own), and the finished answer."""
+    events = [ev for ev in engine.ask(media, question, **kw) if not isinstance(ev, Progress)]
     assert isinstance(events[-1], Finished)
     return events, events[-1].answer
 
@@ -82,7 +84,7 @@ def test_video_answer_events(engine, clip):
     assert answer.text == "".join(t.text for t in toks)
     assert all(0 <= t.entropy <= np.log(engine.model.n_vocab) + 1e-6 for t in toks)
     assert answer.stop_reason in ("eos", "max_tokens", "answer")
-    assert engine.prompt_tokens.count(None) == enc.n_media_tokens
+    assert answer.prompt_tokens.count(None) == enc.n_media_tokens
 
 
 def test_first_entropy_matches_plain_llama_cpp(engine, tiny):
@@ -94,7 +96,7 @@ def test_first_entropy_matches_plain_llama_cpp(engine, tiny):
     ctx = L.llama_init_from_model(engine.model.ptr, params)
     try:
         ids = engine.model.tokenize(prompt)
-        assert ids == engine.prompt_tokens
+        assert ids == answer.prompt_tokens
         arr = (L.llama_token * len(ids))(*ids)  # keep referenced while llama.cpp reads it
         batch = L.llama_batch_get_one(arr, len(ids))
         assert L.llama_decode(ctx, batch) == 0
@@ -112,8 +114,9 @@ def test_follow_up_reuses_encoding(engine, clip):
     again, a2 = run(engine, lm.media, gen=GenerationSettings(max_tokens=8))
     assert not first[0].reused and again[0].reused
     assert a2.tokens == a1.tokens  # rewound to the end of the video: the same question, the same answer
-    chat, a3 = run(engine, lm.media, "And then?", gen=GenerationSettings(max_tokens=4), keep_history=True)
+    chat, a3 = run(engine, lm.media, "And then?", gen=GenerationSettings(max_tokens=4), follow_up=a2)
     assert chat[0].reused and len(a3.tokens) >= 1
+    assert a3.prompt_tokens[: len(a2.prompt_tokens) + len(a2.tokens)] == a2.prompt_tokens + a2.tokens
 
 
 def test_image_and_text_only(engine, tmp_path):
@@ -124,24 +127,35 @@ def test_image_and_text_only(engine, tmp_path):
     assert events[0].n_media_tokens == 0 and answer.tokens
 
 
-def test_cancel_stops_after_one_token(engine):
-    cancel = threading.Event()
-    cancel.set()
-    _, answer = run(engine, Media.none(), gen=GenerationSettings(max_tokens=50), cancel=cancel)
+def test_cancel_stops_after_the_current_token(engine):
+    handle = engine.ask(Media.none(), "What happens?", GenerationSettings(max_tokens=50, stop_at_answer=False))
+    for ev in handle:
+        if isinstance(ev, TokenEvent):
+            handle.cancel()
+    answer = handle.result()
     assert answer.stop_reason == "cancelled" and len(answer.tokens) == 1
 
 
-def test_bad_inputs(engine, tiny):
-    with pytest.raises(UserError, match="empty"):
-        list(engine.ask(Media.none(), "   "))
-    with pytest.raises(UserError, match="hook"):
-        list(engine.ask(Media.none(), "q", mode="vreason"))
-    with pytest.raises(UserError, match="not enough|context"):
-        big = Engine(tiny.model_path, tiny.mmproj_path, EngineSettings(n_ctx=256))
-        try:
-            list(big.ask(Media.none(), "q", GenerationSettings(max_tokens=400)))
-        finally:
-            big.close()
+def test_cancel_before_decoding_gives_an_empty_cancelled_answer(engine):
+    cancel = threading.Event()
+    cancel.set()  # e.g. a front end's worker cancelled before the answer started
+    _, answer = run(engine, Media.none(), gen=GenerationSettings(max_tokens=50), cancel=cancel)
+    assert answer.stop_reason == "cancelled" and answer.tokens == []
+
+
+def test_bad_inputs_raise_when_asked(tiny):
+    """Checked when the answer is created, before anything runs: no iteration needed."""
+    with Engine(tiny.model_path, tiny.mmproj_path, EngineSettings(hook=False)) as eng:
+        with pytest.raises(UserError, match="empty"):
+            eng.ask(Media.none(), "   ")
+        with pytest.raises(UserError, match="hook"):
+            eng.ask(Media.none(), "q", mode="vreason")
+        with pytest.raises(UserError, match="unknown mode"):
+            eng.ask(Media.none(), "q", mode="fast")
+    with Engine(tiny.model_path, tiny.mmproj_path, EngineSettings(n_ctx=256)) as small:
+        with pytest.raises(ContextTooSmall, match="context size you set holds 256") as err:
+            small.ask(Media.none(), "q", GenerationSettings(max_tokens=400))
+        assert err.value.remedies[0].setting == "engine.n_ctx" and err.value.remedies[0].value >= err.value.needed
 
 
 def test_quantised_model_answers_here(tiny_model_factory):

@@ -75,10 +75,11 @@ def paused_at_first_update(engine: Engine, media: Media, **vr):
 
 def redecode_last(engine: Engine) -> np.ndarray:
     """llama.cpp's logits for the last prompt token again, attending over the cache as it is now."""
-    pos = engine._n_past - 1
+    c = engine._cache
+    pos = c.encoding.n_past + len(c.turns) - 1
     engine.ctx.remove_from(pos)
-    engine.ctx.decode_tokens([engine.prompt_tokens[-1]], pos)
-    return engine.ctx.logits()
+    engine.ctx.decode_tokens([c.turns[-1]], pos)
+    return engine.ctx.logits().copy().copy()
 
 
 def test_layout_check_passes_and_refuses_a_mismatch():
@@ -98,12 +99,13 @@ def test_layout_check_passes_and_refuses_a_mismatch():
 
 def test_hook_costs_nothing_when_off(engines, clip, tiny_model_factory):
     e = engines()
+    list(e.ask(video(e, clip), "q", GenerationSettings(max_tokens=3), "vreason", VReasonSettings(every=1)))
     list(e.ask(video(e, clip), "q", GenerationSettings(max_tokens=3), "base"))
     asked, observed = e.hook.counts
-    assert asked > 0 and observed == 0  # installed but never asks llama.cpp for a node in base mode
+    assert asked > 0 and observed == 0  # still installed, but after a V-Reason answer it asks for no node
     t = tiny_model_factory()
-    with Engine(t.model_path, t.mmproj_path, EngineSettings(n_ctx=1024)) as plain:
-        assert plain.hook is None  # base-only engines install no callback at all
+    with Engine(t.model_path, t.mmproj_path, EngineSettings(n_ctx=1024, hook=False)) as plain:
+        assert plain.hook is None  # engines for base answers only install no callback at all
 
 
 def test_lr0_gives_base_tokens(engines, clip):
@@ -132,8 +134,8 @@ def test_tail_reproduces_llama_logits(engines, clip, arch):
     """At dV = 0 the PyTorch tail gives llama.cpp's logits over the whole vocabulary."""
     e = engines(arch)
     gen, _ = paused_at_first_update(e, video(e, clip), lr=0.0)
-    c = e.controller
-    logits = e.ctx.logits()
+    c = gen.controller
+    logits = e.ctx.logits().copy()
     ids = np.arange(e.model.n_vocab)
     _, z = c.loss(c.inputs(), torch.zeros_like(c.dv), ids, logits, 1)
     diff = np.abs(z.detach().numpy() - logits).max()
@@ -146,8 +148,8 @@ def test_gradient_matches_finite_differences_through_llama(engines, clip, arch):
     """d loss / d dV from the tail against central differences of the loss llama.cpp computes."""
     e = engines(arch)
     gen, _ = paused_at_first_update(e, video(e, clip), lr=0.0)
-    c = e.controller
-    inp, logits = c.inputs(), e.ctx.logits()
+    c = gen.controller
+    inp, logits = c.inputs(), e.ctx.logits().copy()
     alpha = 1
     ids = np.arange(e.model.n_vocab)
     dv = torch.zeros_like(c.dv, requires_grad=True)
@@ -177,10 +179,10 @@ def test_cache_write_is_the_method(engines, clip):
     """After an update, llama.cpp's logits (re-decoding the same token) equal the tail's prediction."""
     e = engines()
     gen, ev = paused_at_first_update(e, video(e, clip), lr=0.2)
-    c = e.controller
+    c = gen.controller
     assert ev.control.alpha is not None and ev.control.dv_norm > 0
     inp = c.inputs()  # step 1's captures: the query before the update
-    logits_before = e.ctx.logits()
+    logits_before = e.ctx.logits().copy()
     # the tail's prediction for the new dV, against the values that were cached when step 1 ran
     v_cache_then = c.v_base
     c_v, c.v_cache = c.v_cache, v_cache_then
@@ -213,8 +215,8 @@ def test_lite_keeps_the_highest_norm_half(engines, clip):
     e = engines()
     m = video(e, clip, frames=6)
     list(e.ask(m, "warm", GenerationSettings(max_tokens=1), "base"))
-    rows = e._prefix.media_cells.copy()
-    n_cells = e._prefix.n_cells
+    rows = e._cache.media_cells.copy()
+    n_cells = e._cache.n_prefix_cells
     values = e.hook.read_values(rows, e.v_transposed)
     norms = np.linalg.norm(values.astype(np.float32).reshape(len(rows), e.info.n_head_kv, -1), axis=2).sum(1)
     expected = np.sort(np.argsort(-norms, kind="stable")[: len(rows) - len(rows) // 2])
@@ -222,24 +224,25 @@ def test_lite_keeps_the_highest_norm_half(engines, clip):
     for ev in gen:
         if isinstance(ev, TokenEvent):
             break
-    kept = e.controller.rows
-    assert len(kept) == len(expected) == e.controller.n_rows
-    np.testing.assert_array_equal(e.controller.v_orig, values[expected])  # exactly those rows, bit for bit
-    # llama.cpp's own count of cached cells: the prefix less the dropped rows, plus question and token 1
+    kept = gen.controller.rows
+    assert len(kept) == len(expected) == gen.controller.n_rows
+    np.testing.assert_array_equal(gen.controller.v_orig, values[expected])  # exactly those rows, bit for bit
+    # llama.cpp's own count of cached cells: the prefix less the dropped rows, plus the question
     in_cache = struct.unpack_from("<I", e.ctx.state_get(), 12)[0]
-    assert in_cache == e._n_cells == n_cells - len(rows) // 2 + len(e.prompt_tokens) - len(e._prefix.tokens)
+    assert in_cache == e._cache.n_cells == n_cells - len(rows) // 2 + len(e._cache.turns)
     rest = list(gen)
     assert rest[-1].answer.n_video_tokens_kept == len(expected)
     _, again = answer(e, m, mode="base", max_tokens=3)  # an independent question reloads the full video
-    assert len(e._prefix.media_cells) == len(rows)
+    assert len(e._cache.media_cells) == len(rows) and not e._cache.pruned
 
 
-def test_text_only_controls_prompt_rows(engines):
+def test_text_only_controls_all_prompt_rows(engines):
     e = engines()
-    events = list(e.ask(Media.none(), "Count to three.", GenerationSettings(max_tokens=4), "vreason", VReasonSettings(every=1)))
+    handle = e.ask(Media.none(), "Count to three.", GenerationSettings(max_tokens=4), "vreason", VReasonSettings(every=1))
+    events = list(handle)
     notes = [ev.message for ev in events if isinstance(ev, Notice)]
     assert any("prompt rows" in n for n in notes)
-    assert e.controller.n_rows == len(e._prefix.tokens) + len(e.prompt_tokens) - len(e._prefix.tokens) - 1
+    assert handle.controller.n_rows == len(handle.result().prompt_tokens)  # the last prompt row included
 
 
 def test_non_finite_update_is_skipped(engines, clip):
@@ -256,8 +259,8 @@ def test_restricted_lm_head_gradient_within_tolerance(engines, clip):
     """The backward restricted to the tokens carrying 99.9% of the gradient weight vs the full vocabulary."""
     e = engines()
     gen, _ = paused_at_first_update(e, video(e, clip), lr=0.0)
-    c = e.controller
-    inp, logits = c.inputs(), e.ctx.logits()
+    c = gen.controller
+    inp, logits = c.inputs(), e.ctx.logits().copy()
     grads = {}
     mass = VReasonSettings().head_mass
     for name, ids in {"full": np.arange(e.model.n_vocab), "mass": mass_tokens(logits, mass, 10**9)}.items():
@@ -275,13 +278,14 @@ def test_lite_in_a_continued_chat_prunes_once(engines, clip):
     e = engines()
     m = video(e, clip, frames=6)
     _, first = answer(e, m, mode="lite", max_tokens=3)
-    n_media = len(e._prefix.tokens) - sum(t is not None for t in e._prefix.tokens)
-    events = list(e.ask(m, "And then?", GenerationSettings(max_tokens=3), "lite", VReasonSettings(), keep_history=True))
-    second = events[-1].answer
+    n_media = first.n_media_tokens
+    handle = e.ask(m, "And then?", GenerationSettings(max_tokens=3), "lite", VReasonSettings(), follow_up=first)
+    second = handle.result()
     assert first.n_video_tokens_kept == second.n_video_tokens_kept == n_media - n_media // 2
-    assert len(e._prefix.media_cells) == first.n_video_tokens_kept
+    assert len(e._cache.media_cells) == first.n_video_tokens_kept and e._cache.pruned
+    assert handle.encoding.snapshot is not None and second.reused_encoding  # no second encoding
     _, base = answer(e, m, mode="base", max_tokens=3)  # independent again: the whole video is back
-    assert len(e._prefix.media_cells) == n_media
+    assert len(e._cache.media_cells) == n_media
 
 
 def test_transposed_value_cache(tiny_model_factory, clip):
@@ -290,10 +294,10 @@ def test_transposed_value_cache(tiny_model_factory, clip):
     with Engine(t.model_path, t.mmproj_path, EngineSettings(n_ctx=2048, hook=True, flash_attn="off")) as e:
         assert e.v_transposed
         gen, ev = paused_at_first_update(e, video(e, clip), lr=0.2)
-        c = e.controller
+        c = gen.controller
         assert ev.control.selfcheck < 1e-3
         np.testing.assert_array_equal(e.hook.read_values(c.rows, True), c.v_cache.reshape(c.n_rows, -1).numpy().astype(np.float16))
-        inp, before = c.inputs(), e.ctx.logits()
+        inp, before = c.inputs(), e.ctx.logits().copy()
         c_v, c.v_cache = c.v_cache, c.v_base
         _, predicted = c.loss(inp, c.dv.detach(), np.arange(e.model.n_vocab), before, 1)
         c.v_cache = c_v
@@ -308,7 +312,7 @@ def test_vreason_on_an_image(engines, tmp_path):
 
     e = engines()
     img = load_image(make_image(tmp_path / "x.png", (200, 150)), 336 * 336, e.projector.patch_size)
-    events = list(e.ask(img.media, "What is shown?", GenerationSettings(max_tokens=4), "vreason", VReasonSettings(every=1)))
-    a = events[-1].answer
-    assert e.controller.n_rows == img.n_tokens  # the controller acts on the image's rows
+    handle = e.ask(img.media, "What is shown?", GenerationSettings(max_tokens=4), "vreason", VReasonSettings(every=1))
+    a = handle.result()
+    assert handle.controller.n_rows == img.n_tokens  # the controller acts on the image's rows
     assert all(c.alpha in (-1, 1) for c in a.control)

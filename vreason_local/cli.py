@@ -5,18 +5,20 @@ Exit codes: 0 ok, 2 bad input (one line on stderr), 1 internal error, 130 interr
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 import click
 
 from .errors import Remedy, UserError
+
+if TYPE_CHECKING:
+    from .engine import AnswerHandle
 
 DEFAULT_MODEL_HELP = "Registry name (see `vreason models list`) or path to a GGUF file."
 
@@ -35,15 +37,19 @@ def _engine_options(f: Callable) -> Callable:
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--no-reasoning", is_flag=True, help="Do not ask for <think>/<answer>; answer directly."),
         click.option("--fps", type=float, default=1.0, show_default=True, help="Frames sampled per second of video."),
-        click.option("--min-frames", type=int, default=4, show_default=True),
-        click.option("--max-frames", type=int, default=32, show_default=True),
+        click.option("--min-frames", type=int, default=4, show_default=True,
+                     help="Fewest frames to sample (made even: the model takes frames in pairs)."),
+        click.option("--max-frames", type=int, default=32, show_default=True,
+                     help="Most frames to sample (made even; at least 2, and at least --min-frames)."),
         click.option("--start", type=float, default=None, help="Clip window start (seconds)."),
         click.option("--end", type=float, default=None, help="Clip window end (seconds)."),
-        click.option("--max-pixels", type=click.IntRange(784), default=336 * 336, show_default=True, help="Pixel budget per frame."),
+        # 3136 = video.MIN_PIXELS (56x56, the smallest frame the model is given); the core checks it.
+        click.option("--max-pixels", type=int, default=336 * 336, show_default=True,
+                     help="Pixel budget per frame, at least 3136 (56x56)."),
         click.option("--token-budget", type=click.IntRange(1), default=None, help="Fit frames and resolution to this many video tokens."),
-        click.option("--ctx", type=click.IntRange(256), default=None, help="Context size in tokens (default: what the prompt needs)."),
+        click.option("--ctx", type=click.IntRange(256), default=None, help="Context size in tokens, at most the model's trained context (default: what the prompt needs)."),
         click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all, up to 8)."),
-        click.option("--gpu-layers", type=int, default=-1, show_default=True, help="Layers offloaded to the GPU (-1 all, 0 none)."),
+        click.option("--gpu-layers", type=int, default=-1, show_default=True, help="Layers offloaded to the GPU: -1 all, 0 none (CPU only), or a count."),
         click.option("--repack", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
                      help="llama.cpp's repacking of quantised weights (auto: off where it crashes, e.g. AMX CPUs)."),
         click.option("--beta", type=click.FloatRange(0, 1, max_open=True), default=0.9, show_default=True, help="V-Reason: EMA factor."),
@@ -51,7 +57,7 @@ def _engine_options(f: Callable) -> Callable:
         click.option("--steps", type=click.IntRange(1), default=1, show_default=True, help="V-Reason: optimiser steps per update."),
         click.option("--lr", type=click.FloatRange(0), default=1e-3, show_default=True, help="V-Reason: learning rate."),
         click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True),
-        click.option("--device", default="auto", show_default=True, help="V-Reason controller device: auto, cpu, cuda, mps."),
+        click.option("--device", default="auto", show_default=True, help="V-Reason controller device: auto, cpu, cuda (or cuda:N), mps."),
         click.option("--tail-dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16", "int8"]), default="auto",
                      show_default=True, help="V-Reason: dtype of the controller's copy of the last layer's weights."),
         click.option("--head-max", type=click.IntRange(1), default=2048, show_default=True,
@@ -108,38 +114,63 @@ def run(video: Path | None, image: Path | None, question: str, as_json: bool, **
 
     require_question(question)  # before anything slow, as the engine would later
     gen, frames, eng, vr = _settings(o)
-    from .registry import DEFAULT_MODEL
+    from .checks import check_options
     from .planning import open_engine, plan_run
 
-    plan = plan_run(o["model"] or DEFAULT_MODEL, o["mmproj"], video, image, frames, gen, eng, o["token_budget"], o["ctx"])
+    check_options(eng, vr.device if vr else None)
+    from .registry import DEFAULT_MODEL
+
+    plan = plan_run(o["model"] or DEFAULT_MODEL, o["mmproj"], video, image, frames, gen, eng, o["token_budget"],
+                    o["ctx"], question)
     click.echo(plan.estimate.describe(plan.media), err=True)
-    with _first_ctrl_c_stops() as cancel, open_engine(plan) as engine:
-        events = engine.ask(plan.media.media, question, gen, o["mode"], vr, cancel=cancel)
+    for warning in plan.media.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    with open_engine(plan) as engine:
+        handle = engine.ask(plan.media.media, question, gen, o["mode"], vr)
         if as_json:
-            click.echo(json.dumps(answer_json(plan, engine, events, o["mode"], question), ensure_ascii=False))
+            out = _until_done(handle, lambda: answer_json(plan, handle))
+            click.echo(json.dumps(out, ensure_ascii=False))
+            stop = out["stop_reason"]
         else:
-            stream_text(plan, engine, events)
-    if cancel.is_set():
+            stop = _until_done(handle, lambda: stream_text(plan, handle)).stop_reason
+    if stop == "cancelled":
         sys.exit(130)
 
 
-@contextlib.contextmanager
-def _first_ctrl_c_stops() -> Iterator[threading.Event]:
-    """The first Ctrl-C ends the answer after the current token (what was generated is still printed,
-    JSON included); a second one aborts."""
-    cancel = threading.Event()
+T = TypeVar("T")
+
+
+def _until_done(handle: AnswerHandle, view: Callable[[], T]) -> T:
+    """Run `view` (which consumes the answer's events) in a worker thread, so that Ctrl-C is seen at once
+    even while llama.cpp computes: the first Ctrl-C cancels the answer at its next safe point (between
+    vision chunks, prefill batches or tokens) and what was generated is still shown; a second aborts now."""
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            result.append(view())
+        except BaseException as exc:  # handed to the main thread, which reports it
+            failure.append(exc)
 
     def on_sigint(signum: int, frame: object) -> None:
-        if cancel.is_set():
-            raise KeyboardInterrupt
-        cancel.set()
-        click.echo("\n[stopping after this token; Ctrl-C again to abort]", err=True)
+        if handle.cancel_requested:
+            click.echo("\naborted", err=True)
+            os._exit(130)
+        handle.cancel()
+        click.echo("\n[stopping at the next safe point; Ctrl-C again to abort]", err=True)
 
+    worker = threading.Thread(target=work, name="vreason-answer", daemon=True)
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        yield cancel
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.1)
     finally:
         signal.signal(signal.SIGINT, previous)
+    if failure:
+        raise failure[0]
+    return result[0]
 
 
 @cli.command()
@@ -168,11 +199,12 @@ def demo(out_dir: Path | None, mode: str, max_tokens: int) -> None:
     tiny = make_tiny(out_dir, arch="qwen25vl", shape="tiny")
     clip = make_clip(out_dir / "demo-clip.mp4", seconds=4.0, fps=10.0, size=(224, 168))
     gen = GenerationSettings(max_tokens=max_tokens)
+    question = "What happens in this video?"
     plan = plan_run(str(tiny.model_path), str(tiny.mmproj_path), clip, None, FrameSampling(fps=2.0, max_frames=8),
-                    gen, EngineSettings(hook=mode != "base"))
+                    gen, EngineSettings(), question=question)
     click.echo(plan.estimate.describe(plan.media), err=True)
     with open_engine(plan) as engine:
-        stream_text(plan, engine, engine.ask(plan.media.media, "What happens in this video?", gen, mode, VReasonSettings()))
+        stream_text(plan, engine.ask(plan.media.media, question, gen, mode, VReasonSettings()))
     click.echo("demo: OK (the text above is from random weights; real answers need a real model: vreason models pull)", err=True)
 
 

@@ -38,6 +38,7 @@ import numpy as np
 from . import gguf_info
 from .channels import ChannelSplitter, split_answer
 from .errors import ContextTooSmall, EngineBusy, Remedy, UserError
+from .fit import CONTEXT_STEP, context_size
 from .events import Answer, ControlState, Encoded, Event, Finished, Notice, Prefilled, Progress, TokenEvent
 from .kv_state import prune_cells
 from .llama_backend import Context, MediaPrompt, Model, Vision, default_threads
@@ -51,8 +52,6 @@ if TYPE_CHECKING:
 
 Mode = Literal["base", "vreason", "lite"]
 MODES: tuple[Mode, ...] = ("base", "vreason", "lite")
-MIN_AUTO_CTX = 2048  # the smallest context the engine sizes for itself (room for follow-ups)
-CTX_STEP = 256
 
 
 @dataclass(frozen=True)
@@ -150,6 +149,7 @@ class _Control:
         self.external = external
         self.result: object | None = None
         self.encoding: Encoding | None = None
+        self.controller: VReason | None = None
         self.done = False
 
     def cancelled(self) -> bool:
@@ -229,6 +229,11 @@ class AnswerHandle(_Job[Answer]):
     @property
     def encoding(self) -> Encoding | None:
         return self._ctl.encoding
+
+    @property
+    def controller(self) -> VReason | None:
+        """The V-Reason controller while the answer runs (None in base mode): its state, for inspection."""
+        return self._ctl.controller
 
 
 class Engine:
@@ -376,7 +381,7 @@ class Engine:
         one was checked by `_check_room` already."""
         if self.ctx is not None and (needed <= self.ctx.n_ctx or self.settings.n_ctx is not None):
             return
-        size = min(self.info.n_ctx_train, max(MIN_AUTO_CTX, round_up_ctx(needed), int(self.n_ctx * 1.5)))
+        size = min(self.info.n_ctx_train, max(context_size(needed), int(self.n_ctx * 1.5)))
         state = self.ctx.state_get() if self.ctx is not None and self._cache.encoding is not None else None
         if self.ctx is not None:
             self.ctx.close()
@@ -498,6 +503,8 @@ class Engine:
         answer = Answer(mode=mode, question=question, settings={"media_key": key, "generation": asdict(gen)})
         answer.timings["load_s"] = round(self.load_s, 4)
         controller = None
+        if self.hook:
+            self.hook.prepare(False)  # counts start with the answer; no node capture unless V-Reason asks
         try:
             encoding, encoded = yield from self._resident(source, prompt, ctl)
             ctl.encoding = encoding
@@ -513,7 +520,7 @@ class Engine:
             if controller is not None:
                 controller.restore()
             if self.hook:
-                self.hook.prepare(False)  # no node capture in later answers
+                self.hook.stop_capture()  # no node capture (nor its graph splits) in later answers
             if prompt:
                 prompt.close()
         answer.reasoning, answer.answer = split_answer(answer.text)
@@ -563,6 +570,7 @@ class Engine:
         if vr is not None:
             tc = time.perf_counter()
             controller, notice = self._start_controller(vr, answer)
+            ctl.controller = controller
             answer.timings["controller_setup_s"] = round(time.perf_counter() - tc, 4)
             if notice:
                 answer.notices.append(notice)
@@ -672,10 +680,6 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return int(diff[0]) if len(diff) else n
 
 
-def round_up_ctx(n: int) -> int:
-    return -(-n // CTX_STEP) * CTX_STEP
-
-
 def check_context(needed: int, n_ctx: int | None, n_ctx_train: int) -> None:
     """`needed` tokens must fit a context the user fixed (`n_ctx`), or else the model's trained context,
     up to which an automatic context grows."""
@@ -683,7 +687,7 @@ def check_context(needed: int, n_ctx: int | None, n_ctx_train: int) -> None:
     if needed <= limit:
         return
     if n_ctx is not None and needed <= n_ctx_train:
-        raise ContextTooSmall(needed, limit, True, [Remedy("a larger context", "engine.n_ctx", round_up_ctx(needed))])
+        raise ContextTooSmall(needed, limit, True, [Remedy("a larger context", "engine.n_ctx", -(-needed // CONTEXT_STEP) * CONTEXT_STEP)])
     raise ContextTooSmall(needed, limit, n_ctx is not None, [
         Remedy("fewer frames", "frames.max_frames"), Remedy("a lower frame resolution", "frames.max_pixels"),
         Remedy("a shorter answer", "generation.max_tokens")])

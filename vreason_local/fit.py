@@ -17,6 +17,11 @@ Where the memory number comes from (`available_memory`):
 - Windows: ``GlobalMemoryStatusEx`` through ctypes.
 - GPU builds (CUDA, Vulkan): the free memory of the first dedicated GPU in ggml's device registry is
   recorded too, and the check uses it, since such a build of llama.cpp puts weights and KV cache there.
+  A CPU-only run (no layers offloaded, or a build without GPU offload) is checked against system memory
+  instead, and on Apple Silicon without the GPU's wired limit: a small or busy GPU must not refuse it.
+
+The advice is structured (`errors.Remedy`: a setting and a value) and each value is checked to fit
+before it is given, with the same context sizing the run uses (`context_size`).
 """
 
 from __future__ import annotations
@@ -27,10 +32,11 @@ import platform
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from .errors import DoesNotFit, Remedy, UserError
 
 GiB = 1 << 30
 
@@ -42,6 +48,13 @@ DEFAULT_OVERHEAD_BYTES = 800 * 1000 * 1000
 _APPLE_SMALL_RAM = 36 * GiB
 _APPLE_SMALL_FRACTION = 2 / 3
 _APPLE_LARGE_FRACTION = 3 / 4
+
+# A context is sized to what the prompt and the answer need, rounded up to CONTEXT_STEP tokens and never
+# below CONTEXT_FLOOR (a short question still gets room for a reasoned answer).
+CONTEXT_FLOOR = 2048
+CONTEXT_STEP = 256
+# Advice never shrinks the answer below this many tokens: a reasoned answer needs room to reason.
+MIN_USEFUL_ANSWER = 64
 
 
 def format_bytes(n: float) -> str:
@@ -100,11 +113,13 @@ class MemoryInfo:
 
     @property
     def budget(self) -> int:
-        if self.gpu_free is not None:
-            return self.gpu_free
-        if self.limit is not None:
-            return min(self.available, self.limit)
-        return self.available
+        """What a run that offloads to the GPU may use: the GPU's free memory when there is one."""
+        return self.gpu_free if self.gpu_free is not None else self.system_budget
+
+    @property
+    def system_budget(self) -> int:
+        """What a run on the CPU may use: available system memory, under any limit."""
+        return min(self.available, self.limit) if self.limit is not None else self.available
 
 
 def _linux_memory() -> tuple[int, int, int | None, str]:
@@ -173,7 +188,8 @@ def apple_gpu_limit(total: int, wired_limit_mb: int | None) -> int:
     return int(total * fraction)
 
 
-def _macos_memory() -> tuple[int, int, int | None, str]:
+def _macos_memory(gpu: bool) -> tuple[int, int, int | None, str]:
+    """Memory of a Mac; with `gpu`, capped on Apple Silicon by what Metal lets the GPU wire."""
     total = _sysctl("hw.memsize") or 0
     available = total
     try:
@@ -187,7 +203,7 @@ def _macos_memory() -> tuple[int, int, int | None, str]:
         pass
     limit = None
     source = "sysctl hw.memsize + vm_stat"
-    if platform.machine() == "arm64":
+    if gpu and platform.machine() == "arm64":
         wired = _sysctl("iogpu.wired_limit_mb")
         limit = apple_gpu_limit(total, wired)
         source += f" (GPU wired limit {'iogpu.wired_limit_mb' if wired else 'default'})"
@@ -260,11 +276,11 @@ _GGML_DEVICE_TYPE_GPU = 1  # enum ggml_backend_dev_type (ggml-backend.h)
 
 def available_memory(use_gpu: bool = True) -> MemoryInfo:
     """What this machine can give the model now. With ``use_gpu`` a dedicated GPU's free memory is
-    what the fit check uses (see `MemoryInfo.budget`)."""
+    what the fit check uses (see `MemoryInfo.budget`); without it Apple's GPU wired limit does not apply."""
     if sys.platform.startswith("linux"):
         total, available, limit, source = _linux_memory()
     elif sys.platform == "darwin":
-        total, available, limit, source = _macos_memory()
+        total, available, limit, source = _macos_memory(use_gpu)
     elif sys.platform == "win32":
         total, available, limit, source = _windows_memory()
     else:
@@ -282,34 +298,65 @@ def available_memory(use_gpu: bool = True) -> MemoryInfo:
     )
 
 
+def context_size(needed: int) -> int:
+    """The context a run gets for a prompt and answer of ``needed`` tokens (see CONTEXT_FLOOR)."""
+    return max(CONTEXT_FLOOR, -(-needed // CONTEXT_STEP) * CONTEXT_STEP)
+
+
+@dataclass(frozen=True)
+class ContextUse:
+    """What fills the context, so that the fit check can work out which smaller settings would fit.
+
+    ``needed``: tokens the prompt and the answer need, of which ``answer`` are the answer's (the
+    generation limit) and ``video_tokens`` those of ``frames`` video frames (0 without a video), whose
+    lower limit is ``min_frames``. ``user_set``: the user chose the context size, so it stays that size
+    whatever fills it.
+    """
+
+    needed: int
+    answer: int = 0
+    frames: int = 0
+    video_tokens: int = 0
+    min_frames: int = 2
+    user_set: bool = False
+
+
 @dataclass(frozen=True)
 class FitReport:
-    """The sum, what there is, and what to do about it (``advice`` is empty when it fits)."""
+    """The sum, what there is, and what to do about it (``remedies`` is empty when it fits)."""
 
     needed: int
     available: int
     fits: bool
-    advice: str
+    remedies: tuple[Remedy, ...]
     model_bytes: int
     mmproj_bytes: int
     kv_bytes: int
     overhead_bytes: int
     n_ctx_tokens: int
     max_ctx_tokens: int  # the most tokens that would fit with these weights; 0 when the weights alone don't
+    on_gpu: bool  # compared with the GPU's free memory rather than system memory
+
+    @property
+    def weights_fit(self) -> bool:
+        """Whether the model, the projector and the overhead fit without any context."""
+        return self.model_bytes + self.mmproj_bytes + self.overhead_bytes <= self.available
 
     @property
     def summary(self) -> str:
         """'needs 9.1 GB (model 4.2 + projector 1.3 + KV 3.1 for 38k tokens + overhead 0.8) but 6.0 GB is available'."""
+        where = " of GPU memory" if self.on_gpu else ""
         return (
             f"needs {format_bytes(self.needed)} (model {_gb(self.model_bytes)} + projector {_gb(self.mmproj_bytes)}"
             f" + KV {_gb(self.kv_bytes)} for {format_tokens(self.n_ctx_tokens)} tokens"
-            f" + overhead {_gb(self.overhead_bytes)}) but {format_bytes(self.available)} is available"
+            f" + overhead {_gb(self.overhead_bytes)}) but {format_bytes(self.available)}{where} is available"
         )
 
-    def require(self) -> "FitReport":
-        """This report, or a `UserError` with the sum and the advice when it does not fit."""
+    def require(self) -> FitReport:
+        """This report, or a `DoesNotFit` with the sum and the remedies when it does not fit."""
         if not self.fits:
-            raise UserError(f"{self.summary}; {self.advice}")
+            problem = self.summary if self.weights_fit else f"{self.summary}: the model alone does not fit"
+            raise DoesNotFit(problem, self.remedies)
         return self
 
 
@@ -321,66 +368,106 @@ def check_fit(
     overhead_bytes: int = DEFAULT_OVERHEAD_BYTES,
     mem: MemoryInfo | None = None,
     *,
-    frames: int | None = None,
-    tokens_per_frame: int | None = None,
+    cpu_only: bool = False,
+    use: ContextUse | None = None,
+    context_for: Callable[[int], int] = context_size,
 ) -> FitReport:
-    """Add up weights + projector + KV cache for ``n_ctx_tokens`` + overhead and compare with ``mem.budget``.
+    """Add up weights + projector + KV cache for ``n_ctx_tokens`` + overhead and compare with the budget.
 
-    When ``frames`` and ``tokens_per_frame`` describe how the context was filled, the advice names a
-    ``--max-frames`` value that would fit.
+    ``cpu_only``: nothing is offloaded (no GPU layers, or a build without GPU offload), so system memory
+    is the budget even where a GPU is present. When ``use`` says what fills the context, the remedies
+    name values that fit, each checked with ``context_for`` (how the run sizes its context from the
+    tokens it needs): fewer frames, a smaller context the user set, a shorter answer; then running on
+    the CPU where system memory holds it all, and a smaller model only when nothing else fits.
     """
     if mem is None:
-        mem = available_memory()
+        mem = available_memory(use_gpu=not cpu_only)
+    on_gpu = not cpu_only and mem.gpu_free is not None
+    budget = mem.budget if on_gpu else mem.system_budget
     kv = n_ctx_tokens * kv_per_token
     needed = model_bytes + mmproj_bytes + kv + overhead_bytes
-    budget = mem.budget
     fixed = model_bytes + mmproj_bytes + overhead_bytes
     max_ctx = max((budget - fixed) // kv_per_token, 0) if kv_per_token > 0 else 0
     fits = needed <= budget
-    advice = ""
+    remedies: list[Remedy] = []
     if not fits:
-        if fixed > budget:
-            advice = (
-                "the weights alone do not fit; use a smaller model or quantisation (vreason models list),"
-                " or close other programs"
-            )
-        else:
-            hints = []
-            if frames and tokens_per_frame:
-                other = max(n_ctx_tokens - frames * tokens_per_frame, 0)
-                fit_frames = (max_ctx - other) // tokens_per_frame
-                if fit_frames >= 1:
-                    hints.append(f"--max-frames {int(fit_frames)}")
-                hints.append("--fps 0.5")
-            else:
-                hints += ["fewer frames (--max-frames)", "a lower --fps"]
-            hints.append("a lower frame resolution")
-            hints.append("a smaller --max-tokens")
-            advice = (
-                f"try {' or '.join(hints[:2])}, {', '.join(hints[2:])}"
-                f" (about {format_tokens(int(max_ctx))} tokens fit), or a smaller model (vreason models list)"
-            )
+        if fixed <= budget and use is not None:
+            remedies += _smaller_settings(use, n_ctx_tokens, max_ctx, context_for)
+        if on_gpu and needed <= mem.system_budget:
+            remedies.append(Remedy("run on the CPU", "engine.n_gpu_layers", 0))
+        if not remedies:
+            remedies.append(Remedy("a smaller model from vreason models list", "model"))
     return FitReport(
         needed=needed,
         available=budget,
         fits=fits,
-        advice=advice,
+        remedies=tuple(remedies),
         model_bytes=model_bytes,
         mmproj_bytes=mmproj_bytes,
         kv_bytes=kv,
         overhead_bytes=overhead_bytes,
         n_ctx_tokens=n_ctx_tokens,
         max_ctx_tokens=int(max_ctx),
+        on_gpu=on_gpu,
     )
 
 
+def _smaller_settings(use: ContextUse, n_ctx: int, max_ctx: int, context_for: Callable[[int], int]) -> list[Remedy]:
+    """The largest frame limit, context size and answer length that bring the context down to ``max_ctx``
+    tokens, each alone, each a value the settings accept; none of a kind when no such value fits."""
+    remedies = []
+    if use.user_set:  # the context keeps its size: only a smaller one helps, if it still holds the prompt
+        smaller = min(n_ctx - 1, max_ctx) // CONTEXT_STEP * CONTEXT_STEP
+        if smaller >= max(use.needed, CONTEXT_STEP):
+            remedies.append(Remedy("a smaller context", "engine.n_ctx", smaller))
+        return remedies
+
+    def fits(needed: int) -> bool:
+        return context_for(needed) <= max_ctx
+
+    if use.frames:
+        # Qwen takes frames in pairs: even counts from the lower limit (at least 2) up to two fewer than now.
+        low = max(2, use.min_frames + use.min_frames % 2)
+        other = use.needed - use.video_tokens
+
+        def frames_fit(pairs: int) -> bool:
+            return fits(other + use.video_tokens * 2 * pairs // use.frames)
+
+        pairs = _largest(low // 2, (use.frames - 1) // 2, frames_fit)
+        if pairs is not None:
+            remedies.append(Remedy("fewer frames", "frames.max_frames", 2 * pairs))
+    if use.answer > MIN_USEFUL_ANSWER:
+        rest = use.needed - use.answer
+        answer = _largest(MIN_USEFUL_ANSWER, use.answer - 1, lambda n: fits(rest + n))
+        if answer is not None:
+            remedies.append(Remedy("a shorter answer", "generation.max_tokens", answer))
+    return remedies
+
+
+def _largest(low: int, high: int, ok: Callable[[int], bool]) -> int | None:
+    """The largest x in [low, high] with ok(x), for an ok that holds up to some point and not after;
+    None when it does not hold at `low` (or the range is empty)."""
+    if high < low or not ok(low):
+        return None
+    while low < high:
+        middle = (low + high + 1) // 2
+        if ok(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
 __all__ = [
+    "CONTEXT_FLOOR",
+    "ContextUse",
     "DEFAULT_OVERHEAD_BYTES",
     "FitReport",
     "MemoryInfo",
     "apple_gpu_limit",
     "available_memory",
     "check_fit",
+    "context_size",
     "format_bytes",
     "format_tokens",
     "kv_bytes_per_token",

@@ -135,6 +135,10 @@ class ValueHook:
         self.lib.vr_hook_reset(self.h)
         self.lib.vr_hook_enable(self.h, int(capture))
 
+    def stop_capture(self) -> None:
+        """Ask for no node from now on (counts and captures are kept for inspection)."""
+        self.lib.vr_hook_enable(self.h, 0)
+
     def capture(self, key: str) -> np.ndarray:
         """The data copied from node `key` in the last decode, shaped as ggml's ne reversed (row-major)."""
         ne = (ctypes.c_int64 * 4)()

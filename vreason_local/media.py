@@ -38,6 +38,9 @@ class LoadedMedia:
     info: VideoInfo | None = None
     plan: SamplingPlan | None = None
     sampling_s: float = 0.0
+    # One line each, for the user before the answer (e.g. a video that ends before its header says):
+    # the answer is still given, but covers less than they may think.
+    warnings: tuple[str, ...] = ()
 
 
 def load_video(path: Path, settings: FrameSampling, patch: int, token_budget: int | None = None) -> LoadedMedia:
@@ -50,7 +53,7 @@ def load_video(path: Path, settings: FrameSampling, patch: int, token_budget: in
     plan = plan_sampling(info, settings)
     frames = sample_frames(path, plan)
     n = video_tokens(len(frames), plan.height, plan.width, patch=patch)
-    return LoadedMedia(Media("video", frames, str(path)), n, info, plan, time.perf_counter() - t0)
+    return LoadedMedia(Media("video", frames, str(path)), n, info, plan, time.perf_counter() - t0, info.warnings)
 
 
 def check_image_file(path: Path) -> None:

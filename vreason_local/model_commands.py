@@ -28,6 +28,11 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
+# `models list --json`: "downloaded" is a boolean for scripts; "state" also tells a download that was
+# started but not finished (one file, or an interrupted transfer) from none at all.
+_STATES = {"yes": "downloaded", "partial": "partial", "no": "not downloaded"}
+
+
 @click.group("models")
 def models() -> None:
     """List, download and fake the GGUF models vreason can use."""
@@ -61,7 +66,8 @@ def list_cmd(as_json: bool) -> None:
                     "mmproj_bytes": s.mmproj_bytes,
                     "context_length": s.context_length,
                     "verified": s.verified,
-                    "downloaded": st.state,
+                    "downloaded": st.downloaded,  # both files are in the cache
+                    "state": _STATES[st.state],
                     "model_path": str(st.model.path) if st.model.path else None,
                     "mmproj_path": str(st.mmproj.path) if st.mmproj.path else None,
                     "local_bytes": st.local_bytes,
@@ -97,7 +103,8 @@ def list_cmd(as_json: bool) -> None:
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show download progress bars.")
 def pull_cmd(name: str, endpoint: str | None, progress: bool) -> None:
     """Download model NAME (its GGUF and vision projector) into the Hugging Face cache."""
-    from .hub import hf_cache_dir, hf_endpoint, pull
+    from .download import pull
+    from .hub import hf_cache_dir, hf_endpoint
 
     spec = get_spec(name)
     click.echo(

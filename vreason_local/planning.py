@@ -13,15 +13,16 @@ from pathlib import Path
 
 from . import gguf_info
 from .cache import cache_dir
-from .engine import Engine, EngineSettings, GenerationSettings
+from .engine import Engine, EngineSettings, GenerationSettings, check_context
+from .checks import check_model_settings
 from .errors import UserError
-from .fit import check_fit, format_bytes
+from .fit import ContextUse, check_fit, context_size, format_bytes
 from .hub import resolve_model
+from .prompt import prefix_parts, question_text, text_token_bound
 from .media import LoadedMedia, Media, check_image_file, load_image, load_video
 from .video import FrameSampling, check_video_file
 
-PROMPT_OVERHEAD = 128  # system prompt, timestamps, question and instruction, in tokens (generous)
-
+QUESTION_ALLOWANCE = 512  # bytes of question (and the reasoning instruction) assumed when none is given yet
 
 @dataclass(frozen=True)
 class Estimate:
@@ -41,9 +42,13 @@ class Estimate:
         elif media.media.kind == "image":
             h, w = media.media.frames[0].rgb.shape[:2]
             what = f"image {w}x{h}"
-        guess = "" if self.measured else " (rough guess until measured here)"
+        guess = "" if self.measured else " (a guess until measured here)"
+        seconds = f"{self.prefill_s:.0f}" if self.prefill_s >= 10 else f"{self.prefill_s:.1f}"
+        if media.media.kind == "none":
+            return (f"text only; context {self.n_ctx:,} tokens, KV cache {format_bytes(self.kv_bytes)}; "
+                    f"prefill ~{seconds} s{guess}")
         return (f"{what} -> {self.n_media_tokens:,} vision tokens; context {self.n_ctx:,} tokens, "
-                f"KV cache {format_bytes(self.kv_bytes)}; encode + prefill ~{self.prefill_s:.0f} s{guess}")
+                f"KV cache {format_bytes(self.kv_bytes)}; encode + prefill ~{seconds} s{guess}")
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,8 @@ class Plan:
     media: LoadedMedia
     engine: EngineSettings
     estimate: Estimate
+    frame_settings: FrameSampling
+    token_budget: int | None
 
 
 def _speed_file() -> Path:
@@ -98,16 +105,20 @@ def _has_gpu() -> bool:
 
 def plan_run(model: str, mmproj: str | None, video: Path | None, image: Path | None, sampling: FrameSampling,
              gen: GenerationSettings, engine: EngineSettings, token_budget: int | None = None,
-             n_ctx: int | None = None) -> Plan:
-    """Resolve, sample and size a run; raise `UserError` with advice when it cannot work."""
+             n_ctx: int | None = None, question: str | None = None) -> Plan:
+    """Resolve, sample and size a run; raise `UserError` with remedies when it cannot work.
+
+    `n_ctx`: the user's context size (None: automatic). `question`, when known, sizes the estimate.
+    """
     if video and image:
-        raise UserError("give either --video or --image, not both")
+        raise UserError("a run takes a video or an image, not both")
     if video:  # the user's own files first: a typo should not be answered with "download the model"
         check_video_file(video)
     if image:
         check_image_file(image)
     model_path, mmproj_path = _resolve(model, mmproj, needs_vision=bool(video or image))
     info, projector = gguf_info.read_pair(model_path, mmproj_path)
+    check_model_settings(info, n_ctx)  # before the video is sampled
     patch = projector.patch_size if projector else 14
     if video:
         loaded = load_video(video, sampling, patch, token_budget)
@@ -115,21 +126,25 @@ def plan_run(model: str, mmproj: str | None, video: Path | None, image: Path | N
         loaded = load_image(image, sampling.max_pixels, patch)
     else:
         loaded = LoadedMedia(Media.none(), 0)
-    needed = loaded.n_tokens + PROMPT_OVERHEAD + gen.max_tokens
-    ctx = n_ctx or max(2048, -(-needed // 256) * 256)
-    if needed > min(ctx, info.n_ctx_train):
-        raise UserError(
-            f"the prompt needs ~{needed:,} tokens ({loaded.n_tokens:,} vision + {gen.max_tokens} to generate) but the "
-            f"context holds {min(ctx, info.n_ctx_train):,}; use --token-budget N, fewer frames (--max-frames), "
-            "a lower --max-pixels or --max-tokens" + ("" if n_ctx is None else ", or a larger --ctx"))
-    settings = replace(engine, n_ctx=ctx)
+    # An upper bound of the prompt (the engine counts it exactly before encoding, and sizes an automatic
+    # context from that): what the fit check and the estimate use, so neither is ever too small.
+    text, _ = prefix_parts(loaded.media, "")
+    asked = question_text(question, gen.reasoning, follow_up=False) if question else QUESTION_ALLOWANCE * "x"
+    n_prompt = loaded.n_tokens + text_token_bound(text) + text_token_bound(asked)
+    check_context(loaded.n_tokens + gen.max_tokens, n_ctx, info.n_ctx_train)  # certainly needed
+    needed = n_prompt + gen.max_tokens
+    ctx = n_ctx or min(info.n_ctx_train, context_size(needed))
+    settings = replace(engine, n_ctx=n_ctx)  # None: the engine sizes it from the real prompt
     kv = ctx * info.kv_bytes_per_token
     check_fit(info.file_bytes, projector.file_bytes if projector else 0, ctx, info.kv_bytes_per_token,
-              frames=len(loaded.media.frames) or None,
-              tokens_per_frame=(loaded.n_tokens // max(1, len(loaded.media.frames))) or None).require()
+              cpu_only=engine.n_gpu_layers == 0 or not _has_gpu(),
+              use=ContextUse(needed, gen.max_tokens, len(loaded.media.frames) if loaded.plan else 0,
+                             loaded.n_tokens if loaded.plan else 0, sampling.min_frames,
+                             user_set=n_ctx is not None)).require()
     speed, measured = _prefill_speed(info, settings)
-    est = Estimate(loaded.n_tokens, ctx, kv, (loaded.n_tokens + PROMPT_OVERHEAD) / speed, measured)
-    return Plan(info.path, projector.path if projector else None, info, projector, loaded, settings, est)
+    est = Estimate(loaded.n_tokens, ctx, kv, n_prompt / speed, measured)
+    return Plan(info.path, projector.path if projector else None, info, projector, loaded, settings, est, sampling,
+                token_budget)
 
 
 def _resolve(model: str, mmproj: str | None, needs_vision: bool) -> tuple[Path, Path | None]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vreason_local.errors import UserError
+from vreason_local.errors import Remedy, SettingError, UserError
 
 # FFmpeg prints decoder complaints ("moov atom not found", "No JPEG data found") straight to
 # stderr, ahead of our own one-line error. OpenCV reads this variable when it first starts
@@ -26,6 +26,10 @@ from vreason_local.errors import UserError
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 QWEN2_FACTOR = 28  # Qwen2/2.5-VL: 14 px patches, 2x2 merged -> one token per 28x28 px
+# The smallest frame the model is given (qwen-vl-utils' floor: 2x2 tokens of 28 px, 56x56): smaller
+# frames are scaled up to it, and the pixel budget may not go below it. It is above one token of every
+# family's grid (28x28, and 32x32 for Qwen3-VL), so `smart_resize` honours any budget from here up.
+MIN_PIXELS = 4 * 28 * 28
 MAX_ASPECT_RATIO = 200  # qwen-vl-utils rejects frames more elongated than this
 MAX_PLAUSIBLE_FPS = 1000.0  # high-speed cameras stay below; larger values are header garbage
 # fit_token_budget never shrinks frames below this: at 224x224 a frame is an 8x8 token grid,
@@ -52,6 +56,9 @@ class VideoInfo:
     height: int
     rotation_deg: int
     codec: str
+    # What the user should know before trusting the answer, e.g. that the file ends before its header
+    # says (one line each; front ends print them).
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -71,24 +78,46 @@ class FrameSampling:
     start_s: float | None = None
     end_s: float | None = None
     max_pixels: int = 336 * 336
-    min_pixels: int = 4 * 28 * 28  # qwen-vl-utils' floor; only tiny videos get upscaled
+    min_pixels: int = MIN_PIXELS  # only tiny videos get upscaled; not a user setting
     factor: int = QWEN2_FACTOR  # patch * merge of the target model (32 for Qwen3-VL)
 
     def __post_init__(self) -> None:
+        """Check the user's limits as soon as they are set, so a front end reports them before any work."""
         if not self.fps > 0:
-            raise UserError(f"sampling fps must be positive, got {self.fps}")
-        low, high = _even_frame_range(self.min_frames, self.max_frames)
-        if low > high:
-            raise UserError(
-                f"frame limits min={self.min_frames}, max={self.max_frames} leave no even frame count >= 2"
+            raise SettingError("frames.fps", self.fps, f"sampling fps must be positive, got {self.fps}")
+        self._check_frame_limits()
+        if self.min_pixels < 1:
+            raise ValueError(f"min_pixels must be positive, got {self.min_pixels}")
+        if self.max_pixels < self.min_pixels:
+            raise SettingError(
+                "frames.max_pixels", self.max_pixels,
+                f"a pixel budget of {self.max_pixels:,} per frame is below the smallest frame size the model "
+                f"is given ({self.min_pixels:,} pixels)",
+                [Remedy("the smallest frame size", "frames.max_pixels", self.min_pixels)],
             )
-        if not 0 < self.min_pixels <= self.max_pixels:
-            raise UserError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels} and {self.max_pixels}")
-        for name, value in (("start", self.start_s), ("end", self.end_s)):
+        for name, setting, value in (("start", "frames.start_s", self.start_s), ("end", "frames.end_s", self.end_s)):
             if value is not None and not value >= 0:
-                raise UserError(f"clip {name} must be a time >= 0 seconds, got {value}")
+                raise SettingError(setting, value, f"clip {name} must be a time >= 0 seconds, got {value}")
         if self.start_s is not None and self.end_s is not None and self.start_s >= self.end_s:
-            raise UserError(f"clip start ({self.start_s} s) must be before clip end ({self.end_s} s)")
+            raise SettingError("frames.end_s", self.end_s,
+                               f"clip start ({self.start_s} s) must be before clip end ({self.end_s} s)")
+
+    def _check_frame_limits(self) -> None:
+        """Qwen takes frames in pairs, so the limits must leave room for an even count of at least 2;
+        the remedies are values that make them do so when changed alone."""
+        low, high = _even_frame_range(self.min_frames, self.max_frames)
+        if low <= high:
+            return
+        if self.max_frames < 2:
+            problem = (f"frame limits allow at most {self.max_frames} frame{'' if self.max_frames == 1 else 's'}, "
+                       "but a video is given to the model as an even number of frames, at least 2")
+        else:
+            problem = (f"frame limits of at least {self.min_frames} and at most {self.max_frames} frames leave "
+                       "no even frame count (a video is given to the model in pairs of frames)")
+        remedies = [Remedy("more frames", "frames.max_frames", low)]
+        if high >= 2:
+            remedies.append(Remedy("a lower minimum", "frames.min_frames", high))
+        raise SettingError("frames.max_frames", self.max_frames, problem, remedies)
 
 
 def _even_frame_range(min_frames: int, max_frames: int) -> tuple[int, int]:
@@ -135,17 +164,22 @@ def probe(path: str | Path) -> VideoInfo:
 
     Header values are checked, not trusted: a frame count that is missing is counted by
     reading, and one whose last frame does not decode (a truncated file) is corrected by a
-    binary search with seeks, so `plan_sampling` never picks frames that do not exist.
+    binary search with seeks, so `plan_sampling` never picks frames that do not exist. The
+    user is then warned (`VideoInfo.warnings`): the answer covers only the part that decodes.
     """
     path = check_video_file(path)
     with _capture(path) as cap:
         first = _first_frame(cap, path)
         fps = _checked_fps(cap, path)
-        count = _verified_frame_count(cap, path)
+        count, promised = _verified_frame_count(cap, path)
         rotation = int(cap.get(cv2.CAP_PROP_ORIENTATION_META)) % 360
         codec = _fourcc(cap)
     height, width = first.shape[:2]
-    return VideoInfo(path, count / fps, fps, count, width, height, rotation, codec)
+    warnings: tuple[str, ...] = ()
+    if count < promised:
+        warnings = (f"{path.name} ends early: its header promises {promised / fps:.1f} s ({promised} frames) but "
+                    f"only the first {count / fps:.1f} s ({count} frames) can be decoded; the answer covers only those",)
+    return VideoInfo(path, count / fps, fps, count, width, height, rotation, codec, warnings)
 
 
 def check_video_file(path: str | Path) -> Path:
@@ -199,7 +233,7 @@ def _reject_unopenable(cap: cv2.VideoCapture, path: Path) -> None:
     """
     opened = cap.isOpened()
     if cv2.haveImageReader(str(path)) and (not opened or not cap.get(cv2.CAP_PROP_FRAME_COUNT) > 1):
-        raise UserError(f"{path} is a still image, not a video; pass it with --image instead")
+        raise UserError(f"{path} is a still image, not a video", [Remedy("give it as the image", "image", str(path))])
     if not opened:
         raise UserError(
             f"cannot open {path} as a video: not a video file, or its container or codec is not "
@@ -228,15 +262,17 @@ def _checked_fps(cap: cv2.VideoCapture, path: Path) -> float:
     return fps
 
 
-def _verified_frame_count(cap: cv2.VideoCapture, path: Path) -> int:
-    """Frame count from the header when its last frame decodes, else measured."""
+def _verified_frame_count(cap: cv2.VideoCapture, path: Path) -> tuple[int, int]:
+    """(frames that decode, frames the header promises): the header's count when its last frame
+    decodes, else measured (the promise is then the measured count when the header has none)."""
     reported = cap.get(cv2.CAP_PROP_FRAME_COUNT)
     if not 1 <= reported < 2**40:  # 0, negative or absurd: some containers do not store it
-        return _count_by_reading(path)
-    count = int(reported)
-    if _decodes_at(cap, count - 1):
-        return count
-    return _last_decodable(cap, count - 1) + 1
+        count = _count_by_reading(path)
+        return count, count
+    promised = int(reported)
+    if _decodes_at(cap, promised - 1):
+        return promised, promised
+    return _last_decodable(cap, promised - 1) + 1, promised
 
 
 def _count_by_reading(path: Path) -> int:
@@ -284,27 +320,35 @@ def smart_resize(
     height: int,
     width: int,
     factor: int = QWEN2_FACTOR,
-    min_pixels: int = 4 * 28 * 28,
+    min_pixels: int = MIN_PIXELS,
     max_pixels: int = 16384 * 28 * 28,
 ) -> tuple[int, int]:
     """Qwen-VL's resize rule (qwen-vl-utils): sides multiples of `factor`, area within budget.
 
     Each side is rounded to the nearest multiple of `factor`; if the area then leaves
-    [min_pixels, max_pixels], both sides are scaled by the same ratio and floored (or ceiled)
-    to multiples, which keeps the aspect ratio as closely as the grid allows.
+    [min_pixels, max_pixels], both sides are scaled by the same ratio and ceiled (or floored)
+    to multiples, which keeps the aspect ratio as closely as the grid allows. The budget wins
+    over min_pixels, and unlike qwen-vl-utils it also holds for very elongated frames, whose
+    short side cannot go below one grid cell: the long side then gives up the area. So any
+    max_pixels of at least factor**2 (one token) is honoured.
     """
     if min(height, width) < 1 or max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
         raise UserError(f"frame size {width}x{height} is unusable: aspect ratio must be at most {MAX_ASPECT_RATIO}:1")
     h_bar = max(factor, round(height / factor) * factor)
     w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
     if h_bar * w_bar > max_pixels:
         beta = math.sqrt(height * width / max_pixels)
         h_bar = max(factor, math.floor(height / beta / factor) * factor)
         w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
+        cells = max(1, max_pixels // (factor * factor))  # the budget in grid cells
+        if h_bar == factor:
+            w_bar = min(w_bar, cells * factor)
+        elif w_bar == factor:
+            h_bar = min(h_bar, cells * factor)
     return h_bar, w_bar
 
 
