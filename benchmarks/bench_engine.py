@@ -48,9 +48,13 @@ def main() -> None:
     print(f"video: {enc.n_frames} frames -> {enc.n_media_tokens} vision tokens, prompt {enc.n_tokens} tokens")
     print(f"vision encode: {enc.encode_s:.2f} s ({enc.n_media_tokens / enc.encode_s:.1f} tokens/s)")
     print(f"prefill: {enc.n_tokens / enc.prefill_s:.1f} tokens/s ({enc.prefill_s:.2f} s for {enc.n_tokens} tokens)")
-    print(f"decode: {1 / median(steps):.2f} tokens/s (median of {len(steps)} steps, {median(steps) * 1e3:.0f} ms/token)")
-    print(f"time to first token: first question {first['ttft_s']:.2f} s, follow-up {follow['ttft_s']:.2f} s "
-          f"(reused={follow['encoded'].reused}); follow-up/first = {follow['ttft_s'] / first['ttft_s']:.3f}")
+    print(
+        f"decode: {1 / median(steps):.2f} tokens/s (median of {len(steps)} steps, {median(steps) * 1e3:.0f} ms/token)"
+    )
+    print(
+        f"time to first token: first question {first['ttft_s']:.2f} s, follow-up {follow['ttft_s']:.2f} s "
+        f"(reused={follow['encoded'].reused}); follow-up/first = {follow['ttft_s'] / first['ttft_s']:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def main() -> None:
         print(f"grab_all_frames ms_per_video_minute {median_ms(lambda: grab_all(path), repeats) / minutes:.1f}")
         for name, settings in SETTINGS.items():
             plan = plan_sampling(info, settings)
-            ms = median_ms(lambda: sample_frames(path, plan), repeats)
+            ms = median_ms(lambda plan=plan: sample_frames(path, plan), repeats)
             print(
                 f"sample {name}: frames {len(plan.indices)} size {plan.width}x{plan.height} "
                 f"ms_per_video_minute {ms / minutes:.1f} ms_per_frame {ms / len(plan.indices):.2f}"

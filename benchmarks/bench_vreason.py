@@ -16,11 +16,12 @@ import subprocess
 import sys
 import time
 
+import llama_cpp as L
 import numpy as np
 from _setup import clip, median, model_3b, steady_step_s
 
 from vreason_local.engine import Engine, EngineSettings, GenerationSettings
-from vreason_local.events import Finished, TokenEvent
+from vreason_local.events import TokenEvent
 from vreason_local.gguf_info import read_model_info
 from vreason_local.hook import ValueHook, _load
 from vreason_local.llama_backend import Context, Model, default_threads
@@ -28,9 +29,11 @@ from vreason_local.media import load_video
 from vreason_local.video import FrameSampling
 from vreason_local.vreason import VReasonSettings
 
-import llama_cpp as L
-
-PROMPT = "<|im_start|>user\n" + "Describe the scene in careful detail, frame by frame. " * 24 + "<|im_end|>\n<|im_start|>assistant\n"
+PROMPT = (
+    "<|im_start|>user\n"
+    + "Describe the scene in careful detail, frame by frame. " * 24
+    + "<|im_end|>\n<|im_start|>assistant\n"
+)
 
 
 def python_callback(names: set[bytes], capture: list[bool], sizes: dict[bytes, int]):
@@ -76,8 +79,10 @@ def bench_invocation(info, nodes_per_token: int, decode_s: float, calls: int = 2
     hook.close()
     for name, ns in (("C hook (native/vr_hook.c)", c_ns), ("plain ctypes callback", py_ns)):
         per_token = ns * nodes_per_token * 1e-6
-        print(f"   {name:28s} {ns:8.0f} ns per node -> {per_token:6.3f} ms per token at {nodes_per_token} nodes "
-              f"({per_token / (decode_s * 1e3) * 100:.2f}% of a {decode_s * 1e3:.0f} ms decode)")
+        print(
+            f"   {name:28s} {ns:8.0f} ns per node -> {per_token:6.3f} ms per token at {nodes_per_token} nodes "
+            f"({per_token / (decode_s * 1e3) * 100:.2f}% of a {decode_s * 1e3:.0f} ms decode)"
+        )
 
 
 def decode_loop(ctx: Context, model: Model, n: int, capture=None) -> list[float]:
@@ -123,15 +128,19 @@ def bench_callbacks(path, tokens: int, rounds: int, label: str) -> None:
         capture[0] = False
         for name, ctx in ctxs.items():
             runs[name] += decode_loop(ctx, model, tokens)
-        runs["C hook capturing (Qcur, ffn_inp)"] += decode_loop(ctxs["C hook installed, capture off"], model, tokens,
-                                                              hook.prepare)
-        runs["ctypes callback capturing (Qcur, ffn_inp)"] += decode_loop(ctxs["ctypes callback, answers no"], model, tokens,
-                                                                       lambda on: capture.__setitem__(0, on))
+        runs["C hook capturing (Qcur, ffn_inp)"] += decode_loop(
+            ctxs["C hook installed, capture off"], model, tokens, hook.prepare
+        )
+        runs["ctypes callback capturing (Qcur, ffn_inp)"] += decode_loop(
+            ctxs["ctypes callback, answers no"], model, tokens, lambda on: capture.__setitem__(0, on)
+        )
     decode_loop(ctxs["C hook installed, capture off"], model, 1, hook.prepare)
     nodes = hook.counts[0]  # nodes asked since the last prepare(): one token's graph
     ref = median(runs["no callback"])
-    print(f"A. eval callback cost, {label} ({nodes} graph nodes per token; ms per decoded token, median of "
-          f"{len(runs['no callback'])}; ratio to no callback)")
+    print(
+        f"A. eval callback cost, {label} ({nodes} graph nodes per token; ms per decoded token, median of "
+        f"{len(runs['no callback'])}; ratio to no callback)"
+    )
     for name, ts in runs.items():
         extra_ns = (median(ts) - ref) / nodes * 1e9
         print(f"   {name:44s} {median(ts) * 1e3:8.3f} ms   x{median(ts) / ref:.3f}   ({extra_ns:+.0f} ns per node)")
@@ -153,7 +162,9 @@ def bench_decode(model, tokens: int, rounds: int, frames: int, dtype: str) -> No
         for _ in range(rounds):
             for mode in ("base", "vreason"):
                 t_s = []
-                for ev in engine.ask(lm.media, "What happens in this video?", gen, mode, VReasonSettings(every=2, steps=1, dtype=dtype)):
+                for ev in engine.ask(
+                    lm.media, "What happens in this video?", gen, mode, VReasonSettings(every=2, steps=1, dtype=dtype)
+                ):
                     if isinstance(ev, TokenEvent):
                         t_s.append(ev.t_s)
                         if ev.control and ev.control.update_ms is not None:
@@ -162,23 +173,35 @@ def bench_decode(model, tokens: int, rounds: int, frames: int, dtype: str) -> No
                 per[mode] += steady_step_s(t_s)
         rows = engine.controller.n_rows
     base, vr = float(np.mean(per["base"])), float(np.mean(per["vreason"]))
-    print(f"B. time per generated token ({lm.n_tokens} video tokens controlled: {rows}; mean of {len(per['base'])} steps each)")
-    print(f"   base {base * 1e3:.1f} ms, V-Reason (k=2, 1 step, tail {engine._tail.kind}) {vr * 1e3:.1f} ms: "
-          f"V-Reason/base = x{vr / base:.3f}")
-    print(f"   controller update: median {median(updates):.1f} ms per update (every 2nd token); "
-          f"self-check max |logit diff| {max(selfchecks):.2e}")
+    print(
+        f"B. time per generated token ({lm.n_tokens} video tokens controlled: {rows}; mean of {len(per['base'])} steps each)"
+    )
+    print(
+        f"   base {base * 1e3:.1f} ms, V-Reason (k=2, 1 step, tail {engine._tail.kind}) {vr * 1e3:.1f} ms: "
+        f"V-Reason/base = x{vr / base:.3f}"
+    )
+    print(
+        f"   controller update: median {median(updates):.1f} ms per update (every 2nd token); "
+        f"self-check max |logit diff| {max(selfchecks):.2e}"
+    )
 
 
 # A lean parent for the measured run: a child forked from this (large) benchmark process would start
 # with this process's resident pages and report them as its own peak.
-_MEASURE = ("import json, resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True); "
-            "print(json.dumps([p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.stdout.decode()]))")
+_MEASURE = (
+    "import json, resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True); "
+    "print(json.dumps([p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.stdout.decode()]))"
+)
 
 
 def peak_rss(args: list[str]) -> tuple[float, dict]:
     """Peak resident memory (bytes) of one `vreason` run, and its JSON output."""
-    out = subprocess.run([sys.executable, "-c", _MEASURE, sys.executable, "-m", "vreason_local.cli", *args],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", _MEASURE, sys.executable, "-m", "vreason_local.cli", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     code, max_rss_kb, stdout = json.loads(out)
     if code != 0:
         raise SystemExit(f"vreason run failed: {args}")
@@ -186,9 +209,24 @@ def peak_rss(args: list[str]) -> tuple[float, dict]:
 
 
 def bench_memory(model, tokens: int, frames: int, dtype: str) -> None:
-    common = ["run", "--model", str(model.model_path), "--mmproj", str(model.mmproj_path), "--video", str(clip()),
-              "-q", "What happens?", "--json", "--max-tokens", str(tokens), "--min-frames", str(frames),
-              "--max-frames", str(frames)]
+    common = [
+        "run",
+        "--model",
+        str(model.model_path),
+        "--mmproj",
+        str(model.mmproj_path),
+        "--video",
+        str(clip()),
+        "-q",
+        "What happens?",
+        "--json",
+        "--max-tokens",
+        str(tokens),
+        "--min-frames",
+        str(frames),
+        "--max-frames",
+        str(frames),
+    ]
     base, _ = peak_rss(common + ["--mode", "base"])
     vr, out = peak_rss(common + ["--mode", "vreason", "--tail-dtype", dtype])
     print(f"C. peak memory (max RSS of `vreason run`, {out['n_video_tokens']} video tokens, {tokens} tokens)")
@@ -201,7 +239,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--frames", type=int, default=4)
     ap.add_argument("--only", choices=["A", "B", "C"], default=None)
-    ap.add_argument("--tail-dtype", default="auto", help="storage of the controller's weights (auto, float32, bfloat16, float16, int8)")
+    ap.add_argument(
+        "--tail-dtype",
+        default="auto",
+        help="storage of the controller's weights (auto, float32, bfloat16, float16, int8)",
+    )
     args = ap.parse_args()
     model = model_3b()
     print(f"model: {model.model_path.name} (Qwen2.5-VL-3B shape, Q8_0, random weights), {default_threads()} threads")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 import threading
 import time
@@ -18,12 +19,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-import huggingface_hub.constants  # imported now, before any test sets HF_HUB_OFFLINE: it reads env once
+import huggingface_hub.constants
 import pytest
 from click.testing import CliRunner
 
-from vreason_local import fit, hub, registry
-from vreason_local.errors import UserError
+from vreason_local import download, fit, hub, registry
+from vreason_local.cache import cache_dir
+from vreason_local.errors import Remedy, UserError
 from vreason_local.model_commands import models as models_group
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -169,18 +171,21 @@ def fake_hub():
 
 @pytest.fixture
 def hf_env(tmp_path, monkeypatch):
-    """A private HF home and cache for this test; no endpoint, offline flag or real token from outside."""
+    """A private HF home and cache for this test, online whatever the caller's shell said.
+
+    conftest drops the caller's HF_* variables, but huggingface_hub may have been imported with
+    HF_HUB_OFFLINE set (it reads it once) and then refuses every request; its flag is cleared here so
+    the download tests run rather than skip. Tests that want offline mode set HF_HUB_OFFLINE themselves,
+    which `hub.offline_mode` reads at call time.
+    """
     home = tmp_path / "hf_home"
     monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
-    monkeypatch.setenv("HF_TOKEN", "hf_dummy_token_for_tests")  # so the real token file is never read
+    monkeypatch.setenv("HF_TOKEN", "hf_dummy_token_for_tests")  # requests carry a token, as a logged-in user's do
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # the fake Hub is local even behind a proxy
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    for var in ("HF_ENDPOINT", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_OIDC_RESOURCE"):
-        monkeypatch.delenv(var, raising=False)
-    if huggingface_hub.constants.HF_HUB_OFFLINE:
-        pytest.skip("huggingface_hub was imported with HF_HUB_OFFLINE set; download tests need it unset")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     return home / "hub"
 
 
@@ -241,6 +246,20 @@ def test_spec_kv_matches_published_figures():
     assert registry.get_spec("qwen3-vl-2b").kv_bytes_per_token() * 1024 == 117_440_512
 
 
+def test_the_run_uses_none_of_the_callers_caches_or_settings():
+    """conftest's isolation: every cache lies outside ~/.cache, and huggingface_hub, imported after it, agrees."""
+    user_cache = Path.home() / ".cache"
+    for path in (
+        hub.hf_cache_dir(),
+        cache_dir(),
+        Path(huggingface_hub.constants.HF_HUB_CACHE),
+        Path(huggingface_hub.constants.HF_TOKEN_PATH),
+    ):
+        assert user_cache not in path.parents, path
+    assert not [k for k in os.environ if k in {"VREASON_REPACK", "HF_HUB_OFFLINE", "HF_ENDPOINT", "HF_TOKEN"}]
+    assert not huggingface_hub.constants.HF_HUB_OFFLINE
+
+
 # --------------------------------------------------------------------------------------------- path mode
 
 
@@ -264,7 +283,7 @@ def test_path_mode_missing_model_and_missing_projector(tmp_path):
     model = _touch(tmp_path / "m.gguf")
     with pytest.raises(UserError) as e:
         hub.resolve_model(str(model))
-    assert "pass --mmproj" in _one_line(e)
+    assert "no projector" in _one_line(e) and e.value.remedies[0].setting == "mmproj"
     with pytest.raises(UserError, match="projector"):
         hub.resolve_model(str(model), str(tmp_path / "missing-mmproj.gguf"))
 
@@ -276,7 +295,7 @@ def test_path_mode_two_projectors_is_ambiguous(tmp_path):
     with pytest.raises(UserError) as e:
         hub.resolve_model(str(model))
     msg = _one_line(e)
-    assert "mmproj-a.gguf" in msg and "mmproj-b.gguf" in msg and "--mmproj" in msg
+    assert "mmproj-a.gguf" in msg and "mmproj-b.gguf" in msg and e.value.remedies[0].setting == "mmproj"
 
 
 def test_path_mode_refuses_a_projector_as_the_model(tmp_path):
@@ -302,14 +321,14 @@ def test_missing_files_name_them_and_the_pull_command(hf_env, monkeypatch):
 def test_pull_downloads_into_the_cache_and_resolves_offline(hf_env, fake_hub, monkeypatch):
     spec = registry.get_spec("qwen2.5-vl-3b")
     data = fake_hub.add_spec(spec)
-    r = hub.pull(spec.name, endpoint=fake_hub.url, progress=False)
+    r = download.pull(spec.name, endpoint=fake_hub.url, progress=False)
     for path, name in ((r.model_path, spec.model_file), (r.mmproj_path, spec.mmproj_file)):
         assert path.read_bytes() == data[name]
         assert hf_env in path.parents and path.name == name
         assert fake_hub.seen("HEAD", name) and fake_hub.seen("GET", name) == [None]
 
     before = len(fake_hub.requests)
-    assert hub.pull(spec.name, endpoint=fake_hub.url, progress=False) == r  # cached: no network
+    assert download.pull(spec.name, endpoint=fake_hub.url, progress=False) == r  # cached: no network
     assert len(fake_hub.requests) == before
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -329,7 +348,7 @@ def test_interrupted_download_resumes_with_a_range_request(hf_env, fake_hub):
     spec = registry.get_spec("qwen3-vl-2b")
     data = fake_hub.add_spec(spec, size=3_000_000)
     fake_hub.drop_first_get.add(spec.model_file)
-    r = hub.pull(spec.name, endpoint=fake_hub.url, progress=False, cache_dir=hf_env)
+    r = download.pull(spec.name, endpoint=fake_hub.url, progress=False, cache_dir=hf_env)
     ranges = fake_hub.seen("GET", spec.model_file)
     assert ranges[0] is None and len(ranges) == 2
     half = len(data[spec.model_file]) // 2
@@ -339,13 +358,13 @@ def test_interrupted_download_resumes_with_a_range_request(hf_env, fake_hub):
 
 
 def test_a_second_pull_continues_a_download_the_first_run_could_not_finish(hf_env, fake_hub, monkeypatch):
-    monkeypatch.setattr(hub, "_RETRY_WAIT_S", 0.0)
+    monkeypatch.setattr(download, "_RETRY_WAIT_S", 0.0)
     spec = registry.get_spec("qwen2.5-vl-3b")
     data = fake_hub.add_spec(spec, size=2_000_000)
     cut = 1_234_567
     fake_hub.cut_at[spec.model_file] = cut  # every attempt of the first run stops there
     with pytest.raises(UserError) as e:
-        hub.pull(spec.name, endpoint=fake_hub.url, progress=False)
+        download.pull(spec.name, endpoint=fake_hub.url, progress=False)
     msg = _one_line(e)
     assert spec.model_file in msg and spec.repo_id in msg and "connection dropped" in msg
     again = "run `vreason models pull qwen2.5-vl-3b` again to continue"
@@ -359,7 +378,7 @@ def test_a_second_pull_continues_a_download_the_first_run_could_not_finish(hf_en
 
     del fake_hub.cut_at[spec.model_file]
     fake_hub.requests.clear()
-    r = hub.pull(spec.name, endpoint=fake_hub.url, progress=False)
+    r = download.pull(spec.name, endpoint=fake_hub.url, progress=False)
     assert fake_hub.seen("GET", spec.model_file) == [f"bytes={cut}-"]
     blob = _blobs(hf_env, spec) / etag
     assert blob.read_bytes() == data[spec.model_file] and not partial.exists()
@@ -389,7 +408,7 @@ def test_a_server_that_ignores_range_still_gives_the_right_file(hf_env, fake_hub
     blobs.mkdir(parents=True)
     (blobs / f"{etag}.incomplete").write_bytes(data[spec.model_file][:200_000])
     fake_hub.ignore_range = True
-    r = hub.pull(spec.name, endpoint=fake_hub.url, progress=False)
+    r = download.pull(spec.name, endpoint=fake_hub.url, progress=False)
     assert fake_hub.seen("GET", spec.model_file) == ["bytes=200000-"]  # asked, got 200 with the whole body
     assert r.model_path.read_bytes() == data[spec.model_file]
     assert not (blobs / f"{etag}.incomplete").exists()
@@ -398,15 +417,15 @@ def test_a_server_that_ignores_range_still_gives_the_right_file(hf_env, fake_hub
 def test_a_complete_file_is_not_fetched_again(hf_env, fake_hub):
     spec = registry.get_spec("qwen2-vl-2b")
     data = fake_hub.add_spec(spec, size=100_000)
-    first = hub.pull(spec.name, endpoint=fake_hub.url, progress=False)
+    first = download.pull(spec.name, endpoint=fake_hub.url, progress=False)
     # The snapshot link is gone but the blob is there: relinked from the blob, no GET.
     first.model_path.unlink()
     fake_hub.requests.clear()
-    r = hub.pull(spec.name, endpoint=fake_hub.url, progress=False)
+    r = download.pull(spec.name, endpoint=fake_hub.url, progress=False)
     assert r == first and r.model_path.read_bytes() == data[spec.model_file]
     assert fake_hub.seen("GET", spec.model_file) == [] and fake_hub.seen("GET", spec.mmproj_file) == []
     fake_hub.requests.clear()
-    assert hub.pull(spec.name, endpoint=fake_hub.url, progress=False) == first
+    assert download.pull(spec.name, endpoint=fake_hub.url, progress=False) == first
     assert fake_hub.requests == []
 
 
@@ -414,7 +433,7 @@ def test_404_is_one_line_and_keeps_the_finished_file(hf_env, fake_hub, monkeypat
     spec = registry.get_spec("qwen2.5-vl-3b")
     fake_hub.add_spec(spec, skip=(spec.mmproj_file,))
     with pytest.raises(UserError) as e:
-        hub.pull(spec.name, endpoint=fake_hub.url, progress=False)
+        download.pull(spec.name, endpoint=fake_hub.url, progress=False)
     msg = _one_line(e)
     assert spec.mmproj_file in msg and spec.repo_id in msg and "404" in msg
     assert f"{spec.model_file} already downloaded and kept" in msg
@@ -428,14 +447,18 @@ def test_404_is_one_line_and_keeps_the_finished_file(hf_env, fake_hub, monkeypat
     assert "vreason models pull qwen2.5-vl-3b" in msg
 
 
-def test_unreachable_endpoint_fails_fast_with_the_cause(hf_env):
-    start = time.monotonic()
+def test_unreachable_endpoint_fails_fast_with_the_cause(hf_env, monkeypatch):
+    # "Fast" means at the first refused connection, without retries: huggingface_hub's backoff and the
+    # resume loop both wait with time.sleep between attempts, so a pull that never sleeps tried once.
+    # Counted rather than timed, so a slow or loaded machine gives the same verdict.
+    waits: list[float] = []
+    monkeypatch.setattr(time, "sleep", waits.append)
     with pytest.raises(UserError) as e:
-        hub.pull("qwen2-vl-2b", endpoint=f"http://127.0.0.1:{_closed_port()}", progress=False)
+        download.pull("qwen2-vl-2b", endpoint=f"http://127.0.0.1:{_closed_port()}", progress=False)
     msg = _one_line(e)
     assert "connection refused" in msg and "ggml-org/Qwen2-VL-2B-Instruct-GGUF" in msg
     assert "files already downloaded are kept" in msg
-    assert time.monotonic() - start < 10
+    assert waits == []
 
 
 def test_a_server_that_is_not_a_hub_is_named(hf_env, fake_hub):
@@ -443,13 +466,13 @@ def test_a_server_that_is_not_a_hub_is_named(hf_env, fake_hub):
     fake_hub.add_spec(spec)
     fake_hub.hub_headers = False
     with pytest.raises(UserError, match="did not answer like a Hugging Face Hub"):
-        hub.pull(spec.name, endpoint=fake_hub.url, progress=False)
+        download.pull(spec.name, endpoint=fake_hub.url, progress=False)
 
 
 def test_offline_mode_refuses_to_pull(hf_env, fake_hub, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="offline mode is on"):
-        hub.pull("qwen2-vl-2b", endpoint=fake_hub.url, progress=False)
+        download.pull("qwen2-vl-2b", endpoint=fake_hub.url, progress=False)
     assert fake_hub.requests == []
 
 
@@ -457,7 +480,7 @@ def test_hf_endpoint_env_is_read_at_call_time(hf_env, fake_hub, monkeypatch):
     spec = registry.get_spec("qwen2-vl-2b")
     fake_hub.add_spec(spec, size=50_000)
     monkeypatch.setenv("HF_ENDPOINT", fake_hub.url + "/")
-    r = hub.pull(spec.name, progress=False)
+    r = download.pull(spec.name, progress=False)
     assert r.model_path.is_file() and fake_hub.seen("GET", spec.mmproj_file)
 
 
@@ -474,26 +497,149 @@ def test_kv_bytes_per_token_by_hand():
         fit.kv_bytes_per_token(0, 4, 128)
 
 
-def test_check_fit_fits_and_does_not():
-    mem = fit.MemoryInfo(total=16 * 10**9, available=12 * 10**9, limit=None, source="test")
-    kv = fit.kv_bytes_per_token(28, 4, 128)
-    ok = fit.check_fit(4_700_000_000, 850_000_000, 32_000, kv, 800_000_000, mem)
-    assert ok.fits and ok.advice == "" and ok.needed == 4_700_000_000 + 850_000_000 + 32_000 * kv + 800_000_000
+GB = 10**9
+KV_7B = fit.kv_bytes_per_token(28, 4, 128)  # 57,344 bytes per token
 
-    tight = fit.MemoryInfo(total=16 * 10**9, available=8 * 10**9, limit=7 * 10**9, source="test")
-    bad = fit.check_fit(4_200_000_000, 1_300_000_000, 38_000, kv, 500_000_000, tight, frames=64, tokens_per_frame=560)
-    assert not bad.fits and bad.available == 7 * 10**9
-    assert bad.summary.startswith("needs 8.2 GB (model 4.2 + projector 1.3 + KV 2.2 for 38k tokens")
+
+def _mem(available: int, limit: int | None = None, gpu_free: int | None = None) -> fit.MemoryInfo:
+    return fit.MemoryInfo(
+        total=16 * GB,
+        available=available,
+        limit=limit,
+        source="test",
+        gpu_total=None if gpu_free is None else 24 * GB,
+        gpu_free=gpu_free,
+    )
+
+
+def _video_use(frames: int, per_frame: int, answer: int = 1024, min_frames: int = 4) -> fit.ContextUse:
+    """What plan_run passes for a video: its tokens, the prompt's 128 and the answer's."""
+    return fit.ContextUse(frames * per_frame + 128 + answer, answer, frames, frames * per_frame, min_frames)
+
+
+def _applied(use: fit.ContextUse, remedy: Remedy) -> tuple[fit.ContextUse, int | None]:
+    """The context use after following `remedy`, and the context size it sets (None: sized from the use)."""
+    if remedy.setting == "frames.max_frames":
+        video = use.video_tokens * remedy.value // use.frames
+        return fit.ContextUse(
+            use.needed - use.video_tokens + video, use.answer, remedy.value, video, use.min_frames
+        ), None
+    if remedy.setting == "generation.max_tokens":
+        return fit.ContextUse(
+            use.needed - use.answer + remedy.value, remedy.value, use.frames, use.video_tokens, use.min_frames
+        ), None
+    assert remedy.setting == "engine.n_ctx", remedy
+    return use, remedy.value
+
+
+def test_check_fit_adds_up_and_fits():
+    ok = fit.check_fit(4_700_000_000, 850_000_000, 32_000, KV_7B, 800_000_000, _mem(12 * GB))
+    assert ok.fits and ok.remedies == () and ok.needed == 4_700_000_000 + 850_000_000 + 32_000 * KV_7B + 800_000_000
+    ok.require()
+
+
+def test_check_fit_names_a_frame_limit_that_fits():
+    tight = _mem(8 * GB, limit=7 * GB)
+    use = _video_use(64, 560)  # 35,840 video + 128 + 1,024 = 36,992 tokens -> a 37,120-token context
+    bad = fit.check_fit(4_200_000_000, 1_300_000_000, fit.context_size(use.needed), KV_7B, 500_000_000, tight, use=use)
+    assert not bad.fits and bad.available == 7 * GB and not bad.on_gpu
+    assert bad.summary.startswith("needs 8.1 GB (model 4.2 + projector 1.3 + KV 2.1 for 37k tokens")
     assert "but 7.0 GB is available" in bad.summary
-    # (7.0e9 - 6.0e9) / 57344 = 17438 tokens fit; 38000 - 64*560 = 2160 are not frames -> 27 frames.
-    assert bad.max_ctx_tokens == 17_438 and "--max-frames 27" in bad.advice and "vreason models list" in bad.advice
-
+    # (7.0e9 - 6.0e9) // 57,344 = 17,438 tokens fit; 1,152 are not frames, 28 frames make 16,832 -> 16,896.
+    assert bad.max_ctx_tokens == 17_438
+    assert bad.remedies == (Remedy("fewer frames", "frames.max_frames", 28),)
     with pytest.raises(UserError) as e:
-        fit.check_fit(4_200_000_000, 1_300_000_000, 38_000, kv, 500_000_000, tight, frames=64, tokens_per_frame=560).require()
-    assert _one_line(e) == f"{bad.summary}; {bad.advice}"
+        bad.require()
+    assert _one_line(e) == bad.summary and "--" not in _one_line(e)  # the core names settings, not flags
+    assert e.value.remedies == bad.remedies
 
-    weights_only = fit.check_fit(9 * 10**9, 10**9, 1000, kv, 0, tight)
-    assert not weights_only.fits and "smaller model" in weights_only.advice
+
+@pytest.mark.parametrize("kv_share", [0.02, 0.1, 0.3, 0.6, 0.9, 0.99])
+@pytest.mark.parametrize(
+    "use",
+    [
+        _video_use(64, 560),
+        _video_use(32, 80),
+        _video_use(6, 900, min_frames=2),
+        fit.ContextUse(128 + 300 + 8192, 8192),
+        fit.ContextUse(128 + 1024, 1024, user_set=True),
+    ],
+)
+def test_every_remedy_is_a_valid_value_that_fits(kv_share, use):
+    """Whatever the shortfall (room for `kv_share` of the KV cache), each suggested value is one the settings
+    accept and, applied alone, fits: never an odd frame count, fewer than 2 frames or a context below the floor."""
+    weights, overhead = 5_500_000_000, 500_000_000
+    ctx = 32_768 if use.user_set else fit.context_size(use.needed)
+    mem = _mem(weights + overhead + int(kv_share * ctx * KV_7B))
+    report = fit.check_fit(weights, 0, ctx, KV_7B, overhead, mem, use=use)
+    assert not report.fits and report.remedies
+    for remedy in report.remedies:
+        if remedy.setting == "model":
+            assert len(report.remedies) == 1  # only when nothing within the settings fits
+            continue
+        new_use, new_ctx = _applied(use, remedy)
+        if remedy.setting == "frames.max_frames":
+            assert remedy.value % 2 == 0 and max(2, use.min_frames) <= remedy.value < use.frames
+        if remedy.setting == "engine.n_ctx":
+            assert new_use.needed <= remedy.value < ctx
+        assert fit.check_fit(weights, 0, new_ctx or fit.context_size(new_use.needed), KV_7B, overhead, mem).fits
+
+
+def test_below_the_context_floor_no_frame_count_fits():
+    """The issue's case: under the 2,048-token floor fewer frames cannot help, so none is suggested."""
+    use = _video_use(32, 80)
+    report = fit.check_fit(
+        5_500_000_000, 0, fit.context_size(use.needed), KV_7B, 500_000_000, _mem(6_100_000_000), use=use
+    )
+    assert report.max_ctx_tokens < fit.CONTEXT_FLOOR
+    assert report.remedies == (Remedy("a smaller model from vreason models list", "model"),)
+
+
+def test_a_smaller_context_the_user_set():
+    use = fit.ContextUse(3_000, 1024, 8, 1_848, 4, user_set=True)
+    report = fit.check_fit(5_500_000_000, 0, 32_768, KV_7B, 500_000_000, _mem(7 * GB), use=use)
+    assert report.remedies == (Remedy("a smaller context", "engine.n_ctx", 17_408),)  # 17,438 rounded down to 256
+
+
+def test_a_shorter_answer():
+    use = fit.ContextUse(128 + 300 + 8192, 8192)  # an image and a long answer
+    report = fit.check_fit(
+        5_500_000_000, 0, fit.context_size(use.needed), KV_7B, 500_000_000, _mem(6 * GB + 4_000 * KV_7B), use=use
+    )
+    # 4,000 tokens fit: 3,840 after rounding to 256, so the answer may take 3,840 - 428 = 3,412.
+    assert report.remedies == (Remedy("a shorter answer", "generation.max_tokens", 3_412),)
+
+
+def test_weights_alone_say_so_and_ask_for_a_smaller_model():
+    report = fit.check_fit(9 * GB, GB, 1000, KV_7B, 0, _mem(8 * GB, limit=7 * GB), use=fit.ContextUse(1000, 512))
+    assert not report.fits and not report.weights_fit
+    assert report.remedies == (Remedy("a smaller model from vreason models list", "model"),)
+    with pytest.raises(UserError) as e:
+        report.require()
+    assert _one_line(e).endswith("the model alone does not fit")
+
+
+def test_cpu_only_run_is_checked_against_system_memory():
+    """A small or busy GPU must not refuse a run that puts nothing on it."""
+    small_gpu = _mem(12 * GB, gpu_free=GB)
+    cpu = fit.check_fit(2 * GB, GB, 4096, KV_7B, 500_000_000, small_gpu, cpu_only=True)
+    assert cpu.fits and not cpu.on_gpu and cpu.available == 12 * GB
+    gpu = fit.check_fit(2 * GB, GB, 4096, KV_7B, 500_000_000, small_gpu)
+    assert not gpu.fits and gpu.on_gpu and "of GPU memory" in gpu.summary
+    assert gpu.remedies[-1] == Remedy("run on the CPU", "engine.n_gpu_layers", 0)  # it fits there: see above
+    assert fit.available_memory(use_gpu=False).gpu_free is None
+
+
+def test_fit_advice_renders_as_flags():
+    from vreason_local.cli import render_error
+
+    use = _video_use(64, 560)
+    report = fit.check_fit(
+        4_200_000_000, 1_300_000_000, fit.context_size(use.needed), KV_7B, 500_000_000, _mem(7 * GB), use=use
+    )
+    with pytest.raises(UserError) as e:
+        report.require()
+    assert render_error(e.value) == f"{report.summary}; try --max-frames 28"
 
 
 def test_available_memory_is_positive_here():
@@ -527,7 +673,7 @@ def test_cli_models_list_table_and_json(hf_env):
     rows = json.loads(result.output)
     assert {r["name"] for r in rows} == set(REQUIRED)
     assert [r["name"] for r in rows if r["default"]] == ["qwen2.5-vl-3b"]
-    assert all(r["downloaded"] == "no" and r["model_path"] is None for r in rows)
+    assert all(r["downloaded"] is False and r["state"] == "not downloaded" and r["model_path"] is None for r in rows)
 
 
 def test_cli_models_pull_against_the_local_server(hf_env, fake_hub, monkeypatch):
@@ -541,7 +687,7 @@ def test_cli_models_pull_against_the_local_server(hf_env, fake_hub, monkeypatch)
     assert Path(lines["mmproj"].strip()).read_bytes() == data[spec.mmproj_file]
 
     listed = {r["name"]: r for r in json.loads(runner.invoke(models_group, ["list", "--json"]).output)}
-    assert listed[spec.name]["downloaded"] == "yes"
+    assert listed[spec.name]["downloaded"] is True and listed[spec.name]["state"] == "downloaded"
     assert listed[spec.name]["local_bytes"] == sum(len(d) for d in data.values())
 
     # HF_ENDPOINT alone works too, and a failure reaches the caller as a UserError.
@@ -551,10 +697,8 @@ def test_cli_models_pull_against_the_local_server(hf_env, fake_hub, monkeypatch)
 
 
 def test_cli_make_tiny(tmp_path):
-    pytest.importorskip("vreason_local.tiny")
     result = CliRunner().invoke(models_group, ["make-tiny", str(tmp_path / "tiny"), "--arch", "qwen25vl"])
     assert result.exit_code == 0, result.output
     lines = dict(line.split(":", 1) for line in result.stdout.splitlines() if line.startswith(("model:", "mmproj:")))
     assert Path(lines["model"].strip()).is_file() and Path(lines["mmproj"].strip()).is_file()
     assert "random" in result.output
-

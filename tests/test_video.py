@@ -22,8 +22,8 @@ from vreason_local.errors import UserError
 from vreason_local.video import (
     MIN_FRAME_PIXELS,
     SEEK_MIN_GAP,
-    SamplingPlan,
     FrameSampling,
+    SamplingPlan,
     VideoInfo,
     fit_token_budget,
     plan_sampling,
@@ -51,6 +51,14 @@ def clip_mp4(media: Path) -> Path:
 def long_avi(media: Path) -> Path:
     """60 s, 10 fps MJPEG: 600 frames, long enough that the sampler seeks between samples."""
     return make_clip(media / "long.avi", seconds=60, fps=10, codec="MJPG")
+
+
+@pytest.fixture(scope="module")
+def long_h264(media: Path) -> Path:
+    """60 s, 10 fps H.264 in MP4 (libx264 through PyAV): the format of most users' clips. Unlike MJPEG,
+    frames depend on each other (B-frames, keyframes seconds apart), so a seek has to decode from a
+    keyframe and reorder frames to land on the planned one."""
+    return make_clip(media / "long_h264.mp4", seconds=60, fps=10, codec="avc1")
 
 
 def avi_frame_chunks(data: bytes) -> list[tuple[int, int]]:
@@ -219,7 +227,8 @@ def test_text_file(tmp_path):
 def test_still_image_suggests_image_option(tmp_path, name):
     with pytest.raises(UserError) as excinfo:
         probe(make_image(tmp_path / name))
-    assert_user_error(excinfo, name, "still image", "--image")
+    assert_user_error(excinfo, name, "still image")
+    assert [(r.setting, Path(str(r.value)).name) for r in excinfo.value.remedies] == [("image", name)]
 
 
 def test_zero_byte_file(tmp_path):
@@ -413,7 +422,7 @@ def test_window_outside_video(settings, fragment):
         (dict(min_frames=8, max_frames=4), "frame limits"),
         (dict(min_frames=3, max_frames=3), "even"),
         (dict(max_frames=1, min_frames=1), "even"),
-        (dict(max_pixels=1000, min_pixels=2000), "min_pixels"),
+        (dict(max_pixels=1000, min_pixels=2000), "smallest frame size"),
     ],
 )
 def test_invalid_settings(settings, fragment):
@@ -457,6 +466,28 @@ def test_seeking_over_long_gaps_lands_on_the_right_frames(long_avi):
     assert markers(sample_frames(long_avi, plan)) == list(plan.indices)
     window = plan_sampling(info, FrameSampling(start_s=41.0, end_s=47.0, fps=2.0))
     assert markers(sample_frames(long_avi, window)) == list(window.indices)
+
+
+def test_h264_mp4_is_probed_and_sampled_frame_exact(long_h264):
+    import av
+    from av.video.frame import PictureType
+
+    with av.open(str(long_h264)) as container:  # the premise, read by FFmpeg itself: real H.264 with B-frames
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264"
+        kinds = [PictureType(frame.pict_type) for frame in container.decode(stream)]
+    assert len(kinds) == 600 and PictureType.B in kinds and kinds.count(PictureType.I) < len(kinds) // 20
+
+    info = probe(long_h264)
+    assert info.codec in ("avc1", "h264")
+    assert (info.frame_count, info.fps, info.width, info.height) == (600, 10.0, 160, 120)
+    spread = plan_sampling(info, FrameSampling(max_frames=8))
+    assert min(np.diff(spread.indices)) > SEEK_MIN_GAP  # the sampler must seek here
+    window = plan_sampling(info, FrameSampling(start_s=41.0, end_s=47.0, fps=2.0))  # read straight through
+    for plan in (spread, window):
+        frames = sample_frames(long_h264, plan)
+        assert [f.index for f in frames] == list(plan.indices)
+        assert markers(frames) == list(plan.indices)
 
 
 def test_corrupt_frame_is_replaced_by_nearest_readable(media, long_avi):
@@ -609,8 +640,8 @@ def test_make_clip_is_deterministic(tmp_path):
     again = pixels(make_clip(tmp_path / "b.mp4", seconds=1, seed=3))
     other = pixels(make_clip(tmp_path / "c.mp4", seconds=1, seed=4))
     assert len(first) == 10
-    assert all(np.array_equal(x, y) for x, y in zip(first, again))
-    assert not all(np.array_equal(x, y) for x, y in zip(first, other))
+    assert all(np.array_equal(x, y) for x, y in zip(first, again, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(first, other, strict=True))
     assert not np.array_equal(first[0], first[1])
 
 
@@ -627,7 +658,7 @@ def test_make_image_writes_png(tmp_path):
         dict(size=(16, 16)),
         dict(seconds=0.0),
         dict(fps=0.0),
-        dict(codec="avc1"),  # no H.264 encoder in the opencv-python wheels
+        dict(codec="avc1", size=(161, 120)),  # H.264's yuv420p needs even sides
         dict(codec="XXXX"),
         dict(codec="h264x"),
     ],
@@ -635,3 +666,24 @@ def test_make_image_writes_png(tmp_path):
 def test_make_clip_rejects_bad_arguments(tmp_path, kwargs):
     with pytest.raises(UserError):
         make_clip(tmp_path / "bad.mp4", **kwargs)
+
+
+# ---------------------------------------------------------------- warnings a user is shown
+
+
+def test_truncated_file_warns_with_the_duration_that_decodes(media, long_avi):
+    from vreason_local.media import load_video
+
+    path = truncate_avi_after(long_avi, media / "warned.avi", 300)
+    info = probe(path)
+    assert len(info.warnings) == 1 and "\n" not in info.warnings[0]
+    for words in ("warned.avi", "60.0 s (600 frames)", "30.0 s (300 frames)"):
+        assert words in info.warnings[0], info.warnings[0]
+    loaded = load_video(path, FrameSampling(max_frames=4), patch=14)
+    assert loaded.warnings == info.warnings  # what the front ends print
+
+
+def test_whole_files_have_no_warnings(long_avi, media):
+    assert probe(long_avi).warnings == ()
+    nocount = avi_without_frame_count(make_clip(media / "count-src.avi", seconds=1, codec="MJPG"), media / "nc.avi")
+    assert probe(nocount).warnings == ()  # no count in the header promises nothing to fall short of

@@ -18,16 +18,16 @@ import torch
 from vreason_local.clips import make_clip
 from vreason_local.engine import Engine, EngineSettings, GenerationSettings
 from vreason_local.errors import UserError
-from vreason_local.events import Finished, Notice, TokenEvent
-from vreason_local.hook import ValueHook, verify_layout, _load
-from vreason_local.media import load_video
-from vreason_local.media import Media
+from vreason_local.events import Notice, TokenEvent
+from vreason_local.families import FAMILY_NAMES
+from vreason_local.hook import _load, verify_layout
+from vreason_local.media import Media, load_video
 from vreason_local.sampling import entropy
 from vreason_local.tail import mass_tokens, norm_preserving
 from vreason_local.video import FrameSampling
 from vreason_local.vreason import SELFCHECK_TOL, VReasonSettings
 
-ARCHES = ["qwen2vl", "qwen25vl", "qwen3vl"]
+ARCHES = list(FAMILY_NAMES)
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +55,11 @@ def video(engine: Engine, clip: Path, frames: int = 6) -> Media:
 
 
 def answer(engine: Engine, media: Media, mode: str = "vreason", max_tokens: int = 12, **vr) -> tuple[list, object]:
-    events = list(engine.ask(media, "What happens in the video?", GenerationSettings(max_tokens=max_tokens), mode,
-                             VReasonSettings(**vr)))
+    events = list(
+        engine.ask(
+            media, "What happens in the video?", GenerationSettings(max_tokens=max_tokens), mode, VReasonSettings(**vr)
+        )
+    )
     return events, events[-1].answer
 
 
@@ -238,7 +241,9 @@ def test_lite_keeps_the_highest_norm_half(engines, clip):
 
 def test_text_only_controls_all_prompt_rows(engines):
     e = engines()
-    handle = e.ask(Media.none(), "Count to three.", GenerationSettings(max_tokens=4), "vreason", VReasonSettings(every=1))
+    handle = e.ask(
+        Media.none(), "Count to three.", GenerationSettings(max_tokens=4), "vreason", VReasonSettings(every=1)
+    )
     events = list(handle)
     notes = [ev.message for ev in events if isinstance(ev, Notice)]
     assert any("prompt rows" in n for n in notes)
@@ -247,7 +252,11 @@ def test_text_only_controls_all_prompt_rows(engines):
 
 def test_non_finite_update_is_skipped(engines, clip):
     e = engines()
-    events = list(e.ask(video(e, clip), "q", GenerationSettings(max_tokens=6), "vreason", VReasonSettings(lr=float("inf"), every=1)))
+    events = list(
+        e.ask(
+            video(e, clip), "q", GenerationSettings(max_tokens=6), "vreason", VReasonSettings(lr=float("inf"), every=1)
+        )
+    )
     warnings = [ev.message for ev in events if isinstance(ev, Notice) and ev.level == "warning"]
     a = events[-1].answer
     assert warnings and "reset" in warnings[0]
@@ -296,7 +305,9 @@ def test_transposed_value_cache(tiny_model_factory, clip):
         gen, ev = paused_at_first_update(e, video(e, clip), lr=0.2)
         c = gen.controller
         assert ev.control.selfcheck < 1e-3
-        np.testing.assert_array_equal(e.hook.read_values(c.rows, True), c.v_cache.reshape(c.n_rows, -1).numpy().astype(np.float16))
+        np.testing.assert_array_equal(
+            e.hook.read_values(c.rows, True), c.v_cache.reshape(c.n_rows, -1).numpy().astype(np.float16)
+        )
         inp, before = c.inputs(), e.ctx.logits().copy()
         c_v, c.v_cache = c.v_cache, c.v_base
         _, predicted = c.loss(inp, c.dv.detach(), np.arange(e.model.n_vocab), before, 1)

@@ -8,6 +8,8 @@ exactly the frames it planned, even after lossy encoding and resizing.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -21,6 +23,9 @@ from vreason_local.errors import UserError
 MARKER_BITS = 12
 MARKER_BAND = 0.125  # fraction of the frame height the band takes
 MIN_SIZE = (48, 32)  # below this, marker cells and the moving square shrink to a few pixels
+# FourCCs written as H.264 with PyAV (its wheels bundle FFmpeg with libx264): the opencv-python wheels
+# carry no software H.264 encoder, yet H.264 in MP4 is what users' clips almost always are.
+H264_CODECS = ("avc1", "h264", "H264")
 
 
 def make_clip(
@@ -37,7 +42,9 @@ def make_clip(
     as text) so a person or a model can tell them apart, and in one machine-readable way (the
     marker band). `seed` picks the colours and the square's path; the same arguments always
     give the same pixels. `codec` is a FourCC that OpenCV's bundled FFmpeg can encode: "mp4v"
-    for .mp4, "MJPG" for .avi (H.264 encoders are not in the opencv-python wheels).
+    for .mp4, "MJPG" for .avi; or one of `H264_CODECS` for H.264 with libx264's defaults (B-frames,
+    keyframes up to 250 frames apart), which needs PyAV (`pip install av`, in the test extra) and an
+    even width and height.
     """
     path = Path(path)
     width, height = _checked_size(size)
@@ -46,19 +53,48 @@ def make_clip(
         raise UserError(f"make_clip: need fps > 0 and at least one frame, got {seconds} s at {fps} fps")
     if len(codec) != 4:
         raise UserError(f"make_clip: codec must be a four-character code such as 'mp4v', got {codec!r}")
+    style = _ClipStyle(np.random.default_rng(seed), width, height)
+    frames = (style.frame(index) for index in range(n_frames))
+    if codec in H264_CODECS:
+        _write_h264(path, frames, fps, width, height)
+        return path
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, (width, height))
     if not writer.isOpened():
         raise UserError(
             f"cannot write {path} with codec {codec!r}: OpenCV's FFmpeg has no such encoder for "
             "this container, or the folder is not writable"
         )
-    style = _ClipStyle(np.random.default_rng(seed), width, height)
     try:
-        for index in range(n_frames):
-            writer.write(style.frame(index))
+        for frame in frames:
+            writer.write(frame)
     finally:
         writer.release()
     return path
+
+
+def _write_h264(path: Path, frames: Iterator[np.ndarray], fps: float, width: int, height: int) -> None:
+    """Encode BGR `frames` as H.264 (yuv420p) with libx264 through PyAV, in the container `path`'s suffix names."""
+    if width % 2 or height % 2:
+        raise UserError(f"make_clip: H.264 (yuv420p) needs an even width and height, got {width}x{height}")
+    try:
+        import av
+    except ImportError:
+        raise UserError("make_clip: H.264 clips are written with PyAV; install it with `pip install av`") from None
+    try:
+        container = av.open(str(path), "w")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot write {path}: {exc}") from None
+    try:
+        try:
+            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        except ValueError:  # av.codec.codec.UnknownCodecError: a PyAV built without libx264
+            raise UserError("make_clip: this PyAV's FFmpeg has no libx264 encoder for H.264") from None
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")))
+        container.mux(stream.encode(None))  # flush the frames the encoder still holds (B-frame lookahead)
+    finally:
+        container.close()
 
 
 def make_image(path: str | Path, size: tuple[int, int] = (160, 120)) -> Path:

@@ -9,7 +9,7 @@ Front ends only render or store them; nothing here is recomputed downstream.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 Channel = Literal["reasoning", "answer"]
 
@@ -121,4 +121,4 @@ class Finished:
     answer: Answer
 
 
-Event = Union[Progress, Encoded, Prefilled, TokenEvent, Notice, Finished]
+Event = Progress | Encoded | Prefilled | TokenEvent | Notice | Finished

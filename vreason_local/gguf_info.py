@@ -7,17 +7,16 @@ of log and return NULL) and size the context and the memory check from the real 
 from __future__ import annotations
 
 import mmap
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
-
-LM_ARCHES = ("qwen2vl", "qwen3vl")
-# clip.projector_type of each supported projector, and the language-model arch it feeds.
-PROJECTORS = {"qwen2vl_merger": "qwen2vl", "qwen2.5vl_merger": "qwen2vl", "qwen3vl_merger": "qwen3vl"}
+from .errors import Remedy, UserError
+from .families import FAMILIES, LM_ARCHES, PROJECTORS
+from .fit import kv_bytes_per_token
 
 
 @dataclass(frozen=True)
@@ -42,8 +41,8 @@ class ModelInfo:
 
     @property
     def kv_bytes_per_token(self) -> int:
-        """F16 K and V rows of every layer for one cached token."""
-        return 2 * self.n_layer * self.n_head_kv * self.head_dim * 2
+        """F16 K and V rows of every layer for one cached token (`fit.kv_bytes_per_token`)."""
+        return kv_bytes_per_token(self.n_layer, self.n_head_kv, self.head_dim)
 
 
 @dataclass(frozen=True)
@@ -65,6 +64,15 @@ class TensorInfo:
     offset: int  # absolute byte offset in the file
 
 
+class CutShort(ValueError):
+    """The file ends before the data its own header describes: an interrupted download or copy."""
+
+    def __init__(self, size: int, needed: int | None) -> None:
+        super().__init__(f"{size} bytes, needs {needed}")
+        self.size = size
+        self.needed = needed  # where the last tensor's data ends; None when the header itself is cut
+
+
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
 
@@ -84,7 +92,10 @@ class GGUFFile:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             self._buf = mm  # parsed in place: only the metadata's pages are read, nothing is copied
             self._off = 0
-            self._parse()
+            try:
+                self._parse()
+            except struct.error:  # a read past the end: the header itself is incomplete
+                raise CutShort(len(mm), None) from None
 
     def _parse(self) -> None:
         if self._take("<I") != 0x46554747:  # b"GGUF"
@@ -115,6 +126,11 @@ class GGUFFile:
         align = int(self.fields.get("general.alignment", 32))
         data_start = -(-self._off // align) * align
         self.tensors = {n: TensorInfo(n, s, t, data_start + o) for n, s, t, o in infos}
+        # llama.cpp maps the tensors without checking that the file holds them; a cut-off file then fails
+        # late (after the video is encoded) or reads garbage, so its length is checked here.
+        data_end = max((t.offset + _tensor_nbytes(t) for t in self.tensors.values()), default=data_start)
+        if data_end > len(self._buf):
+            raise CutShort(len(self._buf), data_end)
         self._buf = None
 
     def _take(self, fmt: str):
@@ -151,6 +167,18 @@ class GGUFFile:
         return np.memmap(self.path, np.uint8, "r", t.offset, (n_rows, row_bytes))
 
 
+def _tensor_nbytes(t: TensorInfo) -> int:
+    """Bytes of a tensor's data; 0 for a type newer than the gguf package knows (the check then still
+    covers where that tensor starts)."""
+    import gguf
+
+    try:
+        block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(t.ggml_type)]
+    except (ValueError, KeyError):
+        return 0
+    return int(np.prod(t.shape, dtype=np.int64)) // block * type_size
+
+
 def release_pages(raw: np.ndarray) -> None:
     """Drop this process's mapping of a memory-mapped tensor's pages once read.
 
@@ -163,11 +191,25 @@ def release_pages(raw: np.ndarray) -> None:
 
 
 def open_gguf(path: Path) -> GGUFFile:
+    """Parse a GGUF file's header, or say in one line why it is not a usable one (read before any video
+    work, so a bad file is reported first)."""
     if not path.is_file():
         raise UserError(f"model file not found: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if not magic:
+        raise UserError(f"{path} is empty (0 bytes), not a GGUF file")
+    if magic != b"GGUF":
+        raise UserError(f"{path} is not a GGUF file (it does not start with the GGUF signature)")
     try:
         return GGUFFile(path)
-    except (ValueError, struct.error, KeyError, UnicodeDecodeError) as exc:
+    except CutShort as cut:
+        where = "inside its header" if cut.needed is None else f"before its data does (at {cut.needed:,} bytes)"
+        raise UserError(
+            f"{path} is incomplete: it ends at {cut.size:,} bytes, {where}; an interrupted download "
+            "or copy leaves this, so download or copy it again"
+        ) from None
+    except (ValueError, KeyError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is not a readable GGUF file ({exc})") from None
 
 
@@ -184,7 +226,10 @@ def read_model_info(path: Path) -> ModelInfo:
     f = _fields(path)
     arch = str(f.get("general.architecture", ""))
     if "clip.projector_type" in f or arch == "clip":
-        raise UserError(f"{path} is a vision projector (mmproj), not a language model; pass it with --mmproj")
+        raise UserError(
+            f"{path} is a vision projector (mmproj), not a language model",
+            [Remedy("give it as the projector", "mmproj", str(path))],
+        )
     if arch not in LM_ARCHES:
         raise UserError(
             f"{path} is a '{arch or 'unknown'}' model; vreason needs a Qwen-VL model "
@@ -231,14 +276,60 @@ def read_projector_info(path: Path) -> ProjectorInfo:
 
 
 def check_pair(model: ModelInfo, proj: ProjectorInfo) -> None:
-    """Refuse a projector built for another model: llama.cpp would crash or emit garbage."""
+    """Refuse a projector built for another model: llama.cpp would crash or emit garbage.
+
+    The message names what each file is for, by family (Qwen3-VL vs Qwen2.5-VL) and, within a family,
+    by size (a 7B projector with a 3B model), since the raw types and widths mean nothing to a user.
+    """
     want_arch = PROJECTORS[proj.projector_type]
     want_dim = model.n_embd  # Qwen3-VL's deepstack features ride along inside the projector's output
-    if want_arch != model.arch or (proj.projection_dim and proj.projection_dim != want_dim):
-        raise UserError(
-            f"projector {proj.path.name} ({proj.projector_type}, output {proj.projection_dim}) does not match "
-            f"model {model.path.name} ({model.arch}, embedding {want_dim}); use the mmproj file released with the model"
+    if want_arch == model.arch and (not proj.projection_dim or proj.projection_dim == want_dim):
+        return
+    proj_family = next(f.display_name for f in FAMILIES.values() if f.projector_type == proj.projector_type)
+    model_family = _model_family(model)
+    if want_arch != model.arch:
+        why = f"the projector is for {proj_family} but the model is {model_family}"
+    else:
+        why = (
+            f"the projector is for {_sized(proj_family, proj.projection_dim)} but the model is "
+            f"{_sized(model_family, model.n_embd)}"
         )
+    raise UserError(
+        f"projector {proj.path.name} does not match model {model.path.name}: {why}",
+        [Remedy("the projector released with the model", "mmproj")],
+    )
+
+
+def _model_family(model: ModelInfo) -> str:
+    """The family a language model belongs to, e.g. 'Qwen2.5-VL'. Qwen2-VL and Qwen2.5-VL share one
+    architecture, so between them the model's name decides; 'Qwen2-VL or Qwen2.5-VL' when it does not say."""
+    candidates = [f for f in FAMILIES.values() if f.lm_arch == model.arch]
+    named = [f for f in candidates if _alnum(f.display_name) in _alnum(model.name)]
+    if len(named) == 1:  # "qwen2vl" and "qwen25vl" are not part of each other: a name matches at most one
+        return named[0].display_name
+    return " or ".join(f.display_name for f in candidates)
+
+
+def _alnum(text: str) -> str:
+    """'Qwen2.5-VL-3B-Instruct' -> 'qwen25vl3binstruct', so names compare whatever their punctuation."""
+    return "".join(c for c in text.lower() if c.isalnum())
+
+
+def _sized(family: str, n_embd: int) -> str:
+    """'a Qwen2.5-VL 7B model (3584-wide embeddings)': the size of the registry's models of that family
+    and width when there are any, else the width alone."""
+    from .registry import load_registry
+
+    families = family.split(" or ")
+    sizes = {
+        m.group(1)
+        for s in load_registry().values()
+        if s.n_embd == n_embd
+        and FAMILIES[s.family].display_name in families
+        and (m := re.search(r"-(\d+(?:\.\d+)?B)\b", s.display_name))
+    }
+    size = f" {'/'.join(sorted(sizes))}" if sizes else ""
+    return f"a {family}{size} model ({n_embd}-wide embeddings)"
 
 
 def read_pair(model: Path, mmproj: Path | None) -> tuple[ModelInfo, ProjectorInfo | None]:

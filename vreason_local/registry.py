@@ -15,10 +15,10 @@ from importlib.abc import Traversable
 from pathlib import Path
 
 from .errors import UserError
+from .families import FAMILIES
 from .fit import kv_bytes_per_token
 
 DEFAULT_MODEL = "qwen2.5-vl-3b"
-FAMILIES = ("qwen2vl", "qwen25vl", "qwen3vl")
 REGISTRY_FILE = "registry.json"
 
 
@@ -28,7 +28,7 @@ class ModelSpec:
 
     name: str  # what users type: "qwen2.5-vl-3b", "qwen3-vl-4b-thinking"
     display_name: str  # the upstream model name: "Qwen2.5-VL-3B-Instruct"
-    family: str  # "qwen2vl" | "qwen25vl" | "qwen3vl"
+    family: str  # a key of families.FAMILIES: "qwen2vl" | "qwen25vl" | "qwen3vl"
     repo_id: str  # Hugging Face repo holding both files
     revision: str
     model_file: str
@@ -51,6 +51,7 @@ class ModelSpec:
         return self.model_bytes + self.mmproj_bytes
 
     def kv_bytes_per_token(self, bytes_per_elem: int = 2) -> int:
+        """KV-cache bytes per token of context (`fit.kv_bytes_per_token`), from the registry's dimensions."""
         return kv_bytes_per_token(self.n_layer, self.n_head_kv, self.head_dim, bytes_per_elem)
 
 
@@ -88,6 +89,8 @@ def _parse(entry: dict, where: str) -> ModelSpec:
             raise ValueError(f"{where}: {key} must be a non-empty string")
     if entry["family"] not in FAMILIES:
         raise ValueError(f"{where}: family must be one of {', '.join(FAMILIES)}")
+    if entry["patch_size"] != FAMILIES[entry["family"]].patch_size:
+        raise ValueError(f"{where}: patch_size of a {entry['family']} model is {FAMILIES[entry['family']].patch_size}")
     for key in ("model_file", "mmproj_file"):
         if not entry[key].endswith(".gguf"):
             raise ValueError(f"{where}: {key} must be a .gguf file")
@@ -132,4 +135,4 @@ def get_spec(name: str) -> ModelSpec:
     )
 
 
-__all__ = ["DEFAULT_MODEL", "FAMILIES", "ModelSpec", "get_spec", "load_registry", "registry_resource"]
+__all__ = ["DEFAULT_MODEL", "ModelSpec", "get_spec", "load_registry", "registry_resource"]

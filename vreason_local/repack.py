@@ -40,7 +40,7 @@ def _cache_file() -> Path:
     stamp = ";".join(f"{p.name}:{p.stat().st_size}" for p in sorted(lib.glob("libggml-cpu*")))
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
+        cpu = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
     key = hashlib.sha256(f"{cpu}|{stamp}".encode()).hexdigest()[:16]
@@ -50,8 +50,9 @@ def _cache_file() -> Path:
 def probe(timeout_s: float = 300.0) -> bool:
     """Run the crash probe in a child process; True when repacked quantised weights work here."""
     try:
-        proc = subprocess.run([sys.executable, "-m", "vreason_local.repack", "--child"],
-                              capture_output=True, timeout=timeout_s)
+        proc = subprocess.run(
+            [sys.executable, "-m", "vreason_local.repack", "--child"], capture_output=True, timeout=timeout_s
+        )
         return proc.returncode == 0
     except subprocess.TimeoutExpired:
         return False

@@ -10,25 +10,21 @@ token (captured by the hook), the logits as a function of the new value rows are
     logits = W_head · (RMSNorm(y) · output_norm)
 
 Same for Qwen2-VL, Qwen2.5-VL and Qwen3-VL: their last layers differ only before `ffn_inp`.
-Weights are read from the GGUF file itself (the layout `gguf_info` locates; Q8_0 dequantised here,
-other types by `gguf.quants`). The LM head, the largest matrix (151936 x 2048 for a 3B model), is never
+Weights are read from the GGUF file itself by `tail_weights`, which also holds their storage (int8
+kernels) and the LM head, the largest matrix (151936 x 2048 for a 3B model), which is never
 materialised: only the rows of the tokens that carry the gradient are read per update.
 """
 
 from __future__ import annotations
 
-import ctypes
 import math
-import os
-import sys
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
-from .errors import UserError
-from .gguf_info import ModelInfo, open_gguf, release_pages
+from .gguf_info import ModelInfo
+from .tail_weights import Int8Matrix, LMHead, load_tail_weights, mv
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -60,123 +56,20 @@ class TailInputs:
     ffn_inp: torch.Tensor  # [n_embd] residual stream before the last FFN (float32)
 
 
-def dequantize(raw: np.ndarray, ggml_type: int) -> torch.Tensor:
-    """Rows of a GGUF tensor as float32. Q8_0 (the usual laptop quant) has a vectorised torch path;
-    other types go through `gguf.quants` (numpy)."""
-    import gguf
-
-    t = gguf.GGMLQuantizationType(ggml_type)
-    raw = np.array(raw)  # a private, writable copy of just these rows
-    if t == gguf.GGMLQuantizationType.Q8_0:  # blocks of (f16 scale, 32 x int8)
-        blocks = raw.reshape(raw.shape[0], -1, 34)
-        scale = torch.from_numpy(blocks[..., :2].copy().view(np.float16).astype(np.float32))
-        return torch.from_numpy(blocks[..., 2:].copy().view(np.int8)).float().mul_(scale).reshape(raw.shape[0], -1)
-    if t == gguf.GGMLQuantizationType.F32:
-        return torch.from_numpy(raw.view(np.float32))
-    if t == gguf.GGMLQuantizationType.F16:
-        return torch.from_numpy(raw.view(np.float16)).float()
-    return torch.from_numpy(gguf.quants.dequantize(raw, t))
-
-
-class LMHead:
-    """Rows of the output matrix, read and dequantised on demand from the GGUF file (never all of it)."""
-
-    def __init__(self, raw: np.ndarray, ggml_type: int, n_cols: int, device: torch.device, dtype: torch.dtype) -> None:
-        self.raw, self.ggml_type, self.n_cols = raw, ggml_type, n_cols  # raw: [n_vocab, row bytes], memory-mapped
-        self.device, self.dtype = device, dtype
-        from .hook import native
-
-        self._read = getattr(native(), "vr_read_rows", None)
-        self._fd = os.open(raw.filename, os.O_RDONLY | getattr(os, "O_BINARY", 0)) if self._read else None
-
-    def rows(self, ids: np.ndarray) -> torch.Tensor:
-        raw = self._gather(ids)
-        out = torch.empty(len(ids), self.n_cols, dtype=self.dtype)
-        for i in range(0, len(ids), 256):  # in slices: the float32 temporaries stay ~2 MB
-            out[i : i + 256] = dequantize(raw[i : i + 256], self.ggml_type)
-        return out.to(self.device)
-
-    def _gather(self, ids: np.ndarray) -> np.ndarray:
-        """The raw bytes of rows `ids`: pread where available (see native/vr_hook.c, vr_read_rows), else
-        through the memory map, whose pages are released again right after."""
-        if self._read is None:
-            out = np.array(self.raw[ids])
-            release_pages(self.raw)
-            return out
-        idx = np.ascontiguousarray(ids, dtype=np.int64)
-        out = np.empty((len(idx), self.raw.shape[1]), np.uint8)
-        if self._read(self._fd, self.raw.offset, out.shape[1], idx.ctypes.data, len(idx), out.ctypes.data) != len(idx):
-            raise OSError(f"could not read LM-head rows from {self.raw.filename}")
-        return out
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-def pick_dtype(name: str, device: torch.device, n_weights: int) -> str:
-    """The storage of the tail's matrices: float32 where they are small (test models), else a quarter
-    of that: int8 on the CPU, float16 on cuda and mps.
-
-    The tail's matrices are the last layer's FFN (3 x 2048 x 11008 for a 3B model): 270 MB in float32,
-    over half of the whole V-Reason memory budget (10% of the base run), and twice read per update.
-    On the CPU, int8 with one scale per row (torch's weight-only int8 kernel, bfloat16 activations)
-    reads a byte per weight: measured 1.1 ms per FFN matrix against 5-6 ms for float32 or bfloat16,
-    with ~0.9% relative error per product, twice Q8_0's own (llama.cpp also quantises activations).
-    """
-    if name != "auto":
-        return name
-    if n_weights * 4 <= 128 << 20:
-        return "float32"
-    return "int8" if device.type == "cpu" else "float16"
-
-
-class Int8Matrix:
-    """A matrix stored as int8 with one scale per row, in both orientations: the forward W·x and the
-    backward Wᵀ·g each run torch's int8 weight-only kernel on rows (it has no transposed variant)."""
-
-    def __init__(self, q: torch.Tensor, scale: torch.Tensor, qt: torch.Tensor, scale_t: torch.Tensor) -> None:
-        self.q, self.scale, self.qt, self.scale_t = q, scale, qt, scale_t
-
-    @staticmethod
-    def from_rows(chunks: Callable[[], Iterator[tuple[int, torch.Tensor]]], n_rows: int, n_cols: int) -> "Int8Matrix":
-        """Quantise from float32 row slices, produced twice (column scales need a first pass)."""
-        col_max = torch.zeros(n_cols)
-        for _, w in chunks():
-            col_max = torch.maximum(col_max, w.abs().amax(0))
-        scale_t = (col_max / 127).clamp_min(1e-12)
-        q = torch.empty(n_rows, n_cols, dtype=torch.int8)
-        qt = torch.empty(n_cols, n_rows, dtype=torch.int8)
-        scale = torch.empty(n_rows)
-        for i, w in chunks():
-            s = (w.abs().amax(1) / 127).clamp_min(1e-12)
-            scale[i : i + len(w)] = s
-            q[i : i + len(w)] = torch.round(w / s[:, None]).to(torch.int8)
-            qt[:, i : i + len(w)] = torch.round(w / scale_t).to(torch.int8).t()
-        return Int8Matrix(q, scale.bfloat16(), qt, scale_t.bfloat16())
-
-
-class _Int8MatVec(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, m: Int8Matrix) -> torch.Tensor:  # noqa: ANN001 - autograd's ctx
-        ctx.m = m
-        return torch._weight_int8pack_mm(x.to(torch.bfloat16)[None], m.q, m.scale)[0].float()
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):  # noqa: ANN001, ANN205
-        m = ctx.m
-        return torch._weight_int8pack_mm(g.to(torch.bfloat16)[None], m.qt, m.scale_t)[0].float(), None
-
-
 class Tail:
     """Last layer after attention, final norm and LM head, rebuilt from GGUF weights."""
 
-    def __init__(self, info: ModelInfo, weights: dict[str, "torch.Tensor | Int8Matrix"], head: LMHead,
-                 device: torch.device, kind: str) -> None:
+    def __init__(
+        self,
+        info: ModelInfo,
+        weights: dict[str, torch.Tensor | Int8Matrix],
+        head: LMHead,
+        device: torch.device,
+        kind: str,
+    ) -> None:
         self.info = info
         self.eps = info.rms_eps
-        self.device, self.kind = device, kind  # kind: how the matrices are stored (see pick_dtype)
+        self.device, self.kind = device, kind  # kind: how the matrices are stored (see tail_weights.pick_dtype)
         self.w_o = weights["attn_output"]  # [n_embd, n_head*head_dim]
         self.ffn_norm = weights["ffn_norm"]
         self.w_gate, self.w_up, self.w_down = weights["ffn_gate"], weights["ffn_up"], weights["ffn_down"]
@@ -184,40 +77,11 @@ class Tail:
         self.head = head
 
     @staticmethod
-    def from_gguf(info: ModelInfo, device: str = "auto", dtype: str = "auto") -> "Tail":
-        g = open_gguf(info.path)
-        last = info.n_layer - 1
-        names = {"attn_output": f"blk.{last}.attn_output.weight", "ffn_norm": f"blk.{last}.ffn_norm.weight",
-                 "ffn_gate": f"blk.{last}.ffn_gate.weight", "ffn_up": f"blk.{last}.ffn_up.weight",
-                 "ffn_down": f"blk.{last}.ffn_down.weight", "output_norm": "output_norm.weight"}
+    def from_gguf(info: ModelInfo, device: str = "auto", dtype: str = "auto") -> Tail:
+        """The tail of the model `info` describes, on `device` (see pick_device), matrices stored as `dtype`."""
         dev = pick_device(device)
-        n_weights = sum(int(np.prod(g.tensors[n].shape)) for n in names.values())
-        kind = pick_dtype(dtype, dev, n_weights)
-        if kind == "int8" and dev.type != "cpu":
-            raise UserError("--tail-dtype int8 runs on the CPU only; use float16 or bfloat16 on a GPU")
-        weights = {}
-        for key, name in names.items():
-            t = g.tensors[name]
-            raw = g.tensor_bytes(name)
-
-            step = max(1, (1 << 20) // t.shape[0])  # rows per slice: float32 temporaries of ~4 MB
-
-            def chunks(raw=raw, t=t, step=step) -> Iterator[tuple[int, torch.Tensor]]:
-                for i in range(0, raw.shape[0], step):
-                    yield i, dequantize(raw[i : i + step], t.ggml_type)
-
-            if kind == "int8" and not key.endswith("norm"):
-                weights[key] = Int8Matrix.from_rows(chunks, raw.shape[0], t.shape[0])
-            else:
-                w = torch.empty(raw.shape[0], t.shape[0], dtype=torch.float32 if key.endswith("norm") else getattr(torch, kind))
-                for i, part in chunks():
-                    w[i : i + len(part)] = part
-                weights[key] = w.reshape(tuple(reversed(t.shape))).to(dev)  # norms stay float32
-            release_pages(raw)
-        head_dtype = torch.bfloat16 if kind == "int8" else getattr(torch, kind)  # rows: read per update
-        return_freed_memory()
-        head = "output.weight" if "output.weight" in g.tensors else "token_embd.weight"  # tied: 3B
-        return Tail(info, weights, LMHead(g.tensor_bytes(head), g.tensors[head].ggml_type, g.tensors[head].shape[0], dev, head_dtype), dev, kind)
+        w = load_tail_weights(info, dev, dtype)
+        return Tail(info, w.matrices, w.head, dev, w.kind)
 
     def hidden(self, inp: TailInputs, v_base: torch.Tensor, v_cache: torch.Tensor, dv: torch.Tensor) -> torch.Tensor:
         """The normalised final hidden state for value offset `dv` ([n_rows, n_head_kv, head_dim])."""
@@ -232,24 +96,6 @@ class Tail:
 
     def logits(self, hidden: torch.Tensor, head_rows: torch.Tensor) -> torch.Tensor:
         return mv(head_rows, hidden)
-
-
-def return_freed_memory() -> None:
-    """Hand freed temporaries back to the OS: glibc keeps freed heap blocks (its mmap threshold grows
-    with each large free), which would stay resident for the whole answer (~100 MB after loading the
-    tail, ~15 MB of update temporaries on a 3B). Costs ~0.1 ms."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc (musl): nothing to trim
-            pass
-
-
-def mv(w: "torch.Tensor | Int8Matrix", x: torch.Tensor) -> torch.Tensor:
-    """Matrix-vector product in the weights' storage; activations and the residual stream stay float32."""
-    if isinstance(w, Int8Matrix):
-        return _Int8MatVec.apply(x, w)
-    return (w @ x.to(w.dtype)).float()
 
 
 def entropy_loss(z_sub: torch.Tensor, ids: torch.Tensor, z_full: torch.Tensor, alpha: int) -> torch.Tensor:

@@ -18,7 +18,8 @@ import torch
 
 from .events import ControlState
 from .hook import ValueHook
-from .tail import Tail, TailInputs, entropy_loss, mass_tokens, norm_preserving, return_freed_memory
+from .tail import Tail, TailInputs, entropy_loss, mass_tokens, norm_preserving
+from .tail_weights import return_freed_memory
 
 # Largest |tail logit - llama.cpp logit|, relative to the largest |logit| of the step, accepted silently.
 # llama.cpp quantises activations for quantised weights and stores V in F16, and the tail may hold its
@@ -40,13 +41,15 @@ class VReasonSettings:
     head_mass: float = 0.999  # the LM-head backward covers the tokens carrying this share of the gradient
     head_max: int = 2048  # ...but at most this many rows (see tail.mass_tokens; error <1%, tested)
     device: str = "auto"  # where the tail runs: auto (cuda, mps, cpu), or one of them
-    dtype: str = "auto"  # the tail's matrices: auto (see tail.pick_dtype), float32, bfloat16, float16, int8
+    dtype: str = "auto"  # the tail's matrices: auto (see tail_weights.pick_dtype), float32, bfloat16, float16, int8
 
 
 class VReason:
     """One answer's controller: owns dV, the optimiser and the EMA state."""
 
-    def __init__(self, tail: Tail, hook: ValueHook, rows: np.ndarray, transposed: bool, settings: VReasonSettings) -> None:
+    def __init__(
+        self, tail: Tail, hook: ValueHook, rows: np.ndarray, transposed: bool, settings: VReasonSettings
+    ) -> None:
         self.tail, self.hook, self.rows, self.transposed, self.s = tail, hook, np.asarray(rows), transposed, settings
         g, d = tail.info.n_head_kv, tail.info.head_dim
         self.v_orig = hook.read_values(self.rows, transposed)  # F16, restored when the answer ends
@@ -90,14 +93,23 @@ class VReason:
         and the captured residual before the FFN."""
         info, dev = self.tail.info, self.tail.device
         q = torch.from_numpy(self.hook.capture("q").reshape(info.n_head_kv, -1, info.head_dim))  # [G, H/G, D]
-        k = torch.from_numpy(self.hook.read_keys(self.n_cells).astype(np.float32)).view(-1, info.n_head_kv, info.head_dim)
+        k = torch.from_numpy(self.hook.read_keys(self.n_cells).astype(np.float32)).view(
+            -1, info.n_head_kv, info.head_dim
+        )
         scores = torch.einsum("gqd,cgd->gqc", q, k) / math.sqrt(info.head_dim)
         probs = torch.softmax(scores, dim=-1).reshape(info.n_head, -1)[:, torch.from_numpy(self.rows)]
         ffn_inp = torch.from_numpy(self.hook.capture("ffn_inp").reshape(-1))
         return TailInputs(probs.to(dev), ffn_inp.to(dev))
 
-    def loss(self, inp: TailInputs, dv: torch.Tensor, ids: np.ndarray, logits: np.ndarray, alpha: int,
-             head_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(
+        self,
+        inp: TailInputs,
+        dv: torch.Tensor,
+        ids: np.ndarray,
+        logits: np.ndarray,
+        alpha: int,
+        head_rows: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, tail logits at `ids`) for value offset `dv`; logits outside `ids` held at llama.cpp's."""
         head_rows = self.tail.head.rows(ids) if head_rows is None else head_rows
         z_sub = self.tail.logits(self.tail.hidden(inp, self.v_base, self.v_cache, dv), head_rows).float()
@@ -124,8 +136,10 @@ class VReason:
                 self._reset("non-finite value offset after the optimiser step")
                 return selfcheck
         if selfcheck > SELFCHECK_TOL:
-            self.warning = (f"self-check: the tail's logits differ from llama.cpp's by {selfcheck:.3g} of the logit scale "
-                            f"(tolerance {SELFCHECK_TOL}); V-Reason may not steer this model as intended")
+            self.warning = (
+                f"self-check: the tail's logits differ from llama.cpp's by {selfcheck:.3g} of the logit scale "
+                f"(tolerance {SELFCHECK_TOL}); V-Reason may not steer this model as intended"
+            )
         self._write()
         return_freed_memory()
         return selfcheck

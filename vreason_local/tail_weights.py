@@ -1,0 +1,209 @@
+"""The weights of the PyTorch tail (see `tail`): read from the GGUF file, stored, and multiplied.
+
+Kept apart from the tail's maths because this is where the memory goes: the last layer's FFN is 270 MB
+in float32 for a 3B model, so the matrices are dequantised in slices and stored in the cheapest form that
+keeps the self-check within tolerance (`pick_dtype`: int8 on the CPU, float16 on GPUs), and the LM head
+is never materialised (`LMHead` reads the rows an update needs).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import Remedy, SettingError
+from .gguf_info import ModelInfo, TensorInfo, open_gguf, release_pages
+
+
+def dequantize(raw: np.ndarray, ggml_type: int) -> torch.Tensor:
+    """Rows of a GGUF tensor as float32. Q8_0 (the usual laptop quant) has a vectorised torch path;
+    other types go through `gguf.quants` (numpy)."""
+    import gguf
+
+    t = gguf.GGMLQuantizationType(ggml_type)
+    raw = np.array(raw)  # a private, writable copy of just these rows
+    if t == gguf.GGMLQuantizationType.Q8_0:  # blocks of (f16 scale, 32 x int8)
+        blocks = raw.reshape(raw.shape[0], -1, 34)
+        scale = torch.from_numpy(blocks[..., :2].copy().view(np.float16).astype(np.float32))
+        return torch.from_numpy(blocks[..., 2:].copy().view(np.int8)).float().mul_(scale).reshape(raw.shape[0], -1)
+    if t == gguf.GGMLQuantizationType.F32:
+        return torch.from_numpy(raw.view(np.float32))
+    if t == gguf.GGMLQuantizationType.F16:
+        return torch.from_numpy(raw.view(np.float16)).float()
+    return torch.from_numpy(gguf.quants.dequantize(raw, t))
+
+
+class LMHead:
+    """Rows of the output matrix, read and dequantised on demand from the GGUF file (never all of it)."""
+
+    def __init__(self, raw: np.ndarray, ggml_type: int, n_cols: int, device: torch.device, dtype: torch.dtype) -> None:
+        self.raw, self.ggml_type, self.n_cols = raw, ggml_type, n_cols  # raw: [n_vocab, row bytes], memory-mapped
+        self.device, self.dtype = device, dtype
+        from .hook import native
+
+        self._read = getattr(native(), "vr_read_rows", None)
+        self._fd = os.open(raw.filename, os.O_RDONLY | getattr(os, "O_BINARY", 0)) if self._read else None
+
+    def rows(self, ids: np.ndarray) -> torch.Tensor:
+        raw = self._gather(ids)
+        out = torch.empty(len(ids), self.n_cols, dtype=self.dtype)
+        for i in range(0, len(ids), 256):  # in slices: the float32 temporaries stay ~2 MB
+            out[i : i + 256] = dequantize(raw[i : i + 256], self.ggml_type)
+        return out.to(self.device)
+
+    def _gather(self, ids: np.ndarray) -> np.ndarray:
+        """The raw bytes of rows `ids`: pread where available (see native/vr_hook.c, vr_read_rows), else
+        through the memory map, whose pages are released again right after."""
+        if self._read is None:
+            out = np.array(self.raw[ids])
+            release_pages(self.raw)
+            return out
+        idx = np.ascontiguousarray(ids, dtype=np.int64)
+        out = np.empty((len(idx), self.raw.shape[1]), np.uint8)
+        if self._read(self._fd, self.raw.offset, out.shape[1], idx.ctypes.data, len(idx), out.ctypes.data) != len(idx):
+            raise OSError(f"could not read LM-head rows from {self.raw.filename}")
+        return out
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def pick_dtype(name: str, device: torch.device, n_weights: int) -> str:
+    """The storage of the tail's matrices: float32 where they are small (test models), else a quarter
+    of that: int8 on the CPU, float16 on cuda and mps.
+
+    The tail's matrices are the last layer's FFN (3 x 2048 x 11008 for a 3B model): 270 MB in float32,
+    over half of the whole V-Reason memory budget (10% of the base run), and twice read per update.
+    On the CPU, int8 with one scale per row (torch's weight-only int8 kernel, bfloat16 activations)
+    reads a byte per weight: measured 1.1 ms per FFN matrix against 5-6 ms for float32 or bfloat16,
+    with ~0.9% relative error per product, twice Q8_0's own (llama.cpp also quantises activations).
+    """
+    if name != "auto":
+        return name
+    if n_weights * 4 <= 128 << 20:
+        return "float32"
+    return "int8" if device.type == "cpu" else "float16"
+
+
+class Int8Matrix:
+    """A matrix stored as int8 with one scale per row, in both orientations: the forward W·x and the
+    backward Wᵀ·g each run torch's int8 weight-only kernel on rows (it has no transposed variant)."""
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, qt: torch.Tensor, scale_t: torch.Tensor) -> None:
+        self.q, self.scale, self.qt, self.scale_t = q, scale, qt, scale_t
+
+    @staticmethod
+    def from_rows(chunks: Callable[[], Iterator[tuple[int, torch.Tensor]]], n_rows: int, n_cols: int) -> Int8Matrix:
+        """Quantise from float32 row slices, produced twice (column scales need a first pass)."""
+        col_max = torch.zeros(n_cols)
+        for _, w in chunks():
+            col_max = torch.maximum(col_max, w.abs().amax(0))
+        scale_t = (col_max / 127).clamp_min(1e-12)
+        q = torch.empty(n_rows, n_cols, dtype=torch.int8)
+        qt = torch.empty(n_cols, n_rows, dtype=torch.int8)
+        scale = torch.empty(n_rows)
+        for i, w in chunks():
+            s = (w.abs().amax(1) / 127).clamp_min(1e-12)
+            scale[i : i + len(w)] = s
+            q[i : i + len(w)] = torch.round(w / s[:, None]).to(torch.int8)
+            qt[:, i : i + len(w)] = torch.round(w / scale_t).to(torch.int8).t()
+        return Int8Matrix(q, scale.bfloat16(), qt, scale_t.bfloat16())
+
+
+class _Int8MatVec(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, m: Int8Matrix) -> torch.Tensor:  # noqa: ANN001 - autograd's ctx
+        ctx.m = m
+        return torch._weight_int8pack_mm(x.to(torch.bfloat16)[None], m.q, m.scale)[0].float()
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # noqa: ANN001, ANN205
+        m = ctx.m
+        return torch._weight_int8pack_mm(g.to(torch.bfloat16)[None], m.qt, m.scale_t)[0].float(), None
+
+
+def mv(w: torch.Tensor | Int8Matrix, x: torch.Tensor) -> torch.Tensor:
+    """Matrix-vector product in the weights' storage; activations and the residual stream stay float32."""
+    if isinstance(w, Int8Matrix):
+        return _Int8MatVec.apply(x, w)
+    return (w @ x.to(w.dtype)).float()
+
+
+def return_freed_memory() -> None:
+    """Hand freed temporaries back to the OS: glibc keeps freed heap blocks (its mmap threshold grows
+    with each large free), which would stay resident for the whole answer (~100 MB after loading the
+    tail, ~15 MB of update temporaries on a 3B). Costs ~0.1 ms."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl): nothing to trim
+            pass
+
+
+@dataclass
+class TailWeights:
+    """What `load_tail_weights` read: the last layer's matrices and norms, and the LM head's reader."""
+
+    matrices: dict[str, torch.Tensor | Int8Matrix]  # attn_output, ffn_norm, ffn_gate/up/down, output_norm
+    head: LMHead
+    kind: str  # how the matrices are stored (see pick_dtype)
+
+
+def load_tail_weights(info: ModelInfo, device: torch.device, dtype: str = "auto") -> TailWeights:
+    """Read the last layer after attention, the final norm and the LM head of `info`'s GGUF file.
+
+    Tensors are dequantised in slices of ~4 MB of float32 and their file pages released after each, so
+    loading a 3B model's tail never holds more than the stored matrices plus one slice.
+    """
+    g = open_gguf(info.path)
+    last = info.n_layer - 1
+    names = {
+        "attn_output": f"blk.{last}.attn_output.weight",
+        "ffn_norm": f"blk.{last}.ffn_norm.weight",
+        "ffn_gate": f"blk.{last}.ffn_gate.weight",
+        "ffn_up": f"blk.{last}.ffn_up.weight",
+        "ffn_down": f"blk.{last}.ffn_down.weight",
+        "output_norm": "output_norm.weight",
+    }
+    n_weights = sum(int(np.prod(g.tensors[n].shape)) for n in names.values())
+    kind = pick_dtype(dtype, device, n_weights)
+    if kind == "int8" and device.type != "cpu":
+        raise SettingError(
+            "vreason.dtype",
+            "int8",
+            "the int8 tail runs on the CPU only",
+            [Remedy("float16 on a GPU", "vreason.dtype", "float16")],
+        )
+    matrices: dict[str, torch.Tensor | Int8Matrix] = {}
+    for key, name in names.items():
+        t = g.tensors[name]
+        raw = g.tensor_bytes(name)
+
+        step = max(1, (1 << 20) // t.shape[0])  # rows per slice: float32 temporaries of ~4 MB
+
+        def chunks(raw: np.ndarray = raw, t: TensorInfo = t, step: int = step) -> Iterator[tuple[int, torch.Tensor]]:
+            for i in range(0, raw.shape[0], step):
+                yield i, dequantize(raw[i : i + step], t.ggml_type)
+
+        if kind == "int8" and not key.endswith("norm"):
+            matrices[key] = Int8Matrix.from_rows(chunks, raw.shape[0], t.shape[0])
+        else:
+            storage = torch.float32 if key.endswith("norm") else getattr(torch, kind)  # norms stay float32
+            w = torch.empty(raw.shape[0], t.shape[0], dtype=storage)
+            for i, part in chunks():
+                w[i : i + len(part)] = part
+            matrices[key] = w.reshape(tuple(reversed(t.shape))).to(device)
+        release_pages(raw)
+    head_dtype = torch.bfloat16 if kind == "int8" else getattr(torch, kind)  # rows: read per update
+    return_freed_memory()
+    head = "output.weight" if "output.weight" in g.tensors else "token_embd.weight"  # tied: 3B
+    lm_head = LMHead(g.tensor_bytes(head), g.tensors[head].ggml_type, g.tensors[head].shape[0], device, head_dtype)
+    return TailWeights(matrices, lm_head, kind)
