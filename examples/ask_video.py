@@ -60,9 +60,20 @@ def report(handle, question: str):
         elif isinstance(event, Progress):
             pass  # a front end would draw a progress bar here
     answer = handle.result()
-    print(json.dumps({"mode": answer.mode, "question": question, "reused": answer.reused_encoding,
-                      "n_tokens": len(answer.tokens), "time_to_first_token_s": round(first_token_s or 0.0, 3),
-                      "stop_reason": answer.stop_reason, "answer": answer.answer}, ensure_ascii=False))
+    print(
+        json.dumps(
+            {
+                "mode": answer.mode,
+                "question": question,
+                "reused": answer.reused_encoding,
+                "n_tokens": len(answer.tokens),
+                "time_to_first_token_s": round(first_token_s or 0.0, 3),
+                "stop_reason": answer.stop_reason,
+                "answer": answer.answer,
+            },
+            ensure_ascii=False,
+        )
+    )
     return answer
 
 

@@ -64,8 +64,22 @@ def error_line(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def run_args(f: dict[str, Path], *extra: str, model: str = "model", mmproj: str = "mmproj") -> list[str]:
-    return ["run", "--model", str(f[model]), "--mmproj", str(f[mmproj]), "--video", str(f["clip"]),
-            "-q", "What happens?", "--max-tokens", "4", "--threads", "1", *extra]
+    return [
+        "run",
+        "--model",
+        str(f[model]),
+        "--mmproj",
+        str(f[mmproj]),
+        "--video",
+        str(f["clip"]),
+        "-q",
+        "What happens?",
+        "--max-tokens",
+        "4",
+        "--threads",
+        "1",
+        *extra,
+    ]
 
 
 # ---------------------------------------------------------------- through the command line
@@ -75,7 +89,10 @@ def run_args(f: dict[str, Path], *extra: str, model: str = "model", mmproj: str 
     ("extra", "expected"),
     [
         (["--max-frames", "1"], ["at most 1 frame,", "even number of frames", "try --max-frames 4"]),
-        (["--min-frames", "8", "--max-frames", "4"], ["at least 8 and at most 4", "try --max-frames 8 or --min-frames 4"]),
+        (
+            ["--min-frames", "8", "--max-frames", "4"],
+            ["at least 8 and at most 4", "try --max-frames 8 or --min-frames 4"],
+        ),
         (["--max-pixels", "784"], ["pixel budget of 784", "3,136 pixels", "try --max-pixels 3136"]),
     ],
 )
@@ -93,8 +110,14 @@ def test_frame_settings_say_what_to_set(files, isolated, capsys, extra, expected
         ("model", "mmproj-cut", ["mmproj-cut.gguf is incomplete"]),
         ("notes", "mmproj", ["notes.gguf is not a GGUF file", "GGUF signature"]),
         ("empty", "mmproj", ["empty.gguf is empty (0 bytes), not a GGUF file"]),
-        ("model", "mmproj3", ["the projector is for Qwen3-VL but the model is Qwen2.5-VL",
-                              "try the projector released with the model (--mmproj)"]),
+        (
+            "model",
+            "mmproj3",
+            [
+                "the projector is for Qwen3-VL but the model is Qwen2.5-VL",
+                "try the projector released with the model (--mmproj)",
+            ],
+        ),
     ],
 )
 def test_bad_model_files_are_reported_before_the_video(files, isolated, capsys, model, mmproj, expected):
@@ -111,8 +134,11 @@ def test_bad_model_files_are_reported_before_the_video(files, isolated, capsys, 
         (["--gpu-layers", "-2"], ["-2 is not a number of GPU layers", "try --gpu-layers -1 or --gpu-layers 0"]),
         (["--ctx", "300000"], ["300,000 tokens", "trained for (8,192 tokens)", "try --ctx 8192"]),
         (["--mode", "vreason", "--device", "gpu"], ["'gpu' is not a device", "try --device auto"]),
-        pytest.param(["--mode", "lite", "--device", "cuda"], ["CUDA is not available", "try --device cpu"],
-                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+        pytest.param(
+            ["--mode", "lite", "--device", "cuda"],
+            ["CUDA is not available", "try --device cpu"],
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),
+        ),
     ],
 )
 def test_engine_settings_are_checked_before_any_work(files, isolated, capsys, extra, expected):

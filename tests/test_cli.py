@@ -15,10 +15,10 @@ import re
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import gguf
 import numpy as np
@@ -99,14 +99,23 @@ def files(tmp_path_factory: pytest.TempPathFactory, tiny_model_factory) -> dict[
 
 def _env(root: Path, name: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "VREASON_"))}
-    env.update(VREASON_CACHE=str(root / "cache" / name), HF_HOME=str(root / "hf"), HF_HUB_CACHE=str(root / "hf" / "hub"),
-               HF_HUB_OFFLINE="1")
+    env.update(
+        VREASON_CACHE=str(root / "cache" / name),
+        HF_HOME=str(root / "hf"),
+        HF_HUB_CACHE=str(root / "hf" / "hub"),
+        HF_HUB_OFFLINE="1",
+    )
     return env
 
 
 def _run(root: Path, name: str, args: list[str]) -> Result:
-    p = subprocess.run([sys.executable, "-m", "vreason_local.cli", *args], env=_env(root, name), cwd=root,
-                       capture_output=True, timeout=TIMEOUT_S)
+    p = subprocess.run(
+        [sys.executable, "-m", "vreason_local.cli", *args],
+        env=_env(root, name),
+        cwd=root,
+        capture_output=True,
+        timeout=TIMEOUT_S,
+    )
     return Result(tuple(args), p.returncode, p.stdout.decode("utf-8"), p.stderr.decode("utf-8"))
 
 
@@ -124,14 +133,45 @@ def _good_runs(f: dict[str, Path]) -> dict[str, list[str]]:
         "budget": ["run", "--json", "--token-budget", str(TOKEN_BUDGET), *video, *common],
         "image": ["run", "--json", "--image", str(f["png"]), *common],
         # text only, and no --mmproj: a question without media never needs a projector
-        "text": ["run", "--json", "--mode", "vreason", "--model", str(f["model"]), "--max-tokens", MAX_TOKENS,
-                 "--threads", "1", "-q", "Name a colour."],
+        "text": [
+            "run",
+            "--json",
+            "--mode",
+            "vreason",
+            "--model",
+            str(f["model"]),
+            "--max-tokens",
+            MAX_TOKENS,
+            "--threads",
+            "1",
+            "-q",
+            "Name a colour.",
+        ],
         "demo": ["demo", "--dir", str(f["root"] / "demo"), "--max-tokens", MAX_TOKENS],
-        **{f"long_{arch}_{clip}": ["run", "--json", "--video", str(f[clip]), "--model", str(f[m]), "--mmproj", str(f[p]),
-                                    "--max-tokens", MAX_TOKENS, "--threads", "1", "-q", "What happens in this video?"]
-           for arch, m, p in (("qwen2vl", "model2", "mmproj2"), ("qwen25vl", "model", "mmproj"),
-                              ("qwen3vl", "model3", "mmproj3"))
-           for clip in ("clip3min", "clip10min")},
+        **{
+            f"long_{arch}_{clip}": [
+                "run",
+                "--json",
+                "--video",
+                str(f[clip]),
+                "--model",
+                str(f[m]),
+                "--mmproj",
+                str(f[p]),
+                "--max-tokens",
+                MAX_TOKENS,
+                "--threads",
+                "1",
+                "-q",
+                "What happens in this video?",
+            ]
+            for arch, m, p in (
+                ("qwen2vl", "model2", "mmproj2"),
+                ("qwen25vl", "model", "mmproj"),
+                ("qwen3vl", "model3", "mmproj3"),
+            )
+            for clip in ("clip3min", "clip10min")
+        },
         "make_tiny": ["models", "make-tiny", str(f["root"] / "made"), "--arch", "qwen2vl"],
     }
 
@@ -149,21 +189,33 @@ def _bad_runs(f: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
         "jpeg_as_video": (["--video", str(f["jpg"]), *model, *q], r"still image.*--image"),
         "start_after_video": ([*clip, "--start", "100", *model, *q], r"100.*beyond the end"),
         "start_after_end": ([*clip, "--start", "3", "--end", "1", *model, *q], r"start .*before .*end"),
-        "not_qwen_vl_model": ([*clip, "--model", str(f["llama"]), "--mmproj", str(f["mmproj"]), *q], r"'llama' model.*Qwen-VL"),
-        "mmproj_as_model": ([*clip, "--model", str(f["mmproj"]), "--mmproj", str(f["mmproj"]), *q],
-                            r"vision projector.*not a language model.*--mmproj"),
-        "mismatched_projector": ([*clip, "--model", str(f["model"]), "--mmproj", str(f["mmproj3"]), *q],
-                                 r"projector .*qwen3vl.* does not match model"),
+        "not_qwen_vl_model": (
+            [*clip, "--model", str(f["llama"]), "--mmproj", str(f["mmproj"]), *q],
+            r"'llama' model.*Qwen-VL",
+        ),
+        "mmproj_as_model": (
+            [*clip, "--model", str(f["mmproj"]), "--mmproj", str(f["mmproj"]), *q],
+            r"vision projector.*not a language model.*--mmproj",
+        ),
+        "mismatched_projector": (
+            [*clip, "--model", str(f["model"]), "--mmproj", str(f["mmproj3"]), *q],
+            r"projector .*qwen3vl.* does not match model",
+        ),
         # the user's own --ctx too small: say so, and name the size that fits (not "use fewer frames")
-        "video_over_context": ([*clip, "--fps", "10", "--max-frames", "32", "--ctx", "512", *model, *q],
-                               r"context size you set holds 512; try --ctx \d+$"),
-        "generation_over_context": ([*clip, *model, "-q", "What?", "--max-tokens", "4000", "--ctx", "1024"],
-                                    r"needs [\d,]+ tokens of context but the context size you set holds 1,024; try --ctx \d+$"),
+        "video_over_context": (
+            [*clip, "--fps", "10", "--max-frames", "32", "--ctx", "512", *model, *q],
+            r"context size you set holds 512; try --ctx \d+$",
+        ),
+        "generation_over_context": (
+            [*clip, *model, "-q", "What?", "--max-tokens", "4000", "--ctx", "1024"],
+            r"needs [\d,]+ tokens of context but the context size you set holds 1,024; try --ctx \d+$",
+        ),
         "empty_question": ([*clip, *model, "-q", "  "], r"question is empty"),
         "unknown_registry_model": ([*clip, "--model", "nosuch", *q], r"unknown model 'nosuch'.*qwen2\.5-vl-3b"),
         "registry_model_not_downloaded": (
             [*clip, "--model", spec.name, *q],
-            rf"not downloaded.*{re.escape(spec.model_file)}.*{re.escape(spec.mmproj_file)}.*vreason models pull {re.escape(spec.name)}"),
+            rf"not downloaded.*{re.escape(spec.model_file)}.*{re.escape(spec.mmproj_file)}.*vreason models pull {re.escape(spec.name)}",
+        ),
         "bad_option_value": ([*clip, *model, *q, "--mode", "nope"], r"--mode.*nope"),
         "missing_required_option": ([*clip, *model, "--max-tokens", "4"], r"Missing option.*--question"),
         "unknown_option": ([*clip, *model, *q, "--no-such-flag"], r"No such option.*--no-such-flag"),
@@ -200,8 +252,20 @@ def _estimate_frames(stderr: str) -> int:
 def test_run_json_base_video(jobs, files):
     r = jobs["base"].result()
     out = r.json()
-    for key in ("model", "mode", "question", "prompt_tokens", "n_video_tokens", "frames", "text", "reasoning", "answer",
-                "tokens", "entropy", "timings"):
+    for key in (
+        "model",
+        "mode",
+        "question",
+        "prompt_tokens",
+        "n_video_tokens",
+        "frames",
+        "text",
+        "reasoning",
+        "answer",
+        "tokens",
+        "entropy",
+        "timings",
+    ):
         assert key in out, key
     assert out["mode"] == "base" and out["question"] == "What happens in this video?" and out["media"] == "video"
     assert out["random_weights"] is True and "RANDOM WEIGHTS" in out["model"]
@@ -237,7 +301,9 @@ def test_run_json_base_video(jobs, files):
 
     # every setting used, so that the run can be reproduced from its JSON; each token's text
     st = out["settings"]
-    assert st["frames"]["count"] == CLIP_FRAMES and st["frames"]["max_frames"] == CLIP_FRAMES and st["frames"]["fps"] == 2
+    assert (
+        st["frames"]["count"] == CLIP_FRAMES and st["frames"]["max_frames"] == CLIP_FRAMES and st["frames"]["fps"] == 2
+    )
     assert (st["frames"]["width"], st["frames"]["height"]) == (224, 168) and st["frames"]["end_s"] <= 4.0
     assert st["generation"]["max_tokens"] == int(MAX_TOKENS) and st["generation"]["sampling"]["temperature"] == 0
     assert st["engine"]["n_threads"] == 1 and st["engine"]["n_ctx"] is None and st["engine"]["n_ctx_used"] >= 2048
@@ -331,8 +397,10 @@ def test_run_streaming(jobs):
     assert "vision tokens" in lines[0] and "KV cache" in lines[0]
     assert any(re.fullmatch(r"encoded 96 vision tokens in [\d.]+ s", ln) for ln in lines), r.stderr
     assert f"answer: {base['answer']}" in r.stderr
-    assert re.fullmatch(rf"\[base\] {len(base['tokens'])} tokens, [\d.]+ tok/s, stop: {base['stop_reason']}, controller [\d.]+ s",
-                        lines[-1]), lines[-1]
+    assert re.fullmatch(
+        rf"\[base\] {len(base['tokens'])} tokens, [\d.]+ tok/s, stop: {base['stop_reason']}, controller [\d.]+ s",
+        lines[-1],
+    ), lines[-1]
 
 
 def test_token_budget_reduces_video_tokens(jobs):
@@ -402,8 +470,13 @@ def test_readme_defaults_answer_about_long_clips(jobs, arch, clip):
 
 
 def _start(files: dict[str, Path], name: str, args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "vreason_local.cli", *args], env=_env(files["root"], name),
-                            cwd=files["root"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "vreason_local.cli", *args],
+        env=_env(files["root"], name),
+        cwd=files["root"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def test_first_ctrl_c_keeps_the_answer(files):
@@ -426,8 +499,24 @@ def test_ctrl_c_while_encoding_stops_and_still_prints_json(files):
     """Ctrl-C once encoding has begun (a progress line on stderr): the run stops, JSON still printed."""
     import signal
 
-    args = ["run", "--json", "--video", str(files["clip10min"]), "--model", str(files["model"]), "--mmproj",
-            str(files["mmproj"]), "--max-frames", "64", "--fps", "2", "-q", "What happens?", "--max-tokens", "4000"]
+    args = [
+        "run",
+        "--json",
+        "--video",
+        str(files["clip10min"]),
+        "--model",
+        str(files["model"]),
+        "--mmproj",
+        str(files["mmproj"]),
+        "--max-frames",
+        "64",
+        "--fps",
+        "2",
+        "-q",
+        "What happens?",
+        "--max-tokens",
+        "4000",
+    ]
     p = _start(files, "sigint-encode", args)
     while "encoding video" not in (line := p.stderr.readline().decode()):
         assert line, "no progress line before the end of stderr"

@@ -10,7 +10,12 @@ import re
 
 from .events import Channel
 
-TAGS: dict[str, Channel | None] = {"<think>": "reasoning", "</think>": "answer", "<answer>": "answer", "</answer>": None}
+TAGS: dict[str, Channel | None] = {
+    "<think>": "reasoning",
+    "</think>": "answer",
+    "<answer>": "answer",
+    "</answer>": None,
+}
 
 
 class ChannelSplitter:

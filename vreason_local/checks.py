@@ -25,7 +25,8 @@ def check_options(engine: EngineSettings, device: str | None = None) -> None:
     """
     if engine.n_gpu_layers < -1:
         raise SettingError(
-            "engine.n_gpu_layers", engine.n_gpu_layers,
+            "engine.n_gpu_layers",
+            engine.n_gpu_layers,
             f"{engine.n_gpu_layers} is not a number of GPU layers: use -1 for all layers, 0 for none, "
             "or how many layers to put on the GPU",
             [Remedy("all layers", "engine.n_gpu_layers", -1), Remedy("none", "engine.n_gpu_layers", 0)],
@@ -39,7 +40,8 @@ def check_model_settings(info: ModelInfo, n_ctx: int | None) -> None:
     was trained for: positions past that are untrained, and the KV cache for them can take gigabytes."""
     if n_ctx is not None and n_ctx > info.n_ctx_train:
         raise SettingError(
-            "engine.n_ctx", n_ctx,
+            "engine.n_ctx",
+            n_ctx,
             f"a context of {n_ctx:,} tokens is longer than {info.path.name} was trained for "
             f"({info.n_ctx_train:,} tokens)",
             [Remedy("the model's trained context", "engine.n_ctx", info.n_ctx_train)],

@@ -10,8 +10,9 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
@@ -27,9 +28,18 @@ def _engine_options(f: Callable) -> Callable:
     """Options shared by every command that runs the model."""
     opts = [
         click.option("--model", "-m", default=None, help=DEFAULT_MODEL_HELP + " [default: qwen2.5-vl-3b]"),
-        click.option("--mmproj", default=None, help="Vision projector GGUF (default: the one beside the model, or the registry's)."),
-        click.option("--mode", type=click.Choice(["base", "vreason", "lite"]), default="base", show_default=True,
-                     help="Decoding: plain, V-Reason, or V-Reason Lite (prunes half the video tokens)."),
+        click.option(
+            "--mmproj",
+            default=None,
+            help="Vision projector GGUF (default: the one beside the model, or the registry's).",
+        ),
+        click.option(
+            "--mode",
+            type=click.Choice(["base", "vreason", "lite"]),
+            default="base",
+            show_default=True,
+            help="Decoding: plain, V-Reason, or V-Reason Lite (prunes half the video tokens).",
+        ),
         click.option("--max-tokens", type=click.IntRange(1), default=1024, show_default=True),
         click.option("--temperature", type=click.FloatRange(0), default=0.0, show_default=True, help="0 = greedy."),
         click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True),
@@ -37,31 +47,98 @@ def _engine_options(f: Callable) -> Callable:
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--no-reasoning", is_flag=True, help="Do not ask for <think>/<answer>; answer directly."),
         click.option("--fps", type=float, default=1.0, show_default=True, help="Frames sampled per second of video."),
-        click.option("--min-frames", type=int, default=4, show_default=True,
-                     help="Fewest frames to sample (made even: the model takes frames in pairs)."),
-        click.option("--max-frames", type=int, default=32, show_default=True,
-                     help="Most frames to sample (made even; at least 2, and at least --min-frames)."),
+        click.option(
+            "--min-frames",
+            type=int,
+            default=4,
+            show_default=True,
+            help="Fewest frames to sample (made even: the model takes frames in pairs).",
+        ),
+        click.option(
+            "--max-frames",
+            type=int,
+            default=32,
+            show_default=True,
+            help="Most frames to sample (made even; at least 2, and at least --min-frames).",
+        ),
         click.option("--start", type=float, default=None, help="Clip window start (seconds)."),
         click.option("--end", type=float, default=None, help="Clip window end (seconds)."),
         # 3136 = video.MIN_PIXELS (56x56, the smallest frame the model is given); the core checks it.
-        click.option("--max-pixels", type=int, default=336 * 336, show_default=True,
-                     help="Pixel budget per frame, at least 3136 (56x56)."),
-        click.option("--token-budget", type=click.IntRange(1), default=None, help="Fit frames and resolution to this many video tokens."),
-        click.option("--ctx", type=click.IntRange(256), default=None, help="Context size in tokens, at most the model's trained context (default: what the prompt needs)."),
+        click.option(
+            "--max-pixels",
+            type=int,
+            default=336 * 336,
+            show_default=True,
+            help="Pixel budget per frame, at least 3136 (56x56).",
+        ),
+        click.option(
+            "--token-budget",
+            type=click.IntRange(1),
+            default=None,
+            help="Fit frames and resolution to this many video tokens.",
+        ),
+        click.option(
+            "--ctx",
+            type=click.IntRange(256),
+            default=None,
+            help="Context size in tokens, at most the model's trained context (default: what the prompt needs).",
+        ),
         click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all, up to 8)."),
-        click.option("--gpu-layers", type=int, default=-1, show_default=True, help="Layers offloaded to the GPU: -1 all, 0 none (CPU only), or a count."),
-        click.option("--repack", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-                     help="llama.cpp's repacking of quantised weights (auto: off where it crashes, e.g. AMX CPUs)."),
-        click.option("--beta", type=click.FloatRange(0, 1, max_open=True), default=0.9, show_default=True, help="V-Reason: EMA factor."),
-        click.option("--every", type=click.IntRange(1), default=2, show_default=True, help="V-Reason: update every k tokens."),
-        click.option("--steps", type=click.IntRange(1), default=1, show_default=True, help="V-Reason: optimiser steps per update."),
-        click.option("--lr", type=click.FloatRange(0), default=1e-3, show_default=True, help="V-Reason: learning rate."),
+        click.option(
+            "--gpu-layers",
+            type=int,
+            default=-1,
+            show_default=True,
+            help="Layers offloaded to the GPU: -1 all, 0 none (CPU only), or a count.",
+        ),
+        click.option(
+            "--repack",
+            type=click.Choice(["auto", "on", "off"]),
+            default="auto",
+            show_default=True,
+            help="llama.cpp's repacking of quantised weights (auto: off where it crashes, e.g. AMX CPUs).",
+        ),
+        click.option(
+            "--beta",
+            type=click.FloatRange(0, 1, max_open=True),
+            default=0.9,
+            show_default=True,
+            help="V-Reason: EMA factor.",
+        ),
+        click.option(
+            "--every", type=click.IntRange(1), default=2, show_default=True, help="V-Reason: update every k tokens."
+        ),
+        click.option(
+            "--steps",
+            type=click.IntRange(1),
+            default=1,
+            show_default=True,
+            help="V-Reason: optimiser steps per update.",
+        ),
+        click.option(
+            "--lr", type=click.FloatRange(0), default=1e-3, show_default=True, help="V-Reason: learning rate."
+        ),
         click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True),
-        click.option("--device", default="auto", show_default=True, help="V-Reason controller device: auto, cpu, cuda (or cuda:N), mps."),
-        click.option("--tail-dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16", "int8"]), default="auto",
-                     show_default=True, help="V-Reason: dtype of the controller's copy of the last layer's weights."),
-        click.option("--head-max", type=click.IntRange(1), default=2048, show_default=True,
-                     help="V-Reason: most LM-head rows in the backward (the tokens carrying the gradient)."),
+        click.option(
+            "--device",
+            default="auto",
+            show_default=True,
+            help="V-Reason controller device: auto, cpu, cuda (or cuda:N), mps.",
+        ),
+        click.option(
+            "--tail-dtype",
+            type=click.Choice(["auto", "float32", "bfloat16", "float16", "int8"]),
+            default="auto",
+            show_default=True,
+            help="V-Reason: dtype of the controller's copy of the last layer's weights.",
+        ),
+        click.option(
+            "--head-max",
+            type=click.IntRange(1),
+            default=2048,
+            show_default=True,
+            help="V-Reason: most LM-head rows in the backward (the tokens carrying the gradient).",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -75,18 +152,40 @@ def _settings(o: dict):
     from .sampling import TokenSampling
     from .video import FrameSampling
 
-    gen = GenerationSettings(o["max_tokens"], TokenSampling(o["temperature"], o["top_p"], o["min_p"], o["seed"]),
-                             reasoning=not o["no_reasoning"], stop_at_answer=not o["no_reasoning"])
-    frames = FrameSampling(fps=o["fps"], min_frames=o["min_frames"], max_frames=o["max_frames"], start_s=o["start"],
-                           end_s=o["end"], max_pixels=o["max_pixels"])
-    eng = EngineSettings(n_threads=o["threads"] or default_threads(), n_gpu_layers=o["gpu_layers"], repack=o["repack"],
-                         hook=o["mode"] != "base")
+    gen = GenerationSettings(
+        o["max_tokens"],
+        TokenSampling(o["temperature"], o["top_p"], o["min_p"], o["seed"]),
+        reasoning=not o["no_reasoning"],
+        stop_at_answer=not o["no_reasoning"],
+    )
+    frames = FrameSampling(
+        fps=o["fps"],
+        min_frames=o["min_frames"],
+        max_frames=o["max_frames"],
+        start_s=o["start"],
+        end_s=o["end"],
+        max_pixels=o["max_pixels"],
+    )
+    eng = EngineSettings(
+        n_threads=o["threads"] or default_threads(),
+        n_gpu_layers=o["gpu_layers"],
+        repack=o["repack"],
+        hook=o["mode"] != "base",
+    )
     vr = None
     if o["mode"] != "base":  # .vreason imports torch (~1 s): base runs and input errors do without it
         from .vreason import VReasonSettings
 
-        vr = VReasonSettings(beta=o["beta"], every=o["every"], steps=o["steps"], lr=o["lr"], optimizer=o["optimizer"],
-                             device=o["device"], dtype=o["tail_dtype"], head_max=o["head_max"])
+        vr = VReasonSettings(
+            beta=o["beta"],
+            every=o["every"],
+            steps=o["steps"],
+            lr=o["lr"],
+            optimizer=o["optimizer"],
+            device=o["device"],
+            dtype=o["tail_dtype"],
+            head_max=o["head_max"],
+        )
     return gen, frames, eng, vr
 
 
@@ -120,8 +219,9 @@ def run(video: Path | None, image: Path | None, question: str, as_json: bool, **
     check_options(eng, vr.device if vr else None)
     from .registry import DEFAULT_MODEL
 
-    plan = plan_run(o["model"] or DEFAULT_MODEL, o["mmproj"], video, image, frames, gen, eng, o["token_budget"],
-                    o["ctx"], question)
+    plan = plan_run(
+        o["model"] or DEFAULT_MODEL, o["mmproj"], video, image, frames, gen, eng, o["token_budget"], o["ctx"], question
+    )
     click.echo(plan.estimate.describe(plan.media), err=True)
     for warning in plan.media.warnings:
         click.echo(f"warning: {warning}", err=True)
@@ -174,8 +274,13 @@ def _until_done(handle: AnswerHandle, view: Callable[[], T]) -> T:
 
 
 @cli.command()
-@click.option("--dir", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where to write the generated model and clip (default: a cache folder).")
+@click.option(
+    "--dir",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the generated model and clip (default: a cache folder).",
+)
 @click.option("--mode", type=click.Choice(["base", "vreason", "lite"]), default="vreason", show_default=True)
 @click.option("--max-tokens", type=click.IntRange(1), default=48, show_default=True)
 def demo(out_dir: Path | None, mode: str, max_tokens: int) -> None:
@@ -187,8 +292,8 @@ def demo(out_dir: Path | None, mode: str, max_tokens: int) -> None:
     from .cache import cache_dir
     from .clips import make_clip
     from .engine import EngineSettings, GenerationSettings
-    from .report import stream_text
     from .planning import open_engine, plan_run
+    from .report import stream_text
     from .tiny import make_tiny
     from .video import FrameSampling
     from .vreason import VReasonSettings
@@ -200,12 +305,23 @@ def demo(out_dir: Path | None, mode: str, max_tokens: int) -> None:
     clip = make_clip(out_dir / "demo-clip.mp4", seconds=4.0, fps=10.0, size=(224, 168))
     gen = GenerationSettings(max_tokens=max_tokens)
     question = "What happens in this video?"
-    plan = plan_run(str(tiny.model_path), str(tiny.mmproj_path), clip, None, FrameSampling(fps=2.0, max_frames=8),
-                    gen, EngineSettings(), question=question)
+    plan = plan_run(
+        str(tiny.model_path),
+        str(tiny.mmproj_path),
+        clip,
+        None,
+        FrameSampling(fps=2.0, max_frames=8),
+        gen,
+        EngineSettings(),
+        question=question,
+    )
     click.echo(plan.estimate.describe(plan.media), err=True)
     with open_engine(plan) as engine:
         stream_text(plan, engine.ask(plan.media.media, question, gen, mode, VReasonSettings()))
-    click.echo("demo: OK (the text above is from random weights; real answers need a real model: vreason models pull)", err=True)
+    click.echo(
+        "demo: OK (the text above is from random weights; real answers need a real model: vreason models pull)",
+        err=True,
+    )
 
 
 def _register_models() -> None:
@@ -219,15 +335,29 @@ _register_models()
 
 # The core names settings (errors.Remedy.setting); the command line words them as its flags.
 FLAGS = {
-    "model": "--model", "mmproj": "--mmproj", "video": "--video", "image": "--image", "mode": "--mode",
-    "frames.fps": "--fps", "frames.min_frames": "--min-frames", "frames.max_frames": "--max-frames",
-    "frames.start_s": "--start", "frames.end_s": "--end", "frames.max_pixels": "--max-pixels",
+    "model": "--model",
+    "mmproj": "--mmproj",
+    "video": "--video",
+    "image": "--image",
+    "mode": "--mode",
+    "frames.fps": "--fps",
+    "frames.min_frames": "--min-frames",
+    "frames.max_frames": "--max-frames",
+    "frames.start_s": "--start",
+    "frames.end_s": "--end",
+    "frames.max_pixels": "--max-pixels",
     "frames.token_budget": "--token-budget",
-    "generation.max_tokens": "--max-tokens", "generation.sampling.temperature": "--temperature",
-    "generation.sampling.top_p": "--top-p", "generation.sampling.min_p": "--min-p",
-    "engine.n_ctx": "--ctx", "engine.n_threads": "--threads", "engine.n_gpu_layers": "--gpu-layers",
+    "generation.max_tokens": "--max-tokens",
+    "generation.sampling.temperature": "--temperature",
+    "generation.sampling.top_p": "--top-p",
+    "generation.sampling.min_p": "--min-p",
+    "engine.n_ctx": "--ctx",
+    "engine.n_threads": "--threads",
+    "engine.n_gpu_layers": "--gpu-layers",
     "engine.repack": "--repack",
-    "vreason.device": "--device", "vreason.dtype": "--tail-dtype", "vreason.head_max": "--head-max",
+    "vreason.device": "--device",
+    "vreason.dtype": "--tail-dtype",
+    "vreason.head_max": "--head-max",
 }
 
 

@@ -21,8 +21,12 @@ def check_device(name: str) -> None:
     """
     kind, colon, index = name.partition(":")
     if kind not in DEVICES or (colon and (kind != "cuda" or not index.isdigit())):
-        raise SettingError(SETTING, name, f"'{name}' is not a device the controller can run on: use "
-                           "auto, cpu, cuda (or cuda:N) or mps", [Remedy("let it choose", SETTING, "auto")])
+        raise SettingError(
+            SETTING,
+            name,
+            f"'{name}' is not a device the controller can run on: use auto, cpu, cuda (or cuda:N) or mps",
+            [Remedy("let it choose", SETTING, "auto")],
+        )
     if kind in ("auto", "cpu"):
         return
     import torch
@@ -30,11 +34,24 @@ def check_device(name: str) -> None:
     if kind == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise SettingError(SETTING, name, "CUDA is not available to PyTorch here (a CPU-only build of "
-                               "PyTorch, or no NVIDIA GPU and driver)", [Remedy("the CPU", SETTING, "cpu")])
+            raise SettingError(
+                SETTING,
+                name,
+                "CUDA is not available to PyTorch here (a CPU-only build of PyTorch, or no NVIDIA GPU and driver)",
+                [Remedy("the CPU", SETTING, "cpu")],
+            )
         if index and int(index) >= count:
-            raise SettingError(SETTING, name, f"there is no CUDA device {index}: PyTorch sees {count} "
-                               f"(cuda:0 to cuda:{count - 1})", [Remedy("the first GPU", SETTING, "cuda:0")])
+            raise SettingError(
+                SETTING,
+                name,
+                f"there is no CUDA device {index}: PyTorch sees {count} (cuda:0 to cuda:{count - 1})",
+                [Remedy("the first GPU", SETTING, "cuda:0")],
+            )
     elif not torch.backends.mps.is_available():
-        raise SettingError(SETTING, name, "Apple's Metal (mps) is not available to PyTorch here (it needs "
-                           "an Apple Silicon Mac and a PyTorch build with MPS)", [Remedy("the CPU", SETTING, "cpu")])
+        raise SettingError(
+            SETTING,
+            name,
+            "Apple's Metal (mps) is not available to PyTorch here (it needs "
+            "an Apple Silicon Mac and a PyTorch build with MPS)",
+            [Remedy("the CPU", SETTING, "cpu")],
+        )

@@ -38,8 +38,8 @@ import numpy as np
 from . import gguf_info
 from .channels import ChannelSplitter, split_answer
 from .errors import ContextTooSmall, EngineBusy, Remedy, UserError
-from .fit import CONTEXT_STEP, context_size
 from .events import Answer, ControlState, Encoded, Event, Finished, Notice, Prefilled, Progress, TokenEvent
+from .fit import CONTEXT_STEP, context_size
 from .kv_state import prune_cells
 from .llama_backend import Context, MediaPrompt, Model, Vision, default_threads
 from .media import Media
@@ -93,8 +93,17 @@ class Encoding:
     encoding it again. While it is in the engine's cache nothing is copied; when other media takes its
     place the engine keeps the prefix's sequence state here (its KV rows, in host memory) to restore it."""
 
-    def __init__(self, engine: Engine, media: Media, key: str, tokens: list[int | None], n_past: int,
-                 media_cells: np.ndarray, encode_s: float, prefill_s: float) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        media: Media,
+        key: str,
+        tokens: list[int | None],
+        n_past: int,
+        media_cells: np.ndarray,
+        encode_s: float,
+        prefill_s: float,
+    ) -> None:
         self.media = media
         self.key = key
         self.tokens = tokens  # the prefix's token ids, None at media positions
@@ -239,8 +248,13 @@ class AnswerHandle(_Job[Answer]):
 class Engine:
     """A Qwen-VL model (and its projector) loaded once, answering questions about media."""
 
-    def __init__(self, model_path: Path, mmproj_path: Path | None = None, settings: EngineSettings = EngineSettings(),
-                 infos: tuple[gguf_info.ModelInfo, gguf_info.ProjectorInfo | None] | None = None) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        mmproj_path: Path | None = None,
+        settings: EngineSettings = EngineSettings(),
+        infos: tuple[gguf_info.ModelInfo, gguf_info.ProjectorInfo | None] | None = None,
+    ) -> None:
         """`infos`: the files' metadata, already read and checked by the caller (planning.plan_run).
         Whatever was loaded is freed again if a later part fails."""
         t0 = time.perf_counter()
@@ -311,16 +325,24 @@ class Engine:
         self._start(job, self._encode_steps(job._ctl, media, prompt))
         return job
 
-    def ask(self, source: Media | Encoding, question: str, gen: GenerationSettings = GenerationSettings(),
-            mode: Mode = "base", vreason: VReasonSettings | None = None, follow_up: Answer | None = None,
-            cancel: threading.Event | None = None) -> AnswerHandle:
+    def ask(
+        self,
+        source: Media | Encoding,
+        question: str,
+        gen: GenerationSettings = GenerationSettings(),
+        mode: Mode = "base",
+        vreason: VReasonSettings | None = None,
+        follow_up: Answer | None = None,
+        cancel: threading.Event | None = None,
+    ) -> AnswerHandle:
         """Ask one question about `source` (media, or an `Encoding` of it). `follow_up`: an earlier answer
         about the same media whose conversation this question continues. Checked now; runs when iterated."""
         require_question(question)
         self._check_idle()
         if mode not in MODES:
-            raise UserError(f"unknown mode '{mode}'; the modes are {', '.join(MODES)}",
-                            [Remedy("a known mode", "mode", "vreason")])
+            raise UserError(
+                f"unknown mode '{mode}'; the modes are {', '.join(MODES)}", [Remedy("a known mode", "mode", "vreason")]
+            )
         if mode != "base" and self.hook is None:
             raise UserError(f"the {mode} mode needs the engine loaded with the value-cache hook (EngineSettings.hook)")
         if isinstance(source, Encoding):
@@ -364,8 +386,10 @@ class Engine:
         if resident is not None and resident.key == media_key(media):
             return None, resident.n_tokens
         if media.kind != "none" and self.vision is None:
-            raise UserError("this model was loaded without a vision projector, which images and video need",
-                            [Remedy("the projector file of this model", "mmproj")])
+            raise UserError(
+                "this model was loaded without a vision projector, which images and video need",
+                [Remedy("the projector file of this model", "mmproj")],
+            )
         text, frames = prefix_parts(media, self.vision.marker if self.vision else "<__media__>")
         if not frames:
             return None, len(self.model.tokenize(text))
@@ -394,8 +418,9 @@ class Engine:
         s = self.settings
         if self.hook:
             self.hook.forget_cache()  # the new context has its own cache tensors
-        self.ctx = Context(self.model, n_ctx, s.n_batch, s.n_threads, s.flash_attn,
-                           *(self.hook.callback_args() if self.hook else ()))
+        self.ctx = Context(
+            self.model, n_ctx, s.n_batch, s.n_threads, s.flash_attn, *(self.hook.callback_args() if self.hook else ())
+        )
 
     # -- resident: the media's prefix in the cache -------------------------------------------------
     def _encode_steps(self, ctl: _Control, media: Media, prompt: MediaPrompt | None) -> Iterator[Event]:
@@ -425,8 +450,9 @@ class Engine:
             e = c.encoding
             return e, Encoded(e.n_tokens, e.n_media_tokens, e.n_frames, 0.0, 0.0, True)
         encoding = yield from self._encode(source, key, prompt, ctl)
-        return encoding, Encoded(encoding.n_tokens, encoding.n_media_tokens, encoding.n_frames, encoding.encode_s,
-                                 encoding.prefill_s, False)
+        return encoding, Encoded(
+            encoding.n_tokens, encoding.n_media_tokens, encoding.n_frames, encoding.encode_s, encoding.prefill_s, False
+        )
 
     def _evict(self) -> None:
         """Clear the cache; a resident encoding keeps its prefix's state to come back to."""
@@ -479,7 +505,9 @@ class Engine:
         self._cache = _Cache(encoding, False, cells, len(tokens))
         return encoding
 
-    def _prefill_text(self, ids: list[int], pos: int, ctl: _Control, on_batch: Callable[[list[int]], None]) -> Iterator[Event]:
+    def _prefill_text(
+        self, ids: list[int], pos: int, ctl: _Control, on_batch: Callable[[list[int]], None]
+    ) -> Iterator[Event]:
         """Decode text tokens batch by batch, with progress and a chance to stop between batches."""
         t0 = time.perf_counter()
         n = self.ctx.n_batch
@@ -497,9 +525,18 @@ class Engine:
             raise _Cancelled
 
     # -- one answer ---------------------------------------------------------------------------------
-    def _answer_steps(self, ctl: _Control, source: Media | Encoding, prompt: MediaPrompt | None, key: str,
-                      question: str, wanted: list[int], gen: GenerationSettings, mode: Mode,
-                      vreason: VReasonSettings | None) -> Iterator[Event]:
+    def _answer_steps(
+        self,
+        ctl: _Control,
+        source: Media | Encoding,
+        prompt: MediaPrompt | None,
+        key: str,
+        question: str,
+        wanted: list[int],
+        gen: GenerationSettings,
+        mode: Mode,
+        vreason: VReasonSettings | None,
+    ) -> Iterator[Event]:
         answer = Answer(mode=mode, question=question, settings={"media_key": key, "generation": asdict(gen)})
         answer.timings["load_s"] = round(self.load_s, 4)
         controller = None
@@ -528,8 +565,16 @@ class Engine:
         ctl.done = True
         yield Finished(answer)
 
-    def _prefill(self, answer: Answer, encoding: Encoding, wanted: list[int], gen: GenerationSettings, mode: Mode,
-                 vreason: VReasonSettings | None, ctl: _Control) -> Iterator[Event]:
+    def _prefill(
+        self,
+        answer: Answer,
+        encoding: Encoding,
+        wanted: list[int],
+        gen: GenerationSettings,
+        mode: Mode,
+        vreason: VReasonSettings | None,
+        ctl: _Control,
+    ) -> Iterator[Event]:
         """Bring the cache from what it holds to prefix + `wanted`, all but the last token, then set up
         the controller and decode the last token (capturing its step when the controller needs it)."""
         t0 = time.perf_counter()
@@ -619,12 +664,17 @@ class Engine:
             self._tail = Tail.from_gguf(self.info, settings.device, settings.dtype)
             self._tail_key = (settings.device, settings.dtype)
         controller = VReason(self._tail, self.hook, rows, self.v_transposed, settings)
-        answer.settings["vreason"] = {**asdict(settings), "device": str(self._tail.device),
-                                      "tail_dtype": self._tail.kind, "n_rows": len(rows)}
+        answer.settings["vreason"] = {
+            **asdict(settings),
+            "device": str(self._tail.device),
+            "tail_dtype": self._tail.kind,
+            "n_rows": len(rows),
+        }
         return controller, notice
 
-    def _decode(self, answer: Answer, gen: GenerationSettings, controller: VReason | None,
-                ctl: _Control) -> Iterator[Event]:
+    def _decode(
+        self, answer: Answer, gen: GenerationSettings, controller: VReason | None, ctl: _Control
+    ) -> Iterator[Event]:
         """The decode loop. The token of step k comes from p_k before that step's update (the method)."""
         c, pos0 = self._cache, self._cache.encoding.n_past
         sampler = Sampler(gen.sampling, self.model.n_vocab)
@@ -670,8 +720,11 @@ class Engine:
             c.turns.append(tok)
         answer.history = tuple(c.turns) + (() if eog else (tok,))
         decode_s = time.perf_counter() - t0
-        answer.timings.update(decode_s=round(decode_s, 4), controller_s=round(control_s, 4),
-                              tokens_per_s=round(len(answer.tokens) / decode_s, 3) if decode_s > 0 else 0.0)
+        answer.timings.update(
+            decode_s=round(decode_s, 4),
+            controller_s=round(control_s, 4),
+            tokens_per_s=round(len(answer.tokens) / decode_s, 3) if decode_s > 0 else 0.0,
+        )
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -687,7 +740,16 @@ def check_context(needed: int, n_ctx: int | None, n_ctx_train: int) -> None:
     if needed <= limit:
         return
     if n_ctx is not None and needed <= n_ctx_train:
-        raise ContextTooSmall(needed, limit, True, [Remedy("a larger context", "engine.n_ctx", -(-needed // CONTEXT_STEP) * CONTEXT_STEP)])
-    raise ContextTooSmall(needed, limit, n_ctx is not None, [
-        Remedy("fewer frames", "frames.max_frames"), Remedy("a lower frame resolution", "frames.max_pixels"),
-        Remedy("a shorter answer", "generation.max_tokens")])
+        raise ContextTooSmall(
+            needed, limit, True, [Remedy("a larger context", "engine.n_ctx", -(-needed // CONTEXT_STEP) * CONTEXT_STEP)]
+        )
+    raise ContextTooSmall(
+        needed,
+        limit,
+        n_ctx is not None,
+        [
+            Remedy("fewer frames", "frames.max_frames"),
+            Remedy("a lower frame resolution", "frames.max_pixels"),
+            Remedy("a shorter answer", "generation.max_tokens"),
+        ],
+    )

@@ -8,8 +8,8 @@ words it: the CLI as `--max-frames 16`, the TUI as the form field of that settin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,8 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 
-import numpy as np
-
 import llama_cpp as L
+import numpy as np
 from llama_cpp._ctypes_extensions import load_shared_library
 from llama_cpp.llama_cpp import _base_path
 
@@ -42,15 +41,26 @@ def _load() -> tuple[ctypes.CDLL, ctypes.CDLL]:
     ggml = load_shared_library("ggml-base", _base_path)
     vp, sz, i64 = _c.c_void_p, _c.c_size_t, _c.c_int64
     sigs = {
-        "vr_tensor_size": ([], sz), "vr_name_offset": ([], sz), "vr_view_src_offset": ([], sz),
-        "vr_tensor_type": ([vp], _c.c_int32), "vr_tensor_ne": ([vp, _c.c_int], i64),
-        "vr_tensor_nb": ([vp, _c.c_int], sz), "vr_tensor_view_src": ([vp], vp),
-        "vr_hook_new": ([vp], vp), "vr_hook_free": ([vp], None),
+        "vr_tensor_size": ([], sz),
+        "vr_name_offset": ([], sz),
+        "vr_view_src_offset": ([], sz),
+        "vr_tensor_type": ([vp], _c.c_int32),
+        "vr_tensor_ne": ([vp, _c.c_int], i64),
+        "vr_tensor_nb": ([vp, _c.c_int], sz),
+        "vr_tensor_view_src": ([vp], vp),
+        "vr_hook_new": ([vp], vp),
+        "vr_hook_free": ([vp], None),
         "vr_hook_add_capture": ([vp, _c.c_char_p, sz], _c.c_int),
         "vr_hook_set_cache_names": ([vp, _c.c_char_p, _c.c_char_p], None),
-        "vr_hook_enable": ([vp, _c.c_int], None), "vr_hook_reset": ([vp], None),
-        "vr_hook_capture": ([vp, _c.c_int, _c.POINTER(i64), _c.POINTER(sz), _c.POINTER(i64), _c.POINTER(_c.c_int32)], vp),
-        "vr_hook_cache": ([vp, _c.c_int], vp), "vr_hook_n_asked": ([vp], i64), "vr_hook_n_observed": ([vp], i64),
+        "vr_hook_enable": ([vp, _c.c_int], None),
+        "vr_hook_reset": ([vp], None),
+        "vr_hook_capture": (
+            [vp, _c.c_int, _c.POINTER(i64), _c.POINTER(sz), _c.POINTER(i64), _c.POINTER(_c.c_int32)],
+            vp,
+        ),
+        "vr_hook_cache": ([vp, _c.c_int], vp),
+        "vr_hook_n_asked": ([vp], i64),
+        "vr_hook_n_observed": ([vp], i64),
     }
     for name, (args, res) in sigs.items():
         fn = getattr(lib, name)
@@ -78,7 +88,10 @@ def verify_layout(lib: ctypes.CDLL, ggml: ctypes.CDLL) -> None:
     """
     vp = ctypes.c_void_p
     ggml.ggml_init.argtypes, ggml.ggml_init.restype = [_InitParams], vp
-    ggml.ggml_new_tensor_2d.argtypes, ggml.ggml_new_tensor_2d.restype = [vp, ctypes.c_int, ctypes.c_int64, ctypes.c_int64], vp
+    ggml.ggml_new_tensor_2d.argtypes, ggml.ggml_new_tensor_2d.restype = (
+        [vp, ctypes.c_int, ctypes.c_int64, ctypes.c_int64],
+        vp,
+    )
     ggml.ggml_view_1d.argtypes, ggml.ggml_view_1d.restype = [vp, vp, ctypes.c_int64, ctypes.c_size_t], vp
     ggml.ggml_set_name.argtypes, ggml.ggml_set_name.restype = [vp, ctypes.c_char_p], vp
     ggml.ggml_get_name.argtypes, ggml.ggml_get_name.restype = [vp], vp
@@ -101,8 +114,10 @@ def verify_layout(lib: ctypes.CDLL, ggml: ctypes.CDLL) -> None:
         ggml.ggml_free(ctx)
     bad = [k for k, ok in checks.items() if not ok]
     if bad:
-        raise UserError(f"this llama.cpp build's ggml_tensor layout does not match the hook ({', '.join(bad)} differ); "
-                        "install the pinned llama-cpp-python==0.3.36")
+        raise UserError(
+            f"this llama.cpp build's ggml_tensor layout does not match the hook ({', '.join(bad)} differ); "
+            "install the pinned llama-cpp-python==0.3.36"
+        )
 
 
 class ValueHook:
@@ -143,7 +158,9 @@ class ValueHook:
         """The data copied from node `key` in the last decode, shaped as ggml's ne reversed (row-major)."""
         ne = (ctypes.c_int64 * 4)()
         nbytes, seen, err = ctypes.c_size_t(), ctypes.c_int64(), ctypes.c_int32()
-        ptr = self.lib.vr_hook_capture(self.h, self.slots[key], ne, ctypes.byref(nbytes), ctypes.byref(seen), ctypes.byref(err))
+        ptr = self.lib.vr_hook_capture(
+            self.h, self.slots[key], ne, ctypes.byref(nbytes), ctypes.byref(seen), ctypes.byref(err)
+        )
         if err.value or not seen.value:
             raise RuntimeError(f"hook did not capture {self.names[key]} (error {err.value}, seen {seen.value})")
         arr = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(nbytes.value // 4,))
@@ -198,7 +215,11 @@ class ValueHook:
                 block = out[first : first + length]
                 fn(t, block.ctypes.data, cell * n * 2, block.nbytes)
             else:  # transposed: channel*kv_size + cell, one call per channel and run
-                block = np.ascontiguousarray(out[first : first + length].T) if values is not None else np.empty((n, length), np.float16)
+                block = (
+                    np.ascontiguousarray(out[first : first + length].T)
+                    if values is not None
+                    else np.empty((n, length), np.float16)
+                )
                 for c in range(n):
                     fn(t, block[c].ctypes.data, (c * kv_size + cell) * 2, length * 2)
                 if values is None:

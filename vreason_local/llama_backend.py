@@ -13,15 +13,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 import llama_cpp as L
+import numpy as np
 from llama_cpp import mtmd_cpp as M
 
 from .errors import UserError
 
-FLASH_ATTN = {"auto": L.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": L.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-              "off": L.LLAMA_FLASH_ATTN_TYPE_DISABLED}
+FLASH_ATTN = {
+    "auto": L.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    "on": L.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    "off": L.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
 
 
 @ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
@@ -57,7 +59,9 @@ class Model:
         params.use_extra_bufts = repack  # off where repacked quantised matmuls crash (see repack.py)
         self.ptr = L.llama_model_load_from_file(str(path).encode(), params)
         if not self.ptr:
-            raise UserError(f"llama.cpp could not load {path} (corrupt file or unsupported build; run with VREASON_LLAMA_LOG=1 for details)")
+            raise UserError(
+                f"llama.cpp could not load {path} (corrupt file or unsupported build; run with VREASON_LLAMA_LOG=1 for details)"
+            )
         self.vocab = L.llama_model_get_vocab(self.ptr)
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
 
@@ -86,8 +90,16 @@ class Model:
 class Context:
     """A llama.cpp context (the KV cache of one conversation), optionally with an eval callback."""
 
-    def __init__(self, model: Model, n_ctx: int, n_batch: int, n_threads: int, flash_attn: str,
-                 eval_callback: object | None = None, callback_data: int | None = None) -> None:
+    def __init__(
+        self,
+        model: Model,
+        n_ctx: int,
+        n_batch: int,
+        n_threads: int,
+        flash_attn: str,
+        eval_callback: object | None = None,
+        callback_data: int | None = None,
+    ) -> None:
         params = L.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
@@ -128,7 +140,9 @@ class Context:
                 b.logits[i] = start + i == len(tokens) - 1
             rc = L.llama_decode(self.ptr, b)
             if rc != 0:
-                raise UserError(f"llama.cpp decode failed (code {rc}): the context of {self.n_ctx} tokens is probably full")
+                raise UserError(
+                    f"llama.cpp decode failed (code {rc}): the context of {self.n_ctx} tokens is probably full"
+                )
             if between is not None:
                 between(start + len(chunk))
 
@@ -182,7 +196,7 @@ class Vision:
             raise UserError(f"mtmd could not load the projector {mmproj} for this model")
         self.marker = M.mtmd_default_marker().decode()
 
-    def tokenize(self, text: str, images: Sequence[np.ndarray], mergeable: bool) -> "MediaPrompt":
+    def tokenize(self, text: str, images: Sequence[np.ndarray], mergeable: bool) -> MediaPrompt:
         """Split `text` (one marker per image) into text and image chunks, without encoding anything.
 
         `mergeable`: consecutive same-size images form one Qwen temporal patch (video frames in pairs).
@@ -255,8 +269,18 @@ class MediaPrompt:
         embd = M.mtmd_get_output_embd(self.vision.ptr)
         t1 = time.perf_counter()
         new_n_past = L.llama_pos(0)
-        rc = M.mtmd_helper_decode_image_chunk(self.vision.ptr, ctx.ptr, ptr, embd, n_past, 0, ctx.n_batch,
-                                              ctypes.byref(new_n_past), M.mtmd_helper_post_decode_callback(), None)
+        rc = M.mtmd_helper_decode_image_chunk(
+            self.vision.ptr,
+            ctx.ptr,
+            ptr,
+            embd,
+            n_past,
+            0,
+            ctx.n_batch,
+            ctypes.byref(new_n_past),
+            M.mtmd_helper_post_decode_callback(),
+            None,
+        )
         if rc != 0:
             raise UserError(f"llama.cpp could not decode the video tokens (code {rc})")
         return new_n_past.value, t1 - t0, time.perf_counter() - t1
@@ -269,7 +293,7 @@ class MediaPrompt:
             M.mtmd_bitmap_free(bm)
         self._bitmaps = []
 
-    def __enter__(self) -> "MediaPrompt":
+    def __enter__(self) -> MediaPrompt:
         return self
 
     def __exit__(self, *exc: object) -> None:

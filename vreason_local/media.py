@@ -6,14 +6,26 @@ The only place that knows both the files and the model's vision grid, so front e
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Literal, Sequence
 from pathlib import Path
+from typing import Literal
 
 import cv2
 
 from .errors import UserError
-from .video import Frame, SamplingPlan, FrameSampling, VideoInfo, fit_token_budget, plan_sampling, probe, sample_frames, smart_resize, video_tokens
+from .video import (
+    Frame,
+    FrameSampling,
+    SamplingPlan,
+    VideoInfo,
+    fit_token_budget,
+    plan_sampling,
+    probe,
+    sample_frames,
+    smart_resize,
+    video_tokens,
+)
 
 
 @dataclass(frozen=True)
@@ -25,7 +37,7 @@ class Media:
     source: str = ""
 
     @staticmethod
-    def none() -> "Media":
+    def none() -> Media:
         return Media("none")
 
 

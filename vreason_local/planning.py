@@ -13,16 +13,17 @@ from pathlib import Path
 
 from . import gguf_info
 from .cache import cache_dir
-from .engine import Engine, EngineSettings, GenerationSettings, check_context
 from .checks import check_model_settings
+from .engine import Engine, EngineSettings, GenerationSettings, check_context
 from .errors import UserError
 from .fit import ContextUse, check_fit, context_size, format_bytes
 from .hub import resolve_model
-from .prompt import prefix_parts, question_text, text_token_bound
 from .media import LoadedMedia, Media, check_image_file, load_image, load_video
+from .prompt import prefix_parts, question_text, text_token_bound
 from .video import FrameSampling, check_video_file
 
 QUESTION_ALLOWANCE = 512  # bytes of question (and the reasoning instruction) assumed when none is given yet
+
 
 @dataclass(frozen=True)
 class Estimate:
@@ -45,10 +46,14 @@ class Estimate:
         guess = "" if self.measured else " (a guess until measured here)"
         seconds = f"{self.prefill_s:.0f}" if self.prefill_s >= 10 else f"{self.prefill_s:.1f}"
         if media.media.kind == "none":
-            return (f"text only; context {self.n_ctx:,} tokens, KV cache {format_bytes(self.kv_bytes)}; "
-                    f"prefill ~{seconds} s{guess}")
-        return (f"{what} -> {self.n_media_tokens:,} vision tokens; context {self.n_ctx:,} tokens, "
-                f"KV cache {format_bytes(self.kv_bytes)}; encode + prefill ~{seconds} s{guess}")
+            return (
+                f"text only; context {self.n_ctx:,} tokens, KV cache {format_bytes(self.kv_bytes)}; "
+                f"prefill ~{seconds} s{guess}"
+            )
+        return (
+            f"{what} -> {self.n_media_tokens:,} vision tokens; context {self.n_ctx:,} tokens, "
+            f"KV cache {format_bytes(self.kv_bytes)}; encode + prefill ~{seconds} s{guess}"
+        )
 
 
 @dataclass(frozen=True)
@@ -103,9 +108,18 @@ def _has_gpu() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
-def plan_run(model: str, mmproj: str | None, video: Path | None, image: Path | None, sampling: FrameSampling,
-             gen: GenerationSettings, engine: EngineSettings, token_budget: int | None = None,
-             n_ctx: int | None = None, question: str | None = None) -> Plan:
+def plan_run(
+    model: str,
+    mmproj: str | None,
+    video: Path | None,
+    image: Path | None,
+    sampling: FrameSampling,
+    gen: GenerationSettings,
+    engine: EngineSettings,
+    token_budget: int | None = None,
+    n_ctx: int | None = None,
+    question: str | None = None,
+) -> Plan:
     """Resolve, sample and size a run; raise `UserError` with remedies when it cannot work.
 
     `n_ctx`: the user's context size (None: automatic). `question`, when known, sizes the estimate.
@@ -136,15 +150,26 @@ def plan_run(model: str, mmproj: str | None, video: Path | None, image: Path | N
     ctx = n_ctx or min(info.n_ctx_train, context_size(needed))
     settings = replace(engine, n_ctx=n_ctx)  # None: the engine sizes it from the real prompt
     kv = ctx * info.kv_bytes_per_token
-    check_fit(info.file_bytes, projector.file_bytes if projector else 0, ctx, info.kv_bytes_per_token,
-              cpu_only=engine.n_gpu_layers == 0 or not _has_gpu(),
-              use=ContextUse(needed, gen.max_tokens, len(loaded.media.frames) if loaded.plan else 0,
-                             loaded.n_tokens if loaded.plan else 0, sampling.min_frames,
-                             user_set=n_ctx is not None)).require()
+    check_fit(
+        info.file_bytes,
+        projector.file_bytes if projector else 0,
+        ctx,
+        info.kv_bytes_per_token,
+        cpu_only=engine.n_gpu_layers == 0 or not _has_gpu(),
+        use=ContextUse(
+            needed,
+            gen.max_tokens,
+            len(loaded.media.frames) if loaded.plan else 0,
+            loaded.n_tokens if loaded.plan else 0,
+            sampling.min_frames,
+            user_set=n_ctx is not None,
+        ),
+    ).require()
     speed, measured = _prefill_speed(info, settings)
     est = Estimate(loaded.n_tokens, ctx, kv, n_prompt / speed, measured)
-    return Plan(info.path, projector.path if projector else None, info, projector, loaded, settings, est, sampling,
-                token_budget)
+    return Plan(
+        info.path, projector.path if projector else None, info, projector, loaded, settings, est, sampling, token_budget
+    )
 
 
 def _resolve(model: str, mmproj: str | None, needs_vision: bool) -> tuple[Path, Path | None]:

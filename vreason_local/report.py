@@ -86,8 +86,11 @@ def stream_text(plan: Plan, events: Iterable[Event]) -> Answer:
     t = answer.timings
     kept = f", {_rows(plan)} kept {answer.n_video_tokens_kept}" if answer.n_video_tokens_kept is not None else ""
     click.echo(f"answer: {answer.answer}", err=True)
-    click.echo(f"[{answer.mode}] {len(answer.tokens)} tokens, {t.get('tokens_per_s', 0):.1f} tok/s, "
-               f"stop: {answer.stop_reason}, controller {t.get('controller_s', 0):.2f} s{kept}", err=True)
+    click.echo(
+        f"[{answer.mode}] {len(answer.tokens)} tokens, {t.get('tokens_per_s', 0):.1f} tok/s, "
+        f"stop: {answer.stop_reason}, controller {t.get('controller_s', 0):.2f} s{kept}",
+        err=True,
+    )
     return answer
 
 
@@ -101,16 +104,28 @@ def run_settings(plan: Plan, answer: Answer) -> dict:
     frames = None
     if media.plan:
         p = media.plan
-        frames = {"count": len(media.media.frames), "width": p.width, "height": p.height,
-                  "fps": plan.frame_settings.fps, "min_frames": plan.frame_settings.min_frames,
-                  "max_frames": plan.frame_settings.max_frames, "max_pixels": plan.frame_settings.max_pixels,
-                  "start_s": round(p.start_s, 3), "end_s": round(p.end_s, 3), "token_budget": plan.token_budget}
+        frames = {
+            "count": len(media.media.frames),
+            "width": p.width,
+            "height": p.height,
+            "fps": plan.frame_settings.fps,
+            "min_frames": plan.frame_settings.min_frames,
+            "max_frames": plan.frame_settings.max_frames,
+            "max_pixels": plan.frame_settings.max_pixels,
+            "start_s": round(p.start_s, 3),
+            "end_s": round(p.end_s, 3),
+            "token_budget": plan.token_budget,
+        }
     elif media.media.kind == "image":
         h, w = media.media.frames[0].rgb.shape[:2]
         frames = {"count": 1, "width": w, "height": h, "max_pixels": plan.frame_settings.max_pixels}
     engine = {**asdict(plan.engine), "n_ctx_used": answer.settings.get("n_ctx")}
-    return {"frames": frames, "generation": answer.settings.get("generation"), "engine": engine,
-            "vreason": answer.settings.get("vreason")}
+    return {
+        "frames": frames,
+        "generation": answer.settings.get("generation"),
+        "engine": engine,
+        "vreason": answer.settings.get("vreason"),
+    }
 
 
 def answer_json(plan: Plan, events: Iterable[Event]) -> dict:
@@ -118,10 +133,13 @@ def answer_json(plan: Plan, events: Iterable[Event]) -> dict:
     answer, encoded = consume(plan, events, lambda ev: None)
     media = plan.media
     t = answer.timings
-    timings = {"load_s": t.get("load_s", 0.0), "sampling_s": round(media.sampling_s, 4),
-               "encode_s": t.get("encode_s", 0.0),
-               "prefill_s": round(t.get("prefill_media_s", 0.0) + t.get("prefill_question_s", 0.0), 4),
-               **{k: v for k, v in t.items() if k not in ("load_s", "encode_s", "prefill_media_s")}}
+    timings = {
+        "load_s": t.get("load_s", 0.0),
+        "sampling_s": round(media.sampling_s, 4),
+        "encode_s": t.get("encode_s", 0.0),
+        "prefill_s": round(t.get("prefill_media_s", 0.0) + t.get("prefill_question_s", 0.0), 4),
+        **{k: v for k, v in t.items() if k not in ("load_s", "encode_s", "prefill_media_s")},
+    }
     control = answer.control
     updates = [c for c in control if c is not None and c.alpha is not None]
 
@@ -148,11 +166,19 @@ def answer_json(plan: Plan, events: Iterable[Event]) -> dict:
         "tokens": answer.tokens,
         "token_text": answer.token_text,
         "entropy": [round(h, 6) for h in answer.entropy],
-        "ema": col("ema"), "peak": col("peak"), "alpha": col("alpha"), "dv_norm": col("dv_norm"),
-        "update_ms": col("update_ms"), "selfcheck": col("selfcheck"),
-        "controller": {"n_updates": len(updates), "controller_s": t.get("controller_s", 0.0),
-                       "max_selfcheck": max((u.selfcheck for u in updates), default=None)}
-        if answer.mode != "base" else None,
+        "ema": col("ema"),
+        "peak": col("peak"),
+        "alpha": col("alpha"),
+        "dv_norm": col("dv_norm"),
+        "update_ms": col("update_ms"),
+        "selfcheck": col("selfcheck"),
+        "controller": {
+            "n_updates": len(updates),
+            "controller_s": t.get("controller_s", 0.0),
+            "max_selfcheck": max((u.selfcheck for u in updates), default=None),
+        }
+        if answer.mode != "base"
+        else None,
         "settings": run_settings(plan, answer),
         "warnings": list(media.warnings),
         "notices": answer.notices,

@@ -90,7 +90,8 @@ class FrameSampling:
             raise ValueError(f"min_pixels must be positive, got {self.min_pixels}")
         if self.max_pixels < self.min_pixels:
             raise SettingError(
-                "frames.max_pixels", self.max_pixels,
+                "frames.max_pixels",
+                self.max_pixels,
                 f"a pixel budget of {self.max_pixels:,} per frame is below the smallest frame size the model "
                 f"is given ({self.min_pixels:,} pixels)",
                 [Remedy("the smallest frame size", "frames.max_pixels", self.min_pixels)],
@@ -99,8 +100,9 @@ class FrameSampling:
             if value is not None and not value >= 0:
                 raise SettingError(setting, value, f"clip {name} must be a time >= 0 seconds, got {value}")
         if self.start_s is not None and self.end_s is not None and self.start_s >= self.end_s:
-            raise SettingError("frames.end_s", self.end_s,
-                               f"clip start ({self.start_s} s) must be before clip end ({self.end_s} s)")
+            raise SettingError(
+                "frames.end_s", self.end_s, f"clip start ({self.start_s} s) must be before clip end ({self.end_s} s)"
+            )
 
     def _check_frame_limits(self) -> None:
         """Qwen takes frames in pairs, so the limits must leave room for an even count of at least 2;
@@ -109,11 +111,15 @@ class FrameSampling:
         if low <= high:
             return
         if self.max_frames < 2:
-            problem = (f"frame limits allow at most {self.max_frames} frame{'' if self.max_frames == 1 else 's'}, "
-                       "but a video is given to the model as an even number of frames, at least 2")
+            problem = (
+                f"frame limits allow at most {self.max_frames} frame{'' if self.max_frames == 1 else 's'}, "
+                "but a video is given to the model as an even number of frames, at least 2"
+            )
         else:
-            problem = (f"frame limits of at least {self.min_frames} and at most {self.max_frames} frames leave "
-                       "no even frame count (a video is given to the model in pairs of frames)")
+            problem = (
+                f"frame limits of at least {self.min_frames} and at most {self.max_frames} frames leave "
+                "no even frame count (a video is given to the model in pairs of frames)"
+            )
         remedies = [Remedy("more frames", "frames.max_frames", low)]
         if high >= 2:
             remedies.append(Remedy("a lower minimum", "frames.min_frames", high))
@@ -177,8 +183,10 @@ def probe(path: str | Path) -> VideoInfo:
     height, width = first.shape[:2]
     warnings: tuple[str, ...] = ()
     if count < promised:
-        warnings = (f"{path.name} ends early: its header promises {promised / fps:.1f} s ({promised} frames) but "
-                    f"only the first {count / fps:.1f} s ({count} frames) can be decoded; the answer covers only those",)
+        warnings = (
+            f"{path.name} ends early: its header promises {promised / fps:.1f} s ({promised} frames) but "
+            f"only the first {count / fps:.1f} s ({count} frames) can be decoded; the answer covers only those",
+        )
     return VideoInfo(path, count / fps, fps, count, width, height, rotation, codec, warnings)
 
 
@@ -378,9 +386,7 @@ def _clip_window(info: VideoInfo, settings: FrameSampling) -> tuple[float, float
     """The [start, end) window in seconds, checked against the video's duration."""
     start_s = settings.start_s or 0.0
     if start_s >= info.duration_s:
-        raise UserError(
-            f"clip start {start_s} s is beyond the end of {info.path.name} ({info.duration_s:.2f} s long)"
-        )
+        raise UserError(f"clip start {start_s} s is beyond the end of {info.path.name} ({info.duration_s:.2f} s long)")
     end_s = info.duration_s if settings.end_s is None else min(settings.end_s, info.duration_s)
     return start_s, end_s
 
