@@ -177,9 +177,15 @@ def test_context_is_sized_from_the_real_prompt_and_grows_for_a_conversation(tiny
         assert reference.result().tokens == grown.tokens  # the carried-over cache is the same cache
 
 
-def test_a_failed_load_frees_what_it_loaded(tiny, monkeypatch):
-    from vreason_local import llama_backend
+def test_a_failed_load_frees_what_it_loaded(tiny, tmp_path, monkeypatch):
+    """The projector fails to load after the model did: the model is freed, once, by the constructor."""
+    import dataclasses
 
+    from vreason_local import gguf_info, llama_backend
+
+    info, projector = gguf_info.read_pair(tiny.model_path, tiny.mmproj_path)
+    broken = tmp_path / "mmproj-broken.gguf"
+    broken.write_bytes(tiny.mmproj_path.read_bytes()[: 4096])  # passes the metadata check, not mtmd's load
     closed = []
     real_close = llama_backend.Model.close
 
@@ -188,9 +194,9 @@ def test_a_failed_load_frees_what_it_loaded(tiny, monkeypatch):
         real_close(self)
 
     monkeypatch.setattr(llama_backend.Model, "close", recording_close)
-    with pytest.raises(UserError, match="context"):
-        Engine(tiny.model_path, tiny.mmproj_path, EngineSettings(n_ctx=1 << 30))
-    assert closed == [True]  # the model was freed once, by the failed constructor
+    with pytest.raises(UserError, match="could not load the projector"):
+        Engine(tiny.model_path, broken, infos=(info, dataclasses.replace(projector, path=broken)))
+    assert closed == [True]
 
 
 def test_encoding_belongs_to_its_engine(tiny, engine, clips):

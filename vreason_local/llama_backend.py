@@ -45,6 +45,11 @@ def init_backend() -> None:
     _backend_ready = True
 
 
+def supports_gpu_offload() -> bool:
+    """This build of llama.cpp can put layers on a GPU (CUDA, Metal, Vulkan, ...)."""
+    return bool(L.llama_supports_gpu_offload())
+
+
 def default_threads() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 

@@ -18,6 +18,7 @@ from .engine import Engine, EngineSettings, GenerationSettings, check_context
 from .errors import UserError
 from .fit import ContextUse, check_fit, context_size, format_bytes
 from .hub import resolve_model
+from .llama_backend import supports_gpu_offload
 from .media import LoadedMedia, Media, check_image_file, load_image, load_video
 from .prompt import prefix_parts, question_text, text_token_bound
 from .video import FrameSampling, check_video_file
@@ -98,14 +99,8 @@ def _prefill_speed(info: gguf_info.ModelInfo, settings: EngineSettings) -> tuple
         pass
     # ~2 FLOPs per weight per token at ~20 GFLOP/s per CPU thread; GPUs are far faster.
     params = info.n_layer * 12 * info.n_embd**2 + info.n_vocab * info.n_embd
-    flops = 20e9 * settings.n_threads * (30 if settings.n_gpu_layers != 0 and _has_gpu() else 1)
+    flops = 20e9 * settings.n_threads * (30 if settings.n_gpu_layers != 0 and supports_gpu_offload() else 1)
     return flops / (2 * params), False
-
-
-def _has_gpu() -> bool:
-    import llama_cpp
-
-    return bool(llama_cpp.llama_supports_gpu_offload())
 
 
 def plan_run(
@@ -155,7 +150,7 @@ def plan_run(
         projector.file_bytes if projector else 0,
         ctx,
         info.kv_bytes_per_token,
-        cpu_only=engine.n_gpu_layers == 0 or not _has_gpu(),
+        cpu_only=engine.n_gpu_layers == 0 or not supports_gpu_offload(),
         use=ContextUse(
             needed,
             gen.max_tokens,

@@ -25,7 +25,7 @@ class ProgressView:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.every_s = every_s
-        self._last = 0.0
+        self._last: float | None = None  # when the last plain line was written
         self._open = False
 
     def show(self, p: Progress) -> None:
@@ -36,7 +36,7 @@ class ProgressView:
             filled = int(width * p.done / max(1, p.total))
             self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {words}\x1b[K")
             self._open = True
-        elif time.monotonic() - self._last >= self.every_s or p.done >= p.total:
+        elif self._last is None or time.monotonic() - self._last >= self.every_s or p.done >= p.total:
             self.stream.write(words + "\n")
             self._last = time.monotonic()
         self.stream.flush()
