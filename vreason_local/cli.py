@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 import click
 
 from .errors import Remedy, UserError
+from .events import MODES
 
 if TYPE_CHECKING:
     from .engine import AnswerHandle
@@ -35,7 +36,7 @@ def _engine_options(f: Callable) -> Callable:
         ),
         click.option(
             "--mode",
-            type=click.Choice(["base", "vreason", "lite"]),
+            type=click.Choice(MODES),
             default="base",
             show_default=True,
             help="Decoding: plain, V-Reason, or V-Reason Lite (prunes half the video tokens).",
@@ -281,7 +282,7 @@ def _until_done(handle: AnswerHandle, view: Callable[[], T]) -> T:
     default=None,
     help="Where to write the generated model and clip (default: a cache folder).",
 )
-@click.option("--mode", type=click.Choice(["base", "vreason", "lite"]), default="vreason", show_default=True)
+@click.option("--mode", type=click.Choice(MODES), default="vreason", show_default=True)
 @click.option("--max-tokens", type=click.IntRange(1), default=48, show_default=True)
 def demo(out_dir: Path | None, mode: str, max_tokens: int) -> None:
     """Check an install end to end, with no download: a generated tiny model and a generated clip.

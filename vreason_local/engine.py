@@ -31,14 +31,14 @@ import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import numpy as np
 
 from . import gguf_info
 from .channels import ChannelSplitter, split_answer
 from .errors import ContextTooSmall, EngineBusy, Remedy, UserError
-from .events import Answer, ControlState, Encoded, Event, Finished, Notice, Prefilled, Progress, TokenEvent
+from .events import MODES, Answer, ControlState, Encoded, Event, Finished, Mode, Notice, Prefilled, Progress, TokenEvent
 from .fit import CONTEXT_STEP, context_size
 from .kv_state import prune_cells
 from .llama_backend import Context, MediaPrompt, Model, Vision, default_threads
@@ -49,9 +49,6 @@ from .sampling import Sampler, TokenSampling
 
 if TYPE_CHECKING:
     from .vreason import VReason, VReasonSettings
-
-Mode = Literal["base", "vreason", "lite"]
-MODES: tuple[Mode, ...] = ("base", "vreason", "lite")
 
 
 @dataclass(frozen=True)
@@ -314,7 +311,8 @@ class Engine:
     def encode(self, media: Media, cancel: threading.Event | None = None) -> EncodeJob:
         """Encode `media` now (progress events while it runs), to ask about it later."""
         self._check_idle()
-        prompt, n_prefix = self._prepare_media(media)
+        key = media_key(media)
+        prompt, n_prefix = self._prepare_media(media, key)
         try:
             self._check_room(n_prefix + 1)
         except BaseException:
@@ -322,7 +320,7 @@ class Engine:
                 prompt.close()
             raise
         job = EncodeJob(cancel)
-        self._start(job, self._encode_steps(job._ctl, media, prompt))
+        self._start(job, self._encode_steps(job._ctl, media, key, prompt))
         return job
 
     def ask(
@@ -351,7 +349,7 @@ class Engine:
             prompt, key, n_prefix = None, source.key, source.n_tokens
         else:
             key = media_key(source)
-            prompt, n_prefix = self._prepare_media(source)
+            prompt, n_prefix = self._prepare_media(source, key)
         history: tuple[int, ...] = ()
         if follow_up is not None:
             if follow_up.settings.get("media_key") != key:
@@ -380,10 +378,10 @@ class Engine:
         self._active = weakref.ref(job)
 
     # -- checks made before anything runs ----------------------------------------------------------
-    def _prepare_media(self, media: Media) -> tuple[MediaPrompt | None, int]:
+    def _prepare_media(self, media: Media, key: str) -> tuple[MediaPrompt | None, int]:
         """(tokenised prompt prefix, its token count); no prompt when the media is already resident."""
         resident = self._cache.encoding
-        if resident is not None and resident.key == media_key(media):
+        if resident is not None and resident.key == key:
             return None, resident.n_tokens
         if media.kind != "none" and self.vision is None:
             raise UserError(
@@ -423,9 +421,9 @@ class Engine:
         )
 
     # -- resident: the media's prefix in the cache -------------------------------------------------
-    def _encode_steps(self, ctl: _Control, media: Media, prompt: MediaPrompt | None) -> Iterator[Event]:
+    def _encode_steps(self, ctl: _Control, media: Media, key: str, prompt: MediaPrompt | None) -> Iterator[Event]:
         try:
-            encoding, event = yield from self._resident(media, prompt, ctl)
+            encoding, event = yield from self._resident(media, key, prompt, ctl)
         except _Cancelled:
             return
         finally:
@@ -435,7 +433,9 @@ class Engine:
         ctl.done = True
         yield event
 
-    def _resident(self, source: Media | Encoding, prompt: MediaPrompt | None, ctl: _Control) -> Iterator[Event]:
+    def _resident(
+        self, source: Media | Encoding, key: str, prompt: MediaPrompt | None, ctl: _Control
+    ) -> Iterator[Event]:
         """Make `source`'s prefix the cache's; returns (encoding, Encoded event)."""
         c = self._cache
         if isinstance(source, Encoding):
@@ -445,7 +445,6 @@ class Engine:
                 self.ctx.state_set(source.snapshot)
                 self._cache = _Cache(source, False, source.media_cells, source.n_tokens)
             return source, Encoded(source.n_tokens, source.n_media_tokens, source.n_frames, 0.0, 0.0, True)
-        key = media_key(source)
         if c.encoding is not None and c.encoding.key == key:
             e = c.encoding
             return e, Encoded(e.n_tokens, e.n_media_tokens, e.n_frames, 0.0, 0.0, True)
@@ -543,7 +542,7 @@ class Engine:
         if self.hook:
             self.hook.prepare(False)  # counts start with the answer; no node capture unless V-Reason asks
         try:
-            encoding, encoded = yield from self._resident(source, prompt, ctl)
+            encoding, encoded = yield from self._resident(source, key, prompt, ctl)
             ctl.encoding = encoding
             answer.reused_encoding = encoded.reused
             answer.n_media_tokens = encoding.n_media_tokens

@@ -9,9 +9,11 @@ Front ends only render or store them; nothing here is recomputed downstream.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 Channel = Literal["reasoning", "answer"]
+Mode = Literal["base", "vreason", "lite"]  # plain decoding, V-Reason, V-Reason Lite (README)
+MODES: tuple[Mode, ...] = get_args(Mode)
 
 
 @dataclass(frozen=True)
