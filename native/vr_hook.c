@@ -184,6 +184,29 @@ VR_API bool vr_hook_callback(struct vr_tensor *t, bool ask, void *user_data) {
     return true; /* false would abort the graph */
 }
 
+/* Cancellation inside a long graph compute (a prefill batch, a frame pair in the vision encoder). Python
+ * sets `flag` from any thread. llama.cpp's CPU backend polls `vr_abort_requested` between graph nodes (its
+ * abort_callback). The vision encoder offers only an eval callback, which its scheduler consults before it
+ * computes: `vr_cancel_eval` asks for every `every`-th node, so the graph runs in pieces, and aborts after
+ * the piece that is running when the flag is set. Both are a memory read when nothing is cancelled. */
+typedef struct {
+    volatile int32_t flag;
+    int32_t every;
+    int64_t n;
+} vr_cancel;
+
+VR_API bool vr_abort_requested(void *data) { return ((vr_cancel *)data)->flag != 0; }
+
+VR_API bool vr_cancel_eval(struct vr_tensor *t, bool ask, void *data) {
+    vr_cancel *c = (vr_cancel *)data;
+    (void)t;
+    if (ask) {
+        c->n++; /* nodes asked about, for tests */
+        return c->flag != 0 || c->n % c->every == 0;
+    }
+    return c->flag == 0; /* false aborts the graph */
+}
+
 /* For benchmarks/bench_vreason.py: the cost of one callback invocation as llama.cpp's scheduler makes it
  * (from C, on this thread), for this hook or any other callback such as a ctypes one. Returns the
  * total seconds for n calls with ask=true on tensor t. */

@@ -210,3 +210,29 @@ def test_progress_reports_rate_and_eta():
     p = Progress("encode", 50, 200, 2.0)
     assert p.rate == 25 and p.eta_s == 6.0
     assert Progress("prefill", 0, 10, 0.0).eta_s is None
+
+
+def test_the_cancel_flag_stops_llama_cpp_and_the_vision_encoder_part_way(engine, clips):
+    """cancel() sets a flag that llama.cpp reads between graph nodes: a batch or a frame pair being
+    computed stops there (Aborted), and the cache keeps none of the stopped batch."""
+    import struct
+
+    from vreason_local.llama_backend import Aborted
+
+    enc = engine.encode(clips["a"]).result()
+    tokens(engine, enc)
+    cells = struct.unpack_from("<I", engine.ctx.state_get(), 12)[0]
+    engine._abort.set()
+    try:
+        with pytest.raises(Aborted):
+            engine.ctx.decode_tokens(engine.model.tokenize("a question that will never be read " * 20), enc.n_past + 500)
+        assert struct.unpack_from("<I", engine.ctx.state_get(), 12)[0] == cells
+        with engine.vision.tokenize(engine.vision.marker, [clips["b"].frames[0].rgb], mergeable=False) as prompt:
+            image = next(c for c in prompt.chunks if c.tokens is None)
+            asked = engine._abort.n
+            with pytest.raises(Aborted):
+                prompt.encode_and_decode(image, engine.ctx, enc.n_past + 500)
+            assert engine._abort.n == asked + 1  # the encoder stopped after its first graph node
+    finally:
+        engine._abort.clear()
+    assert engine.encode(clips["a"]).result() is enc  # the cached encoding is untouched

@@ -41,7 +41,7 @@ from .errors import ContextTooSmall, EngineBusy, Remedy, UserError
 from .events import MODES, Answer, ControlState, Encoded, Event, Finished, Mode, Notice, Prefilled, Progress, TokenEvent
 from .fit import CONTEXT_STEP, context_size
 from .kv_state import prune_cells
-from .llama_backend import Context, MediaPrompt, Model, Vision, default_threads
+from .llama_backend import Aborted, CancelFlag, Context, MediaPrompt, Model, Vision, default_threads
 from .media import Media
 from .prompt import prefix_parts, question_text, require_question
 from .repack import repack_allowed
@@ -150,9 +150,10 @@ class _Control:
     """What an operation's steps share with its handle: cancellation, the result, whether it is done.
     (The steps hold this, not the handle, so an abandoned handle is freed, and closed, at once.)"""
 
-    def __init__(self, external: threading.Event | None) -> None:
+    def __init__(self, external: threading.Event | None, flag: CancelFlag) -> None:
         self.cancel = threading.Event()
         self.external = external
+        self.flag = flag  # stops llama.cpp part way through a batch or a frame pair
         self.result: object | None = None
         self.encoding: Encoding | None = None
         self.controller: VReason | None = None
@@ -165,8 +166,8 @@ class _Control:
 class _Job(Generic[T]):
     """A handle on one engine operation: iterate it for its events; `result()` runs it to the end."""
 
-    def __init__(self, cancel: threading.Event | None) -> None:
-        self._ctl = _Control(cancel)
+    def __init__(self, cancel: threading.Event | None, flag: CancelFlag) -> None:
+        self._ctl = _Control(cancel, flag)
         self._gen: Iterator[Event] | None = None
 
     @property
@@ -175,8 +176,12 @@ class _Job(Generic[T]):
         return self._ctl.done
 
     def cancel(self) -> None:
-        """Stop at the next safe point (between tokens, vision chunks or prefill batches); any thread."""
+        """Stop as soon as llama.cpp allows: part way through a prefill batch or a frame pair (CPU), else
+        at the next safe point (between tokens, frame pairs or batches). Any thread. A `cancel` event passed
+        to `ask` is seen at the safe points only."""
         self._ctl.cancel.set()
+        if not self.done:
+            self._ctl.flag.set()
 
     @property
     def cancel_requested(self) -> bool:
@@ -265,12 +270,15 @@ class Engine:
         self._tail_key: tuple[str, str] | None = None
         self._cache = _Cache()
         self._active: weakref.ref[_Job] | None = None
+        self._abort = CancelFlag()
         with contextlib.ExitStack() as undo:
             undo.callback(self.close)
             self.repack = repack_allowed(settings.repack)
             self.model = Model(self.info.path, settings.n_gpu_layers, self.repack)
             if self.projector:
-                self.vision = Vision(self.projector.path, self.model, settings.n_threads, settings.n_gpu_layers != 0)
+                self.vision = Vision(
+                    self.projector.path, self.model, settings.n_threads, settings.n_gpu_layers != 0, self._abort
+                )
             if settings.hook:
                 from .hook import ValueHook
 
@@ -319,7 +327,7 @@ class Engine:
             if prompt:
                 prompt.close()
             raise
-        job = EncodeJob(cancel)
+        job = EncodeJob(cancel, self._abort)
         self._start(job, self._encode_steps(job._ctl, media, key, prompt))
         return job
 
@@ -363,7 +371,7 @@ class Engine:
             if prompt:
                 prompt.close()
             raise
-        handle = AnswerHandle(cancel)
+        handle = AnswerHandle(cancel, self._abort)
         self._start(handle, self._answer_steps(handle._ctl, source, prompt, key, question, wanted, gen, mode, vreason))
         return handle
 
@@ -374,6 +382,7 @@ class Engine:
             raise EngineBusy("an answer is still open on this engine: finish, cancel() or close() it first")
 
     def _start(self, job: _Job, steps: Iterator[Event]) -> None:
+        self._abort.clear()
         job._gen = steps
         self._active = weakref.ref(job)
 
@@ -417,14 +426,20 @@ class Engine:
         if self.hook:
             self.hook.forget_cache()  # the new context has its own cache tensors
         self.ctx = Context(
-            self.model, n_ctx, s.n_batch, s.n_threads, s.flash_attn, *(self.hook.callback_args() if self.hook else ())
+            self.model,
+            n_ctx,
+            s.n_batch,
+            s.n_threads,
+            s.flash_attn,
+            *(self.hook.callback_args() if self.hook else ()),
+            cancel=self._abort,
         )
 
     # -- resident: the media's prefix in the cache -------------------------------------------------
     def _encode_steps(self, ctl: _Control, media: Media, key: str, prompt: MediaPrompt | None) -> Iterator[Event]:
         try:
             encoding, event = yield from self._resident(media, key, prompt, ctl)
-        except _Cancelled:
+        except (_Cancelled, Aborted):
             return
         finally:
             if prompt:
@@ -550,7 +565,7 @@ class Engine:
             yield encoded
             controller = yield from self._prefill(answer, encoding, wanted, gen, mode, vreason, ctl)
             yield from self._decode(answer, gen, controller, ctl)
-        except _Cancelled:
+        except (_Cancelled, Aborted):
             answer.stop_reason = "cancelled"
         finally:
             if controller is not None:
@@ -715,7 +730,11 @@ class Engine:
                 break
             if controller:
                 controller.prepare(step + 1)
-            self.ctx.decode_tokens([tok], pos0 + len(c.turns))
+            try:
+                self.ctx.decode_tokens([tok], pos0 + len(c.turns))
+            except Aborted:  # cancelled while llama.cpp computed the next step: this token stays the last
+                answer.stop_reason = "cancelled"
+                break
             c.turns.append(tok)
         answer.history = tuple(c.turns) + (() if eog else (tok,))
         decode_s = time.perf_counter() - t0

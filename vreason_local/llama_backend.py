@@ -45,6 +45,35 @@ def init_backend() -> None:
     _backend_ready = True
 
 
+class Aborted(Exception):
+    """A llama.cpp or vision-encoder computation was stopped part way by a `CancelFlag`."""
+
+
+class CancelFlag(ctypes.Structure):
+    """A flag that llama.cpp's compute reads between graph nodes (native/vr_hook.c `vr_cancel`): setting it
+    stops a prefill batch or a frame pair's encoding part way instead of after it."""
+
+    _fields_ = [("flag", ctypes.c_int32), ("every", ctypes.c_int32), ("n", ctypes.c_int64)]
+
+    def __init__(self) -> None:
+        super().__init__(0, 64, 0)  # the vision encoder runs in pieces of 64 graph nodes
+        from .hook import native
+
+        lib = native()
+        self.abort_callback = L.ggml_abort_callback(ctypes.cast(lib.vr_abort_requested, ctypes.c_void_p).value)
+        self.eval_callback = L.ggml_backend_sched_eval_callback(ctypes.cast(lib.vr_cancel_eval, ctypes.c_void_p).value)
+
+    def set(self) -> None:
+        self.flag = 1
+
+    def clear(self) -> None:
+        self.flag = 0
+
+    @property
+    def address(self) -> int:
+        return ctypes.addressof(self)
+
+
 def supports_gpu_offload() -> bool:
     """This build of llama.cpp can put layers on a GPU (CUDA, Metal, Vulkan, ...)."""
     return bool(L.llama_supports_gpu_offload())
@@ -104,6 +133,7 @@ class Context:
         flash_attn: str,
         eval_callback: object | None = None,
         callback_data: int | None = None,
+        cancel: CancelFlag | None = None,
     ) -> None:
         params = L.llama_context_default_params()
         params.n_ctx = n_ctx
@@ -117,6 +147,9 @@ class Context:
         if eval_callback is not None:
             params.cb_eval = eval_callback
             params.cb_eval_user_data = callback_data
+        if cancel is not None:
+            params.abort_callback = cancel.abort_callback
+            params.abort_callback_data = cancel.address
         self._batch = None
         self.ptr = L.llama_init_from_model(model.ptr, params)
         if not self.ptr:
@@ -144,6 +177,8 @@ class Context:
                 b.seq_id[i][0] = 0
                 b.logits[i] = start + i == len(tokens) - 1
             rc = L.llama_decode(self.ptr, b)
+            if rc == 2:  # the cancel flag stopped it; llama.cpp dropped this batch's cells again
+                raise Aborted
             if rc != 0:
                 raise UserError(
                     f"llama.cpp decode failed (code {rc}): the context of {self.n_ctx} tokens is probably full"
@@ -190,8 +225,14 @@ class Context:
 class Vision:
     """The mtmd context: the vision encoder (mmproj) bound to the language model."""
 
-    def __init__(self, mmproj: Path, model: Model, n_threads: int, use_gpu: bool) -> None:
+    def __init__(
+        self, mmproj: Path, model: Model, n_threads: int, use_gpu: bool, cancel: CancelFlag | None = None
+    ) -> None:
         params = M.mtmd_context_params_default()
+        self.cancel = cancel
+        if cancel is not None:
+            params.cb_eval = cancel.eval_callback
+            params.cb_eval_user_data = cancel.address
         params.use_gpu = use_gpu
         params.n_threads = n_threads
         params.print_timings = False
@@ -270,6 +311,7 @@ class MediaPrompt:
         ptr = M.mtmd_input_chunks_get(self._chunks, chunk.index)
         t0 = time.perf_counter()
         if M.mtmd_encode_chunk(self.vision.ptr, ptr) != 0:
+            self._raise_aborted()
             raise UserError("the vision encoder failed on a frame")
         embd = M.mtmd_get_output_embd(self.vision.ptr)
         t1 = time.perf_counter()
@@ -287,8 +329,13 @@ class MediaPrompt:
             None,
         )
         if rc != 0:
+            self._raise_aborted()
             raise UserError(f"llama.cpp could not decode the video tokens (code {rc})")
         return new_n_past.value, t1 - t0, time.perf_counter() - t1
+
+    def _raise_aborted(self) -> None:
+        if self.vision.cancel is not None and self.vision.cancel.flag:
+            raise Aborted
 
     def close(self) -> None:
         if self._chunks is not None:
