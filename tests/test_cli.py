@@ -538,3 +538,30 @@ def test_second_ctrl_c_aborts(files):
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=TIMEOUT_S)
     assert p.returncode == 130 and "Traceback" not in err.decode(), err.decode()
+
+
+def test_the_python_api_example_runs(files):
+    """examples/ask_video.py: one load, one encoding, base + vreason + lite + a follow-up, a JSON line each."""
+    script = Path(__file__).resolve().parents[1] / "examples" / "ask_video.py"
+    args = [
+        "--model",
+        str(files["model"]),
+        "--mmproj",
+        str(files["mmproj"]),
+        "--video",
+        str(files["clip"]),
+        "--max-tokens",
+        "4",
+    ]
+    p = subprocess.run(
+        [sys.executable, str(script), *args],
+        env=_env(files["root"], "example"),
+        cwd=files["root"],
+        capture_output=True,
+        timeout=TIMEOUT_S,
+    )
+    assert p.returncode == 0, p.stderr.decode()
+    rows = [json.loads(line) for line in p.stdout.decode().splitlines()]
+    assert [r["mode"] for r in rows] == ["base", "vreason", "lite", "base"]
+    assert all(r["reused"] for r in rows)  # encoded once, before the first question
+    assert all(1 <= r["n_tokens"] <= 4 for r in rows) and rows[-1]["question"] == "And what happens next?"
