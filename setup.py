@@ -1,5 +1,25 @@
-"""Builds the C value-cache hook (native/vr_hook.c) with the package; everything else is in pyproject.toml."""
+"""Builds the native helpers with the package: the value-cache hook (native/vr_hook.c) and the per-token
+entropy and sampling kernels (native/vr_sampling.c), one library reached through ctypes. Everything else
+is in pyproject.toml."""
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
-setup(ext_modules=[Extension("vreason_local._vrhook", ["native/vr_hook.c"], extra_compile_args=[])])
+
+class BuildExt(build_ext):
+    """GCC needs -fno-trapping-math to vectorise vr_sampling.c's selects (a float compare may trap, so
+    it will not if-convert them otherwise); the arithmetic stays IEEE. MSVC builds its scalar path as is."""
+
+    def build_extensions(self) -> None:
+        if self.compiler.compiler_type != "msvc":
+            for ext in self.extensions:
+                ext.extra_compile_args.append("-fno-trapping-math")
+        super().build_extensions()
+
+
+setup(
+    ext_modules=[
+        Extension("vreason_local._vrhook", ["native/vr_hook.c", "native/vr_sampling.c"], extra_compile_args=[])
+    ],
+    cmdclass={"build_ext": BuildExt},
+)

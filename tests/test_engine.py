@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import ctypes
 import threading
 from pathlib import Path
 
+import llama_cpp as L
 import numpy as np
 import pytest
 import torch
 
-import llama_cpp as L
-
-from vreason_local.clips import make_clip, make_image
 from vreason_local.channels import split_answer
+from vreason_local.clips import make_clip, make_image
 from vreason_local.engine import Engine, EngineSettings, GenerationSettings
 from vreason_local.errors import ContextTooSmall, UserError
 from vreason_local.events import Encoded, Finished, Prefilled, Progress, TokenEvent
-from vreason_local.media import load_image, load_video
-from vreason_local.media import Media
+from vreason_local.media import Media, load_image, load_video
 from vreason_local.prompt import prefix_parts, question_text
 from vreason_local.repack import cpu_has_amx, probe, repack_allowed
-from vreason_local.sampling import Sampler, TokenSampling, entropy
 from vreason_local.video import FrameSampling, video_tokens
 
 
@@ -46,21 +42,6 @@ def run(engine: Engine, media: Media, question: str = "What happens?", **kw) -> 
     events = [ev for ev in engine.ask(media, question, **kw) if not isinstance(ev, Progress)]
     assert isinstance(events[-1], Finished)
     return events, events[-1].answer
-
-
-def test_entropy_matches_torch():
-    z = np.random.default_rng(0).normal(0, 3, 1000).astype(np.float32)
-    ref = torch.distributions.Categorical(logits=torch.from_numpy(z).double()).entropy().item()
-    assert entropy(z) == pytest.approx(ref, rel=1e-9)
-
-
-def test_sampler_greedy_and_seeded():
-    z = np.random.default_rng(1).normal(0, 2, 50).astype(np.float32)
-    assert Sampler(TokenSampling())(z) == int(np.argmax(z))
-    s = TokenSampling(temperature=1.0, top_p=0.9, seed=7)
-    assert [Sampler(s)(z) for _ in range(3)] == [Sampler(s)(z)] * 3
-    # min_p keeps only tokens within a factor of the best: with min_p=1 only the argmax survives
-    assert Sampler(TokenSampling(temperature=1.0, min_p=1.0))(z) == int(np.argmax(z))
 
 
 def test_split_answer():

@@ -185,7 +185,7 @@ def test_a_failed_load_frees_what_it_loaded(tiny, tmp_path, monkeypatch):
 
     info, projector = gguf_info.read_pair(tiny.model_path, tiny.mmproj_path)
     broken = tmp_path / "mmproj-broken.gguf"
-    broken.write_bytes(tiny.mmproj_path.read_bytes()[: 4096])  # passes the metadata check, not mtmd's load
+    broken.write_bytes(tiny.mmproj_path.read_bytes()[:4096])  # passes the metadata check, not mtmd's load
     closed = []
     real_close = llama_backend.Model.close
 
@@ -225,7 +225,9 @@ def test_the_cancel_flag_stops_llama_cpp_and_the_vision_encoder_part_way(engine,
     engine._abort.set()
     try:
         with pytest.raises(Aborted):
-            engine.ctx.decode_tokens(engine.model.tokenize("a question that will never be read " * 20), enc.n_past + 500)
+            engine.ctx.decode_tokens(
+                engine.model.tokenize("a question that will never be read " * 20), enc.n_past + 500
+            )
         assert struct.unpack_from("<I", engine.ctx.state_get(), 12)[0] == cells
         with engine.vision.tokenize(engine.vision.marker, [clips["b"].frames[0].rgb], mergeable=False) as prompt:
             image = next(c for c in prompt.chunks if c.tokens is None)

@@ -30,13 +30,19 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere():
     for done in (96, 192, 288, 384):
         plain.show(Progress("encode", done, 384, done / 24))
     lines = pipe.getvalue().splitlines()
-    assert lines == ["encoding video: 96/384 tokens, 24 tokens/s, ~12 s left", "encoding video: 384/384 tokens, 24 tokens/s"]
+    assert lines == [
+        "encoding video: 96/384 tokens, 24 tokens/s, ~12 s left",
+        "encoding video: 384/384 tokens, 24 tokens/s",
+    ]
     assert "\r" not in pipe.getvalue()
 
 
 def test_remedies_are_worded_as_flags():
     err = ContextTooSmall(5000, 4096, True, [Remedy("a larger context", "engine.n_ctx", 5120)])
-    assert render_error(err) == "this needs 5,000 tokens of context but the context size you set holds 4,096; try --ctx 5120"
+    assert (
+        render_error(err)
+        == "this needs 5,000 tokens of context but the context size you set holds 4,096; try --ctx 5120"
+    )
     two = UserError("too big", [Remedy("fewer frames", "frames.max_frames", 16), Remedy("a lower fps", "frames.fps")])
     assert render_error(two) == "too big; try --max-frames 16 or a lower fps (--fps)"
     assert render_error(UserError("plain", [Remedy("close other programs")])) == "plain; try close other programs"

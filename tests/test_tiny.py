@@ -9,14 +9,13 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
-
-import numpy as np
-import pytest
 
 import llama_cpp
+import numpy as np
+import pytest
 from llama_cpp import mtmd_cpp
 
 from vreason_local import tiny
@@ -89,8 +88,9 @@ def _decode_all(ctx: int, vocab: int, tokens: list[int]) -> np.ndarray:
         batch.n_tokens = n
         assert llama_cpp.llama_decode(ctx, batch) == 0
         n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
-        return np.stack([np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, i), shape=(n_vocab,)).copy()
-                         for i in range(n)])
+        return np.stack(
+            [np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, i), shape=(n_vocab,)).copy() for i in range(n)]
+        )
     finally:
         llama_cpp.llama_batch_free(batch)
 
@@ -166,8 +166,11 @@ def test_mmproj_encodes_image_into_the_language_model(tiny_model_factory, arch: 
         try:
             assert mtmd_cpp.mtmd_support_vision(mctx)
             assert mtmd_cpp.mtmd_decode_use_mrope(mctx)
-            prompt = (b"<|im_start|>user\n" + mtmd_cpp.mtmd_default_marker()
-                      + b"What happens in this video?<|im_end|>\n<|im_start|>assistant\n")
+            prompt = (
+                b"<|im_start|>user\n"
+                + mtmd_cpp.mtmd_default_marker()
+                + b"What happens in this video?<|im_end|>\n<|im_start|>assistant\n"
+            )
             text = mtmd_cpp.mtmd_input_text()
             text.text, text.text_len, text.add_special, text.parse_special = prompt, len(prompt), False, True
             bitmaps = (ctypes.c_void_p * 1)(bitmap)
@@ -199,8 +202,9 @@ def test_mmproj_encodes_image_into_the_language_model(tiny_model_factory, arch: 
             rc = mtmd_cpp.mtmd_helper_eval_chunks(mctx, ctx, chunks, 0, 0, 512, True, ctypes.byref(n_past))
             assert rc == 0
             assert n_past.value == n_pos_expected
-            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1),
-                                           shape=(llama_cpp.llama_vocab_n_tokens(vocab),))
+            logits = np.ctypeslib.as_array(
+                llama_cpp.llama_get_logits_ith(ctx, -1), shape=(llama_cpp.llama_vocab_n_tokens(vocab),)
+            )
             assert np.isfinite(logits).all()
         finally:
             mtmd_cpp.mtmd_input_chunks_free(chunks)
@@ -240,9 +244,14 @@ def test_file_names_and_tensor_types(tiny_model_factory) -> None:
     from gguf import GGMLQuantizationType, GGUFReader
 
     m = tiny_model_factory("qwen25vl", "q8_0")
-    assert m.model_path.name == "vreason-tiny-qwen25vl-tiny-q8_0.gguf"
-    assert m.mmproj_path.name == "mmproj-vreason-tiny-qwen25vl-tiny-q8_0.gguf"
+    assert m.model_path.name == "vreason-random-qwen25vl-tiny-q8_0.gguf"
+    assert m.mmproj_path.name == "mmproj-vreason-random-qwen25vl-tiny-q8_0.gguf"
     assert (m.arch, m.shape) == ("qwen25vl", "tiny")
+    # Every file is named after its shape: a 3b file does not call itself tiny.
+    for shape in tiny.SHAPES:
+        names = tiny.file_names("qwen3vl", shape, "q8_0")
+        assert all(f"-{shape}-" in n and n.endswith(".gguf") for n in names), names
+        assert all("tiny" not in n for n in names) or shape == "tiny", names
     for path in (m.model_path, m.mmproj_path):
         for t in GGUFReader(path).tensors:
             if len(t.shape) == 1:  # norms and biases stay F32, as in real conversions
@@ -253,18 +262,59 @@ def test_file_names_and_tensor_types(tiny_model_factory) -> None:
                 assert t.tensor_type == GGMLQuantizationType.Q8_0, t.name
 
 
-def test_3b_vocabulary_matches_qwen_layout() -> None:
-    ids = tiny.special_token_ids("3b")
+@pytest.mark.parametrize("shape", ["fast", "3b"])
+def test_full_size_vocabularies_match_qwen_layout(shape: str) -> None:
+    ids = tiny.special_token_ids(shape)
     assert ids["<|endoftext|>"] == 151643
     assert ids["<|im_start|>"] == 151644 and ids["<|im_end|>"] == 151645
     assert ids["<|vision_start|>"] == 151652 and ids["<|image_pad|>"] == 151655 and ids["<|video_pad|>"] == 151656
     assert ids["<think>"] == 151667 and ids["</think>"] == 151668
-    vocab = tiny._build_vocab("3b")
+    vocab = tiny._build_vocab(shape)
     assert len(vocab.tokens) == len(set(vocab.tokens)) == 151936  # == embedding rows
+
+
+def test_3b_dimensions() -> None:
     lm, v = tiny._dims("qwen25vl", "3b")
     assert (lm.n_embd, lm.n_layer, lm.n_head, lm.n_head_kv, lm.head_dim, lm.n_ff) == (2048, 36, 16, 2, 128, 11008)
     assert lm.tied and lm.rope_sections == (16, 24, 24, 0)
     assert (v.n_layer, v.n_embd, v.n_ff, v.n_head, v.n_wa_pattern) == (32, 1280, 3420, 16, 8)
+
+
+@pytest.mark.parametrize("arch", tiny.ARCHES)
+def test_fast_shape_decodes_with_the_full_vocabulary(tmp_path: Path, arch: str) -> None:
+    """The benchmark shape: 3 layers of width 128, Qwen's 151,936 tokens, real special ids, varied entropy."""
+    m = tiny.make_tiny(tmp_path, arch=arch, shape="fast")
+    assert m.model_path.name == f"vreason-random-{arch}-fast-f16.gguf" and m.shape == "fast"
+    assert 80e6 < m.model_path.stat().st_size < 86e6 and m.mmproj_path.stat().st_size < 1e6  # as the help says
+    ids = tiny.special_token_ids("fast")
+    with _load_lm(m.model_path) as (model, ctx, vocab):
+        assert llama_cpp.llama_vocab_n_tokens(vocab) == 151936
+        assert llama_cpp.llama_model_n_layer(model) == 3 and llama_cpp.llama_model_n_embd(model) == 128
+        assert llama_cpp.llama_vocab_eos(vocab) == ids["<|im_end|>"] == 151645
+        tokens = _tokenize(vocab, PROMPT)
+        assert ids["<think>"] in tokens and ids["<|im_start|>"] in tokens
+        logits = _decode_all(ctx, vocab, tokens)
+        assert np.isfinite(logits).all()
+        ent = _entropies(logits)
+        assert ent.max() < math.log(151936) - 1.0 and ent.max() - ent.min() > 1.0, ent
+
+
+@pytest.mark.parametrize("arch", tiny.ARCHES)
+def test_shape_sizes_match_the_help(arch: str) -> None:
+    """The sizes `make-tiny --help` states, from the tensors each shape writes (bytes of tensor data)."""
+    stated = {  # shape: {wtype: (min, max) bytes of the language model}, projector max
+        "tiny": ({"f32": (0, 1.0e6), "f16": (0, 1.0e6), "q8_0": (0, 1.0e6)}, 1.0e6),
+        "fast": ({"f16": (78e6, 86e6), "q8_0": (41e6, 47e6)}, 1.0e6),
+        "3b": ({"f16": (6.1e9, 8.1e9), "q8_0": (3.2e9, 4.4e9)}, 1.35e9),
+    }
+    for shape, (lm_sizes, mmproj_max) in stated.items():
+        lm, v = tiny._dims(arch, shape)
+        for wtype, (lo, hi) in lm_sizes.items():
+            lm_bytes = sum(
+                tiny._nbytes(t.shape, tiny._ggml_type(t, wtype)) for t in tiny._lm_tensors(lm, tiny._n_vocab(shape))
+            )
+            mm_bytes = sum(tiny._nbytes(t.shape, tiny._ggml_type(t, wtype)) for t in tiny._vision_tensors(v, lm.n_embd))
+            assert lo <= lm_bytes <= hi and mm_bytes <= mmproj_max, (shape, wtype, lm_bytes, mm_bytes)
 
 
 def test_rejects_unknown_arguments(tmp_path: Path) -> None:
@@ -272,5 +322,7 @@ def test_rejects_unknown_arguments(tmp_path: Path) -> None:
         tiny.make_tiny(tmp_path, arch="llava")
     with pytest.raises(ValueError):
         tiny.make_tiny(tmp_path, shape="7b")
+    with pytest.raises(ValueError):
+        tiny.make_tiny(tmp_path, shape="fast", wtype="q4_0")
     with pytest.raises(ValueError):
         tiny.make_tiny(tmp_path, wtype="q4_0")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from .families import FAMILY_NAMES
 from .fit import format_bytes
 from .registry import DEFAULT_MODEL, get_spec
 
@@ -120,30 +121,34 @@ def pull_cmd(name: str, endpoint: str | None, progress: bool) -> None:
 
 @models.command("make-tiny")
 @click.argument("out_dir", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--arch", type=click.Choice(["qwen2vl", "qwen25vl", "qwen3vl"]), default="qwen25vl", show_default=True)
+@click.option("--arch", type=click.Choice(FAMILY_NAMES), default="qwen25vl", show_default=True)
 @click.option(
     "--shape",
-    type=click.Choice(["tiny", "3b"]),
+    type=click.Choice(["tiny", "fast", "3b"]),
     default="tiny",
     show_default=True,
-    help="tiny: a few MB; 3b: the real 3B dimensions.",
+    help="tiny: 2-3 small layers, a 1,024-token vocabulary, ~1 MB at most per file (for tests). "
+    "fast: 3 layers of width 128 with Qwen's full 151,936-token vocabulary, ~83 MB (f16) or ~46 MB (q8_0), "
+    "decoding in milliseconds (for measuring per-token overhead). "
+    "3b: the real Qwen2.5-VL-3B (Qwen3-VL-4B for qwen3vl) dimensions, a 3.3-4.3 GB (q8_0) or 6.2-8.0 GB (f16) "
+    "model plus a 0.5-1.3 GB projector (for speed and memory benchmarks). Files are named after the shape.",
 )
 @click.option(
     "--type",
     "wtype",
     type=click.Choice(["f32", "f16", "q8_0"]),
     default=None,
-    help="Weight type (default: f16 for tiny, q8_0 for 3b).",
+    help="Weight type (default: f16 for tiny and fast, q8_0 for 3b).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed for the weights.")
 def make_tiny_cmd(out_dir: Path, arch: str, shape: str, wtype: str | None, seed: int) -> None:
-    """Write a random-weight GGUF model and projector into DIR, for testing without a download."""
+    """Write a random-weight GGUF model and projector of a chosen shape into DIR, for testing without a download."""
     from .tiny import make_tiny
 
     def progress(message: str) -> None:
         click.echo(message, err=True)
 
-    # The tiny shape takes a fraction of a second; only the 3b one is worth progress lines.
+    # The tiny shape takes a fraction of a second; the larger ones are worth progress lines.
     tiny = make_tiny(
         out_dir, arch=arch, shape=shape, wtype=wtype, seed=seed, progress=None if shape == "tiny" else progress
     )

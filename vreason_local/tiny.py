@@ -1,4 +1,4 @@
-"""Generate small (and 3B-shaped) *random-weight* Qwen-VL models as real GGUF files.
+"""Generate small, fast and 3B-shaped *random-weight* Qwen-VL models as real GGUF files.
 
 There is no network here, so no real checkpoint can be downloaded. Instead this module writes
 GGUF files of the genuine Qwen-VL architectures -- a language model plus an ``mmproj`` vision
@@ -18,9 +18,19 @@ Supported (``arch``):
   adds the extra slices to the outputs of its first ``n_deepstack`` layers, so its
   ``n_embd_inp`` is ``n_embd * (1 + n_deepstack)``.
 
-Shapes (``shape``): ``tiny`` (under 1 MB per file, built in tens of milliseconds) and ``3b`` (the
-real Qwen2.5-VL-3B / Qwen3-VL-4B dimensions, written streaming with low memory, ~4 GB and about a
-minute for q8_0, for benchmarks).
+Shapes (``shape``), each file named after its shape (`file_names`):
+
+* ``tiny``: 2-3 layers of width 64, a 1,024-token vocabulary; ~1 MB at most per file, built in tens of
+  milliseconds. For tests.
+* ``fast``: tiny layers (3 of width 128) with Qwen's full 151,936-token vocabulary and the tiny vision
+  tower; ~83 MB (f16) or ~46 MB (q8_0), a few seconds to build. Decodes in about 2 ms a token on 2 CPU
+  threads, the speed class of a 3B model on a GPU, with the real per-token cost of a full-size
+  vocabulary's logits: for measuring the decode loop's own overhead (benchmarks/bench_decode.py).
+* ``3b``: the real Qwen2.5-VL-3B / Qwen3-VL-4B dimensions; a 3.3-4.3 GB (q8_0) or 6.2-8.0 GB (f16)
+  language model and a 0.5-1.3 GB projector, written streaming with low memory in about a minute
+  (q8_0). For benchmarks of real compute cost.
+
+``fast`` and ``3b`` use the real Qwen token ids for the added tokens (``special_token_ids``).
 
 The files say loudly that they are not real models: ``general.name`` contains
 "RANDOM WEIGHTS" and the custom key ``vreason.random_weights`` is ``True``.
@@ -33,17 +43,19 @@ import os
 import re
 import zlib
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 import gguf
 import numpy as np
 from gguf.quants import quantize
 
-ARCHES = ("qwen2vl", "qwen25vl", "qwen3vl")  # Qwen2-VL, Qwen2.5-VL, Qwen3-VL
-SHAPES = ("tiny", "3b")
+from .families import FAMILY_NAMES as ARCHES  # Qwen2-VL, Qwen2.5-VL, Qwen3-VL: see families.py
+
+SHAPES = ("tiny", "fast", "3b")
 WTYPES = ("f32", "f16", "q8_0")
 
 
@@ -96,8 +108,8 @@ SPECIAL_TOKENS: tuple[tuple[str, int], ...] = (
     ("</think>", _USER_DEFINED),
 )
 
-# Real Qwen vocabularies put <|endoftext|> at 151643 and pad the embedding to 151936 rows; the 3b
-# shape copies that layout so special-token ids are the real ones.
+# Real Qwen vocabularies put <|endoftext|> at 151643 and pad the embedding to 151936 rows; the fast
+# and 3b shapes copy that layout so special-token ids are the real ones.
 _QWEN_SPECIAL_BASE = 151643
 _QWEN_N_VOCAB = 151936
 _TINY_N_VOCAB = 1024
@@ -222,15 +234,15 @@ class _Vocab:
 
 
 def _special_base(shape: str) -> int:
-    return _QWEN_SPECIAL_BASE if shape == "3b" else _TINY_N_VOCAB - len(SPECIAL_TOKENS)
+    return _TINY_N_VOCAB - len(SPECIAL_TOKENS) if shape == "tiny" else _QWEN_SPECIAL_BASE
 
 
 def _n_vocab(shape: str) -> int:
-    return _QWEN_N_VOCAB if shape == "3b" else _TINY_N_VOCAB
+    return _TINY_N_VOCAB if shape == "tiny" else _QWEN_N_VOCAB
 
 
 def special_token_ids(shape: str = "tiny") -> dict[str, int]:
-    """Ids of the Qwen added tokens in a model of `shape` (the 3b shape uses the real Qwen ids)."""
+    """Ids of the Qwen added tokens in a model of `shape` (fast and 3b use the real Qwen ids)."""
     base = _special_base(shape)
     return {text: base + i for i, (text, _) in enumerate(SPECIAL_TOKENS)}
 
@@ -319,49 +331,136 @@ _HALF = (0.5, 0.5, 0.5)
 
 def _dims(arch: str, shape: str) -> tuple[_LM, _Vision]:
     """Language-model and vision-tower dimensions for (arch, shape)."""
-    n_ds = 2 if shape == "tiny" else 3
-    if shape == "tiny":
-        # head_dim 16 -> M-RoPE sections must sum to 8 (Qwen's [16,24,24] / [24,20,20] scaled down).
-        common = dict(n_embd=64, n_head=4, n_head_kv=2, head_dim=16, n_ff=128, n_ctx_train=8192, tied=False)
+    small = shape != "3b"  # tiny and fast: small layers, the tiny vision tower
+    n_ds = 2 if small else 3
+    if small:
+        # M-RoPE sections sum to head_dim / 2: Qwen's [16,24,24] / [24,20,20] scaled down to 8 (tiny,
+        # head_dim 16) or 16 (fast, head_dim 32).
+        fast = shape == "fast"
+        common = dict(
+            n_embd=128 if fast else 64,
+            n_head=4,
+            n_head_kv=2,
+            head_dim=32 if fast else 16,
+            n_ff=512 if fast else 128,
+            n_ctx_train=8192,
+            tied=False,
+        )
         if arch == "qwen3vl":
             # n_layer must exceed n_deepstack: llama.cpp adds the deepstack slices *after* pruning the
             # last layer to the output rows, so a deepstack layer that is also the last one fails
             # ggml_add (real Qwen3-VL: 3 deepstack layers of 36).
-            lm = _LM("qwen3vl", n_layer=3, **common, rope_theta=5e6, rope_sections=(3, 3, 2, 0),
-                     qkv_bias=False, qk_norm=True, n_deepstack=n_ds)
+            sections = (6, 5, 5, 0) if fast else (3, 3, 2, 0)
+            lm = _LM(
+                "qwen3vl",
+                n_layer=3,
+                **common,
+                rope_theta=5e6,
+                rope_sections=sections,
+                qkv_bias=False,
+                qk_norm=True,
+                n_deepstack=n_ds,
+            )
         else:
-            lm = _LM("qwen2vl", n_layer=2, **common, rope_theta=1e6, rope_sections=(2, 3, 3, 0),
-                     qkv_bias=True, qk_norm=False, n_deepstack=0)
+            sections = (4, 6, 6, 0) if fast else (2, 3, 3, 0)
+            lm = _LM(
+                "qwen2vl",
+                n_layer=3 if fast else 2,
+                **common,
+                rope_theta=1e6,
+                rope_sections=sections,
+                qkv_bias=True,
+                qk_norm=False,
+                n_deepstack=0,
+            )
     else:
         if arch == "qwen3vl":  # Qwen3-VL-4B-Instruct
-            lm = _LM("qwen3vl", n_embd=2560, n_layer=36, n_head=32, n_head_kv=8, head_dim=128, n_ff=9728,
-                     n_ctx_train=262144, rope_theta=5e6, rope_sections=(24, 20, 20, 0), tied=True,
-                     qkv_bias=False, qk_norm=True, n_deepstack=n_ds)
+            lm = _LM(
+                "qwen3vl",
+                n_embd=2560,
+                n_layer=36,
+                n_head=32,
+                n_head_kv=8,
+                head_dim=128,
+                n_ff=9728,
+                n_ctx_train=262144,
+                rope_theta=5e6,
+                rope_sections=(24, 20, 20, 0),
+                tied=True,
+                qkv_bias=False,
+                qk_norm=True,
+                n_deepstack=n_ds,
+            )
         else:  # Qwen2.5-VL-3B-Instruct (also used for the qwen2vl 3b shape: Qwen2-VL has no 3B)
-            lm = _LM("qwen2vl", n_embd=2048, n_layer=36, n_head=16, n_head_kv=2, head_dim=128, n_ff=11008,
-                     n_ctx_train=128000, rope_theta=1e6, rope_sections=(16, 24, 24, 0), tied=True,
-                     qkv_bias=True, qk_norm=False, n_deepstack=0)
+            lm = _LM(
+                "qwen2vl",
+                n_embd=2048,
+                n_layer=36,
+                n_head=16,
+                n_head_kv=2,
+                head_dim=128,
+                n_ff=11008,
+                n_ctx_train=128000,
+                rope_theta=1e6,
+                rope_sections=(16, 24, 24, 0),
+                tied=True,
+                qkv_bias=True,
+                qk_norm=False,
+                n_deepstack=0,
+            )
 
-    is_tiny = shape == "tiny"
     if arch == "qwen2vl":
-        v = _Vision("qwen2vl_merger", n_layer=2 if is_tiny else 32, n_embd=32 if is_tiny else 1280,
-                    n_ff=128 if is_tiny else 5120, n_head=2 if is_tiny else 16, patch_size=14, merge=2, image_size=560,
-                    n_wa_pattern=0, deepstack=(), n_pos_embd=0, image_mean=_CLIP_MEAN, image_std=_CLIP_STD)
+        v = _Vision(
+            "qwen2vl_merger",
+            n_layer=2 if small else 32,
+            n_embd=32 if small else 1280,
+            n_ff=128 if small else 5120,
+            n_head=2 if small else 16,
+            patch_size=14,
+            merge=2,
+            image_size=560,
+            n_wa_pattern=0,
+            deepstack=(),
+            n_pos_embd=0,
+            image_mean=_CLIP_MEAN,
+            image_std=_CLIP_STD,
+        )
     elif arch == "qwen25vl":
-        # tiny: 2 blocks, fullatt_block_indexes [1] -> block 0 windowed, block 1 full.
+        # tiny and fast: 2 blocks, fullatt_block_indexes [1] -> block 0 windowed, block 1 full.
         # 3b: 32 blocks, fullatt_block_indexes [7, 15, 23, 31] -> n_wa_pattern 8; window 112 px.
-        v = _Vision("qwen2.5vl_merger", n_layer=2 if is_tiny else 32, n_embd=32 if is_tiny else 1280,
-                    n_ff=96 if is_tiny else 3420, n_head=2 if is_tiny else 16, patch_size=14, merge=2, image_size=560,
-                    n_wa_pattern=2 if is_tiny else 8, deepstack=(), n_pos_embd=0,
-                    image_mean=_CLIP_MEAN, image_std=_CLIP_STD)
+        v = _Vision(
+            "qwen2.5vl_merger",
+            n_layer=2 if small else 32,
+            n_embd=32 if small else 1280,
+            n_ff=96 if small else 3420,
+            n_head=2 if small else 16,
+            patch_size=14,
+            merge=2,
+            image_size=560,
+            n_wa_pattern=2 if small else 8,
+            deepstack=(),
+            n_pos_embd=0,
+            image_mean=_CLIP_MEAN,
+            image_std=_CLIP_STD,
+        )
     else:
         # Qwen3-VL: patch 16 (32 px per output token); 2304 = 48x48 position embeddings (image_size 768).
-        n_pos = 64 if is_tiny else 2304
-        v = _Vision("qwen3vl_merger", n_layer=3 if is_tiny else 24, n_embd=32 if is_tiny else 1024,
-                    n_ff=128 if is_tiny else 4096, n_head=2 if is_tiny else 16, patch_size=16, merge=2,
-                    image_size=int(math.isqrt(n_pos)) * 16, n_wa_pattern=0,
-                    deepstack=(0, 1) if is_tiny else (5, 11, 17), n_pos_embd=n_pos,
-                    image_mean=_HALF, image_std=_HALF)
+        n_pos = 64 if small else 2304
+        v = _Vision(
+            "qwen3vl_merger",
+            n_layer=3 if small else 24,
+            n_embd=32 if small else 1024,
+            n_ff=128 if small else 4096,
+            n_head=2 if small else 16,
+            patch_size=16,
+            merge=2,
+            image_size=int(math.isqrt(n_pos)) * 16,
+            n_wa_pattern=0,
+            deepstack=(0, 1) if small else (5, 11, 17),
+            n_pos_embd=n_pos,
+            image_mean=_HALF,
+            image_std=_HALF,
+        )
     assert sum(lm.rope_sections) * 2 == lm.head_dim
     assert len(v.deepstack) == lm.n_deepstack
     assert lm.n_deepstack == 0 or lm.n_deepstack < lm.n_layer
@@ -415,8 +514,15 @@ def _lm_tensors(lm: _LM, n_vocab: int) -> list[_T]:
     head = ("lm_head_scale", _HEAD_LOGNORMAL_SIGMA)
     # The LM head gain G applies to logits = W x with |x|^2 = d, hence std G/sqrt(d) per entry.
     head_std = _HEAD_GAIN / math.sqrt(d)
-    ts = [_T("token_embd.weight", (n_vocab, d), "matrix",
-             std=head_std if lm.tied else 1.0, col_scale=head if lm.tied else None)]
+    ts = [
+        _T(
+            "token_embd.weight",
+            (n_vocab, d),
+            "matrix",
+            std=head_std if lm.tied else 1.0,
+            col_scale=head if lm.tied else None,
+        )
+    ]
     for i in range(lm.n_layer):
         p = f"blk.{i}."
         ts.append(_T(p + "attn_norm.weight", (d,), "f32", std=0.05, mean=1.0))
@@ -449,8 +555,10 @@ def _vision_tensors(v: _Vision, n_embd_out: int) -> list[_T]:
     rms = v.projector == "qwen2.5vl_merger"  # Qwen2.5-VL uses RMSNorm (weight only) everywhere
     # Conv3d(temporal 2) split into two Conv2d kernels; their outputs are summed, hence 2*3*p*p.
     conv_std = 1 / math.sqrt(2 * 3 * p * p)
-    ts = [_T("v.patch_embd.weight", (h, 3, p, p), "conv", std=conv_std),
-          _T("v.patch_embd.weight.1", (h, 3, p, p), "conv", std=conv_std)]
+    ts = [
+        _T("v.patch_embd.weight", (h, 3, p, p), "conv", std=conv_std),
+        _T("v.patch_embd.weight.1", (h, 3, p, p), "conv", std=conv_std),
+    ]
     if qwen3:
         ts.append(_T("v.patch_embd.bias", (h,), "f32", std=0.02))
         ts.append(_T("v.position_embd.weight", (v.n_pos_embd, h), "f32", std=0.1))
@@ -462,8 +570,10 @@ def _vision_tensors(v: _Vision, n_embd_out: int) -> list[_T]:
         return out
 
     def linear(name: str, n_out: int, n_in: int, gain: float = 1.0) -> list[_T]:
-        return [_T(name + ".weight", (n_out, n_in), "matrix", std=gain / math.sqrt(n_in)),
-                _T(name + ".bias", (n_out,), "f32", std=0.02)]
+        return [
+            _T(name + ".weight", (n_out, n_in), "matrix", std=gain / math.sqrt(n_in)),
+            _T(name + ".bias", (n_out,), "f32", std=0.02),
+        ]
 
     for i in range(v.n_layer):
         b = f"v.blk.{i}."
@@ -482,8 +592,10 @@ def _vision_tensors(v: _Vision, n_embd_out: int) -> list[_T]:
     ts += linear("mm.0", m4, m4) + linear("mm.2", n_embd_out, m4)
     for il in v.deepstack:
         # Deepstack mergers normalise *after* the merge (use_postshuffle_norm): LayerNorm over 4*h.
-        ts += [_T(f"v.deepstack.{il}.norm.weight", (m4,), "f32", std=0.05, mean=1.0),
-               _T(f"v.deepstack.{il}.norm.bias", (m4,), "f32", std=0.02)]
+        ts += [
+            _T(f"v.deepstack.{il}.norm.weight", (m4,), "f32", std=0.05, mean=1.0),
+            _T(f"v.deepstack.{il}.norm.bias", (m4,), "f32", std=0.02),
+        ]
         ts += linear(f"v.deepstack.{il}.fc1", m4, m4) + linear(f"v.deepstack.{il}.fc2", n_embd_out, m4)
     return ts
 
@@ -554,8 +666,16 @@ def _pad(f: BinaryIO, n: int, align: int) -> None:
         f.write(b"\x00" * rem)
 
 
-def _write_gguf(path: Path, arch: str, kv: Callable[[gguf.GGUFWriter], None], tensors: list[_T], wtype: str, seed: int,
-                progress: Callable[[str], None] | None, label: str) -> None:
+def _write_gguf(
+    path: Path,
+    arch: str,
+    kv: Callable[[gguf.GGUFWriter], None],
+    tensors: list[_T],
+    wtype: str,
+    seed: int,
+    progress: Callable[[str], None] | None,
+    label: str,
+) -> None:
     """Write one GGUF file streaming: header + KV + tensor infos first, then tensor data one at a time.
 
     `label` names the file in progress messages and also keys the random streams, so the qwen2vl and
@@ -571,8 +691,9 @@ def _write_gguf(path: Path, arch: str, kv: Callable[[gguf.GGUFWriter], None], te
         w = gguf.GGUFWriter(tmp, arch)
         kv(w)
         for t, g in zip(tensors, types):
-            w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), _nbytes(t.shape, g),
-                              raw_dtype=gguf.GGMLQuantizationType(g))
+            w.add_tensor_info(
+                t.name, t.shape, np.dtype(np.float32), _nbytes(t.shape, g), raw_dtype=gguf.GGMLQuantizationType(g)
+            )
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
@@ -607,8 +728,10 @@ def _write_gguf(path: Path, arch: str, kv: Callable[[gguf.GGUFWriter], None], te
 
 def _common_kv(w: gguf.GGUFWriter, name: str, wtype: str) -> None:
     w.add_string("general.name", name)
-    w.add_string("general.description",
-                 "Random weights generated by vreason_local.tiny for tests and benchmarks; not a trained model.")
+    w.add_string(
+        "general.description",
+        "Random weights generated by vreason_local.tiny for tests and benchmarks; not a trained model.",
+    )
     w.add_uint32("general.file_type", _FILE_TYPE[wtype])
     if wtype == "q8_0":
         w.add_uint32("general.quantization_version", 2)
@@ -682,8 +805,8 @@ def _mmproj_kv(v: _Vision, n_embd_out: int, name: str, wtype: str) -> Callable[[
 
 
 def file_names(arch: str, shape: str, wtype: str) -> tuple[str, str]:
-    """(language model, mmproj) file names for these arguments."""
-    stem = f"vreason-tiny-{arch}-{shape}-{wtype}"
+    """(language model, mmproj) file names for these arguments: named after the shape, marked random."""
+    stem = f"vreason-random-{arch}-{shape}-{wtype}"
     return f"{stem}.gguf", f"mmproj-{stem}.gguf"
 
 
@@ -698,7 +821,7 @@ def make_tiny(
     """Write (or reuse) a random-weight model pair of `arch`/`shape` into `out_dir`.
 
     `wtype` is the type of the weight matrices ("f32", "f16" or "q8_0"; default f16 for tiny and
-    q8_0 for 3b); norms, biases and position embeddings stay F32 and the patch-embedding convolution
+    fast, q8_0 for 3b); norms, biases and position embeddings stay F32 and the patch-embedding convolution
     F16, as in real conversions. Same arguments -> byte-identical files. If both files already
     exist they are returned untouched, which makes this cheap to call from test fixtures.
     """
@@ -707,7 +830,7 @@ def make_tiny(
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
     if wtype is None:
-        wtype = "f16" if shape == "tiny" else "q8_0"
+        wtype = "q8_0" if shape == "3b" else "f16"
     if wtype not in WTYPES:
         raise ValueError(f"unknown wtype {wtype!r}; expected one of {WTYPES}")
 
@@ -722,9 +845,25 @@ def make_tiny(
     vocab = _build_vocab(shape)
     name = f"vreason {shape} {arch} (RANDOM WEIGHTS, not a real model)"
     if not result.mmproj_path.is_file():
-        _write_gguf(result.mmproj_path, "clip", _mmproj_kv(v, lm.n_embd, name, wtype),
-                    _vision_tensors(v, lm.n_embd), wtype, seed, progress, f"{arch} mmproj")
+        _write_gguf(
+            result.mmproj_path,
+            "clip",
+            _mmproj_kv(v, lm.n_embd, name, wtype),
+            _vision_tensors(v, lm.n_embd),
+            wtype,
+            seed,
+            progress,
+            f"{arch} mmproj",
+        )
     if not result.model_path.is_file():
-        _write_gguf(result.model_path, lm.arch, _lm_kv(lm, vocab, name, wtype),
-                    _lm_tensors(lm, len(vocab.tokens)), wtype, seed, progress, f"{arch} model")
+        _write_gguf(
+            result.model_path,
+            lm.arch,
+            _lm_kv(lm, vocab, name, wtype),
+            _lm_tensors(lm, len(vocab.tokens)),
+            wtype,
+            seed,
+            progress,
+            f"{arch} model",
+        )
     return result
