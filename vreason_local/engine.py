@@ -694,6 +694,8 @@ class Engine:
         sampler = Sampler(gen.sampling, self.model.n_vocab)
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         splitter = ChannelSplitter()
+        text: list[str] = []
+        recent = ""  # the end of the text, where a closing </answer> would show
         t0 = time.perf_counter()
         control_s = 0.0
         step = 0
@@ -710,17 +712,18 @@ class Engine:
                     answer.notices.append(controller.warning)
                     yield Notice("warning", controller.warning)
                     controller.warning = None
-            eog = self.model.is_eog(tok)
-            piece = "" if eog else utf8.decode(self.model.piece(tok))
+            raw, eog = self.model.piece(tok)
+            piece = "" if eog else utf8.decode(raw)
             answer.tokens.append(tok)
             answer.token_text.append(piece)
             answer.entropy.append(h)
             answer.control.append(state)
-            answer.text += piece
+            text.append(piece)
+            recent = (recent + piece)[-16:]
             yield TokenEvent(step, tok, piece, h, time.perf_counter() - t0, state, splitter.feed(piece))
             if eog:
                 answer.stop_reason = "eos"
-            elif gen.stop_at_answer and "</answer>" in answer.text[-(len(piece) + 9) :]:
+            elif gen.stop_at_answer and "</answer>" in recent:
                 answer.stop_reason = "answer"
             elif step >= gen.max_tokens:
                 answer.stop_reason = "max_tokens"
@@ -731,11 +734,12 @@ class Engine:
             if controller:
                 controller.prepare(step + 1)
             try:
-                self.ctx.decode_tokens([tok], pos0 + len(c.turns))
+                self.ctx.decode_one(tok, pos0 + len(c.turns))
             except Aborted:  # cancelled while llama.cpp computed the next step: this token stays the last
                 answer.stop_reason = "cancelled"
                 break
             c.turns.append(tok)
+        answer.text = "".join(text)
         answer.history = tuple(c.turns) + (() if eog else (tok,))
         decode_s = time.perf_counter() - t0
         answer.timings.update(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,6 +98,7 @@ class Model:
             )
         self.vocab = L.llama_model_get_vocab(self.ptr)
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
+        self._pieces: dict[int, tuple[bytes, bool]] = {}
 
     def tokenize(self, text: str, special: bool = True) -> list[int]:
         raw = text.encode()
@@ -107,13 +108,14 @@ class Model:
             raise RuntimeError("tokenizer buffer too small")
         return list(buf[:n])
 
-    def piece(self, token: int) -> bytes:
-        buf = (ctypes.c_char * 256)()
-        n = L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
-        return bytes(buf[: max(n, 0)])
-
-    def is_eog(self, token: int) -> bool:
-        return bool(L.llama_vocab_is_eog(self.vocab, token))
+    def piece(self, token: int) -> tuple[bytes, bool]:
+        """(the token's bytes, whether it ends generation), remembered: the decode loop asks per token."""
+        known = self._pieces.get(token)
+        if known is None:
+            buf = (ctypes.c_char * 256)()
+            n = L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+            known = self._pieces[token] = (bytes(buf[: max(n, 0)]), bool(L.llama_vocab_is_eog(self.vocab, token)))
+        return known
 
     def close(self) -> None:
         if self.ptr:
@@ -159,13 +161,15 @@ class Context:
         self.n_vocab = model.n_vocab
         self.mem = L.llama_get_memory(self.ptr)
         self._batch = L.llama_batch_init(n_batch, 0, 1)
+        self._one = L.llama_batch_init(1, 0, 1)
+        self._one.n_tokens = 1
+        self._one.n_seq_id[0] = 1
+        self._one.seq_id[0][0] = 0
+        self._one.logits[0] = True
+        self._views: dict[int, np.ndarray] = {}
 
-    def decode_tokens(self, tokens: Sequence[int], pos0: int, between: Callable[[int], None] | None = None) -> None:
-        """Decode text tokens at positions pos0.., keeping the logits of the last one.
-
-        `between(n_done)` runs after each batch: the caller reports progress there, or raises to stop
-        (the batches already decoded stay in the cache).
-        """
+    def decode_tokens(self, tokens: Sequence[int], pos0: int) -> None:
+        """Decode text tokens at positions pos0.., keeping the logits of the last one."""
         for start in range(0, len(tokens), self.n_batch):
             chunk = tokens[start : start + self.n_batch]
             b = self._batch
@@ -183,16 +187,30 @@ class Context:
                 raise UserError(
                     f"llama.cpp decode failed (code {rc}): the context of {self.n_ctx} tokens is probably full"
                 )
-            if between is not None:
-                between(start + len(chunk))
+
+    def decode_one(self, token: int, pos: int) -> None:
+        """`decode_tokens([token], pos)` for the decode loop, on a batch set up once."""
+        b = self._one
+        b.token[0] = token
+        b.pos[0] = pos
+        rc = L.llama_decode(self.ptr, b)
+        if rc == 2:
+            raise Aborted
+        if rc != 0:
+            raise UserError(f"llama.cpp decode failed (code {rc}): the context of {self.n_ctx} tokens is probably full")
 
     def logits(self) -> np.ndarray:
         """The raw logits of the last decoded token, as a view of llama.cpp's output buffer (no copy).
 
         The next decode overwrites it, or frees it when the output buffer grows: use it before then.
+        Views are kept per buffer address, since making one costs more than the rest of a greedy step.
         """
-        ptr = L.llama_get_logits_ith(self.ptr, -1)
-        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+        addr = ctypes.cast(L.llama_get_logits_ith(self.ptr, -1), ctypes.c_void_p).value
+        view = self._views.get(addr)
+        if view is None:
+            view = np.frombuffer((ctypes.c_float * self.n_vocab).from_address(addr), np.float32)
+            self._views = {addr: view}  # an old buffer's view must never be handed out again
+        return view
 
     def remove_from(self, pos: int) -> None:
         """Forget every cached token at position >= pos."""
@@ -216,7 +234,9 @@ class Context:
     def close(self) -> None:
         if self._batch is not None:
             L.llama_batch_free(self._batch)
+            L.llama_batch_free(self._one)
             self._batch = None
+        self._views = {}
         if self.ptr:
             L.llama_free(self.ptr)
             self.ptr = None
