@@ -159,19 +159,22 @@ def bench_decode(model, tokens: int, rounds: int, frames: int, dtype: str) -> No
     updates: list[float] = []
     selfchecks: list[float] = []
     with Engine(model.model_path, model.mmproj_path, EngineSettings(n_ctx=2048, hook=True)) as engine:
+        encoding = engine.encode(lm.media).result()  # one encoding for every answer: only decoding differs
         for _ in range(rounds):
             for mode in ("base", "vreason"):
                 t_s = []
-                for ev in engine.ask(
-                    lm.media, "What happens in this video?", gen, mode, VReasonSettings(every=2, steps=1, dtype=dtype)
-                ):
+                handle = engine.ask(
+                    encoding, "What happens in this video?", gen, mode, VReasonSettings(every=2, steps=1, dtype=dtype)
+                )
+                for ev in handle:
                     if isinstance(ev, TokenEvent):
                         t_s.append(ev.t_s)
                         if ev.control and ev.control.update_ms is not None:
                             updates.append(ev.control.update_ms)
                             selfchecks.append(ev.control.selfcheck)
                 per[mode] += steady_step_s(t_s)
-        rows = engine.controller.n_rows
+                if mode == "vreason":
+                    rows = handle.result().settings["vreason"]["n_rows"]
     base, vr = float(np.mean(per["base"])), float(np.mean(per["vreason"]))
     print(
         f"B. time per generated token ({lm.n_tokens} video tokens controlled: {rows}; mean of {len(per['base'])} steps each)"
