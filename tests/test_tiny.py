@@ -262,15 +262,16 @@ def test_file_names_and_tensor_types(tiny_model_factory) -> None:
                 assert t.tensor_type == GGMLQuantizationType.Q8_0, t.name
 
 
-@pytest.mark.parametrize("shape", ["fast", "3b"])
-def test_full_size_vocabularies_match_qwen_layout(shape: str) -> None:
+@pytest.mark.parametrize(("shape", "n_rows"), [("fast", 151936), ("3b", 151936), ("7b", 152064)])
+def test_full_size_vocabularies_match_qwen_layout(shape: str, n_rows: int) -> None:
     ids = tiny.special_token_ids(shape)
     assert ids["<|endoftext|>"] == 151643
     assert ids["<|im_start|>"] == 151644 and ids["<|im_end|>"] == 151645
     assert ids["<|vision_start|>"] == 151652 and ids["<|image_pad|>"] == 151655 and ids["<|video_pad|>"] == 151656
     assert ids["<think>"] == 151667 and ids["</think>"] == 151668
-    vocab = tiny._build_vocab(shape)
-    assert len(vocab.tokens) == len(set(vocab.tokens)) == 151936  # == embedding rows
+    lm, _ = tiny._dims("qwen25vl", shape)
+    vocab = tiny._build_vocab(shape, lm.n_vocab)
+    assert len(vocab.tokens) == len(set(vocab.tokens)) == n_rows  # == embedding rows (the 7B pads to 152064)
 
 
 def test_3b_dimensions() -> None:
@@ -278,6 +279,18 @@ def test_3b_dimensions() -> None:
     assert (lm.n_embd, lm.n_layer, lm.n_head, lm.n_head_kv, lm.head_dim, lm.n_ff) == (2048, 36, 16, 2, 128, 11008)
     assert lm.tied and lm.rope_sections == (16, 24, 24, 0)
     assert (v.n_layer, v.n_embd, v.n_ff, v.n_head, v.n_wa_pattern) == (32, 1280, 3420, 16, 8)
+
+
+def test_7b_dimensions() -> None:
+    """Qwen2.5-VL-7B and Qwen3-VL-8B as their config.json state them: untied heads, the 7B's padded vocabulary."""
+    lm, v = tiny._dims("qwen25vl", "7b")
+    assert (lm.n_embd, lm.n_layer, lm.n_head, lm.n_head_kv, lm.head_dim, lm.n_ff) == (3584, 28, 28, 4, 128, 18944)
+    assert not lm.tied and lm.n_vocab == 152064 and lm.rope_sections == (16, 24, 24, 0)
+    assert (v.n_layer, v.n_embd, v.n_ff, v.n_head, v.n_wa_pattern) == (32, 1280, 3420, 16, 8)
+    lm, v = tiny._dims("qwen3vl", "7b")
+    assert (lm.n_embd, lm.n_layer, lm.n_head, lm.n_head_kv, lm.head_dim, lm.n_ff) == (4096, 36, 32, 8, 128, 12288)
+    assert not lm.tied and lm.n_vocab == 151936 and lm.rope_sections == (24, 20, 20, 0)
+    assert (v.n_layer, v.n_embd, v.n_ff, v.n_head, v.deepstack) == (27, 1152, 4304, 16, (8, 16, 24))
 
 
 @pytest.mark.parametrize("arch", tiny.ARCHES)
@@ -306,13 +319,14 @@ def test_shape_sizes_match_the_help(arch: str) -> None:
         "tiny": ({"f32": (0, 1.0e6), "f16": (0, 1.0e6), "q8_0": (0, 1.0e6)}, 1.0e6),
         "fast": ({"f16": (78e6, 86e6), "q8_0": (41e6, 47e6)}, 1.0e6),
         "3b": ({"f16": (6.1e9, 8.1e9), "q8_0": (3.2e9, 4.4e9)}, 1.35e9),
+        "k256": ({"f16": (4.9e6, 6.5e6)}, 1.0e6),
+        "mid": ({"f16": (0.3e9, 0.62e9), "q8_0": (0.16e9, 0.33e9)}, 2.5e6),
+        "7b": ({"f16": (15.2e9, 16.4e9), "q8_0": (8.0e9, 8.75e9)}, 1.36e9),  # projector: 0.7-0.9 GB in q8_0
     }
     for shape, (lm_sizes, mmproj_max) in stated.items():
         lm, v = tiny._dims(arch, shape)
         for wtype, (lo, hi) in lm_sizes.items():
-            lm_bytes = sum(
-                tiny._nbytes(t.shape, tiny._ggml_type(t, wtype)) for t in tiny._lm_tensors(lm, tiny._n_vocab(shape))
-            )
+            lm_bytes = sum(tiny._nbytes(t.shape, tiny._ggml_type(t, wtype)) for t in tiny._lm_tensors(lm))
             mm_bytes = sum(tiny._nbytes(t.shape, tiny._ggml_type(t, wtype)) for t in tiny._vision_tensors(v, lm.n_embd))
             assert lo <= lm_bytes <= hi and mm_bytes <= mmproj_max, (shape, wtype, lm_bytes, mm_bytes)
 
@@ -321,7 +335,7 @@ def test_rejects_unknown_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         tiny.make_tiny(tmp_path, arch="llava")
     with pytest.raises(ValueError):
-        tiny.make_tiny(tmp_path, shape="7b")
+        tiny.make_tiny(tmp_path, shape="13b")
     with pytest.raises(ValueError):
         tiny.make_tiny(tmp_path, shape="fast", wtype="q4_0")
     with pytest.raises(ValueError):

@@ -124,21 +124,29 @@ def pull_cmd(name: str, endpoint: str | None, progress: bool) -> None:
 @click.option("--arch", type=click.Choice(FAMILY_NAMES), default="qwen25vl", show_default=True)
 @click.option(
     "--shape",
-    type=click.Choice(["tiny", "fast", "3b"]),
+    type=click.Choice(["tiny", "k256", "fast", "mid", "3b", "7b"]),
     default="tiny",
     show_default=True,
     help="tiny: 2-3 small layers, a 1,024-token vocabulary, ~1 MB at most per file (for tests). "
+    "k256: 2-3 layers of width 256 whose rows are multiples of 256 values, the block of llama.cpp's K-quants "
+    "(Q4_K_M files), the 1,024-token vocabulary, 5-6.5 MB (f16) (for K-quant tests). "
     "fast: 3 layers of width 128 with Qwen's full 151,936-token vocabulary, ~83 MB (f16) or ~46 MB (q8_0), "
     "decoding in milliseconds (for measuring per-token overhead). "
+    "mid: 2 layers (3 for qwen3vl) of the 3b shape's real layer dimensions with the 1,024-token vocabulary, "
+    "0.3-0.6 GB (f16) or 0.17-0.33 GB (q8_0): the smallest model with a 3B-size V-Reason tail, which is "
+    "stored as int8 on the CPU (for tests of that path). "
     "3b: the real Qwen2.5-VL-3B (Qwen3-VL-4B for qwen3vl) dimensions, a 3.3-4.3 GB (q8_0) or 6.2-8.0 GB (f16) "
-    "model plus a 0.5-1.3 GB projector (for speed and memory benchmarks). Files are named after the shape.",
+    "model plus a 0.5-1.3 GB projector (for speed and memory benchmarks). "
+    "7b: the real Qwen2.5-VL-7B (Qwen2-VL-7B for qwen2vl, Qwen3-VL-8B for qwen3vl) dimensions, an 8.1-8.7 GB "
+    "(q8_0) or 15.2-16.4 GB (f16) model plus a 0.7-0.9 GB (q8_0) projector (for benchmarks at 7B size). "
+    "Files are named after the shape.",
 )
 @click.option(
     "--type",
     "wtype",
     type=click.Choice(["f32", "f16", "q8_0"]),
     default=None,
-    help="Weight type (default: f16 for tiny and fast, q8_0 for 3b).",
+    help="Weight type (default: q8_0 for 3b and 7b, f16 for the others).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed for the weights.")
 def make_tiny_cmd(out_dir: Path, arch: str, shape: str, wtype: str | None, seed: int) -> None:
@@ -148,9 +156,14 @@ def make_tiny_cmd(out_dir: Path, arch: str, shape: str, wtype: str | None, seed:
     def progress(message: str) -> None:
         click.echo(message, err=True)
 
-    # The tiny shape takes a fraction of a second; the larger ones are worth progress lines.
+    # The tiny and k256 shapes take a fraction of a second; the larger ones are worth progress lines.
     tiny = make_tiny(
-        out_dir, arch=arch, shape=shape, wtype=wtype, seed=seed, progress=None if shape == "tiny" else progress
+        out_dir,
+        arch=arch,
+        shape=shape,
+        wtype=wtype,
+        seed=seed,
+        progress=None if shape in ("tiny", "k256") else progress,
     )
     click.echo(f"model:  {tiny.model_path}")
     click.echo(f"mmproj: {tiny.mmproj_path}")

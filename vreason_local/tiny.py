@@ -1,4 +1,4 @@
-"""Generate small, fast and 3B-shaped *random-weight* Qwen-VL models as real GGUF files.
+"""Generate small, fast, 3B- and 7B-shaped *random-weight* Qwen-VL models as real GGUF files.
 
 There is no network here, so no real checkpoint can be downloaded. Instead this module writes
 GGUF files of the genuine Qwen-VL architectures -- a language model plus an ``mmproj`` vision
@@ -29,8 +29,24 @@ Shapes (``shape``), each file named after its shape (`file_names`):
 * ``3b``: the real Qwen2.5-VL-3B / Qwen3-VL-4B dimensions; a 3.3-4.3 GB (q8_0) or 6.2-8.0 GB (f16)
   language model and a 0.5-1.3 GB projector, written streaming with low memory in about a minute
   (q8_0). For benchmarks of real compute cost.
+* ``7b``: the real Qwen2-VL-7B / Qwen2.5-VL-7B / Qwen3-VL-8B dimensions, untied LM head and the real
+  vocabulary size (152,064 rows for the 7Bs, 151,936 for the 8B), with the projector of that model; an
+  8.1-8.7 GB (q8_0) language model. For benchmarks at the size of the registry's largest models.
+* ``k256``: tiny layers (2-3 of width 256) whose every matrix row is a multiple of 256 values, the
+  block of llama.cpp's K-quants (Q4_K, Q6_K: what the registry's Q4_K_M files hold), so
+  `llama_model_quantize` makes real K-quant files of it (it falls back to Q5_0 and Q8_0 for the
+  ``tiny`` shape's rows of 64). The tiny vocabulary: the number of rows changes nothing in how a
+  K-quant row is stored or read, and 1,024 of them keep the files small. The Qwen3-VL one ties its LM
+  head to ``token_embd`` (as Qwen3-VL-2B/4B do), the others have an ``output`` matrix (as the 7Bs
+  do), so both LM-head paths occur. 5-6.5 MB (f16). For tests.
+* ``mid``: two layers (three for Qwen3-VL, whose deepstack needs them) of the ``3b`` shape's real
+  layer dimensions with the tiny vocabulary and vision tower: the smallest model whose V-Reason tail
+  (the last layer after attention) is the 3B's (the 4B's), 287-341 MB in float32, so the ``auto``
+  tail storage picks int8 on the CPU (`tail_weights.pick_dtype`); 0.3-0.6 GB (f16). For tests of
+  that path.
 
-``fast`` and ``3b`` use the real Qwen token ids for the added tokens (``special_token_ids``).
+``fast``, ``3b`` and ``7b`` use the real Qwen token ids for the added tokens (``special_token_ids``);
+``tiny``, ``k256`` and ``mid`` use the tiny 1,024-token vocabulary.
 
 The files say loudly that they are not real models: ``general.name`` contains
 "RANDOM WEIGHTS" and the custom key ``vreason.random_weights`` is ``True``.
@@ -44,7 +60,7 @@ import re
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO
@@ -55,7 +71,7 @@ from gguf.quants import quantize
 
 from .families import FAMILY_NAMES as ARCHES  # Qwen2-VL, Qwen2.5-VL, Qwen3-VL: see families.py
 
-SHAPES = ("tiny", "fast", "3b")
+SHAPES = ("tiny", "k256", "fast", "mid", "3b", "7b")
 WTYPES = ("f32", "f16", "q8_0")
 
 
@@ -108,11 +124,13 @@ SPECIAL_TOKENS: tuple[tuple[str, int], ...] = (
     ("</think>", _USER_DEFINED),
 )
 
-# Real Qwen vocabularies put <|endoftext|> at 151643 and pad the embedding to 151936 rows; the fast
-# and 3b shapes copy that layout so special-token ids are the real ones.
+# Real Qwen vocabularies put <|endoftext|> at 151643 and pad the embedding to 151936 rows (152064 in
+# the 7B models); the fast, 3b and 7b shapes copy that layout so special-token ids are the real ones.
 _QWEN_SPECIAL_BASE = 151643
 _QWEN_N_VOCAB = 151936
+_QWEN_7B_N_VOCAB = 152064
 _TINY_N_VOCAB = 1024
+_TINY_VOCAB_SHAPES = ("tiny", "k256", "mid")
 
 # Text the tiny BPE is trained on (deterministically, at import-free call time). It is the kind of
 # English the tool sends and receives, so prompts tokenise into far fewer tokens than bytes.
@@ -234,27 +252,23 @@ class _Vocab:
 
 
 def _special_base(shape: str) -> int:
-    return _TINY_N_VOCAB - len(SPECIAL_TOKENS) if shape == "tiny" else _QWEN_SPECIAL_BASE
-
-
-def _n_vocab(shape: str) -> int:
-    return _TINY_N_VOCAB if shape == "tiny" else _QWEN_N_VOCAB
+    return _TINY_N_VOCAB - len(SPECIAL_TOKENS) if shape in _TINY_VOCAB_SHAPES else _QWEN_SPECIAL_BASE
 
 
 def special_token_ids(shape: str = "tiny") -> dict[str, int]:
-    """Ids of the Qwen added tokens in a model of `shape` (fast and 3b use the real Qwen ids)."""
+    """Ids of the Qwen added tokens in a model of `shape` (fast, 3b and 7b use the real Qwen ids)."""
     base = _special_base(shape)
     return {text: base + i for i, (text, _) in enumerate(SPECIAL_TOKENS)}
 
 
-def _build_vocab(shape: str) -> _Vocab:
+def _build_vocab(shape: str, n_vocab: int) -> _Vocab:
     """Byte tokens + learned merges, unique fillers up to the special block, the specials, fillers.
 
     Fillers (``[PAD<id>]``, normal type, as many as needed) make the token count equal the number of
-    embedding rows exactly; no merge produces them, so ordinary text never tokenises into them.
+    embedding rows (`n_vocab`, the model's vocab_size) exactly, as converted Qwen models pad theirs; no
+    merge produces them, so ordinary text never tokenises into them.
     """
     base = _special_base(shape)
-    n_vocab = _n_vocab(shape)
     byte_toks = list(_byte_tokens())
     merges = _train_bpe(_TINY_N_VOCAB - len(SPECIAL_TOKENS) - len(byte_toks))
     tokens = byte_toks + [a + b for a, b in merges]
@@ -305,6 +319,7 @@ class _LM:
     qkv_bias: bool  # Qwen2 family
     qk_norm: bool  # Qwen3 family
     n_deepstack: int  # Qwen3-VL
+    n_vocab: int  # embedding rows (config.json's vocab_size)
 
 
 @dataclass(frozen=True)
@@ -329,85 +344,113 @@ _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _HALF = (0.5, 0.5, 0.5)
 
 
+def _full_lm(arch: str, shape: str) -> _LM:
+    """A real model's language-model dimensions (its config.json): ``3b`` or ``7b``."""
+    if arch == "qwen3vl":
+        if shape == "3b":  # Qwen3-VL-4B-Instruct
+            big = dict(n_embd=2560, n_head=32, n_ff=9728, tied=True)
+        else:  # Qwen3-VL-8B-Instruct
+            big = dict(n_embd=4096, n_head=32, n_ff=12288, tied=False)
+        return _LM(
+            "qwen3vl",
+            **big,
+            n_layer=36,
+            n_head_kv=8,
+            head_dim=128,
+            n_ctx_train=262144,
+            rope_theta=5e6,
+            rope_sections=(24, 20, 20, 0),
+            qkv_bias=False,
+            qk_norm=True,
+            n_deepstack=3,
+            n_vocab=_QWEN_N_VOCAB,
+        )
+    if shape == "3b":  # Qwen2.5-VL-3B-Instruct (also used for the qwen2vl 3b shape: Qwen2-VL has no 3B)
+        big = dict(n_embd=2048, n_layer=36, n_head=16, n_head_kv=2, n_ff=11008, tied=True)
+        n_vocab = _QWEN_N_VOCAB
+    else:  # Qwen2.5-VL-7B-Instruct and Qwen2-VL-7B-Instruct: the same language model but for its context
+        big = dict(n_embd=3584, n_layer=28, n_head=28, n_head_kv=4, n_ff=18944, tied=False)
+        n_vocab = _QWEN_7B_N_VOCAB
+    return _LM(
+        "qwen2vl",
+        **big,
+        head_dim=128,
+        n_ctx_train=128000 if arch == "qwen25vl" or shape == "3b" else 32768,
+        rope_theta=1e6,
+        rope_sections=(16, 24, 24, 0),
+        qkv_bias=True,
+        qk_norm=False,
+        n_deepstack=0,
+        n_vocab=n_vocab,
+    )
+
+
+def _small_lm(arch: str, shape: str, n_ds: int) -> _LM:
+    """Test-sized language models: ``tiny``, ``fast`` and ``k256`` (see the module docstring)."""
+    # M-RoPE sections sum to head_dim / 2: Qwen's [16,24,24] / [24,20,20] scaled down to 8 (tiny,
+    # head_dim 16), 16 (fast, head_dim 32) or 32 (k256, head_dim 64).
+    n_embd, head_dim, n_ff, n_vocab = {
+        "tiny": (64, 16, 128, _TINY_N_VOCAB),
+        "fast": (128, 32, 512, _QWEN_N_VOCAB),
+        "k256": (256, 64, 1024, _TINY_N_VOCAB),  # rows of n_embd, n_head * head_dim or n_ff: multiples of 256
+    }[shape]
+    common = dict(
+        n_embd=n_embd,
+        n_head=4,
+        n_head_kv=2,
+        head_dim=head_dim,
+        n_ff=n_ff,
+        n_ctx_train=8192,
+        n_vocab=n_vocab,
+    )
+    if arch == "qwen3vl":
+        # n_layer must exceed n_deepstack: llama.cpp adds the deepstack slices *after* pruning the
+        # last layer to the output rows, so a deepstack layer that is also the last one fails
+        # ggml_add (real Qwen3-VL: 3 deepstack layers of 36).
+        sections = {"tiny": (3, 3, 2, 0), "fast": (6, 5, 5, 0), "k256": (12, 10, 10, 0)}[shape]
+        return _LM(
+            "qwen3vl",
+            n_layer=3,
+            **common,
+            rope_theta=5e6,
+            rope_sections=sections,
+            tied=shape == "k256",  # as Qwen3-VL-2B/4B: the k256 shape covers the tied LM head here
+            qkv_bias=False,
+            qk_norm=True,
+            n_deepstack=n_ds,
+        )
+    sections = {"tiny": (2, 3, 3, 0), "fast": (4, 6, 6, 0), "k256": (8, 12, 12, 0)}[shape]
+    return _LM(
+        "qwen2vl",
+        n_layer=2 if shape != "fast" else 3,
+        **common,
+        rope_theta=1e6,
+        rope_sections=sections,
+        tied=False,
+        qkv_bias=True,
+        qk_norm=False,
+        n_deepstack=0,
+    )
+
+
 def _dims(arch: str, shape: str) -> tuple[_LM, _Vision]:
     """Language-model and vision-tower dimensions for (arch, shape)."""
-    small = shape != "3b"  # tiny and fast: small layers, the tiny vision tower
+    small = shape not in ("3b", "7b")  # tiny, k256, fast and mid: the tiny vision tower
     n_ds = 2 if small else 3
-    if small:
-        # M-RoPE sections sum to head_dim / 2: Qwen's [16,24,24] / [24,20,20] scaled down to 8 (tiny,
-        # head_dim 16) or 16 (fast, head_dim 32).
-        fast = shape == "fast"
-        common = dict(
-            n_embd=128 if fast else 64,
-            n_head=4,
-            n_head_kv=2,
-            head_dim=32 if fast else 16,
-            n_ff=512 if fast else 128,
+    if shape == "mid":
+        # The 3b shape's layers, as few as the architecture allows, on the tiny vocabulary and tower.
+        lm = replace(
+            _full_lm(arch, "3b"),
+            n_layer=3 if arch == "qwen3vl" else 2,
             n_ctx_train=8192,
-            tied=False,
+            n_deepstack=n_ds if arch == "qwen3vl" else 0,
+            n_vocab=_TINY_N_VOCAB,
         )
-        if arch == "qwen3vl":
-            # n_layer must exceed n_deepstack: llama.cpp adds the deepstack slices *after* pruning the
-            # last layer to the output rows, so a deepstack layer that is also the last one fails
-            # ggml_add (real Qwen3-VL: 3 deepstack layers of 36).
-            sections = (6, 5, 5, 0) if fast else (3, 3, 2, 0)
-            lm = _LM(
-                "qwen3vl",
-                n_layer=3,
-                **common,
-                rope_theta=5e6,
-                rope_sections=sections,
-                qkv_bias=False,
-                qk_norm=True,
-                n_deepstack=n_ds,
-            )
-        else:
-            sections = (4, 6, 6, 0) if fast else (2, 3, 3, 0)
-            lm = _LM(
-                "qwen2vl",
-                n_layer=3 if fast else 2,
-                **common,
-                rope_theta=1e6,
-                rope_sections=sections,
-                qkv_bias=True,
-                qk_norm=False,
-                n_deepstack=0,
-            )
+    elif small:
+        lm = _small_lm(arch, shape, n_ds)
     else:
-        if arch == "qwen3vl":  # Qwen3-VL-4B-Instruct
-            lm = _LM(
-                "qwen3vl",
-                n_embd=2560,
-                n_layer=36,
-                n_head=32,
-                n_head_kv=8,
-                head_dim=128,
-                n_ff=9728,
-                n_ctx_train=262144,
-                rope_theta=5e6,
-                rope_sections=(24, 20, 20, 0),
-                tied=True,
-                qkv_bias=False,
-                qk_norm=True,
-                n_deepstack=n_ds,
-            )
-        else:  # Qwen2.5-VL-3B-Instruct (also used for the qwen2vl 3b shape: Qwen2-VL has no 3B)
-            lm = _LM(
-                "qwen2vl",
-                n_embd=2048,
-                n_layer=36,
-                n_head=16,
-                n_head_kv=2,
-                head_dim=128,
-                n_ff=11008,
-                n_ctx_train=128000,
-                rope_theta=1e6,
-                rope_sections=(16, 24, 24, 0),
-                tied=True,
-                qkv_bias=True,
-                qk_norm=False,
-                n_deepstack=0,
-            )
+        lm = _full_lm(arch, shape)
+    qwen3_8b = arch == "qwen3vl" and shape == "7b"
 
     if arch == "qwen2vl":
         v = _Vision(
@@ -426,8 +469,8 @@ def _dims(arch: str, shape: str) -> tuple[_LM, _Vision]:
             image_std=_CLIP_STD,
         )
     elif arch == "qwen25vl":
-        # tiny and fast: 2 blocks, fullatt_block_indexes [1] -> block 0 windowed, block 1 full.
-        # 3b: 32 blocks, fullatt_block_indexes [7, 15, 23, 31] -> n_wa_pattern 8; window 112 px.
+        # small shapes: 2 blocks, fullatt_block_indexes [1] -> block 0 windowed, block 1 full.
+        # 3b and 7b: 32 blocks, fullatt_block_indexes [7, 15, 23, 31] -> n_wa_pattern 8; window 112 px.
         v = _Vision(
             "qwen2.5vl_merger",
             n_layer=2 if small else 32,
@@ -445,18 +488,19 @@ def _dims(arch: str, shape: str) -> tuple[_LM, _Vision]:
         )
     else:
         # Qwen3-VL: patch 16 (32 px per output token); 2304 = 48x48 position embeddings (image_size 768).
+        # 3b: Qwen3-VL-4B's tower (24 blocks of 1024); 7b: Qwen3-VL-8B's (27 blocks of 1152).
         n_pos = 64 if small else 2304
         v = _Vision(
             "qwen3vl_merger",
-            n_layer=3 if small else 24,
-            n_embd=32 if small else 1024,
-            n_ff=128 if small else 4096,
+            n_layer=3 if small else 27 if qwen3_8b else 24,
+            n_embd=32 if small else 1152 if qwen3_8b else 1024,
+            n_ff=128 if small else 4304 if qwen3_8b else 4096,
             n_head=2 if small else 16,
             patch_size=16,
             merge=2,
             image_size=int(math.isqrt(n_pos)) * 16,
             n_wa_pattern=0,
-            deepstack=(0, 1) if small else (5, 11, 17),
+            deepstack=(0, 1) if small else (8, 16, 24) if qwen3_8b else (5, 11, 17),
             n_pos_embd=n_pos,
             image_mean=_HALF,
             image_std=_HALF,
@@ -508,8 +552,8 @@ class _T:
     col_scale: tuple[str, float] | None = None  # (rng key, lognormal sigma) for the LM head
 
 
-def _lm_tensors(lm: _LM, n_vocab: int) -> list[_T]:
-    d, hd = lm.n_embd, lm.head_dim
+def _lm_tensors(lm: _LM) -> list[_T]:
+    d, hd, n_vocab = lm.n_embd, lm.head_dim, lm.n_vocab
     nq, nkv = lm.n_head * hd, lm.n_head_kv * hd
     head = ("lm_head_scale", _HEAD_LOGNORMAL_SIGMA)
     # The LM head gain G applies to logits = W x with |x|^2 = d, hence std G/sqrt(d) per entry.
@@ -820,9 +864,9 @@ def make_tiny(
 ) -> TinyModel:
     """Write (or reuse) a random-weight model pair of `arch`/`shape` into `out_dir`.
 
-    `wtype` is the type of the weight matrices ("f32", "f16" or "q8_0"; default f16 for tiny and
-    fast, q8_0 for 3b); norms, biases and position embeddings stay F32 and the patch-embedding convolution
-    F16, as in real conversions. Same arguments -> byte-identical files. If both files already
+    `wtype` is the type of the weight matrices ("f32", "f16" or "q8_0"; default q8_0 for 3b and 7b,
+    whose f16 files would be 6-16 GB, f16 for the others); norms, biases and position embeddings stay
+    F32 and the patch-embedding convolution F16, as in real conversions. Same arguments -> byte-identical files. If both files already
     exist they are returned untouched, which makes this cheap to call from test fixtures.
     """
     if arch not in ARCHES:
@@ -830,7 +874,7 @@ def make_tiny(
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
     if wtype is None:
-        wtype = "q8_0" if shape == "3b" else "f16"
+        wtype = "q8_0" if shape in ("3b", "7b") else "f16"
     if wtype not in WTYPES:
         raise ValueError(f"unknown wtype {wtype!r}; expected one of {WTYPES}")
 
@@ -842,7 +886,7 @@ def make_tiny(
         return result
 
     lm, v = _dims(arch, shape)
-    vocab = _build_vocab(shape)
+    vocab = _build_vocab(shape, lm.n_vocab)
     name = f"vreason {shape} {arch} (RANDOM WEIGHTS, not a real model)"
     if not result.mmproj_path.is_file():
         _write_gguf(
@@ -860,7 +904,7 @@ def make_tiny(
             result.model_path,
             lm.arch,
             _lm_kv(lm, vocab, name, wtype),
-            _lm_tensors(lm, len(vocab.tokens)),
+            _lm_tensors(lm),
             wtype,
             seed,
             progress,
