@@ -134,11 +134,18 @@ def _engine_options(f: Callable) -> Callable:
             help="V-Reason: dtype of the controller's copy of the last layer's weights.",
         ),
         click.option(
+            "--head-error",
+            type=click.FloatRange(0, 1, min_open=True),
+            default=0.01,
+            show_default=True,
+            help="V-Reason: bound on the relative gradient error from the LM-head rows left out of the backward.",
+        ),
+        click.option(
             "--head-max",
             type=click.IntRange(1),
             default=2048,
             show_default=True,
-            help="V-Reason: most LM-head rows in the backward (the tokens carrying the gradient).",
+            help="V-Reason: most LM-head rows in the backward (a notice says when the error bound needs more).",
         ),
     ]
     for opt in reversed(opts):
@@ -185,6 +192,7 @@ def _settings(o: dict):
             optimizer=o["optimizer"],
             device=o["device"],
             dtype=o["tail_dtype"],
+            head_error=o["head_error"],
             head_max=o["head_max"],
         )
     return gen, frames, eng, vr
@@ -358,6 +366,7 @@ FLAGS = {
     "engine.repack": "--repack",
     "vreason.device": "--device",
     "vreason.dtype": "--tail-dtype",
+    "vreason.head_error": "--head-error",
     "vreason.head_max": "--head-max",
 }
 

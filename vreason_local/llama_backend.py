@@ -370,3 +370,39 @@ class MediaPrompt:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# llama.cpp's quantisation types by the names its `llama-quantize` tool and the registry use ("q4_k_m").
+QUANT_TYPES = {
+    name.removeprefix("LLAMA_FTYPE_MOSTLY_").lower(): getattr(L, name)
+    for name in dir(L)
+    if name.startswith("LLAMA_FTYPE_MOSTLY_")
+}
+
+
+def quantize(src: Path, dst: Path, ftype: str, n_threads: int) -> Path:
+    """Write `src` quantised to `ftype` (e.g. "q4_k_m", "q6_k", "q8_0") as `dst`, with llama.cpp's own
+    quantiser: the same code and per-tensor type choices that make the registry's Q4_K_M files, so a file
+    made here holds what a downloaded one does (Q4_K_M: Q4_K with Q6_K for the LM head and some layers'
+    attn_v and ffn_down).
+
+    Sources already quantised are accepted (`allow_requantize`): llama.cpp dequantises them first. That
+    loses a little precision against quantising from F16, which random test weights do not care about,
+    and spares generating F16 sources of 7B size (15 GB). Written under a temporary name and renamed at
+    the end, so an interrupted run never leaves a partial file under `dst`.
+    """
+    if ftype not in QUANT_TYPES:
+        raise UserError(f"unknown quantisation type {ftype!r}; llama.cpp knows {', '.join(sorted(QUANT_TYPES))}")
+    init_backend()  # also keeps llama.cpp's per-tensor log quiet
+    params = L.llama_model_quantize_default_params()
+    params.nthread = n_threads
+    params.ftype = QUANT_TYPES[ftype]
+    params.allow_requantize = True
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    try:
+        if L.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params)) != 0:
+            raise UserError(f"llama.cpp could not quantise {src} to {ftype} (run with VREASON_LLAMA_LOG=1 for details)")
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dst

@@ -12,7 +12,14 @@ token (captured by the hook), the logits as a function of the new value rows are
 Same for Qwen2-VL, Qwen2.5-VL and Qwen3-VL: their last layers differ only before `ffn_inp`.
 Weights are read from the GGUF file itself by `tail_weights`, which also holds their storage (int8
 kernels) and the LM head, the largest matrix (151936 x 2048 for a 3B model), which is never
-materialised: only the rows of the tokens that carry the gradient are read per update.
+materialised: only the rows of the tokens that carry the gradient are read per update, as many as
+`RestrictedHead` needs to bound the gradient's error.
+
+The logits are anchored on llama.cpp's: z(dV) = z0 + W·(h(dV) - h_A), where z0 are the logits llama.cpp
+computed for the current token and h_A is the tail's final hidden state for the values llama.cpp
+attended over (F16, as cached). That is the tail's own W·h(dV) plus the constant z0 - W·h_A (what the
+self-check measures), so the gradients are the tail's, and the distribution they weigh is llama.cpp's
+own where nothing moved, not the tail's rounding of it.
 """
 
 from __future__ import annotations
@@ -83,47 +90,196 @@ class Tail:
         w = load_tail_weights(info, dev, dtype)
         return Tail(info, w.matrices, w.head, dev, w.kind)
 
-    def hidden(self, inp: TailInputs, v_base: torch.Tensor, v_cache: torch.Tensor, dv: torch.Tensor) -> torch.Tensor:
-        """The normalised final hidden state for value offset `dv` ([n_rows, n_head_kv, head_dim])."""
-        n_head, n_kv = self.info.n_head, self.info.n_head_kv
-        delta = norm_preserving(v_base, dv) - v_cache  # [R, G, D]; zero where dv is what is cached
-        a = inp.probs.view(n_kv, n_head // n_kv, -1)  # query head h uses kv head h // (n_head/n_kv)
-        attn = torch.einsum("gqr,rgd->gqd", a, delta).reshape(-1)  # [n_head*head_dim], head-major
-        x = inp.ffn_inp + mv(self.w_o, attn)
+    def hidden(self, inp: TailInputs, delta: torch.Tensor | None) -> torch.Tensor:
+        """The normalised final hidden state when the value rows change by `delta` from what llama.cpp
+        attended over ([n_rows, n_head_kv, head_dim]); None: the state llama.cpp computed (h_A)."""
+        x = inp.ffn_inp
+        if delta is not None:
+            n_head, n_kv = self.info.n_head, self.info.n_head_kv
+            a = inp.probs.view(n_kv, n_head // n_kv, -1)  # query head h uses kv head h // (n_head/n_kv)
+            attn = torch.einsum("gqr,rgd->gqd", a, delta).reshape(-1)  # [n_head*head_dim], head-major
+            x = x + mv(self.w_o, attn)
         n1 = rms_norm(x, self.ffn_norm, self.eps)
         y = x + mv(self.w_down, torch.nn.functional.silu(mv(self.w_gate, n1)) * mv(self.w_up, n1))
         return rms_norm(y, self.out_norm, self.eps)
 
-    def logits(self, hidden: torch.Tensor, head_rows: torch.Tensor) -> torch.Tensor:
-        return mv(head_rows, hidden)
+
+@dataclass
+class HeadStep:
+    """What the restricted head gives one optimiser step (see `RestrictedHead.at`)."""
+
+    loss: float  # alpha · (ln|V| - H) of the distribution the step computed
+    grad_h: torch.Tensor  # the loss's gradient at the final hidden state through the kept rows, float32
+    logits: torch.Tensor  # the tail's own logits at the kept rows, W_K·h_A + W_K·(h - h_A) (float32)
+    bound: float  # relative error of `grad_h` against all rows' gradient is at most this (inf: unknown)
+    capped: bool  # the rows reached the cap before the bound met the target
 
 
-def entropy_loss(z_sub: torch.Tensor, ids: torch.Tensor, z_full: torch.Tensor, alpha: int) -> torch.Tensor:
-    """alpha · KL(p || U) = alpha · (ln|V| - H(p)), with the logits at `ids` replaced by `z_sub`.
+class _AtHidden(torch.autograd.Function):
+    """The loss as a function of h, its value and its gradient computed by `RestrictedHead`: the
+    backward through the rest of the tail is autograd's, this node only hands it the gradient at h."""
 
-    Logits outside `ids` are held at llama.cpp's values: they carry (almost) no probability, so their
-    gradient is negligible, and the entropy itself stays that of the full vocabulary.
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, value: torch.Tensor, grad_h: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        ctx.save_for_backward(grad_h)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # noqa: ANN001, ANN205
+        (grad_h,) = ctx.saved_tensors
+        return g * grad_h, None, None
+
+
+def loss_at(h: torch.Tensor, step: HeadStep) -> torch.Tensor:
+    """The step's loss as a differentiable function of the final hidden state `h`."""
+    return _AtHidden.apply(h, torch.tensor(step.loss, dtype=torch.float32, device=h.device), step.grad_h)
+
+
+class RestrictedHead:
+    """The LM-head rows an update differentiates through, chosen so that the gradient is exact to a bound.
+
+    The loss alpha·(ln|V| - H(softmax(z))) depends on dV only through the final hidden state h, with
+    z = z0 + W·(h - h_A) (module docstring). Its gradient at h is G = Σ_v g_v·W_v, with
+    g_v = alpha·p_v·(ln p_v + H) (these weights sum to zero, so G cancels: a share of Σ|g_v| says nothing
+    about G). Only the rows K are read; the logits of the others are held at llama.cpp's z0, and the
+    gradient computed is G_K = Σ_{v∈K} g~_v·W_v, with g~ the weights of that held distribution p~.
+
+    What is bounded: the relative error of G_K against G, at the tail's final hidden state,
+
+        ||G - G_K|| <= B,   B = Σ_{v∈K} ||W_v||·|g_v - g~_v|  +  Σ_{v∉K} ||W_v||·|g_v|
+
+    where each term is bounded from p~ alone. A held logit is off by at most R = ||h - h_A||·max_v ||W_v||
+    (tiny at the first step of an update, where h differs from h_A by the F16 rounding of the cached
+    values only), so the log-normaliser moves by at most gamma, ln p_v by at most gamma on K and R + gamma
+    off K, H by at most eta (`HeldWeights`), and with l_v = ln p~_v + H~:
+
+        on K:   |g_v - g~_v| <= p~_v·((e^gamma - 1)·|l_v| + e^gamma·(gamma + eta))
+        off K:  |g_v|        <= p~_v·e^(R + gamma)·(|l_v| + R + gamma + eta)
+
+    With h = h_A, B is Σ_{v∉K} |g_v|·||W_v|| (the held logits are exact). The rows are taken in order of
+    their term and added until B <= head_error/(1 + head_error)·||G_K||, which makes ||G - G_K|| / ||G||
+    <= head_error (as ||G|| >= ||G_K|| - B); at most `cap` rows (then `capped`, and the bound reached is
+    reported). The gradient with respect to dV is J^T·G_K (J: h's Jacobian); its relative error is not
+    bounded by this, only measured (tests/test_vreason_exact.py). Rows already read stay for the
+    update's later steps, which check the bound again at their own h and read more rows if it fails.
+    The bound is in exact arithmetic over the stored rows; the storage's own rounding is the tail
+    dtype's error, measured separately.
     """
-    z = z_full.index_put((ids,), z_sub)
-    logp = torch.log_softmax(z, dim=-1)
-    h = -(logp.exp() * logp).sum()
-    return alpha * (math.log(z_full.numel()) - h)
+
+    def __init__(
+        self,
+        head: LMHead,
+        z0: np.ndarray,
+        h_anchor: torch.Tensor,
+        error: float,
+        cap: int,
+        ids: np.ndarray | None = None,
+        ratio: float = 1.0,
+    ) -> None:
+        """`z0`: llama.cpp's logits, `h_anchor`: h_A; `ids`: a fixed set of rows (no growth, no bound
+        target); `ratio`: a first guess of ||G_K|| / Σ_K ||W_v||·|g_v| (the last update's), which sizes
+        the first read."""
+        self.head, self.h_anchor, self.error, self.ratio = head, h_anchor.detach(), error, ratio
+        self.z0 = z0.astype(np.float64)
+        self.max_norm = float(head.norms.max())
+        self.grow = ids is None
+        self.cap = min(cap, len(z0))
+        self.ids = np.zeros(0, np.int64)
+        self.rows = torch.zeros(0, head.n_cols, device=head.device)  # float32: the products keep its precision
+        self.z_anchor = torch.zeros(0, device=head.device)  # W_K·h_A
+        if ids is not None:
+            self._add(np.asarray(ids, np.int64))
+
+    def _add(self, ids: np.ndarray) -> torch.Tensor:
+        ids = np.sort(ids)  # in file order: reading them costs half as much as in rank order
+        rows = self.head.rows(ids).float()  # the stored values exactly (norms: of the same), for this update only
+        self.rows = torch.cat([self.rows, rows]) if len(self.ids) else rows
+        self.ids = np.concatenate([self.ids, ids])
+        self.z_anchor = torch.cat([self.z_anchor, mv(rows, self.h_anchor)])
+        return rows
+
+    def at(self, h: torch.Tensor, alpha: int) -> HeadStep:
+        """The loss, its gradient at `h` through the kept rows and their bound, adding rows first until
+        the bound meets the target (or the cap)."""
+        dh = h.detach() - self.h_anchor
+        drift = float(dh.norm()) * self.max_norm  # R: how far a held logit may be off
+        dz = mv(self.rows, dh) if len(self.ids) else torch.zeros(0, device=dh.device)
+        while True:
+            w = HeldWeights(self.z0, self.ids, dz.cpu().numpy(), self.head.norms, drift)
+            grad_h = alpha * self._gradient(w.g)
+            size = float(grad_h.norm())
+            done = w.bound <= self.error / (1 + self.error) * size
+            finite = math.isfinite(w.entropy)  # else the update is skipped: no rows to read for it
+            if done or not finite or not self.grow or len(self.ids) >= self.cap:
+                break
+            new = self._choose(w, size)
+            dz = torch.cat([dz, mv(self._add(new), dh)])
+        bound = w.bound / (size - w.bound) if size > w.bound else (0.0 if w.bound == 0 else math.inf)
+        loss = alpha * (math.log(len(self.z0)) - w.entropy)
+        return HeadStep(loss, grad_h, self.z_anchor + dz, bound, self.grow and finite and not done)
+
+    def _gradient(self, g: np.ndarray) -> torch.Tensor:
+        """W_K^T·g in float32: in the head's half precision the weights g and the result would be rounded
+        to it (measured 0.24% relative error in bfloat16)."""
+        return self.rows.T @ torch.from_numpy(g.astype(np.float32)).to(self.rows.device)
+
+    def _choose(self, w: HeldWeights, size: float) -> np.ndarray:
+        """The next rows: the largest terms of B, as many as the target needs if ||G_K|| keeps its ratio to
+        Σ_K ||W_v||·|g_v| (checked after reading; at least a quarter more rows, so few rounds suffice)."""
+        if size > 0 and w.kept_weight > 0:
+            self.ratio = size / w.kept_weight
+        term = w.u + w.c * w.q  # a dropped row's term of B, over `scale`
+        term[self.ids] = -1.0
+        m = self.cap - len(self.ids)
+        n_dropped = len(term) - len(self.ids)
+        top = np.argpartition(-term, m - 1)[:m] if m < n_dropped else np.flatnonzero(term >= 0)
+        top = top[np.argsort(-term[top], kind="stable")]
+        rest = w.dropped_sum - w.scale * np.cumsum(term[top]) + w.kept_part
+        weight = w.kept_weight + np.cumsum(w.u[top])
+        fits = np.flatnonzero(rest <= self.error / (1 + self.error) * self.ratio * weight)
+        n = int(fits[0]) + 1 if len(fits) else m
+        return top[: max(n, 16, len(self.ids) // 4)]
 
 
-def mass_tokens(logits: np.ndarray, mass: float, cap: int) -> np.ndarray:
-    """The token ids that carry `mass` of the loss gradient's weight (at most `cap` ids), sorted.
+class HeldWeights:
+    """The loss weights of the held distribution p~ and the bound B (`RestrictedHead`), on the host in
+    float64 (no float64 on the tail's device: Apple's MPS has none), with few full-vocabulary arrays:
+    each fresh one costs page faults (measured 5 ms a pass with ~15 of them, at 151,936 tokens).
 
-    d loss / d z_v = alpha · p_v · (ln p_v + H): a token's weight in the LM head's backward is
-    |p_v (ln p_v + H)|, so tokens are ranked by that, not by probability alone (unlikely tokens with
-    large |ln p| still pull). Dropping the rest changes the gradient by at most their share.
+    With P, S, Q, U the sums of p~, p~·|l|, ||W||·p~ and ||W||·p~·|l| over K (index K) and off K (D):
+        gamma = max(ln(1 + P_D·(e^R - 1)), -ln(1 - P_D·(1 - e^-R)))        (the log-normaliser's shift)
+        eta   = (e^gamma - 1)·S_K + (e^(R+gamma) - 1)·S_D + e^gamma·gamma·P_K + e^(R+gamma)·(R+gamma)·P_D
+        B     = e^(R+gamma)·(U_D + (R + gamma + eta)·Q_D) + (e^gamma - 1)·U_K + e^gamma·(gamma + eta)·Q_K
+    from |ln p_v - ln p~_v| <= gamma (K), R + gamma (D); H - H~ = -Σ(p - p~)·l - Σ p·(ln p - ln p~).
     """
-    z = logits.astype(np.float64)
-    logp = z - z.max()
-    logp -= np.log(np.exp(logp).sum())
-    p = np.exp(logp)
-    w = np.abs(p * (logp - (p * logp).sum()))
-    k = min(cap, w.size)
-    top = np.argpartition(-w, k - 1)[:k] if k < w.size else np.arange(w.size)
-    top = top[np.argsort(-w[top])]
-    n = int(np.searchsorted(np.cumsum(w[top]), mass * w.sum())) + 1
-    return np.sort(top[: min(n, k)])
+
+    def __init__(self, z0: np.ndarray, ids: np.ndarray, dz: np.ndarray, norms: np.ndarray, drift: float) -> None:
+        """`drift`: R, how far a held logit may be off (0 when none is held)."""
+        z = z0.copy()
+        z[ids] += dz
+        z -= z.max()
+        p = np.exp(z)
+        total = p.sum()
+        p /= total
+        z -= math.log(total)  # ln p~
+        self.entropy = float(-np.einsum("i,i->", p, z))  # einsum, not `@`: numpy's BLAS fights torch's threads
+        z += self.entropy  # l = ln p~ + H~
+        self.g = p[ids] * z[ids]  # the kept rows' weights d(-H)/dz (times alpha: the loss's)
+        ell = np.abs(z, out=z)
+        p_k, ell_k, norm_k = p[ids], ell[ids], norms[ids]
+        p[ids] = 0.0  # p, and what is built from it, now over D only
+        self.q = norms * p
+        self.u = self.q * ell  # ||W_v||·|g~_v|
+        self.kept_weight = float((norm_k * p_k * ell_k).sum())  # U_K
+        p_d, s_d = float(p.sum()), float(np.einsum("i,i->", p, ell))
+        r = drift if len(ids) < len(z) else 0.0
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a huge drift: an infinite bound
+            up, down = p_d * np.expm1(r), -p_d * np.expm1(-r)
+            gamma = float(max(np.log1p(up), -np.log1p(-down))) if r > 0 else 0.0
+            e_k, e_d = np.exp(gamma), np.exp(r + gamma)
+            eta = (e_k - 1) * (p_k * ell_k).sum() + (e_d - 1) * s_d + e_k * gamma * p_k.sum() + e_d * (r + gamma) * p_d
+            self.c, self.scale = r + gamma + eta, e_d
+            self.dropped_sum = float(e_d * (self.u.sum() + self.c * self.q.sum()))
+            self.kept_part = float((e_k - 1) * self.kept_weight + e_k * (gamma + eta) * (norm_k * p_k).sum())
+        bound = self.dropped_sum + self.kept_part
+        self.bound = bound if math.isfinite(bound) else math.inf

@@ -5,6 +5,13 @@ Per generated token k (steps count from 1):
     E_k = beta·E_{k-1} + (1-beta)·H_k,  P_k = max(E_1..E_k),  alpha_k = -1 if E_k < P_k else +1
 and when k % every == 0: `steps` optimiser steps on dV against alpha_k·KL(p_k || U), then the new value
 rows V_new = normp(V + dV) are written into llama.cpp's cache, in force from the next decode on.
+
+Each step computes the loss at its own dV: exactly at the LM-head rows it reads, and at llama.cpp's
+logits (from the cached dV) elsewhere. The gradient's error from that is bounded, later steps included:
+a held logit can have moved by at most ||W_v||·||h - h_A||, which the bound counts, and a step whose
+bound no longer meets `head_error` reads more rows first (tail.RestrictedHead). Reading the whole head
+again at every step would cost a pass over 151,936 rows; holding the others silently would leave their
+drift unaccounted.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import torch
 
 from .events import ControlState
 from .hook import ValueHook
-from .tail import Tail, TailInputs, entropy_loss, mass_tokens, norm_preserving
+from .tail import HeadStep, RestrictedHead, Tail, TailInputs, loss_at, norm_preserving
 from .tail_weights import return_freed_memory
 
 # Largest |tail logit - llama.cpp logit|, relative to the largest |logit| of the step, accepted silently.
@@ -38,8 +45,8 @@ class VReasonSettings:
     steps: int = 1  # optimiser steps per update [ours]
     lr: float = 1e-3  # [ours]
     optimizer: str = "adam"  # adam | sgd [ours]
-    head_mass: float = 0.999  # the LM-head backward covers the tokens carrying this share of the gradient
-    head_max: int = 2048  # ...but at most this many rows (see tail.mass_tokens; error <1%, tested)
+    head_error: float = 0.01  # the LM-head rows kept bound the gradient's relative error at h by this [ours]
+    head_max: int = 2048  # ...with at most this many rows: a safety cap; a notice says when it binds [ours]
     device: str = "auto"  # where the tail runs: auto (cuda, mps, cpu), or one of them
     dtype: str = "auto"  # the tail's matrices: auto (see tail_weights.pick_dtype), float32, bfloat16, float16, int8
 
@@ -62,6 +69,10 @@ class VReason:
         self.peak = -math.inf
         self.warning: str | None = None
         self.n_cells = 0
+        self.head_ratio = 1.0  # the last update's ||G_K|| / Σ_K ||W_v||·|g_v| (sizes the next first read)
+        # per optimiser step: LM-head rows kept, bound on the relative gradient error at h (HeadStep.bound)
+        self.head_log: list[tuple[int, float]] = []
+        self._capped_said = False
 
     @property
     def n_rows(self) -> int:
@@ -101,32 +112,49 @@ class VReason:
         ffn_inp = torch.from_numpy(self.hook.capture("ffn_inp").reshape(-1))
         return TailInputs(probs.to(dev), ffn_inp.to(dev))
 
+    def restricted_head(self, inp: TailInputs, logits: np.ndarray, ids: np.ndarray | None = None) -> RestrictedHead:
+        """The LM head for one update at llama.cpp's `logits`: rows chosen to meet `head_error` (or the
+        fixed rows `ids`), anchored on the tail's state for the values llama.cpp attended over."""
+        with torch.no_grad():
+            h_anchor = self.tail.hidden(inp, None)
+        return RestrictedHead(
+            self.tail.head, logits, h_anchor, self.s.head_error, self.s.head_max, ids, ratio=self.head_ratio
+        )
+
     def loss(
-        self,
-        inp: TailInputs,
-        dv: torch.Tensor,
-        ids: np.ndarray,
-        logits: np.ndarray,
-        alpha: int,
-        head_rows: torch.Tensor | None = None,
+        self, inp: TailInputs, dv: torch.Tensor, ids: np.ndarray, logits: np.ndarray, alpha: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, tail logits at `ids`) for value offset `dv`; logits outside `ids` held at llama.cpp's."""
-        head_rows = self.tail.head.rows(ids) if head_rows is None else head_rows
-        z_sub = self.tail.logits(self.tail.hidden(inp, self.v_base, self.v_cache, dv), head_rows).float()
-        z_full = torch.from_numpy(logits).to(z_sub.device, torch.float32)
-        return entropy_loss(z_sub, torch.from_numpy(ids).to(z_sub.device), z_full, alpha), z_sub
+        """(loss, the tail's logits at `ids`) for value offset `dv`, through the LM-head rows `ids`: the
+        same computation as an update's, with its rows fixed (all of them: the exact loss)."""
+        loss, step = self._loss(self.restricted_head(inp, logits, ids), inp, dv, alpha)
+        return loss, step.logits
+
+    def _loss(
+        self, head: RestrictedHead, inp: TailInputs, dv: torch.Tensor, alpha: int
+    ) -> tuple[torch.Tensor, HeadStep]:
+        h = self.tail.hidden(inp, norm_preserving(self.v_base, dv) - self.v_cache)
+        step = head.at(h, alpha)
+        return loss_at(h, step), step
 
     def _update(self, logits: np.ndarray, alpha: int) -> float:
+        """`steps` optimiser steps at llama.cpp's `logits` of this token, then the write; the self-check."""
         inp = self.inputs()
-        ids = mass_tokens(logits, self.s.head_mass, self.s.head_max)
-        head_rows = self.tail.head.rows(ids)
+        head = self.restricted_head(inp, logits)
         selfcheck = float("nan")
         for i in range(self.s.steps):
             self.opt.zero_grad()
-            loss, z_sub = self.loss(inp, self.dv, ids, logits, alpha, head_rows)
-            if i == 0:  # at the cached dV: the tail must reproduce what llama.cpp just computed
-                ref = logits[ids]
-                selfcheck = float(np.abs(z_sub.detach().cpu().numpy() - ref).max() / max(1.0, np.abs(ref).max()))
+            loss, step = self._loss(head, inp, self.dv, alpha)
+            self.head_log.append((len(head.ids), step.bound))
+            if i == 0:  # the tail for the values llama.cpp attended over must give llama.cpp's logits
+                ref = logits[head.ids]
+                tail_z = head.z_anchor.cpu().numpy()
+                selfcheck = float(np.abs(tail_z - ref).max() / max(1.0, np.abs(ref).max()))
+            if step.capped and not self._capped_said:
+                self._capped_said = True
+                self._warn(
+                    f"the LM-head restriction reached its cap of {self.s.head_max} rows (head_max) with a gradient "
+                    f"error bound of {step.bound:.3g} (target {self.s.head_error}); said once per answer"
+                )
             loss.backward()
             if not (torch.isfinite(loss) and torch.isfinite(self.dv.grad).all()):
                 self._reset("non-finite loss or gradient")
@@ -135,14 +163,19 @@ class VReason:
             if not torch.isfinite(self.dv).all():
                 self._reset("non-finite value offset after the optimiser step")
                 return selfcheck
+        self.head_ratio = head.ratio
         if selfcheck > SELFCHECK_TOL:
-            self.warning = (
+            self._warn(
                 f"self-check: the tail's logits differ from llama.cpp's by {selfcheck:.3g} of the logit scale "
                 f"(tolerance {SELFCHECK_TOL}); V-Reason may not steer this model as intended"
             )
         self._write()
         return_freed_memory()
         return selfcheck
+
+    def _warn(self, message: str) -> None:
+        """Queue a warning for the engine, which yields it as a Notice after this step."""
+        self.warning = f"{self.warning}; {message}" if self.warning else message
 
     def _write(self) -> None:
         """Put V_new = normp(V + dV) into llama.cpp's cache (F16, as it stores them)."""
@@ -157,7 +190,7 @@ class VReason:
         with torch.no_grad():
             self.dv.zero_()
         self.opt = type(self.opt)([self.dv], **self.opt.defaults)
-        self.warning = f"V-Reason update skipped ({why}); dV reset to zero"
+        self._warn(f"V-Reason update skipped ({why}); dV reset to zero")
         self._write()
 
     def restore(self) -> None:
