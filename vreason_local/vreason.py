@@ -170,7 +170,6 @@ class VReason:
                 f"(tolerance {SELFCHECK_TOL}); V-Reason may not steer this model as intended"
             )
         self._write()
-        return_freed_memory()
         return selfcheck
 
     def _warn(self, message: str) -> None:
@@ -194,5 +193,7 @@ class VReason:
         self._write()
 
     def restore(self) -> None:
-        """Give the cache its original value rows back when the answer ends."""
+        """Give the cache its original value rows back when the answer ends, and the updates' freed
+        temporaries to the OS (once per answer: trimming costs ~2 ms, and each update reuses the last's)."""
         self.hook.write_values(self.rows, self.v_orig, self.transposed)
+        return_freed_memory()
