@@ -1,6 +1,7 @@
-"""V-Reason's cost on the `3b` shape model (Qwen2.5-VL-3B dimensions, Q8_0, random weights), side by side.
+"""V-Reason's cost on generated models of real shapes (Qwen2.5-VL-3B or -7B dimensions, random weights) at
+Q4_K_M (the registry's default) or Q8_0, side by side.
 
-Run: python benchmarks/bench_vreason.py [--tokens 24] [--rounds 3] [--frames 4]
+Run: python benchmarks/bench_vreason.py [--shape 3b|7b] [--quant q4_k_m|q8_0] [--tokens 24] [--rounds 3] [--frames 4]
 Prints ratios measured in one run, configurations interleaved round by round (shared, noisy machine):
   A. the eval callback: none / C hook off / C hook capturing / plain ctypes callback (no / capturing)
   B. time per generated token, V-Reason (k=2, one Adam step) over base, on the same encoded video
@@ -18,7 +19,7 @@ import time
 
 import llama_cpp as L
 import numpy as np
-from _setup import clip, median, model_3b, steady_step_s
+from _setup import QUANTS, clip, median, model, steady_step_s
 
 from vreason_local.engine import Engine, EngineSettings, GenerationSettings
 from vreason_local.events import TokenEvent
@@ -174,13 +175,14 @@ def bench_decode(model, tokens: int, rounds: int, frames: int, dtype: str) -> No
                             selfchecks.append(ev.control.selfcheck)
                 per[mode] += steady_step_s(t_s)
                 if mode == "vreason":
-                    rows = handle.result().settings["vreason"]["n_rows"]
+                    used = handle.result().settings["vreason"]
+                    rows, tail_kind = used["n_rows"], used["tail_dtype"]
     base, vr = float(np.mean(per["base"])), float(np.mean(per["vreason"]))
     print(
         f"B. time per generated token ({lm.n_tokens} video tokens controlled: {rows}; mean of {len(per['base'])} steps each)"
     )
     print(
-        f"   base {base * 1e3:.1f} ms, V-Reason (k=2, 1 step, tail {engine._tail.kind}) {vr * 1e3:.1f} ms: "
+        f"   base {base * 1e3:.1f} ms, V-Reason (k=2, 1 step, tail {tail_kind}) {vr * 1e3:.1f} ms: "
         f"V-Reason/base = x{vr / base:.3f}"
     )
     print(
@@ -242,24 +244,26 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--frames", type=int, default=4)
     ap.add_argument("--only", choices=["A", "B", "C"], default=None)
+    ap.add_argument("--shape", choices=["3b", "7b"], default="3b")
+    ap.add_argument("--quant", choices=QUANTS, default="q4_k_m")
     ap.add_argument(
         "--tail-dtype",
         default="auto",
         help="storage of the controller's weights (auto, float32, bfloat16, float16, int8)",
     )
     args = ap.parse_args()
-    model = model_3b()
-    print(f"model: {model.model_path.name} (Qwen2.5-VL-3B shape, Q8_0, random weights), {default_threads()} threads")
+    bench_model = model(args.shape, args.quant)
+    print(f"model: {bench_model.model_path.name} (random weights), {default_threads()} threads")
     if args.only in (None, "A"):
         from vreason_local.tiny import make_tiny
 
-        tiny = make_tiny(model.model_path.parent, arch="qwen25vl", shape="tiny")
+        tiny = make_tiny(bench_model.model_path.parent, arch="qwen25vl", shape="tiny")
         bench_callbacks(tiny.model_path, 400, args.rounds, "tiny model (callback cost visible)")
-        bench_callbacks(model.model_path, args.tokens, args.rounds, "3b shape")
+        bench_callbacks(bench_model.model_path, args.tokens, args.rounds, f"{args.shape} shape")
     if args.only in (None, "B"):
-        bench_decode(model, args.tokens, args.rounds, args.frames, args.tail_dtype)
+        bench_decode(bench_model, args.tokens, args.rounds, args.frames, args.tail_dtype)
     if args.only in (None, "C"):
-        bench_memory(model, 8, args.frames, args.tail_dtype)
+        bench_memory(bench_model, args.tokens, args.frames, args.tail_dtype)
 
 
 if __name__ == "__main__":
