@@ -132,6 +132,7 @@ def _good_runs(f: dict[str, Path]) -> dict[str, list[str]]:
         "lr0_every1": ["run", "--json", "--mode", "vreason", "--lr", "0", "--every", "1", *video, *common],
         "budget": ["run", "--json", "--token-budget", str(TOKEN_BUDGET), *video, *common],
         "image": ["run", "--json", "--image", str(f["png"]), *common],
+        "image_lite": ["run", "--mode", "lite", "--image", str(f["png"]), *common],
         # text only, and no --mmproj: a question without media never needs a projector
         "text": [
             "run",
@@ -368,6 +369,14 @@ def test_run_json_vreason_lr0_leaves_values(jobs):
     assert lr0["tokens"] == lr0_every1["tokens"] and lr0["entropy"] == lr0_every1["entropy"]
     assert lr0["controller"]["n_updates"] == len(lr0["tokens"]) // 2
     assert lr0_every1["controller"]["n_updates"] == len(lr0_every1["tokens"])
+
+
+def test_lite_on_an_image_speaks_of_image_tokens(jobs):
+    r = jobs["image_lite"].result()
+    assert r.rc == 0, str(r)
+    summary = r.stderr.strip().splitlines()[-1]
+    assert re.search(r"\[lite\] .*, image tokens kept \d+$", summary), summary
+    assert "video" not in r.stderr
 
 
 def test_run_json_image_and_text_only(jobs):

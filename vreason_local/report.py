@@ -15,13 +15,15 @@ import click
 from .events import Answer, Encoded, Event, Finished, Notice, Progress, TokenEvent
 from .planning import Plan, record_prefill_speed
 
-STAGE = {"encode": "encoding video", "prefill": "reading the question"}
-
 
 class ProgressView:
     """Progress on stderr: a bar redrawn in place on a terminal, else a plain line every few seconds."""
 
-    def __init__(self, stream=None, every_s: float = 2.0) -> None:
+    def __init__(self, stream=None, every_s: float = 2.0, media: str = "video") -> None:
+        self.stages = {
+            "encode": "encoding the image" if media == "image" else "encoding video",
+            "prefill": "reading the prompt",
+        }
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.every_s = every_s
@@ -30,7 +32,7 @@ class ProgressView:
 
     def show(self, p: Progress) -> None:
         eta = f", ~{p.eta_s:.0f} s left" if p.eta_s is not None and p.done < p.total else ""
-        words = f"{STAGE[p.stage]}: {p.done:,}/{p.total:,} tokens, {p.rate:.0f} tokens/s{eta}"
+        words = f"{self.stages[p.stage]}: {p.done:,}/{p.total:,} tokens, {p.rate:.0f} tokens/s{eta}"
         if self.tty:
             width = 24
             filled = int(width * p.done / max(1, p.total))
@@ -50,7 +52,7 @@ class ProgressView:
 
 def consume(plan: Plan, events: Iterable[Event], on_event) -> tuple[Answer, Encoded | None]:
     """Drive the events to the end, remembering this machine's prefill speed for later estimates."""
-    progress = ProgressView()
+    progress = ProgressView(media=plan.media.media.kind)
     encoded = answer = None
     for ev in events:
         if isinstance(ev, Progress):
