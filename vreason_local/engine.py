@@ -320,13 +320,7 @@ class Engine:
         """Encode `media` now (progress events while it runs), to ask about it later."""
         self._check_idle()
         key = media_key(media)
-        prompt, n_prefix = self._prepare_media(media, key)
-        try:
-            self._check_room(n_prefix + 1)
-        except BaseException:
-            if prompt:
-                prompt.close()
-            raise
+        prompt = self._prepare_media(media, key, 1)
         job = EncodeJob(cancel, self._abort)
         self._start(job, self._encode_steps(job._ctl, media, key, prompt))
         return job
@@ -351,13 +345,9 @@ class Engine:
             )
         if mode != "base" and self.hook is None:
             raise UserError(f"the {mode} mode needs the engine loaded with the value-cache hook (EngineSettings.hook)")
-        if isinstance(source, Encoding):
-            if source._engine() is not self:
-                raise UserError("this encoding belongs to another engine; encode the media with this one")
-            prompt, key, n_prefix = None, source.key, source.n_tokens
-        else:
-            key = media_key(source)
-            prompt, n_prefix = self._prepare_media(source, key)
+        if isinstance(source, Encoding) and source._engine() is not self:
+            raise UserError("this encoding belongs to another engine; encode the media with this one")
+        key = source.key if isinstance(source, Encoding) else media_key(source)
         history: tuple[int, ...] = ()
         if follow_up is not None:
             if follow_up.settings.get("media_key") != key:
@@ -365,12 +355,12 @@ class Engine:
             history = follow_up.history
         ids = self.model.tokenize(question_text(question, gen.reasoning, follow_up=bool(history)))
         wanted = list(history) + ids
-        try:
-            self._check_room(n_prefix + len(wanted) + gen.max_tokens)
-        except BaseException:
-            if prompt:
-                prompt.close()
-            raise
+        extra = len(wanted) + gen.max_tokens
+        if isinstance(source, Encoding):
+            self._check_room(source.n_tokens + extra)
+            prompt = None
+        else:
+            prompt = self._prepare_media(source, key, extra)
         handle = AnswerHandle(cancel, self._abort)
         self._start(handle, self._answer_steps(handle._ctl, source, prompt, key, question, wanted, gen, mode, vreason))
         return handle
@@ -387,11 +377,13 @@ class Engine:
         self._active = weakref.ref(job)
 
     # -- checks made before anything runs ----------------------------------------------------------
-    def _prepare_media(self, media: Media, key: str) -> tuple[MediaPrompt | None, int]:
-        """(tokenised prompt prefix, its token count); no prompt when the media is already resident."""
+    def _prepare_media(self, media: Media, key: str, extra: int) -> MediaPrompt | None:
+        """The tokenised prompt prefix (None when the media is already resident, or has no images), once
+        the context is known to hold it and `extra` tokens more; a prompt that cannot be used is freed."""
         resident = self._cache.encoding
         if resident is not None and resident.key == key:
-            return None, resident.n_tokens
+            self._check_room(resident.n_tokens + extra)
+            return None
         if media.kind != "none" and self.vision is None:
             raise UserError(
                 "this model was loaded without a vision projector, which images and video need",
@@ -399,9 +391,15 @@ class Engine:
             )
         text, frames = prefix_parts(media, self.vision.marker if self.vision else "<__media__>")
         if not frames:
-            return None, len(self.model.tokenize(text))
+            self._check_room(len(self.model.tokenize(text)) + extra)
+            return None
         prompt = self.vision.tokenize(text, [f.rgb for f in frames], mergeable=len(frames) > 1)
-        return prompt, prompt.n_tokens
+        try:
+            self._check_room(prompt.n_tokens + extra)
+        except BaseException:
+            prompt.close()
+            raise
+        return prompt
 
     def _check_room(self, needed: int) -> None:
         """Checked before anything is encoded, with the real prompt's token count."""
