@@ -39,7 +39,7 @@ from . import gguf_info
 from .channels import ChannelSplitter, split_answer
 from .errors import ContextTooSmall, EngineBusy, Remedy, UserError
 from .events import MODES, Answer, ControlState, Encoded, Event, Finished, Mode, Notice, Prefilled, Progress, TokenEvent
-from .fit import CONTEXT_STEP, context_size
+from .fit import context_size, round_up_context
 from .kv_state import prune_cells
 from .llama_backend import Aborted, CancelFlag, Context, MediaPrompt, Model, Vision, default_threads
 from .media import Media
@@ -761,7 +761,7 @@ def check_context(needed: int, n_ctx: int | None, n_ctx_train: int) -> None:
         return
     if n_ctx is not None and needed <= n_ctx_train:
         raise ContextTooSmall(
-            needed, limit, True, [Remedy("a larger context", "engine.n_ctx", -(-needed // CONTEXT_STEP) * CONTEXT_STEP)]
+            needed, limit, True, [Remedy("a larger context", "engine.n_ctx", round_up_context(needed))]
         )
     raise ContextTooSmall(
         needed,

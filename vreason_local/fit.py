@@ -302,9 +302,14 @@ def available_memory(use_gpu: bool = True) -> MemoryInfo:
     )
 
 
+def round_up_context(needed: int) -> int:
+    """``needed`` tokens rounded up to a whole number of CONTEXT_STEP."""
+    return -(-needed // CONTEXT_STEP) * CONTEXT_STEP
+
+
 def context_size(needed: int) -> int:
     """The context a run gets for a prompt and answer of ``needed`` tokens (see CONTEXT_FLOOR)."""
-    return max(CONTEXT_FLOOR, -(-needed // CONTEXT_STEP) * CONTEXT_STEP)
+    return max(CONTEXT_FLOOR, round_up_context(needed))
 
 
 @dataclass(frozen=True)
@@ -475,4 +480,5 @@ __all__ = [
     "format_bytes",
     "format_tokens",
     "kv_bytes_per_token",
+    "round_up_context",
 ]

@@ -180,21 +180,18 @@ class Context:
                 b.n_seq_id[i] = 1
                 b.seq_id[i][0] = 0
                 b.logits[i] = start + i == len(tokens) - 1
-            rc = L.llama_decode(self.ptr, b)
-            if rc == 2:  # the cancel flag stopped it; llama.cpp dropped this batch's cells again
-                raise Aborted
-            if rc != 0:
-                raise UserError(
-                    f"llama.cpp decode failed (code {rc}): the context of {self.n_ctx} tokens is probably full"
-                )
+            self._decode(b)
 
     def decode_one(self, token: int, pos: int) -> None:
         """`decode_tokens([token], pos)` for the decode loop, on a batch set up once."""
         b = self._one
         b.token[0] = token
         b.pos[0] = pos
-        rc = L.llama_decode(self.ptr, b)
-        if rc == 2:
+        self._decode(b)
+
+    def _decode(self, batch: L.llama_batch) -> None:
+        rc = L.llama_decode(self.ptr, batch)
+        if rc == 2:  # the cancel flag stopped it; llama.cpp dropped this batch's cells again
             raise Aborted
         if rc != 0:
             raise UserError(f"llama.cpp decode failed (code {rc}): the context of {self.n_ctx} tokens is probably full")
