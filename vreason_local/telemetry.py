@@ -1,0 +1,63 @@
+"""One answer's reasoning telemetry in a few numbers, for every front end that shows or stores a summary
+(`vreason run --json`, the chat app, the evaluator): computed here once from the `Answer` the engine built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .events import Answer
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Entropies in nats. `switch_step` is the first token at which the controller's alpha turned from
+    +1 (explore: raise entropy) to -1 (converge: lower it), the paper's turning point; None if it never did
+    or in base mode. Controller figures are None in base mode."""
+
+    n_tokens: int
+    mean_entropy: float | None
+    max_entropy: float | None
+    final_ema: float | None
+    peak_ema: float | None
+    switch_step: int | None
+    n_updates: int | None
+    mean_update_ms: float | None
+    max_dv_norm: float | None
+    max_selfcheck: float | None
+    controller_s: float | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def summarize(answer: Answer) -> Summary:
+    """The summary of `answer` (works on partial and cancelled answers too)."""
+    h = answer.entropy
+    states = [c for c in answer.control if c is not None]
+    updates = [c for c in states if c.alpha is not None]
+    controlled = answer.mode != "base"
+    switch = None
+    previous = None
+    for step, c in enumerate(answer.control):
+        if c is None or c.alpha is None:
+            continue
+        if previous == 1 and c.alpha == -1:
+            switch = step
+            break
+        previous = c.alpha
+    times = [u.update_ms for u in updates if u.update_ms is not None]
+    checks = [u.selfcheck for u in updates if u.selfcheck is not None]
+    return Summary(
+        n_tokens=len(answer.tokens),
+        mean_entropy=sum(h) / len(h) if h else None,
+        max_entropy=max(h) if h else None,
+        final_ema=states[-1].ema if states else None,
+        peak_ema=states[-1].peak if states else None,
+        switch_step=switch,
+        n_updates=len(updates) if controlled else None,
+        mean_update_ms=sum(times) / len(times) if times else None,
+        max_dv_norm=max((c.dv_norm for c in states), default=None),
+        max_selfcheck=max(checks) if checks else None,
+        controller_s=answer.timings.get("controller_s") if controlled else None,
+    )
