@@ -193,18 +193,28 @@ class _Int8MatVec(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, m: Int8Matrix) -> torch.Tensor:  # noqa: ANN001 - autograd's ctx
         ctx.m = m
-        return torch._weight_int8pack_mm(x.to(torch.bfloat16)[None], m.q, m.scale)[0].float()
+        return _int8_rows(x, m.q, m.scale)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):  # noqa: ANN001, ANN205
         m = ctx.m
-        return torch._weight_int8pack_mm(g.to(torch.bfloat16)[None], m.qt, m.scale_t)[0].float(), None
+        return _int8_rows(g, m.qt, m.scale_t), None
+
+
+def _int8_rows(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """q·x for one vector [k] or each row of a stack [m, k] (torch's kernel takes stacks only)."""
+    xs = x.to(torch.bfloat16)
+    out = torch._weight_int8pack_mm(xs if x.dim() == 2 else xs[None], q, scale).float()
+    return out if x.dim() == 2 else out[0]
 
 
 def mv(w: torch.Tensor | Int8Matrix, x: torch.Tensor) -> torch.Tensor:
-    """Matrix-vector product in the weights' storage; activations and the residual stream stay float32."""
+    """Matrix-vector product in the weights' storage, for one vector [k] or a stack of them [m, k];
+    activations and the residual stream stay float32."""
     if isinstance(w, Int8Matrix):
         return _Int8MatVec.apply(x, w)
+    if x.dim() == 2:
+        return (x.to(w.dtype) @ w.T).float()
     return (w @ x.to(w.dtype)).float()
 
 

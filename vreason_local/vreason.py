@@ -112,11 +112,19 @@ class VReason:
         ffn_inp = torch.from_numpy(self.hook.capture("ffn_inp").reshape(-1))
         return TailInputs(probs.to(dev), ffn_inp.to(dev))
 
-    def restricted_head(self, inp: TailInputs, logits: np.ndarray, ids: np.ndarray | None = None) -> RestrictedHead:
+    def restricted_head(
+        self,
+        inp: TailInputs,
+        logits: np.ndarray,
+        ids: np.ndarray | None = None,
+        h_anchor: torch.Tensor | None = None,
+    ) -> RestrictedHead:
         """The LM head for one update at llama.cpp's `logits`: rows chosen to meet `head_error` (or the
-        fixed rows `ids`), anchored on the tail's state for the values llama.cpp attended over."""
-        with torch.no_grad():
-            h_anchor = self.tail.hidden(inp, None)
+        fixed rows `ids`), anchored on the tail's state for the values llama.cpp attended over (`h_anchor`,
+        computed here unless given)."""
+        if h_anchor is None:
+            with torch.no_grad():
+                h_anchor = self.tail.hidden(inp, None)
         return RestrictedHead(
             self.tail.head, logits, h_anchor, self.s.head_error, self.s.head_max, ids, ratio=self.head_ratio
         )
@@ -130,20 +138,27 @@ class VReason:
         return loss, step.logits
 
     def _loss(
-        self, head: RestrictedHead, inp: TailInputs, dv: torch.Tensor, alpha: int
+        self, head: RestrictedHead, inp: TailInputs, dv: torch.Tensor, alpha: int, h: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, HeadStep]:
-        h = self.tail.hidden(inp, norm_preserving(self.v_base, dv) - self.v_cache)
+        """The loss at offset `dv` (its hidden state `h`, computed here unless given) and the head's step."""
+        if h is None:
+            h = self.tail.hidden(inp, self._delta(dv))
         step = head.at(h, alpha)
         return loss_at(h, step), step
+
+    def _delta(self, dv: torch.Tensor) -> torch.Tensor:
+        """How far the value rows at offset `dv` are from those llama.cpp attends over."""
+        return norm_preserving(self.v_base, dv) - self.v_cache
 
     def _update(self, logits: np.ndarray, alpha: int) -> float:
         """`steps` optimiser steps at llama.cpp's `logits` of this token, then the write; the self-check."""
         inp = self.inputs()
-        head = self.restricted_head(inp, logits)
+        h_anchor, h = self.tail.hidden_pair(inp, self._delta(self.dv))  # the first step's state with the anchor
+        head = self.restricted_head(inp, logits, h_anchor=h_anchor)
         selfcheck = float("nan")
         for i in range(self.s.steps):
             self.opt.zero_grad()
-            loss, step = self._loss(head, inp, self.dv, alpha)
+            loss, step = self._loss(head, inp, self.dv, alpha, h if i == 0 else None)
             self.head_log.append((len(head.ids), step.bound))
             if i == 0:  # the tail for the values llama.cpp attended over must give llama.cpp's logits
                 ref = logits[head.ids]
