@@ -36,6 +36,7 @@ def _isolated_environment(root: Path) -> dict[str, str | None]:
         HF_HOME=str(root / "hf"),  # token, stored tokens, xet cache
         HF_HUB_CACHE=str(root / "hf" / "hub"),  # models
         XDG_CACHE_HOME=str(root / "xdg"),  # anything else that follows the XDG default (~/.cache)
+        XDG_DATA_HOME=str(root / "xdg-data"),  # the chat database (platformdirs' user data folder)
     )
     return changes
 

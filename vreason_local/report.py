@@ -14,6 +14,7 @@ import click
 
 from .events import Answer, Encoded, Event, Finished, Notice, Progress, TokenEvent
 from .planning import Plan, record_prefill_speed
+from .telemetry import per_token
 
 
 class ProgressView:
@@ -142,11 +143,8 @@ def answer_json(plan: Plan, events: Iterable[Event]) -> dict:
         "prefill_s": round(t.get("prefill_media_s", 0.0) + t.get("prefill_question_s", 0.0), 4),
         **{k: v for k, v in t.items() if k not in ("load_s", "encode_s", "prefill_media_s")},
     }
-    control = answer.control
-    updates = [c for c in control if c is not None and c.alpha is not None]
-
-    def col(name: str) -> list:
-        return [None if c is None else getattr(c, name) for c in control]
+    updates = [c for c in answer.control if c is not None and c.alpha is not None]
+    columns = per_token(answer)
 
     return {
         "model": plan.info.name,
@@ -168,12 +166,12 @@ def answer_json(plan: Plan, events: Iterable[Event]) -> dict:
         "tokens": answer.tokens,
         "token_text": answer.token_text,
         "entropy": [round(h, 6) for h in answer.entropy],
-        "ema": col("ema"),
-        "peak": col("peak"),
-        "alpha": col("alpha"),
-        "dv_norm": col("dv_norm"),
-        "update_ms": col("update_ms"),
-        "selfcheck": col("selfcheck"),
+        "ema": columns["ema"],
+        "peak": columns["peak"],
+        "alpha": columns["alpha"],
+        "dv_norm": columns["dv_norm"],
+        "update_ms": columns["update_ms"],
+        "selfcheck": columns["selfcheck"],
         "controller": {
             "n_updates": len(updates),
             "controller_s": t.get("controller_s", 0.0),

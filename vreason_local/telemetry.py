@@ -4,9 +4,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
-from .events import Answer
+from .events import Answer, ControlState
 
 
 @dataclass(frozen=True)
@@ -61,3 +61,16 @@ def summarize(answer: Answer) -> Summary:
         max_selfcheck=max(checks) if checks else None,
         controller_s=answer.timings.get("controller_s") if controlled else None,
     )
+
+
+def per_token(answer: Answer) -> dict[str, list]:
+    """The answer's per-token lists, aligned with its tokens: the tokens, their text, the entropy, and
+    every `ControlState` field (None where the controller did not run)."""
+    columns: dict[str, list] = {
+        "tokens": list(answer.tokens),
+        "token_text": list(answer.token_text),
+        "entropy": list(answer.entropy),
+    }
+    for f in fields(ControlState):
+        columns[f.name] = [None if c is None else getattr(c, f.name) for c in answer.control]
+    return columns

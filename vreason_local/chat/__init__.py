@@ -1,0 +1,1 @@
+"""`vreason chat`: a terminal app for conversations about a video, saved as they happen."""
