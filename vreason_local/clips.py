@@ -8,7 +8,7 @@ exactly the frames it planned, even after lossy encoding and resizing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -51,12 +51,24 @@ def make_clip(
     n_frames = round(seconds * fps)
     if fps <= 0 or n_frames < 1:
         raise UserError(f"make_clip: need fps > 0 and at least one frame, got {seconds} s at {fps} fps")
+    style = _ClipStyle(np.random.default_rng(seed), width, height)
+    return write_clip(path, (style.frame(index) for index in range(n_frames)), fps, (width, height), codec)
+
+
+def write_clip(
+    path: str | Path, frames: Iterable[np.ndarray], fps: float, size: tuple[int, int], codec: str = "mp4v"
+) -> Path:
+    """Encode BGR `frames` of `size` (width, height) as a video at `path` with `codec` (see `make_clip`).
+
+    Shared by every generator of synthetic clips (`make_clip`, the evaluator's sample dataset), so all
+    write the same containers and fail with the same messages.
+    """
+    path = Path(path)
+    width, height = size
     if len(codec) != 4:
         raise UserError(f"make_clip: codec must be a four-character code such as 'mp4v', got {codec!r}")
-    style = _ClipStyle(np.random.default_rng(seed), width, height)
-    frames = (style.frame(index) for index in range(n_frames))
     if codec in H264_CODECS:
-        _write_h264(path, frames, fps, width, height)
+        _write_h264(path, iter(frames), fps, width, height)
         return path
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, (width, height))
     if not writer.isOpened():

@@ -1,0 +1,1 @@
+"""Batch evaluation on video-question datasets: items, dataset loaders, scoring, statistics, runner and report."""
