@@ -203,8 +203,10 @@ class RestrictedHead:
             self._add(np.asarray(ids, np.int64))
 
     def _add(self, ids: np.ndarray) -> torch.Tensor:
-        ids = np.sort(ids)  # in file order: reading them costs half as much as in rank order
-        rows = self.head.rows(ids).float()  # the stored values exactly (norms: of the same), for this update only
+        # in file order: reading them costs half as much as in rank order; the stored values exactly (norms:
+        # of the same), for this update only
+        ids, rows = self.head.rows(np.sort(ids))
+        rows = rows.float()
         self.rows = torch.cat([self.rows, rows]) if len(self.ids) else rows
         self.ids = np.concatenate([self.ids, ids])
         self.z_anchor = torch.cat([self.z_anchor, mv(rows, self.h_anchor)])

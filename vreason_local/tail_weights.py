@@ -93,20 +93,23 @@ class LMHead:
             release_pages(self.raw)
         return out
 
-    def rows(self, ids: np.ndarray) -> torch.Tensor:
-        """The rows `ids` (distinct), as stored: the kept ones from the ring, the others read now."""
+    def rows(self, ids: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+        """The rows `ids` (distinct) as stored, and their ids in the order of the rows: the kept ones first,
+        gathered from the ring straight into the result (one copy: this runs every update, on ~2048
+        rows), then those read now."""
         ids = np.asarray(ids, np.int64)
         slots = self._slot[ids]
         hit = slots >= 0
+        n_hit = int(hit.sum())
         out = torch.empty(len(ids), self.n_cols, dtype=self.dtype)
-        if hit.any():
-            out[torch.from_numpy(np.flatnonzero(hit))] = self._store[torch.from_numpy(slots[hit])]
-        miss = np.flatnonzero(~hit)
-        if len(miss):
-            fresh = self._read_rows(ids[miss])
-            out[torch.from_numpy(miss)] = fresh
-            self._remember(ids[miss], fresh)
-        return out.to(self.device)
+        if n_hit:
+            torch.index_select(self._store, 0, torch.from_numpy(slots[hit]), out=out[:n_hit])
+        missed = ids[~hit]
+        if len(missed):
+            fresh = self._read_rows(missed)
+            out[n_hit:] = fresh
+            self._remember(missed, fresh)
+        return np.concatenate([ids[hit], missed]), out.to(self.device)
 
     def _read_rows(self, ids: np.ndarray) -> torch.Tensor:
         raw = self._gather(ids)
@@ -283,7 +286,9 @@ def load_tail_weights(info: ModelInfo, device: torch.device, dtype: str = "auto"
                 w[i : i + len(part)] = part
             matrices[key] = w.reshape(tuple(reversed(t.shape))).to(device)
         release_pages(raw)
-    head_dtype = torch.bfloat16 if kind == "int8" else getattr(torch, kind)  # rows: read per update
+    # The rows an update reads, kept in the ring: float32 beside an int8 tail (the head's products are in
+    # float32, RestrictedHead._gradient: a half-precision ring cost a conversion pass over ~2048 rows per update)
+    head_dtype = torch.float32 if kind == "int8" else getattr(torch, kind)
     return_freed_memory()
     head = "output.weight" if "output.weight" in g.tensors else "token_embd.weight"  # tied: 3B
     lm_head = LMHead(g.tensor_bytes(head), g.tensors[head].ggml_type, g.tensors[head].shape[0], device, head_dtype)

@@ -134,8 +134,10 @@ class VReason:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, the tail's logits at `ids`) for value offset `dv`, through the LM-head rows `ids`: the
         same computation as an update's, with its rows fixed (all of them: the exact loss)."""
-        loss, step = self._loss(self.restricted_head(inp, logits, ids), inp, dv, alpha)
-        return loss, step.logits
+        head = self.restricted_head(inp, logits, ids)
+        loss, step = self._loss(head, inp, dv, alpha)
+        order = np.argsort(head.ids)  # the head holds its rows in the order it read them
+        return loss, step.logits[torch.from_numpy(order[np.searchsorted(head.ids[order], ids)])]
 
     def _loss(
         self, head: RestrictedHead, inp: TailInputs, dv: torch.Tensor, alpha: int, h: torch.Tensor | None = None
