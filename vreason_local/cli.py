@@ -342,6 +342,15 @@ def _register_models() -> None:
 _register_models()
 
 
+def _register_eval() -> None:
+    from .evaluate.command import make_eval_command  # built here: it takes `vreason run`'s options
+
+    cli.add_command(make_eval_command(_engine_options))
+
+
+_register_eval()
+
+
 # The core names settings (errors.Remedy.setting); the command line words them as its flags.
 FLAGS = {
     "model": "--model",

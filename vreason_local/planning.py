@@ -125,7 +125,7 @@ def plan_run(
         check_video_file(video)
     if image:
         check_image_file(image)
-    model_path, mmproj_path = _resolve(model, mmproj, needs_vision=bool(video or image))
+    model_path, mmproj_path = resolve_files(model, mmproj, needs_vision=bool(video or image))
     info, projector = gguf_info.read_pair(model_path, mmproj_path)
     check_model_settings(info, n_ctx)  # before the video is sampled
     patch = projector.patch_size if projector else 14
@@ -167,7 +167,7 @@ def plan_run(
     )
 
 
-def _resolve(model: str, mmproj: str | None, needs_vision: bool) -> tuple[Path, Path | None]:
+def resolve_files(model: str, mmproj: str | None, needs_vision: bool) -> tuple[Path, Path | None]:
     """The model and projector files; a text-only question uses a projector if there is one, never demands it."""
     try:
         r = resolve_model(model, mmproj)

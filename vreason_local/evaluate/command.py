@@ -1,0 +1,415 @@
+"""`vreason eval`: answer a dataset of video questions in several modes, then report how the modes compare.
+
+    vreason eval DATASET --out DIR [--modes base,vreason,lite] [--limit N] [--sample N --seed S] [run options]
+    vreason eval --resume --out DIR      continue an interrupted run with the settings in DIR/run.json
+    vreason eval --report DIR            (re)write DIR's summary.json, report.md and plots
+    vreason eval --compare A B           two runs, item by item
+    vreason eval --list-formats          the dataset formats read
+    vreason eval --make-sample DIR       generated clips and questions with known answers
+
+Only the command line lives here (options, messages, Ctrl-C, progress); the work is in runner.py,
+results.py, report.py and compare.py, imported when a command needs them (llama.cpp, matplotlib).
+The command is built by `make_eval_command(engine_options)` because it takes `vreason run`'s options from
+cli.py, which imports this module to register it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+from click.core import ParameterSource
+
+from ..errors import UserError
+from ..events import MODES, Event, Progress, TokenEvent
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+    from ..events import Mode
+    from .datasets import Dataset
+    from .items import Item
+    from .results import ReadBack, RunDir
+    from .runner import EvalSettings
+
+SHOW_INVALID = 5  # rows that could not be used: how many are listed (the count is always given)
+# Options that change how fast a run goes, not what it answers: a resumed run may take new values.
+MACHINE_OPTIONS = ("threads", "gpu_layers", "repack")
+# Options that are about this invocation, not the run: never stored nor compared.
+ACTIONS = ("out", "resume", "list_formats", "make_sample", "report_dir", "compare", "mode")
+
+
+def _flag(name: str) -> str:
+    return {"dataset": "DATASET", "dataset_format": "--format"}.get(name, "--" + name.replace("_", "-"))
+
+
+def make_eval_command(engine_options: Callable[[Callable], Callable]) -> click.Command:
+    """The `eval` command, with every engine, frame and V-Reason option `vreason run` takes."""
+
+    @click.command("eval")
+    @click.argument("dataset", required=False, type=click.Path(path_type=Path))
+    @click.option("--out", "-o", type=click.Path(path_type=Path), help="Folder of the run (results, report).")
+    @click.option("--resume", is_flag=True, help="Continue the run in --out, with the settings it started with.")
+    @click.option(
+        "--modes",
+        default="base,vreason,lite",
+        show_default=True,
+        help="Comma-separated modes to answer every question in.",
+    )
+    @click.option(
+        "--format", "dataset_format", default="auto", show_default=True, help="Dataset format (--list-formats)."
+    )
+    @click.option(
+        "--media-root",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Folder the dataset's video paths are relative to (default: the dataset file's folder).",
+    )
+    @click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N items.")
+    @click.option("--sample", type=click.IntRange(1), default=None, help="N items drawn at random with --seed.")
+    @click.option("--list-formats", is_flag=True, help="List the dataset formats read, and exit.")
+    @click.option(
+        "--make-sample",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Write generated clips and a dataset with known answers into DIR, and exit.",
+    )
+    @click.option(
+        "--report", "report_dir", type=click.Path(path_type=Path), default=None, help="Rewrite the report of run DIR."
+    )
+    @click.option("--compare", nargs=2, type=click.Path(path_type=Path), default=None, help="Compare runs A and B.")
+    @engine_options
+    def eval_command(**o) -> None:
+        """Answer every question of a dataset in each mode, item by item, with one loaded model.
+
+        \b
+        vreason eval questions.jsonl --out runs/a --modes base,vreason --max-tokens 512
+        vreason eval --resume --out runs/a
+        vreason eval --report runs/a
+        vreason eval --compare runs/a runs/b
+        """
+        actions = [o["list_formats"], o["make_sample"], o["report_dir"], o["compare"]]
+        if sum(bool(a) for a in actions) > 1:
+            raise UserError("--list-formats, --make-sample, --report and --compare each run alone; give one")
+        if o["list_formats"]:
+            _list_formats()
+        elif o["make_sample"]:
+            _make_sample(o["make_sample"])
+        elif o["report_dir"]:
+            _report(o["report_dir"])
+        elif o["compare"]:
+            from .compare import compare_runs
+
+            click.echo(compare_runs(*o["compare"]))
+        else:
+            _run(o, _given(click.get_current_context()))
+
+    hidden = next(p for p in eval_command.params if p.name == "mode")
+    hidden.hidden = True  # `--mode X` still works, as `--modes X`
+    return eval_command
+
+
+def _given(ctx: click.Context) -> set[str]:
+    """Options the user set (command line or environment), as opposed to defaults."""
+    return {
+        name
+        for name in ctx.params
+        if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    }
+
+
+def _list_formats() -> None:
+    from .datasets import FORMATS
+
+    for info in FORMATS.values():
+        click.echo(f"{info.name}\n  {info.description}\n  reads: {info.expects}")
+
+
+def _make_sample(out_dir: Path) -> None:
+    from .datasets import make_sample
+
+    path = make_sample(out_dir)
+    click.echo(path)
+    click.echo(f"try: vreason eval {path} --out {out_dir / 'run'} --modes base,vreason", err=True)
+
+
+def _report(run_dir: Path) -> None:
+    from .report import write_report
+
+    for path in write_report(run_dir):
+        click.echo(path)
+
+
+# -- a run --------------------------------------------------------------------------------------------
+def _parse_modes(text: str) -> list[str]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise UserError(f"--modes takes a comma-separated list of {', '.join(MODES)}; got '{text}'")
+    return list(dict.fromkeys(modes))
+
+
+def _stored_options(o: dict, given: set[str]) -> dict:
+    """The run's identity as run.json keeps it: every option that decides an answer, paths made absolute."""
+    out = {k: v for k, v in o.items() if k not in ACTIONS}
+    if "mode" in given and "modes" in given:
+        raise UserError("give --modes (a comma-separated list); --mode is the same for one mode")
+    out["modes"] = _parse_modes(o["mode"] if "mode" in given else o["modes"])
+    for key in ("dataset", "media_root", "model", "mmproj"):
+        value = out.get(key)
+        if value is not None and (key in ("dataset", "media_root") or Path(value).expanduser().is_file()):
+            out[key] = str(Path(value).expanduser().resolve())
+    return out
+
+
+def _resume_options(stored: dict, current: dict, given: set[str], run_file: Path) -> dict:
+    """The run's own options; any the user gave again must agree (machine options may change)."""
+    merged = dict(stored)
+    for name in sorted(given & set(current)):
+        if name in MACHINE_OPTIONS:
+            merged[name] = current[name]
+        elif name in stored and current[name] != stored[name]:
+            raise UserError(
+                f"--resume: {_flag(name)} {current[name]} differs from the run's {stored[name]} ({run_file}); "
+                "leave it out to continue with the run's, or start a new run in another --out"
+            )
+    return merged
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _show_invalid(dataset: Dataset) -> None:
+    bad = dataset.invalid
+    if not bad:
+        return
+    click.echo(f"warning: {len(bad)} row{'s' if len(bad) > 1 else ''} of {dataset.path} skipped:", err=True)
+    for entry in bad[:SHOW_INVALID]:
+        click.echo(f"  {entry}", err=True)
+    if len(bad) > SHOW_INVALID:
+        click.echo(f"  ... and {len(bad) - SHOW_INVALID} more", err=True)
+
+
+def _run(o: dict, given: set[str]) -> None:
+    from ..checks import check_model_settings, check_options
+    from ..cli import _settings
+    from ..gguf_info import read_pair
+    from ..planning import resolve_files
+    from ..registry import DEFAULT_MODEL
+    from .datasets import load_dataset
+    from .results import RunDir, read_results
+    from .runner import EvalSettings, select_items
+
+    if o["dataset"] is None and not o["resume"]:
+        raise UserError("name the dataset file: vreason eval DATASET --out DIR (--make-sample DIR writes one)")
+    if o["out"] is None:
+        raise UserError("--out DIR is needed: the folder that holds the run (results.jsonl, run.json, the report)")
+    run_dir = RunDir(o["out"])
+    if "mode" in given:  # --mode X is --modes X
+        given = given | {"modes"}
+    current = _stored_options(o, given)
+    run: dict | None = None
+    if o["resume"]:
+        run = run_dir.read_run()
+        opts = _resume_options(run["options"], current, given, run_dir.run_file)
+    else:
+        run_dir.require_new()
+        opts = current
+    dataset = load_dataset(
+        Path(opts["dataset"]), opts["dataset_format"], opts["media_root"] and Path(opts["media_root"])
+    )
+    _show_invalid(dataset)
+    if not dataset.items:
+        raise UserError(f"nothing to run: no usable question in {dataset.path} (the skipped rows are listed above)")
+    items = select_items(dataset.items, opts["sample"], opts["limit"], opts["seed"])
+    ids = [item.id for item in items]
+    data_hash = _file_hash(dataset.path)
+    if run is not None and (run["dataset_sha256"] != data_hash or run["item_ids"] != ids):
+        raise UserError(
+            f"--resume: the dataset {dataset.path} (or the videos it finds) changed since the run started; "
+            "start a new run in another --out"
+        )
+    modes = opts["modes"]
+    controlled = any(m != "base" for m in modes)
+    gen, frames, eng, vr = _settings({**opts, "mode": "vreason" if controlled else "base"})
+    check_options(eng, vr.device if vr else None)
+    model_path, mmproj_path = resolve_files(opts["model"] or DEFAULT_MODEL, opts["mmproj"], needs_vision=True)
+    info, projector = read_pair(model_path, mmproj_path)
+    if projector is None:
+        raise UserError(f"{model_path.name} needs its vision projector for video questions (--mmproj)")
+    check_model_settings(info, opts["ctx"])
+
+    back = read_results(run_dir.results_file)
+    if back.dropped is not None:
+        click.echo(f"note: the last line of {run_dir.results_file} was half-written; that answer is redone", err=True)
+    done = back.done()
+    todo = len(items) * len(modes) - sum(1 for item in items for m in modes if (item.id, m) in done)
+    click.echo(
+        f"{len(items)} questions about {len({i.video_key for i in items})} videos x {len(modes)} modes "
+        f"({', '.join(modes)}): {todo} answers to go" + (f", {len(back.rows)} done" if back.rows else ""),
+        err=True,
+    )
+    settings = EvalSettings(gen, frames, vr, opts["token_budget"])
+    if todo:
+        from ..engine import Engine
+
+        engine = Engine(model_path, mmproj_path, replace(eng, n_ctx=opts["ctx"]), infos=(info, projector))
+        if run is None:  # written once the model loads: a run that never started leaves --out as it was
+            run_dir.write_run(
+                {
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "dataset": str(dataset.path),
+                    "dataset_format": dataset.format,
+                    "dataset_sha256": data_hash,
+                    "item_ids": ids,
+                    "model": {"name": info.name, "path": str(info.path), "random_weights": info.random_weights},
+                    "options": opts,
+                }
+            )
+        with engine:
+            written, stopped = _drive(engine, items, modes, settings, run_dir, back)
+        if stopped:
+            click.echo(
+                f"stopped: {written} answers written this time, {len(back.rows) + written} in all; "
+                f"`vreason eval --resume --out {run_dir.path}` continues the run",
+                err=True,
+            )
+            sys.exit(130)
+    from .report import print_summary, write_report
+
+    paths = write_report(run_dir.path)
+    print_summary(run_dir.path)
+    click.echo(f"report: {', '.join(str(p) for p in paths)}", err=True)
+
+
+def _drive(
+    engine: Engine,
+    items: Sequence[Item],
+    modes: Sequence[Mode],
+    settings: EvalSettings,
+    run_dir: RunDir,
+    back: ReadBack,
+) -> tuple[int, bool]:
+    """The runner in a worker thread, so that Ctrl-C is seen at once (cli's pattern: the first cancels the
+    answer running now, a second aborts), with the progress line; returns (rows written, stopped)."""
+    from ..cli import _until_done
+    from .results import ResultsWriter
+    from .runner import Stop, run_eval
+
+    stop = Stop()
+    view = EvalProgress(len(items) * len(modes), back.rows, modes)
+    with ResultsWriter(run_dir.results_file, back.good_bytes) as writer:
+        try:
+            written = _until_done(
+                stop,  # type: ignore[arg-type]  # a Stop cancels like an AnswerHandle
+                lambda: run_eval(engine, items, modes, settings, writer, back.done(), stop, view.on_row, view.on_event),
+            )
+        finally:
+            view.end()
+    return written, stop.cancel_requested
+
+
+class EvalProgress:
+    """The run's progress on stderr: answers done of all, answers a minute, time left, and per mode the
+    running accuracy and mean tokens, plus what is being answered now. Redrawn in place on a terminal;
+    otherwise a plain line every `every_s` seconds (and when the last answer is in)."""
+
+    def __init__(self, total: int, rows: Sequence[dict], modes: Sequence[str], stream=None, every_s: float = 5.0):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.every_s = every_s
+        self.total = total
+        self.modes = list(modes)
+        self.done = 0
+        self.errors = 0
+        self.scores: dict[str, list[float]] = {m: [] for m in modes}
+        self.tokens: dict[str, list[int]] = {m: [] for m in modes}
+        for row in rows:
+            self._count(row)
+        self.start_done = self.done
+        self.t0 = time.monotonic()
+        self._last_line = 0.0
+        self._last_draw = 0.0
+        self.now = ""
+        self._open = False
+
+    def _count(self, row: dict) -> None:
+        self.done += 1
+        if row["error"] is not None:
+            self.errors += 1
+            return
+        if row["mode"] in self.scores:
+            if row["score"] is not None:
+                self.scores[row["mode"]].append(row["score"])
+            self.tokens[row["mode"]].append(row["n_tokens"])
+
+    def on_row(self, row: dict) -> None:
+        self._count(row)
+        self.now = ""
+        self._show(force=True)
+
+    def on_event(self, item: Item, mode: str, event: Event) -> None:
+        if isinstance(event, Progress) and event.stage == "encode":
+            self.now = f"{item.id}: encoding {event.done}/{event.total}"
+        elif isinstance(event, TokenEvent):
+            self.now = f"{item.id} {mode}: {event.step} tokens"
+        else:
+            return
+        self._show(force=False)
+
+    def line(self) -> str:
+        new = self.done - self.start_done
+        elapsed = time.monotonic() - self.t0
+        parts = [f"{self.done}/{self.total} answers"]
+        if new and elapsed > 0:
+            rate = new / elapsed
+            parts.append(f"{rate * 60:.1f}/min")
+            if self.done < self.total:
+                parts.append(f"~{_duration((self.total - self.done) / rate)} left")
+        for mode in self.modes:
+            scores, tokens = self.scores[mode], self.tokens[mode]
+            if tokens:
+                acc = f"{100 * sum(scores) / len(scores):.0f}%" if scores else "-"
+                parts.append(f"{mode} {acc} {sum(tokens) / len(tokens):.0f} tok")
+        if self.errors:
+            parts.append(f"{self.errors} failed")
+        return " | ".join(parts)
+
+    def _show(self, force: bool) -> None:
+        t = time.monotonic()
+        status = self.line() + (f" | {self.now}" if self.now else "")
+        if self.tty:
+            if not force and t - self._last_draw < 0.2:
+                return
+            filled = int(20 * self.done / max(1, self.total))
+            cols = shutil.get_terminal_size((120, 24)).columns
+            self.stream.write("\r" + f"[{'#' * filled}{'.' * (20 - filled)}] {status}"[: cols - 1] + "\x1b[K")
+            self._open = True
+            self._last_draw = t
+        elif (force and self.done >= self.total) or t - self._last_line >= self.every_s:
+            self.stream.write(status + "\n")
+            self._last_line = t
+        else:
+            return
+        self.stream.flush()
+
+    def end(self) -> None:
+        if self._open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._open = False
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,87 @@
+"""`vreason eval --compare A B`: two runs (say, two models, or two V-Reason settings) item by item.
+
+For each mode both runs answered, B is set against A on the items both answered (paired by dataset and
+id), with the same figures the report gives a mode against base; the settings that differ are listed
+first, so the table says what was compared.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UserError
+from .report import load_run, markdown_table, mode_stats, number, paired_cells, paired_stats, percent
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def setting_differences(run_a: dict, run_b: dict) -> list[tuple[str, object, object]]:
+    """(setting, value in A, value in B) for every run setting that differs, model and dataset included."""
+    keys = ("dataset", "dataset_sha256", "model", "options")
+    a = _flat({k: run_a.get(k) for k in keys})
+    b = _flat({k: run_b.get(k) for k in keys})
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def compare_runs(a: Path, b: Path) -> str:
+    """The comparison as Markdown: both runs, what differs between them, and per shared mode B against A."""
+    run_a, rows_a = load_run(a)
+    run_b, rows_b = load_run(b)
+    modes = [m for m in run_a["options"]["modes"] if m in run_b["options"]["modes"]]
+    if not modes:
+        raise UserError(
+            f"{a} ran {', '.join(run_a['options']['modes'])} and {b} ran {', '.join(run_b['options']['modes'])}: "
+            "no mode in common to compare"
+        )
+    lines = [
+        f"# A: {a} ({run_a['model']['name']}, {len(rows_a)} answers)",
+        f"# B: {b} ({run_b['model']['name']}, {len(rows_b)} answers)",
+        "",
+    ]
+    diffs = setting_differences(run_a, run_b)
+    if diffs:
+        lines += ["Settings that differ:", ""]
+        lines += [f"- {key}: A {va!r}, B {vb!r}" for key, va, vb in diffs]
+    else:
+        lines.append("The two runs have the same settings.")
+    header = [
+        "mode",
+        "paired items",
+        "accuracy A",
+        "accuracy B",
+        "mean tokens A",
+        "mean tokens B",
+        "mean time A (s)",
+        "mean time B (s)",
+        "B wins / losses",
+        "McNemar p",
+        "score B - A [95% CI] (bootstrap p)",
+    ]
+    table = []
+    for mode in modes:
+        ma = [r for r in rows_a if r["mode"] == mode]
+        mb = [r for r in rows_b if r["mode"] == mode]
+        sa, sb, p = mode_stats(ma), mode_stats(mb), paired_stats(ma, mb)
+        table.append(
+            [
+                mode,
+                str(p["n_pairs"]),
+                percent(sa["accuracy"]),
+                percent(sb["accuracy"]),
+                number(sa["mean_tokens"]),
+                number(sb["mean_tokens"]),
+                number(sa["mean_answer_s"], ".2f"),
+                number(sb["mean_answer_s"], ".2f"),
+                *paired_cells(p),
+            ]
+        )
+    lines += ["", markdown_table(header, table)]
+    return "\n".join(lines)
