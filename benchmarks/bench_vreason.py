@@ -238,12 +238,50 @@ def bench_memory(model, tokens: int, frames: int, dtype: str) -> None:
     print(f"   base {base / 1e9:.2f} GB, V-Reason (tail {dtype}) {vr / 1e9:.2f} GB: V-Reason/base = x{vr / base:.3f}")
 
 
+_PARTS = """
+import json, sys
+import numpy as np
+
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
+
+out = {"start": rss()}
+import vreason_local.engine  # what every run imports (llama.cpp's bindings, numpy, OpenCV)
+out["base imports"] = rss()
+import torch
+out["torch"] = rss()
+from vreason_local.gguf_info import read_model_info
+from vreason_local.tail import Tail
+from pathlib import Path
+tail = Tail.from_gguf(read_model_info(Path(sys.argv[1])), "cpu", sys.argv[2])
+out["tail matrices (" + tail.kind + ")"] = rss()
+tail.head.rows(np.arange(2048))
+out["LM-head ring, 2048 rows"] = rss()
+print(json.dumps(out))
+"""
+
+
+def bench_memory_parts(model, dtype: str) -> None:
+    """Where V-Reason's memory goes, in a fresh process: resident memory after each part is loaded."""
+    out = subprocess.run(
+        [sys.executable, "-c", _PARTS, str(model.model_path), dtype], capture_output=True, text=True, check=True
+    ).stdout
+    steps = json.loads(out.strip().splitlines()[-1])
+    print("D. where the controller's memory goes (resident memory added by each part, one process)")
+    previous = None
+    for name, value in steps.items():
+        if previous is not None:
+            print(f"   {name:32s} +{(value - previous) / 1e6:7.1f} MB")
+        previous = value
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=24)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--frames", type=int, default=4)
-    ap.add_argument("--only", choices=["A", "B", "C"], default=None)
+    ap.add_argument("--only", choices=["A", "B", "C", "D"], default=None)
     ap.add_argument("--shape", choices=["3b", "7b"], default="3b")
     ap.add_argument("--quant", choices=QUANTS, default="q4_k_m")
     ap.add_argument(
@@ -264,6 +302,8 @@ def main() -> None:
         bench_decode(bench_model, args.tokens, args.rounds, args.frames, args.tail_dtype)
     if args.only in (None, "C"):
         bench_memory(bench_model, args.tokens, args.frames, args.tail_dtype)
+    if args.only in (None, "D"):
+        bench_memory_parts(bench_model, args.tail_dtype)
 
 
 if __name__ == "__main__":
