@@ -377,6 +377,8 @@ FLAGS = {
     "vreason.dtype": "--tail-dtype",
     "vreason.head_error": "--head-error",
     "vreason.head_max": "--head-max",
+    "cluster.ray": "--ray",
+    "cluster.workers": "--workers",
 }
 
 

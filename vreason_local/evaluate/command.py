@@ -33,6 +33,7 @@ from ..events import MODES, Event, Progress, TokenEvent
 if TYPE_CHECKING:
     from ..engine import Engine
     from ..events import Mode
+    from .cluster import WorkerPool
     from .datasets import Dataset
     from .items import Item
     from .results import ReadBack, RunDir
@@ -42,7 +43,8 @@ SHOW_INVALID = 5  # rows that could not be used: how many are listed (the count 
 # Options that change how fast a run goes, not what it answers: a resumed run may take new values.
 MACHINE_OPTIONS = ("threads", "gpu_layers", "repack")
 # Options that are about this invocation, not the run: never stored nor compared.
-ACTIONS = ("out", "resume", "list_formats", "make_sample", "report_dir", "compare", "mode")
+# --ray and --workers are where this invocation runs: a run may be resumed on one machine or a cluster.
+ACTIONS = ("out", "resume", "list_formats", "make_sample", "report_dir", "compare", "mode", "ray", "workers")
 
 
 def _flag(name: str) -> str:
@@ -84,6 +86,16 @@ def make_eval_command(engine_options: Callable[[Callable], Callable]) -> click.C
         "--report", "report_dir", type=click.Path(path_type=Path), default=None, help="Rewrite the report of run DIR."
     )
     @click.option("--compare", nargs=2, type=click.Path(path_type=Path), default=None, help="Compare runs A and B.")
+    @click.option(
+        "--ray",
+        metavar="auto|local|ADDRESS",
+        default=None,
+        help="Spread the videos over Ray workers: auto joins this machine's cluster, local starts one, "
+        "or the cluster at HOST:PORT.",
+    )
+    @click.option(
+        "--workers", type=click.IntRange(1), default=None, help="Ray workers (default: as many as the cluster holds)."
+    )
     @engine_options
     def eval_command(**o) -> None:
         """Answer every question of a dataset in each mode, item by item, with one loaded model.
@@ -209,6 +221,12 @@ def _run(o: dict, given: set[str]) -> None:
 
     if o["dataset"] is None and not o["resume"]:
         raise UserError("name the dataset file: vreason eval DATASET --out DIR (--make-sample DIR writes one)")
+    if o["workers"] is not None and not o["ray"]:
+        raise UserError("--workers is the number of Ray workers; give --ray too (auto, local or an address)")
+    if o["ray"]:  # without Ray installed, say how to get it before any slow step
+        from .cluster import import_ray
+
+        import_ray()
     if o["out"] is None:
         raise UserError("--out DIR is needed: the folder that holds the run (results.jsonl, run.json, the report)")
     run_dir = RunDir(o["out"])
@@ -260,7 +278,15 @@ def _run(o: dict, given: set[str]) -> None:
     if todo:
         from ..engine import Engine
 
-        engine = Engine(model_path, mmproj_path, replace(eng, n_ctx=opts["ctx"]), infos=(info, projector))
+        if o["ray"]:  # a loaded engine per worker, on the cluster
+            from .cluster import WorkerPool
+
+            videos = [item.video for item in items]
+            engine = WorkerPool(
+                o["ray"], o["workers"], model_path, mmproj_path, replace(eng, n_ctx=opts["ctx"]), videos
+            )
+        else:
+            engine = Engine(model_path, mmproj_path, replace(eng, n_ctx=opts["ctx"]), infos=(info, projector))
         if run is None:  # written once the model loads: a run that never started leaves --out as it was
             run_dir.write_run(
                 {
@@ -290,7 +316,7 @@ def _run(o: dict, given: set[str]) -> None:
 
 
 def _drive(
-    engine: Engine,
+    engine: Engine | WorkerPool,
     items: Sequence[Item],
     modes: Sequence[Mode],
     settings: EvalSettings,
@@ -300,6 +326,7 @@ def _drive(
     """The runner in a worker thread, so that Ctrl-C is seen at once (cli's pattern: the first cancels the
     answer running now, a second aborts), with the progress line; returns (rows written, stopped)."""
     from ..cli import _until_done
+    from .cluster import WorkerPool
     from .results import ResultsWriter
     from .runner import Stop, run_eval
 
@@ -309,7 +336,11 @@ def _drive(
         try:
             written = _until_done(
                 stop,  # type: ignore[arg-type]  # a Stop cancels like an AnswerHandle
-                lambda: run_eval(engine, items, modes, settings, writer, back.done(), stop, view.on_row, view.on_event),
+                lambda: (
+                    engine.run_eval(items, modes, settings, writer, back.done(), stop, view.on_row)
+                    if isinstance(engine, WorkerPool)  # rows only: the workers' events stay on their machines
+                    else run_eval(engine, items, modes, settings, writer, back.done(), stop, view.on_row, view.on_event)
+                ),
             )
         finally:
             view.end()

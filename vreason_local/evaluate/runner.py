@@ -282,14 +282,32 @@ def run_eval(
 ) -> int:
     """Answer every (item, mode) not in `done`, video by video, appending each row as it completes;
     returns how many rows were written. Stops early, with every finished row on disk, once `stop` is cancelled."""
+    return write_rows(local_rows(engine, items, modes, settings, done, stop, on_event), writer, on_row)
+
+
+def local_rows(
+    engine: Engine,
+    items: Sequence[Item],
+    modes: Sequence[Mode],
+    settings: EvalSettings,
+    done: Collection[tuple[str, str]] = frozenset(),
+    stop: Stop | None = None,
+    on_event: OnEvent | None = None,
+) -> Iterator[dict]:
+    """The rows of every (item, mode) not in `done`, answered here, video by video."""
     stop = stop or Stop()
-    written = 0
     for group in group_by_video(items):
         if stop.cancel_requested:
-            break
-        for row in evaluate_group(engine, group, modes, settings, stop, done, on_event):
-            writer.append(row)
-            written += 1
-            if on_row is not None:
-                on_row(row)
+            return
+        yield from evaluate_group(engine, group, modes, settings, stop, done, on_event)
+
+
+def write_rows(rows: Iterable[dict], writer: ResultsWriter, on_row: Callable[[dict], None] | None = None) -> int:
+    """Append each row the moment it exists (wherever it was answered); returns how many were written."""
+    written = 0
+    for row in rows:
+        writer.append(row)
+        written += 1
+        if on_row is not None:
+            on_row(row)
     return written
