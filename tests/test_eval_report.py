@@ -39,7 +39,18 @@ def runs(tiny_model_factory, tmp_path_factory) -> dict[str, Path]:
     (d / "videos" / "broken.mp4").write_bytes(b"not a video\n" * 50)
     broken = {"id": "broken", "video": "videos/broken.mp4", "question": "How many?", "answer": 3}
     data.write_text(data.read_text() + json.dumps(broken) + "\n")
-    common = ["--model", str(tiny.model_path), "--fps", "2", "--max-frames", "4", "--threads", "1"]
+    common = [
+        "--model",
+        str(tiny.model_path),
+        "--mmproj",
+        str(tiny.mmproj_path),
+        "--fps",
+        "2",
+        "--max-frames",
+        "4",
+        "--threads",
+        "1",
+    ]
     out = {"a": d / "a", "b": d / "b"}
     for name, extra in (("a", ["--max-tokens", "8"]), ("b", ["--max-tokens", "6", "--modes", "base,vreason"])):
         rc = main_rc(["eval", str(data), "--out", str(out[name]), *common, *extra])
