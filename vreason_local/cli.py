@@ -351,6 +351,15 @@ def _register_eval() -> None:
 _register_eval()
 
 
+def _register_chat() -> None:
+    from .chat.command import chat_command
+
+    cli.add_command(chat_command(_engine_options))
+
+
+_register_chat()
+
+
 # The core names settings (errors.Remedy.setting); the command line words them as its flags.
 FLAGS = {
     "model": "--model",

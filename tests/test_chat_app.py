@@ -1,0 +1,320 @@
+"""`vreason chat` driven by Textual's pilot on the real engine: a generated tiny model and clip.
+
+Every answer shown is checked against what the engine itself produces (a plain `Engine.ask` on the same
+model, settings and frames), and every answer stored against the one shown. Conditions are polled,
+since `wait_for_complete` can return before a worker exists or with its messages still queued.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from textual.widgets import Input, Static
+from textual_image.widget import HalfcellImage
+
+from vreason_local.chat.app import ChatApp
+from vreason_local.chat.config import ChatConfig, load_config
+from vreason_local.chat.options import ChatOptions
+from vreason_local.chat.screens import ErrorScreen, ExportScreen, ModelScreen, SettingsScreen
+from vreason_local.chat.store import ChatStore
+from vreason_local.chat.telemetry_view import TelemetryPanel, downsample
+from vreason_local.chat.widgets import AnswerView, CompareView, QuestionView
+from vreason_local.clips import make_clip
+from vreason_local.engine import Engine, EngineSettings, GenerationSettings
+from vreason_local.media import load_video
+from vreason_local.video import FrameSampling
+from vreason_local.vreason import VReasonSettings
+
+GEN = GenerationSettings(max_tokens=12)
+FRAMES = FrameSampling(fps=2.0, max_frames=6)
+VR = VReasonSettings(every=1, lr=0.05)
+# The tiny model writes ~3000 tokens/s; this question, without the reasoning format, runs it past 2000
+# tokens without an end of turn (checked), long enough to be stopped part way.
+LONG = GenerationSettings(max_tokens=4000, stop_at_answer=False, reasoning=False)
+LONG_QUESTION = "Count the frames."
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_factory):
+    return tiny_model_factory("qwen25vl")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    return make_clip(tmp_path_factory.mktemp("chat") / "clip.mp4", seconds=4.0, fps=10.0, size=(224, 168))
+
+
+@pytest.fixture
+def options(tiny, clip) -> ChatOptions:
+    return ChatOptions(str(tiny.model_path), str(tiny.mmproj_path), clip, FRAMES, GEN, EngineSettings(), VR)
+
+
+@pytest.fixture
+def store(tmp_path):
+    with ChatStore(tmp_path / "chats.db") as s:
+        yield s
+
+
+def make_app(options: ChatOptions, store: ChatStore, **kw) -> ChatApp:
+    return ChatApp(options, store, image_class=HalfcellImage, **kw)
+
+
+async def until(pilot, condition, timeout: float = 30.0) -> None:
+    t0 = time.monotonic()
+    while not condition():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError("condition not reached in time")
+        await pilot.pause(0.02)
+
+
+async def ready(pilot) -> None:
+    await until(pilot, lambda: pilot.app.encoding is not None and pilot.app.loading is None)
+
+
+async def ask(pilot, question: str) -> AnswerView:
+    app = pilot.app
+    app.query_one("#prompt", Input).value = question
+    await pilot.press("enter")
+    await until(pilot, lambda: app.job is None and len(app.query(AnswerView)) > 0)
+    return app.query(AnswerView).last()
+
+
+def reference(tiny, clip, question: str, mode: str = "base", follow: str | None = None) -> list[int]:
+    """The tokens a plain engine gives for the same question (the app must show exactly these)."""
+    with Engine(tiny.model_path, tiny.mmproj_path) as engine:
+        media = load_video(clip, FRAMES, engine.projector.patch_size).media
+        enc = engine.encode(media).result()
+        first = engine.ask(enc, question, GEN, mode, VR if mode != "base" else None).result()
+        if follow is None:
+            return first.tokens
+        return engine.ask(enc, follow, GEN, mode, VR if mode != "base" else None, follow_up=first).result().tokens
+
+
+async def test_ask_streams_the_engines_answer_with_telemetry_and_saves_it(options, store, tiny, clip):
+    app = make_app(replace(options, mode="vreason"), store)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await ready(pilot)
+        assert "6 frames" in str(app.query_one("#status", Static).content)
+        view = await ask(pilot, "What happens?")
+        answer = view.answer
+        assert answer is not None and answer.mode == "vreason" and len(answer.tokens) == 12
+        assert view.answer_md.source.strip() == answer.answer.strip()  # streamed text = the engine's answer
+        assert "12 tokens" in str(view.stats.content) and "max_tokens" in str(view.stats.content)
+        assert "reused the encoded video" in str(view.note.content)  # encoded once, up front
+        chart = app.query_one(TelemetryPanel).chart
+        assert chart.series["entropy"] == answer.entropy
+        assert chart.series["EMA"] == [c.ema for c in answer.control]
+        assert chart.series["peak"] == [c.peak for c in answer.control]
+        assert "updates" in str(app.query_one(TelemetryPanel).summary.content)
+        rows = store.messages(app.session_id)
+        assert [r.role for r in rows] == ["user", "assistant"]
+        assert rows[0].text == "What happens?" and rows[1].n_tokens == 12 and rows[1].mode == "vreason"
+    app.close_engine()
+    assert answer.tokens == reference(tiny, clip, "What happens?", "vreason")
+
+
+async def test_follow_up_reuses_the_encoding_and_continues_the_conversation(options, store, tiny, clip):
+    app = make_app(options, store)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await ready(pilot)
+        first = (await ask(pilot, "What happens?")).answer
+        second_view = await ask(pilot, "And then?")
+        second = second_view.answer
+        assert second.reused_encoding and "reused the encoded video" in str(second_view.note.content)
+        assert second.prompt_tokens[: len(first.prompt_tokens)] == first.prompt_tokens  # it continued the first
+    app.close_engine()
+    assert second.tokens == reference(tiny, clip, "What happens?", follow="And then?")
+
+
+async def test_mode_switch_and_compare_side_by_side(options, store, tiny, clip):
+    app = make_app(options, store)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        assert "base" in str(app.query_one("#mode-indicator", Static).content)
+        await pilot.press("ctrl+t")
+        assert app.mode == "vreason" and "V-Reason" in str(app.query_one("#mode-indicator", Static).content)
+        app.query_one("#prompt", Input).value = "What happens?"
+        await pilot.press("ctrl+b")
+        await until(pilot, lambda: app.job is None and app.query(CompareView))
+        compare = app.query_one(CompareView)
+        answers = {m: v.answer for m, v in compare.views.items()}
+        assert set(answers) == {"base", "vreason"} and all(a is not None for a in answers.values())
+        assert set(compare.chart.series) == {"base", "V-Reason"}
+        assert compare.chart.series["base"] == answers["base"].entropy
+        rows = [r for r in store.messages(app.session_id) if r.role == "assistant"]
+        assert {r.mode for r in rows} == {"base", "vreason"}
+        assert len({r.compare_group for r in rows}) == 1 and rows[0].compare_group is not None
+        assert app.follow_up is answers["vreason"]  # the conversation goes on in the current mode
+    app.close_engine()
+    assert answers["base"].tokens == reference(tiny, clip, "What happens?")
+
+
+async def test_escape_cancels_and_keeps_the_partial_answer(options, store):
+    app = make_app(replace(options, gen=LONG), store)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await ready(pilot)
+        app.query_one("#prompt", Input).value = LONG_QUESTION
+        await pilot.press("enter")
+        await until(pilot, lambda: len(app.query_one(TelemetryPanel).chart.series.get("entropy", [])) >= 3)
+        await pilot.press("escape")
+        await until(pilot, lambda: app.job is None)
+        view = app.query(AnswerView).last()
+        assert view.answer.stop_reason == "cancelled" and 3 <= len(view.answer.tokens) < 4000
+        assert "cancelled" in str(view.note.content)
+        stored = store.messages(app.session_id)[-1]
+        assert stored.stop_reason == "cancelled" and stored.n_tokens == len(view.answer.tokens)
+    app.close_engine()
+
+
+async def test_quit_while_answering_saves_the_conversation(options, store):
+    app = make_app(replace(options, gen=LONG), store)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await ready(pilot)
+        app.query_one("#prompt", Input).value = LONG_QUESTION
+        await pilot.press("enter")
+        await until(pilot, lambda: len(app.query_one(TelemetryPanel).chart.series.get("entropy", [])) >= 2)
+        t0 = time.monotonic()
+        await pilot.press("ctrl+q")
+        await until(pilot, lambda: app._exit, timeout=20)
+    assert time.monotonic() - t0 < 10
+    app.close_engine()
+    rows = store.messages(store.latest().id)
+    assert [r.role for r in rows] == ["user", "assistant"] and rows[1].stop_reason == "cancelled"
+
+
+async def test_resume_shows_the_conversation_continues_it_and_exports(options, store, tmp_path):
+    app = make_app(options, store)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await ready(pilot)
+        first = (await ask(pilot, "What happens?")).answer
+    app.close_engine()
+
+    again = make_app(options, store, resume=True)
+    async with again.run_test(size=(100, 34)) as pilot:
+        await ready(pilot)
+        assert [q.text for q in again.query(QuestionView)] == ["What happens?"]
+        assert again.follow_up is not None and again.follow_up.history == first.history
+        follow = (await ask(pilot, "And then?")).answer
+        assert follow.prompt_tokens[: len(first.prompt_tokens)] == first.prompt_tokens
+        for suffix in (".md", ".json"):
+            again.action_export(suffix)
+            await until(pilot, lambda: isinstance(again.screen, ExportScreen) and again.screen.query(Input))
+            target = tmp_path / f"out{suffix}"
+            again.screen.query_one(Input).value = str(target)
+            await pilot.press("enter")
+            await until(pilot, target.exists)
+    again.close_engine()
+    assert "What happens?" in (tmp_path / "out.md").read_text() and "And then?" in (tmp_path / "out.md").read_text()
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert "schema_version" in data
+    assert len(store.messages(store.latest().id)) == 4  # the resumed conversation went on in its session
+
+
+async def test_resume_with_the_video_moved_still_shows_the_conversation(options, store, tmp_path):
+    moved = shutil.copy(options.video, tmp_path / "moving.mp4")
+    app = make_app(replace(options, video=Path(moved)), store)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await ready(pilot)
+        await ask(pilot, "What happens?")
+    app.close_engine()
+    Path(moved).unlink()
+    again = make_app(options, store, resume=True)
+    async with again.run_test(size=(100, 34)) as pilot:
+        await until(pilot, lambda: again.query(QuestionView) and again.loading is None)
+        assert [q.text for q in again.query(QuestionView)] == ["What happens?"]
+        assert any("missing" in n.message for n in again._notifications)
+    again.close_engine()
+
+
+async def test_a_file_that_is_not_a_video_shows_the_error_and_the_app_goes_on(options, store, tmp_path, clip):
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("not a video")
+    app = make_app(replace(options, video=bad), store)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, ErrorScreen))
+        assert "cannot open" in str(app.screen.query_one("#error-message", Static).content)
+        await pilot.press("escape")
+        app.query_one("#video-path", Input).value = str(clip)  # open another video, no restart
+        app.query_one("#video-path", Input).focus()
+        await pilot.press("enter")
+        await ready(pilot)
+        view = await ask(pilot, "What happens?")
+        assert view.answer is not None and len(view.answer.tokens) == 12
+    app.close_engine()
+
+
+async def test_a_model_not_downloaded_opens_the_model_screen_that_explains_pull(options, store):
+    app = make_app(replace(options, model="qwen2.5-vl-3b", mmproj=None), store)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, ModelScreen) and app.screen.query("#no-model"))
+        text = str(app.screen.query_one("#no-model", Static).content)
+        assert "vreason models pull" in text and "--model PATH" in text
+        assert "not downloaded" in str(app.screen.query_one("#model-problem", Static).content)
+    app.close_engine()
+
+
+async def test_a_projector_of_another_model_is_an_error_with_its_remedy(options, store, tiny_model_factory):
+    other = tiny_model_factory("qwen3vl")
+    app = make_app(replace(options, mmproj=str(other.mmproj_path)), store)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, ErrorScreen))
+        assert "projector" in str(app.screen.query_one("#error-message", Static).content)
+    app.close_engine()
+
+
+async def test_video_panel_estimate_follows_the_frame_settings(options, store):
+    app = make_app(options, store)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await ready(pilot)
+        assert len(app.query(".thumb")) == 6
+        assert "6 frames" in str(app.query_one("#estimate", Static).content)
+        app.query_one("#set-max_frames", Input).value = "4"
+        await until(pilot, lambda: "4 frames" in str(app.query_one("#estimate", Static).content))
+        assert len(app.query(".thumb")) == 4 and app.options.frames.max_frames == 6  # an estimate, not applied
+        app.query_one("#apply").press()
+        await until(pilot, lambda: app.loading is None and app.encoding is not None and app.encoding.n_frames == 4)
+    app.close_engine()
+
+
+async def test_settings_screen_changes_the_next_answers(options, store):
+    app = make_app(options, store)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await ready(pilot)
+        await pilot.press("ctrl+g")
+        await until(pilot, lambda: isinstance(app.screen, SettingsScreen) and app.screen.query(Input))
+        app.screen.query_one("#s-max_tokens", Input).value = "5"
+        app.screen.query_one("#s-lr", Input).value = "0.01"
+        app.screen.query_one("#save").press()
+        await until(pilot, lambda: not isinstance(app.screen, SettingsScreen))
+        assert app.options.gen.max_tokens == 5 and app.options.vreason.lr == 0.01
+        view = await ask(pilot, "What happens?")
+        assert len(view.answer.tokens) == 5
+    app.close_engine()
+
+
+async def test_keys_are_remapped_from_the_config_and_none_use_alt(options, store, tmp_path):
+    assert not [b for b in ChatApp.BINDINGS if "alt+" in b.key]
+    config_file = tmp_path / "chat.toml"
+    config_file.write_text('theme = "textual-light"\n[keys]\n"chat.mode" = "f5"\n')
+    config = load_config(config_file)
+    assert config == ChatConfig("textual-light", {"chat.mode": "f5"})
+    app = make_app(options, store, config=config)
+    async with app.run_test(size=(80, 24)) as pilot:
+        assert app.theme == "textual-light"
+        await pilot.press("f5")
+        assert app.mode == "vreason"
+    app.close_engine()
+    config_file.write_text('[keys]\n"chat.mode" = "alt+m"\n')
+    with pytest.raises(Exception, match="alt"):
+        load_config(config_file)
+
+
+def test_downsample_keeps_the_peaks():
+    xs, ys = downsample([0.0, 5.0, 1.0, 0.0, 2.0, 0.0], 3)
+    assert ys == [5.0, 1.0, 2.0] and xs == [2.0, 4.0, 6.0]
+    assert downsample([1.0, 2.0], 8) == ([1.0, 2.0], [1.0, 2.0])

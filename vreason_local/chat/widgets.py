@@ -1,0 +1,177 @@
+"""The conversation's widgets: a question, an answer that streams (reasoning folded away once the answer
+starts), and a side-by-side group for compare. They render engine events and finished `Answer`s only."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Collapsible, Markdown, Static
+
+from ..events import TokenEvent
+from ..telemetry import summarize
+from .telemetry_view import EntropyChart, summary_line
+
+if TYPE_CHECKING:
+    from textual.widgets._markdown import MarkdownStream
+
+    from ..events import Answer
+    from .store import MessageRecord
+
+MODE_LABELS = {"base": "base", "vreason": "V-Reason", "lite": "V-Reason Lite"}
+
+
+def seconds_text(app: object, seconds: float | None) -> str:
+    """A time as the app shows it; an app made for snapshots (`show_timings=False`) shows none, so that a
+    picture of the screen is the same on every run and machine."""
+    if seconds is None or not getattr(app, "show_timings", True):
+        return "–"
+    return f"{seconds:.2f} s" if seconds < 10 else f"{seconds:.0f} s"
+
+
+def rate_text(app: object, rate: float | None) -> str:
+    if rate is None or not getattr(app, "show_timings", True):
+        return "–"
+    return f"{rate:.1f} tok/s"
+
+
+class QuestionView(Static):
+    """The user's question, as sent."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(f"[b]You:[/b] {_escape(text)}", classes="question")
+        self.text = text
+
+
+class AnswerView(Vertical):
+    """One answer. Reasoning streams into a Collapsible that folds once the answer channel starts; the
+    answer streams as Markdown and stands out; a line under it gives mode, tokens, time and tokens/s."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__(classes=f"answer mode-{mode}")
+        self.mode = mode
+        self.reasoning_md = Markdown(classes="reasoning")
+        self.thinking = Collapsible(self.reasoning_md, title="Thinking…", collapsed=False)
+        self.thinking.display = False
+        self.answer_md = Markdown(classes="final")
+        self.note = Static("", classes="note")
+        self.stats = Static(f"{MODE_LABELS.get(mode, mode)} · waiting…", classes="stats")
+        self.answer: Answer | None = None
+        self.n_reasoning = 0
+        self._streams: dict[str, MarkdownStream] = {}
+        self._answer_started = False
+
+    def compose(self) -> ComposeResult:
+        yield self.thinking
+        yield self.answer_md
+        yield self.note
+        yield self.stats
+
+    def add_note(self, text: str) -> None:
+        current = str(self.note.content)
+        self.note.update(f"{current}\n{text}" if current else text)
+
+    async def feed(self, events: list[TokenEvent]) -> None:
+        """Append tokens' visible text to the reasoning or the answer (runs of one channel written at once)."""
+        runs: list[list[str]] = []  # [channel, text]
+        for ev in events:
+            for channel, text in ev.segments:
+                if channel == "reasoning":
+                    self.n_reasoning += 1
+                if runs and runs[-1][0] == channel:
+                    runs[-1][1] += text
+                else:
+                    runs.append([channel, text])
+        for channel, text in runs:
+            if channel == "reasoning":
+                self.thinking.display = True
+            elif not self._answer_started:
+                self._answer_started = True
+                if self.thinking.display:
+                    self.thinking.title = f"Thought for {self.n_reasoning} tokens"
+                    self.thinking.collapsed = True
+            await self._stream(channel).write(text)
+        if events and events[0].step == 1:  # figures per token are in the telemetry panel, redrawn on a timer
+            self.stats.update(f"{MODE_LABELS.get(self.mode, self.mode)} · streaming…")
+
+    def _stream(self, channel: str) -> MarkdownStream:
+        if channel not in self._streams:
+            md = self.reasoning_md if channel == "reasoning" else self.answer_md
+            self._streams[channel] = Markdown.get_stream(md)
+        return self._streams[channel]
+
+    async def finish(self, answer: Answer) -> None:
+        """The answer is complete (or cancelled): flush the streams and show its figures."""
+        for stream in self._streams.values():
+            await stream.stop()
+        self._streams.clear()
+        self.answer = answer
+        if answer.reasoning and not self._answer_started:
+            self.thinking.title = f"Thought for {len(answer.reasoning.split())} words (no answer)"
+        if answer.stop_reason == "cancelled":
+            self.add_note("[b $warning]cancelled[/] – the partial answer is kept")
+        self.stats.update(stats_line(self.app, answer))
+
+    def fail(self, message: str) -> None:
+        self.add_note(f"[b $error]failed:[/] {_escape(message)}")
+        self.stats.update(f"{MODE_LABELS.get(self.mode, self.mode)} · failed")
+
+    @classmethod
+    async def from_record(cls, parent: Vertical | Horizontal, record: MessageRecord) -> AnswerView:
+        """A stored answer, shown as it was (a resumed session)."""
+        view = cls(record.mode or "base")
+        await parent.mount(view)
+        if record.reasoning:
+            view.thinking.display = True
+            view.thinking.title = "Thought (stored)"
+            view.thinking.collapsed = True
+            await view.reasoning_md.update(record.reasoning)
+        await view.answer_md.update(record.answer or record.text)
+        if record.stop_reason == "cancelled":
+            view.add_note("[b $warning]cancelled[/] – the partial answer is kept")
+        tps = record.timings.get("tokens_per_s")
+        view.stats.update(
+            f"{MODE_LABELS.get(view.mode, view.mode)} · {record.n_tokens} tokens · "
+            f"{seconds_text(view.app, record.timings.get('decode_s'))} · {rate_text(view.app, tps)} · stored"
+        )
+        return view
+
+
+def stats_line(app: object, answer: Answer) -> str:
+    """mode · tokens · decode time · tokens/s · stop reason · telemetry summary."""
+    decode_s = answer.timings.get("decode_s")
+    parts = [
+        f"[b]{MODE_LABELS.get(answer.mode, answer.mode)}[/b]",
+        f"{len(answer.tokens)} tokens",
+        seconds_text(app, decode_s),
+        rate_text(app, answer.timings.get("tokens_per_s")),
+        answer.stop_reason or "?",
+    ]
+    return " · ".join(parts) + "\n" + summary_line(summarize(answer))
+
+
+class CompareView(Vertical):
+    """The same question answered in several modes on one encoding: answers side by side, their entropy
+    curves overlaid in one chart, and a line per mode with tokens and time (in each answer's stats)."""
+
+    def __init__(self, modes: tuple[str, ...]) -> None:
+        super().__init__(classes="compare")
+        self.modes = modes
+        self.row = Horizontal(classes="compare-row")
+        self.views = {m: AnswerView(m) for m in modes}
+        self.chart = EntropyChart(classes="compare-chart")
+
+    def compose(self) -> ComposeResult:
+        with self.row:
+            yield from self.views.values()
+        yield self.chart
+
+    def record(self, mode: str, ev: TokenEvent) -> None:
+        self.chart.add(MODE_LABELS.get(mode, mode), ev.entropy)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
