@@ -236,7 +236,8 @@ async def test_a_file_that_is_not_a_video_shows_the_error_and_the_app_goes_on(op
     bad.write_text("not a video")
     app = make_app(replace(options, video=bad), store)
     async with app.run_test(size=(100, 34)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, ErrorScreen))
+        # the screen is pushed before its widgets are mounted: wait for the message itself
+        await until(pilot, lambda: isinstance(app.screen, ErrorScreen) and app.screen.query("#error-message"))
         assert "cannot open" in str(app.screen.query_one("#error-message", Static).content)
         await pilot.press("escape")
         app.query_one("#video-path", Input).value = str(clip)  # open another video, no restart
@@ -262,7 +263,7 @@ async def test_a_projector_of_another_model_is_an_error_with_its_remedy(options,
     other = tiny_model_factory("qwen3vl")
     app = make_app(replace(options, mmproj=str(other.mmproj_path)), store)
     async with app.run_test(size=(100, 34)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, ErrorScreen))
+        await until(pilot, lambda: isinstance(app.screen, ErrorScreen) and app.screen.query("#error-message"))
         assert "projector" in str(app.screen.query_one("#error-message", Static).content)
     app.close_engine()
 

@@ -11,9 +11,9 @@ from .events import Answer, ControlState
 
 @dataclass(frozen=True)
 class Summary:
-    """Entropies in nats. `switch_step` is the first token at which the controller's alpha turned from
-    +1 (explore: raise entropy) to -1 (converge: lower it), the paper's turning point; None if it never did
-    or in base mode. Controller figures are None in base mode."""
+    """Entropies in nats. `switch_step` is the first token (its step, counted from 1 as TokenEvent.step)
+    at which the controller's alpha turned from +1 (explore: raise entropy) to -1 (converge: lower it), the
+    paper's turning point; None if it never did or in base mode. Controller figures are None in base mode."""
 
     n_tokens: int
     mean_entropy: float | None
@@ -39,7 +39,7 @@ def summarize(answer: Answer) -> Summary:
     controlled = answer.mode != "base"
     switch = None
     previous = None
-    for step, c in enumerate(answer.control):
+    for step, c in enumerate(answer.control, start=1):
         if c is None or c.alpha is None:
             continue
         if previous == 1 and c.alpha == -1:

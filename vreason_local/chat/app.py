@@ -57,6 +57,7 @@ class AskJob:
     views: dict[str, AnswerView]
     compare: CompareView | None = None
     answers: dict[str, Answer] = field(default_factory=dict)
+    cursor_blink: bool = True  # the prompt's, restored when the answer ends (no blinking meanwhile)
 
 
 class ChatApp(App):
@@ -275,6 +276,9 @@ class ChatApp(App):
             await conversation.mount(view)
             job = AskJob(self._jobs, question, modes, follow, None, {modes[0]: view})
         self.job = job
+        # a blinking cursor redraws the screen twice a second, each frame UI time taken from llama.cpp
+        prompt = self.query_one("#prompt", Input)
+        job.cursor_blink, prompt.cursor_blink = prompt.cursor_blink, False
         self.status(f"answering ({', '.join(MODE_LABELS[m] for m in modes)}) · Esc stops")
         self._answer_worker(job, self.encoding, self.options)
         return True
@@ -311,6 +315,9 @@ class ChatApp(App):
                 telemetry.add(ev)
                 if job.compare is not None:
                     job.compare.record(message.mode, ev)
+            telemetry.flush()  # one redraw per batch, in the frame that shows its text
+            if job.compare is not None:
+                job.compare.chart.redraw()
         for ev in message.events:
             if isinstance(ev, Progress):
                 self._progress(ev)
@@ -368,6 +375,7 @@ class ChatApp(App):
 
     def _job_done(self, job: AskJob, error: BaseException | None) -> None:
         self.job = None
+        self.query_one("#prompt", Input).cursor_blink = job.cursor_blink
         if error is None:  # an error was shown on the views already (_failed)
             for mode, view in job.views.items():
                 if mode not in job.answers:

@@ -48,7 +48,7 @@ class EngineEvents(Message):
         self.job, self.mode, self.events = job, mode, events
 
 
-BATCH_S = 0.05  # tokens are forwarded at most this long after they are made (20 updates a second)
+BATCH_S = 0.5  # tokens are forwarded at most this long after they are made (2 updates a second)
 
 
 def forward_events(post: Callable[[Message], object], job: int, mode: str, events: Iterable[Event]) -> None:

@@ -1,8 +1,11 @@
 """Live reasoning telemetry: per-token entropy with the controller's EMA and peak, where alpha switched,
 |dV| and update time, as numbers and a chart; a compact summary (`telemetry.summarize`) after the answer.
 
-Plotting costs ~6-9 ms for a few hundred points, far more than a token's handling, so charts are
-redrawn on a timer (at most ~8 times a second) and downsampled to about twice their width.
+Plotting costs ~6-9 ms for a few hundred points and every screen update ~20-40 ms of layout and
+rendering on the UI thread, which shares the CPU with llama.cpp: so nothing here redraws per token or on
+its own timer. Values are collected as tokens arrive and drawn by `flush`, which the app calls once per
+batch of tokens (at most twice a second, messages.BATCH_S), in the same frame as the answer's text;
+charts are downsampled to about twice their width.
 """
 
 from __future__ import annotations
@@ -14,8 +17,6 @@ from textual_plotext import PlotextPlot
 
 from ..events import ControlState, TokenEvent
 from ..telemetry import Summary
-
-REDRAW_S = 0.12
 
 
 def downsample(ys: list[float], n: int) -> tuple[list[float], list[float]]:
@@ -39,10 +40,6 @@ class EntropyChart(PlotextPlot):
         self.series: dict[str, list[float]] = {}
         self._dirty = False
 
-    def on_mount(self) -> None:
-        super().on_mount()
-        self.set_interval(REDRAW_S, self._redraw)
-
     def add(self, name: str, value: float) -> None:
         self.series.setdefault(name, []).append(value)
         self._dirty = True
@@ -51,7 +48,8 @@ class EntropyChart(PlotextPlot):
         self.series = {}
         self._dirty = True
 
-    def _redraw(self) -> None:
+    def redraw(self) -> None:
+        """Draw the series if they changed since the last time."""
         if not self._dirty:
             return
         self._dirty = False
@@ -79,12 +77,12 @@ class TelemetryPanel(Vertical):
         self._last_alpha: int | None = None
         self._latest: TokenEvent | None = None
 
-    def on_mount(self) -> None:
-        self.set_interval(REDRAW_S, self._show_latest)
-
-    def _show_latest(self) -> None:
+    def flush(self) -> None:
+        """Show what the tokens added since the last call changed: the latest figures and the chart."""
+        self.chart.redraw()
         if self._latest is not None:
-            self.now.update(now_line(self._latest, self._switch, getattr(self.app, "show_timings", True)))
+            # two lines always (CSS): no layout pass, which costs ~25 ms of the UI thread on a busy screen
+            self.now.update(now_line(self._latest, self._switch, getattr(self.app, "show_timings", True)), layout=False)
             self._latest = None
 
     def compose(self) -> ComposeResult:
@@ -117,7 +115,7 @@ class TelemetryPanel(Vertical):
         return self._switch
 
     def finish(self, summary: Summary) -> None:
-        self._show_latest()
+        self.flush()
         self.summary.update(summary_line(summary))
 
 
