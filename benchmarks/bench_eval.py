@@ -25,7 +25,7 @@ from vreason_local.engine import Engine, GenerationSettings
 from vreason_local.evaluate.items import Item
 from vreason_local.evaluate.runner import EvalSettings, evaluate_group
 from vreason_local.media import load_video
-from vreason_local.tiny import make_tiny
+from vreason_local.tiny import TinyModel, make_tiny
 from vreason_local.video import FrameSampling
 
 QUESTIONS = (
@@ -67,19 +67,8 @@ def without_reuse(engine: Engine, groups: list[list[Item]], modes: tuple[str, ..
     return answers
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--shape", default="3b", choices=("tiny", "fast", "3b", "7b"))
-    ap.add_argument("--quant", default="q4_k_m", choices=("q4_k_m", "q8_0"), help="3b/7b only")
-    ap.add_argument("--videos", type=int, default=3)
-    ap.add_argument("--questions", type=int, default=4, help="questions per video")
-    ap.add_argument("--frames", type=int, default=8)
-    ap.add_argument("--tokens", type=int, default=24)
-    ap.add_argument("--modes", default="base", help="comma-separated, as vreason eval --modes")
-    ap.add_argument("--rounds", type=int, default=1)
-    args = ap.parse_args()
-    if args.videos < 2:
-        ap.error("--videos must be at least 2: with one video nothing would make an answer encode again")
+def setup(args: argparse.Namespace) -> tuple[TinyModel, tuple[str, ...], EvalSettings]:
+    """The model of `--shape` (and `--quant`), the modes and the settings every answer of the run uses."""
     if args.shape == "tiny":
         m = make_tiny(BENCH_DIR, arch="qwen25vl", shape="tiny")
     elif args.shape == "fast":
@@ -97,6 +86,23 @@ def main() -> None:
         FrameSampling(fps=1.0, min_frames=args.frames, max_frames=args.frames),
         vr,
     )
+    return m, modes, settings
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="3b", choices=("tiny", "fast", "3b", "7b"))
+    ap.add_argument("--quant", default="q4_k_m", choices=("q4_k_m", "q8_0"), help="3b/7b only")
+    ap.add_argument("--videos", type=int, default=3)
+    ap.add_argument("--questions", type=int, default=4, help="questions per video")
+    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--tokens", type=int, default=24)
+    ap.add_argument("--modes", default="base", help="comma-separated, as vreason eval --modes")
+    ap.add_argument("--rounds", type=int, default=1)
+    args = ap.parse_args()
+    if args.videos < 2:
+        ap.error("--videos must be at least 2: with one video nothing would make an answer encode again")
+    m, modes, settings = setup(args)
     qs = items(args.videos, args.questions)
     groups = [qs[v * args.questions : (v + 1) * args.questions] for v in range(args.videos)]
     n_answers = len(qs) * len(modes)

@@ -24,14 +24,11 @@ import statistics
 import time
 
 import ray
-from _setup import BENCH_DIR, model, model_fast
-from bench_eval import items
+from bench_eval import items, setup
 
-from vreason_local.engine import Engine, EngineSettings, GenerationSettings
+from vreason_local.engine import Engine, EngineSettings
 from vreason_local.evaluate.cluster import WorkerPool
-from vreason_local.evaluate.runner import EvalSettings, evaluate_group, group_by_video
-from vreason_local.tiny import make_tiny
-from vreason_local.video import FrameSampling
+from vreason_local.evaluate.runner import evaluate_group, group_by_video
 
 
 def tokens(rows: list[dict]) -> dict[tuple[str, str], list[int]]:
@@ -49,23 +46,7 @@ def main() -> None:
     ap.add_argument("--modes", default="base", help="comma-separated, as vreason eval --modes")
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    if args.shape == "tiny":
-        m = make_tiny(BENCH_DIR, arch="qwen25vl", shape="tiny")
-    elif args.shape == "fast":
-        m = model_fast()
-    else:
-        m = model(args.shape, args.quant)
-    modes = tuple(args.modes.split(","))
-    vr = None
-    if any(mode != "base" for mode in modes):
-        from vreason_local.vreason import VReasonSettings
-
-        vr = VReasonSettings()
-    settings = EvalSettings(
-        GenerationSettings(max_tokens=args.tokens, stop_at_answer=False),
-        FrameSampling(fps=1.0, min_frames=args.frames, max_frames=args.frames),
-        vr,
-    )
+    m, modes, settings = setup(args)
     qs = items(args.videos, args.questions)
     videos = [i.video for i in qs]
     n_answers = len(qs) * len(modes)

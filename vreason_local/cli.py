@@ -153,8 +153,8 @@ def _engine_options(f: Callable) -> Callable:
     return f
 
 
-def _settings(o: dict):
-    """Turn the parsed options into the core's settings objects."""
+def settings_from_options(o: dict):
+    """Turn the parsed options of `vreason run` (which chat and eval take too) into the core's settings objects."""
     from .engine import EngineSettings, GenerationSettings
     from .llama_backend import default_threads
     from .sampling import TokenSampling
@@ -221,7 +221,7 @@ def run(video: Path | None, image: Path | None, question: str, as_json: bool, **
     from .report import answer_json, stream_text
 
     require_question(question)  # before anything slow, as the engine would later
-    gen, frames, eng, vr = _settings(o)
+    gen, frames, eng, vr = settings_from_options(o)
     from .checks import check_options
     from .planning import open_engine, plan_run
 
@@ -237,11 +237,11 @@ def run(video: Path | None, image: Path | None, question: str, as_json: bool, **
     with open_engine(plan) as engine:
         handle = engine.ask(plan.media.media, question, gen, o["mode"], vr)
         if as_json:
-            out = _until_done(handle, lambda: answer_json(plan, handle))
+            out = until_done(handle, lambda: answer_json(plan, handle))
             click.echo(json.dumps(out, ensure_ascii=False))
             stop = out["stop_reason"]
         else:
-            stop = _until_done(handle, lambda: stream_text(plan, handle)).stop_reason
+            stop = until_done(handle, lambda: stream_text(plan, handle)).stop_reason
     if stop == "cancelled":
         sys.exit(130)
 
@@ -249,7 +249,7 @@ def run(video: Path | None, image: Path | None, question: str, as_json: bool, **
 T = TypeVar("T")
 
 
-def _until_done(handle: AnswerHandle, view: Callable[[], T]) -> T:
+def until_done(handle: AnswerHandle, view: Callable[[], T]) -> T:
     """Run `view` (which consumes the answer's events) in a worker thread, so that Ctrl-C is seen at once
     even while llama.cpp computes: the first Ctrl-C cancels the answer at its next safe point (between
     vision chunks, prefill batches or tokens) and what was generated is still shown; a second aborts now."""

@@ -5,6 +5,8 @@ Everything shown comes from the engine's events and the finished `Answer`; nothi
 
 from __future__ import annotations
 
+import math
+import shutil
 import sys
 import time
 from collections.abc import Iterable
@@ -17,31 +19,34 @@ from .planning import Plan, record_prefill_speed
 from .telemetry import per_token
 
 
-class ProgressView:
-    """Progress on stderr: a bar redrawn in place on a terminal, else a plain line every few seconds."""
+class StatusLine:
+    """One line of progress on stderr: a bar redrawn in place on a terminal (at most 5 times a second),
+    else a plain line at most every `every_s` seconds; `force` draws now either way."""
 
-    def __init__(self, stream=None, every_s: float = 2.0, media: str = "video") -> None:
-        self.stages = {
-            "encode": "encoding the image" if media == "image" else "encoding video",
-            "prefill": "reading the prompt",
-        }
+    def __init__(self, stream=None, every_s: float = 2.0) -> None:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.every_s = every_s
-        self._last: float | None = None  # when the last plain line was written
+        self._last: float | None = None  # when the line was last drawn
         self._open = False
 
-    def show(self, p: Progress) -> None:
-        eta = f", ~{p.eta_s:.0f} s left" if p.eta_s is not None and p.done < p.total else ""
-        words = f"{self.stages[p.stage]}: {p.done:,}/{p.total:,} tokens, {p.rate:.0f} tokens/s{eta}"
+    def show(self, fraction: float, words: str, force: bool = False) -> None:
+        now = time.monotonic()
+        since = math.inf if self._last is None else now - self._last
         if self.tty:
+            if not force and since < 0.2:
+                return
             width = 24
-            filled = int(width * p.done / max(1, p.total))
-            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {words}\x1b[K")
+            filled = int(width * min(1.0, max(0.0, fraction)))
+            cols = shutil.get_terminal_size((120, 24)).columns
+            bar = "#" * filled + "." * (width - filled)
+            self.stream.write("\r" + f"[{bar}] {words}"[: cols - 1] + "\x1b[K")
             self._open = True
-        elif self._last is None or time.monotonic() - self._last >= self.every_s or p.done >= p.total:
+        elif force or since >= self.every_s:
             self.stream.write(words + "\n")
-            self._last = time.monotonic()
+        else:
+            return
+        self._last = now
         self.stream.flush()
 
     def end(self) -> None:
@@ -49,6 +54,25 @@ class ProgressView:
             self.stream.write("\n")
             self.stream.flush()
             self._open = False
+
+
+class ProgressView:
+    """The progress of encoding and prefill (`Progress` events) on a `StatusLine`."""
+
+    def __init__(self, stream=None, every_s: float = 2.0, media: str = "video") -> None:
+        self.stages = {
+            "encode": "encoding the image" if media == "image" else "encoding video",
+            "prefill": "reading the prompt",
+        }
+        self.line = StatusLine(stream, every_s)
+
+    def show(self, p: Progress) -> None:
+        eta = f", ~{p.eta_s:.0f} s left" if p.eta_s is not None and p.done < p.total else ""
+        words = f"{self.stages[p.stage]}: {p.done:,}/{p.total:,} tokens, {p.rate:.0f} tokens/s{eta}"
+        self.line.show(p.done / max(1, p.total), words, force=p.done >= p.total)
+
+    def end(self) -> None:
+        self.line.end()
 
 
 def consume(plan: Plan, events: Iterable[Event], on_event) -> tuple[Answer, Encoded | None]:

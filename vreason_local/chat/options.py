@@ -1,9 +1,9 @@
 """What one chat runs with: model, frame sampling, generation, engine and V-Reason settings, and the mode.
 
 The chat takes the same options as `vreason run` (parsed by the same click decorators and turned into
-settings by the same `cli._settings`); this module holds them as one value the app can change (settings
-screen, video panel) and store with each session, so a resumed session encodes the video the same way
-and its follow-ups continue the stored conversation.
+settings by the same `cli.settings_from_options`); this module holds them as one value the app can change
+(settings screen, video panel) and store with each session, so a resumed session encodes the video the
+same way and its follow-ups continue the stored conversation.
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ class ChatOptions:
     @classmethod
     def from_cli(cls, video: Path | None, o: dict) -> ChatOptions:
         """From `vreason chat`'s parsed options (those of `vreason run`); `--mode` is the starting mode."""
-        from ..cli import _settings
+        from ..cli import settings_from_options
 
-        gen, frames, eng, vr = _settings({**o, "mode": "vreason"})  # V-Reason settings and the hook always
+        gen, frames, eng, vr = settings_from_options({**o, "mode": "vreason"})  # V-Reason settings and the hook always
         return cls(
             model=o["model"] or DEFAULT_MODEL,
             mmproj=o["mmproj"],

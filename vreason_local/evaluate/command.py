@@ -16,7 +16,6 @@ cli.py, which imports this module to register it.
 from __future__ import annotations
 
 import hashlib
-import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -211,7 +210,7 @@ def _show_invalid(dataset: Dataset) -> None:
 
 def _run(o: dict, given: set[str]) -> None:
     from ..checks import check_model_settings, check_options
-    from ..cli import _settings
+    from ..cli import settings_from_options
     from ..gguf_info import read_pair
     from ..planning import resolve_files
     from ..registry import DEFAULT_MODEL
@@ -256,7 +255,7 @@ def _run(o: dict, given: set[str]) -> None:
         )
     modes = opts["modes"]
     controlled = any(m != "base" for m in modes)
-    gen, frames, eng, vr = _settings({**opts, "mode": "vreason" if controlled else "base"})
+    gen, frames, eng, vr = settings_from_options({**opts, "mode": "vreason" if controlled else "base"})
     check_options(eng, vr.device if vr else None)
     model_path, mmproj_path = resolve_files(opts["model"] or DEFAULT_MODEL, opts["mmproj"], needs_vision=True)
     info, projector = read_pair(model_path, mmproj_path)
@@ -325,7 +324,7 @@ def _drive(
 ) -> tuple[int, bool]:
     """The runner in a worker thread, so that Ctrl-C is seen at once (cli's pattern: the first cancels the
     answer running now, a second aborts), with the progress line; returns (rows written, stopped)."""
-    from ..cli import _until_done
+    from ..cli import until_done
     from .cluster import WorkerPool
     from .results import ResultsWriter
     from .runner import Stop, run_eval
@@ -334,7 +333,7 @@ def _drive(
     view = EvalProgress(len(items) * len(modes), back.rows, modes)
     with ResultsWriter(run_dir.results_file, back.good_bytes) as writer:
         try:
-            written = _until_done(
+            written = until_done(
                 stop,  # type: ignore[arg-type]  # a Stop cancels like an AnswerHandle
                 lambda: (
                     engine.run_eval(items, modes, settings, writer, back.done(), stop, view.on_row)
@@ -348,14 +347,14 @@ def _drive(
 
 
 class EvalProgress:
-    """The run's progress on stderr: answers done of all, answers a minute, time left, and per mode the
-    running accuracy and mean tokens, plus what is being answered now. Redrawn in place on a terminal;
-    otherwise a plain line every `every_s` seconds (and when the last answer is in)."""
+    """The run's progress on a `report.StatusLine`: answers done of all, answers a minute, time left, and
+    per mode the running accuracy and mean tokens, plus what is being answered now. On a terminal it is
+    redrawn after every answer; otherwise a plain line every `every_s` seconds and when the last is in."""
 
     def __init__(self, total: int, rows: Sequence[dict], modes: Sequence[str], stream=None, every_s: float = 5.0):
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.every_s = every_s
+        from ..report import StatusLine
+
+        self.line = StatusLine(stream, every_s)
         self.total = total
         self.modes = list(modes)
         self.done = 0
@@ -366,10 +365,7 @@ class EvalProgress:
             self._count(row)
         self.start_done = self.done
         self.t0 = time.monotonic()
-        self._last_line = 0.0
-        self._last_draw = 0.0
         self.now = ""
-        self._open = False
 
     def _count(self, row: dict) -> None:
         self.done += 1
@@ -384,7 +380,7 @@ class EvalProgress:
     def on_row(self, row: dict) -> None:
         self._count(row)
         self.now = ""
-        self._show(force=True)
+        self._show(force=self.line.tty or self.done >= self.total)
 
     def on_event(self, item: Item, mode: str, event: Event) -> None:
         if isinstance(event, Progress) and event.stage == "encode":
@@ -395,7 +391,7 @@ class EvalProgress:
             return
         self._show(force=False)
 
-    def line(self) -> str:
+    def line_text(self) -> str:
         new = self.done - self.start_done
         elapsed = time.monotonic() - self.t0
         parts = [f"{self.done}/{self.total} answers"]
@@ -414,28 +410,11 @@ class EvalProgress:
         return " | ".join(parts)
 
     def _show(self, force: bool) -> None:
-        t = time.monotonic()
-        status = self.line() + (f" | {self.now}" if self.now else "")
-        if self.tty:
-            if not force and t - self._last_draw < 0.2:
-                return
-            filled = int(20 * self.done / max(1, self.total))
-            cols = shutil.get_terminal_size((120, 24)).columns
-            self.stream.write("\r" + f"[{'#' * filled}{'.' * (20 - filled)}] {status}"[: cols - 1] + "\x1b[K")
-            self._open = True
-            self._last_draw = t
-        elif (force and self.done >= self.total) or t - self._last_line >= self.every_s:
-            self.stream.write(status + "\n")
-            self._last_line = t
-        else:
-            return
-        self.stream.flush()
+        status = self.line_text() + (f" | {self.now}" if self.now else "")
+        self.line.show(self.done / max(1, self.total), status, force)
 
     def end(self) -> None:
-        if self._open:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._open = False
+        self.line.end()
 
 
 def _duration(seconds: float) -> str:
