@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import UserError
@@ -116,8 +117,24 @@ _RETRY_WAIT_S = 1.0
 _RESUMABLE_ERRORS = ("ConnectError", "TimeoutException", "RemoteProtocolError", "NetworkError")
 
 
+# (filename, bytes done, total bytes or None): how a caller without console bars (the chat's model screen)
+# follows a download; called at most every _REPORT_EVERY_S or _REPORT_EVERY_BYTES, and once when a file is done.
+ProgressCallback = Callable[[str, int, int | None], None]
+_REPORT_EVERY_S = 0.1
+_REPORT_EVERY_BYTES = 1 << 20
+
+
 class _NotAHub(Exception):
     pass
+
+
+class _Cancelled(Exception):
+    """The caller's cancel event was set; raised between chunks, so the bytes written so far are kept."""
+
+
+def _stop_if(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise _Cancelled()
 
 
 class _PartialDownload(Exception):
@@ -163,12 +180,21 @@ def _write_ref(repo_folder: Path, revision: str, commit: str) -> None:
         os.replace(tmp, ref)
 
 
-def _stream_to(incomplete: Path, url: str, headers: dict[str, str], total: int | None, filename: str) -> None:
+def _stream_to(
+    incomplete: Path,
+    url: str,
+    headers: dict[str, str],
+    total: int | None,
+    filename: str,
+    on_progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> None:
     """Append ``url``'s bytes to ``incomplete`` from its current size on, with a ``Range`` request.
 
     A 200 answer to a Range request (server ignores Range) restarts the file from byte 0. Within this run a
     dropped connection is resumed from where it stopped; the partial file is never deleted, so a later run
-    continues too. Raises when the server keeps failing or the sizes disagree."""
+    continues too. Raises when the server keeps failing or the sizes disagree, and `_Cancelled` between two
+    chunks once ``cancel`` is set."""
     import time
 
     from huggingface_hub import constants
@@ -188,8 +214,10 @@ def _stream_to(incomplete: Path, url: str, headers: dict[str, str], total: int |
         name="huggingface_hub.http_get",
     )
     fails = 0
+    reported_at, reported = time.monotonic(), have
     try:
         while total is None or have < total:
+            _stop_if(cancel)  # also between attempts, while a stalled server is being retried
             request_headers = dict(headers)
             if have:
                 request_headers["Range"] = f"bytes={have}-"
@@ -230,6 +258,13 @@ def _stream_to(incomplete: Path, url: str, headers: dict[str, str], total: int |
                                 have += len(chunk)
                                 bar.update(len(chunk))
                                 fails = 0
+                            _stop_if(cancel)
+                            now = time.monotonic()
+                            if on_progress and (
+                                now - reported_at >= _REPORT_EVERY_S or have - reported >= _REPORT_EVERY_BYTES
+                            ):
+                                on_progress(filename, have, total)
+                                reported_at, reported = now, have
                     if total is None:  # no size known from anywhere: the server's end of body is the end
                         total = have
             except Exception as e:
@@ -248,7 +283,14 @@ def _stream_to(incomplete: Path, url: str, headers: dict[str, str], total: int |
         bar.close()
 
 
-def _fetch(spec: ModelSpec, filename: str, endpoint: str, cache: Path) -> Path:
+def _fetch(
+    spec: ModelSpec,
+    filename: str,
+    endpoint: str,
+    cache: Path,
+    on_progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> Path:
     """Download one file into the HF cache layout, resumable across runs.
 
     ``blobs/<etag>.incomplete`` grows by HTTP Range requests and is kept when a run fails or is interrupted;
@@ -290,7 +332,7 @@ def _fetch(spec: ModelSpec, filename: str, endpoint: str, cache: Path) -> Path:
             if urlsplit(meta.location).netloc != urlsplit(url).netloc:
                 headers.pop("authorization", None)  # a signed CDN URL: no token (as hf_hub_download)
             try:
-                _stream_to(incomplete, meta.location, headers, meta.size, filename)
+                _stream_to(incomplete, meta.location, headers, meta.size, filename, on_progress, cancel)
             except Exception as e:
                 kept = incomplete.stat().st_size if incomplete.exists() else 0
                 raise _PartialDownload(e, kept, meta.size) from e
@@ -316,6 +358,8 @@ def pull(
     progress: bool = True,
     *,
     cache_dir: str | Path | None = None,
+    on_progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
 ) -> ResolvedModel:
     """Download a registry model's GGUF and mmproj into the Hugging Face cache; return their paths.
 
@@ -324,18 +368,29 @@ def pull(
     mid-file is resumed with an HTTP Range request in the same run (up to 5 attempts without progress), and
     the next `pull` continues from the bytes kept. Any failure becomes one `UserError` line naming the repo,
     the file, the cause and how much was kept; files that finished stay in the cache.
+
+    ``on_progress(filename, done, total)`` follows each file as its bytes arrive (throttled) and once more when
+    it is complete (also for a file already in the cache). Setting ``cancel`` stops the download after the
+    chunk in hand, with a `UserError`; the partial file is kept, so running `pull` again continues it.
     """
     spec = get_spec(name)
     cache = cache_root(cache_dir)
     base = hf_endpoint(endpoint)
     done: list[str] = []
     paths: dict[str, Path] = {}
+
+    def finished(filename: str, path: Path) -> None:
+        paths[filename] = path
+        done.append(filename)
+        if on_progress:
+            size = path.stat().st_size
+            on_progress(filename, size, size)
+
     with _progress_bars(progress):
         for filename in (spec.model_file, spec.mmproj_file):
             cached = cached_file(spec, filename, cache)
             if cached is not None:
-                paths[filename] = cached
-                done.append(filename)
+                finished(filename, cached)
                 continue
             kept = (
                 f"{' and '.join(done)} already downloaded and kept in the cache"
@@ -347,9 +402,15 @@ def pull(
             if offline_mode():
                 raise UserError(f"{where}: offline mode is on (HF_HUB_OFFLINE is set), unset it to download; {kept}")
             try:
-                paths[filename] = _fetch(spec, filename, base, cache)
+                path = _fetch(spec, filename, base, cache, on_progress, cancel)
             except Exception as e:
                 cause = e.error if isinstance(e, _PartialDownload) else e
+                if isinstance(e, _PartialDownload) and isinstance(cause, _Cancelled):
+                    from .fit import format_bytes
+
+                    raise UserError(
+                        f"download cancelled; run it again to continue (kept {format_bytes(e.kept)})"
+                    ) from None
                 reason = (
                     "the server did not answer like a Hugging Face Hub (no X-Repo-Commit/ETag); check HF_ENDPOINT"
                     if isinstance(cause, _NotAHub)
@@ -359,8 +420,8 @@ def pull(
                     # e.g. "2.1 GB of 4.7 GB downloaded and kept; run `vreason models pull NAME` again to continue"
                     kept = _kept_text(e.kept, e.total) + (f"; {kept}" if done else "")
                 raise UserError(f"{where}: {reason}; {kept}; {again}") from cause
-            done.append(filename)
+            finished(filename, path)
     return ResolvedModel(paths[spec.model_file], paths[spec.mmproj_file], spec)
 
 
-__all__ = ["explain_download_error", "pull"]
+__all__ = ["ProgressCallback", "explain_download_error", "pull"]

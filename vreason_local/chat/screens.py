@@ -1,25 +1,30 @@
-"""The chat's modal screens: an error with its remedy, the model picker (or, when nothing is downloaded,
-how to get a model), sampling and V-Reason settings, earlier sessions, and export."""
+"""The chat's modal screens: an error with its remedy, the model picker (which downloads registry models
+with progress, and explains how to get a model when nothing is downloaded), sampling and V-Reason settings,
+earlier sessions, and export."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
 from rich.markup import escape
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, OptionList, Select, Static, Switch
+from textual.widgets import Button, Input, Label, OptionList, ProgressBar, Select, Static, Switch
 from textual.widgets.option_list import Option
+from textual.worker import Worker, WorkerState
 
+from ..download import pull
 from ..engine import GenerationSettings
 from ..errors import UserError
 from ..fit import format_bytes
-from ..hub import list_models
+from ..hub import ModelStatus, list_models
 from ..sampling import TokenSampling
 from .store import SessionRecord
 
@@ -54,7 +59,7 @@ class ModelChoice:
 
 
 NO_MODEL_TEXT = (
-    "No model is downloaded yet. In another terminal, download one (about 2.8 GB):\n\n"
+    "No model is downloaded yet. Download one below (qwen2.5-vl-3b is about 2.8 GB), or in another terminal:\n\n"
     "    vreason models pull qwen2.5-vl-3b\n\n"
     "then choose it here, or start with a GGUF file you already have:\n\n"
     "    vreason chat --model PATH/model.gguf --mmproj PATH/mmproj.gguf VIDEO\n\n"
@@ -62,45 +67,141 @@ NO_MODEL_TEXT = (
 )
 
 
+def _model_label(status: ModelStatus, downloaded: bool) -> str:
+    spec = status.spec
+    size = format_bytes(status.local_bytes if downloaded and status.local_bytes else spec.total_bytes)
+    return f"{spec.name}  ({spec.quant}, {size}) " + ("downloaded" if downloaded else "not downloaded")
+
+
 class ModelScreen(ModalScreen[ModelChoice | None]):
-    """Pick a registry model (downloaded ones first) or a local GGUF file; explains how to get a model
-    when nothing is downloaded."""
+    """Pick a registry model (downloaded ones first) or a local GGUF file, or download a registry model here.
+
+    A download runs `download.pull` in a thread so the screen stays live: its progress comes back as messages,
+    Esc or "Stop download" sets the cancel event `pull` checks between chunks (the partial file is kept, so
+    the next download continues it), and a finished model becomes selectable in the list. Failures show
+    `pull`'s one-line `UserError` here; nothing else stops."""
 
     AUTO_FOCUS = "#registry"
-    BINDINGS = CLOSE
+    BINDINGS = [Binding("escape", "close", "Close", id="screen.close")]
+    DEFAULT_CSS = """
+    ModelScreen .download-row { height: auto; }
+    ModelScreen .download-row Label { margin-left: 1; }
+    """
+
+    class Progress(Message):
+        """Bytes of one file received so far (posted from the download thread)."""
+
+        def __init__(self, filename: str, done: int, total: int | None) -> None:
+            super().__init__()
+            self.filename, self.done, self.total = filename, done, total
 
     def __init__(self, problem: str = "") -> None:
         super().__init__()
         self.problem = problem
+        self.cancel = threading.Event()
+        self.downloading: str | None = None  # the registry name being downloaded
 
     def compose(self) -> ComposeResult:
-        statuses = list_models()
-        downloaded = [s for s in statuses if s.downloaded]
-        with Vertical(classes="box"):
+        statuses = sorted(list_models(), key=lambda s: not s.downloaded)
+        with VerticalScroll(classes="box"):
             yield Static("[b]Model[/b]", classes="heading")
             if self.problem:
                 yield Static(f"[$error]{escape(self.problem)}[/]", id="model-problem")
-            if not downloaded:
+            if not any(s.downloaded for s in statuses):
                 yield Static(NO_MODEL_TEXT, id="no-model")
             options = [
-                Option(
-                    f"{s.spec.name}  ({s.spec.quant}, {format_bytes(s.local_bytes or s.spec.total_bytes)}) "
-                    + ("downloaded" if s.downloaded else f"not downloaded: vreason models pull {s.spec.name}"),
-                    id=s.spec.name,
-                    disabled=not s.downloaded,
-                )
-                for s in sorted(statuses, key=lambda s: not s.downloaded)
+                Option(_model_label(s, s.downloaded), id=s.spec.name, disabled=not s.downloaded) for s in statuses
             ]
             yield OptionList(*options, id="registry")
+            for s in statuses:
+                if not s.downloaded:
+                    with Horizontal(classes="download-row", name=s.spec.name):
+                        yield Button("Download", name=s.spec.name, classes="download", compact=True)
+                        yield Label(f"{s.spec.name} ({format_bytes(s.spec.total_bytes)})")
+            yield ProgressBar(show_eta=False, id="download-bar")
+            yield Static("", id="download-status")
             yield Input(placeholder="or a local model .gguf path", id="model-path")
             yield Input(placeholder="its projector (mmproj) .gguf, if not beside it", id="mmproj-path")
             with Horizontal(classes="buttons"):
                 yield Button("Use this file", id="use-path", variant="primary")
+                yield Button("Stop download", id="stop-download", variant="warning", disabled=True)
                 yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#download-bar", ProgressBar).display = False
+        # focusing the list scrolls it into view: the problem and how to get a model come first
+        self.call_after_refresh(lambda: self.query_one(VerticalScroll).scroll_home(animate=False))
+
+    def on_unmount(self) -> None:
+        self.cancel.set()  # a download left running stops at its next chunk, keeping its bytes
 
     @on(OptionList.OptionSelected, "#registry")
     def _pick(self, event: OptionList.OptionSelected) -> None:
         self.dismiss(ModelChoice(str(event.option.id)))
+
+    @on(Button.Pressed, ".download")
+    def _start_download(self, event: Button.Pressed) -> None:
+        name = str(event.button.name)
+        self.downloading = name
+        self.cancel.clear()
+        for button in self.query(".download").results(Button):
+            button.disabled = True
+        self.query_one("#stop-download", Button).disabled = False
+        bar = self.query_one("#download-bar", ProgressBar)
+        bar.update(total=None, progress=0)
+        bar.display = True
+        self.query_one("#download-status", Static).update(f"downloading {escape(name)}…")
+        self._download(name)
+
+    @work(thread=True, exit_on_error=False, group="download")
+    def _download(self, name: str) -> str:
+        def report(filename: str, done: int, total: int | None) -> None:
+            self.post_message(self.Progress(filename, done, total))  # post_message is thread-safe
+
+        pull(name, progress=False, on_progress=report, cancel=self.cancel)
+        return name
+
+    @on(Progress)
+    def _progress(self, event: Progress) -> None:
+        self.query_one("#download-bar", ProgressBar).update(total=event.total, progress=event.done)
+        of = f" of {format_bytes(event.total)}" if event.total is not None else ""
+        self.query_one("#download-status", Static).update(escape(f"{event.filename}: {format_bytes(event.done)}{of}"))
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker.group != "download" or event.state not in (WorkerState.SUCCESS, WorkerState.ERROR):
+            return
+        name, self.downloading = self.downloading, None
+        self.query_one("#stop-download", Button).disabled = True
+        for button in self.query(".download").results(Button):
+            button.disabled = False
+        status = self.query_one("#download-status", Static)
+        if event.state == WorkerState.ERROR:
+            error = event.worker.error
+            message = error.message if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
+            status.update(f"[$error]{escape(message)}[/]")
+            return
+        registry = self.query_one("#registry", OptionList)
+        registry.replace_option_prompt(
+            str(name), _model_label(next(s for s in list_models() if s.spec.name == name), True)
+        )
+        registry.enable_option(str(name))
+        for row in self.query(".download-row"):
+            if row.name == name:
+                row.remove()
+        status.update(escape(f"{name} downloaded: choose it in the list above"))
+        registry.highlighted = registry.get_option_index(str(name))
+        registry.focus()
+
+    def action_close(self) -> None:
+        """Esc: stop the download in progress (its bytes are kept), else close the screen."""
+        if self.downloading is not None:
+            self.cancel.set()
+        else:
+            self.dismiss(None)
+
+    @on(Button.Pressed, "#stop-download")
+    def _stop_download(self) -> None:
+        self.cancel.set()
 
     @on(Button.Pressed, "#use-path")
     @on(Input.Submitted, "#model-path")
