@@ -79,3 +79,18 @@ def tiny_model_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[...
         return cache[key]
 
     return factory
+
+
+@pytest.fixture
+def vreason(capsys: pytest.CaptureFixture[str]) -> Callable[[list[str]], tuple[int, str, str]]:
+    """Run `vreason ARGS` in this process, as the entry point would: (exit code, stdout, stderr)."""
+    from vreason_local.cli import main
+
+    def run(args: list[str]) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exc:
+            main(args)
+            raise SystemExit(0)
+        out, err = capsys.readouterr()
+        return exc.value.code or 0, out, err
+
+    return run

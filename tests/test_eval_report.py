@@ -23,14 +23,6 @@ from vreason_local.evaluate.datasets import make_sample
 SHARE_CORRECT = {"base": 0.3, "vreason": 0.6, "lite": 0.5}
 
 
-def _main(args: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-        raise SystemExit(0)
-    out, err = capsys.readouterr()
-    return exc.value.code or 0, out, err
-
-
 @pytest.fixture(scope="module")
 def runs(tiny_model_factory, tmp_path_factory) -> dict[str, Path]:
     tiny = tiny_model_factory("qwen25vl")
@@ -81,11 +73,11 @@ def _give_outcomes(run: Path, seed: int) -> list[dict]:
     return rows
 
 
-def test_report_figures_match_the_rows(runs, capsys):
+def test_report_figures_match_the_rows(runs, vreason):
     run = runs["a"]
     assert {p.name for p in run.iterdir()} >= {"summary.json", "report.md", "entropy.png", "tokens.png", "accuracy.png"}
     rows = _give_outcomes(run, seed=1)
-    rc, out, _ = _main(["eval", "--report", str(run)], capsys)
+    rc, out, _ = vreason(["eval", "--report", str(run)])
     assert rc == 0 and str(run / "report.md") in out
     summary = json.loads((run / "summary.json").read_text())
     report = (run / "report.md").read_text()
@@ -133,14 +125,14 @@ def test_report_figures_match_the_rows(runs, capsys):
         assert image.ndim == 3 and image.shape[0] >= 300 and image.shape[1] >= 600 and image.std() > 0
     # regenerable: the same figures again from the same rows
     (run / "summary.json").unlink()
-    assert _main(["eval", "--report", str(run)], capsys)[0] == 0
+    assert vreason(["eval", "--report", str(run)])[0] == 0
     assert json.loads((run / "summary.json").read_text()) == summary
 
 
-def test_compare_two_runs(runs, capsys):
+def test_compare_two_runs(runs, vreason):
     a, b = runs["a"], runs["b"]
     rows_a, rows_b = _give_outcomes(a, seed=2), _give_outcomes(b, seed=3)
-    rc, out, _ = _main(["eval", "--compare", str(a), str(b)], capsys)
+    rc, out, _ = vreason(["eval", "--compare", str(a), str(b)])
     assert rc == 0
     assert "- options.max_tokens: A 8, B 6" in out and "options.modes" in out
     table = {line.split(" | ")[0].strip("| "): line for line in out.splitlines() if line.startswith("| ")}
@@ -156,7 +148,7 @@ def test_compare_two_runs(runs, capsys):
         assert cells[3] == f"{100 * np.mean([r['correct'] for r in rb.values()]):.1f}%"
         assert cells[5] == f"{np.mean([r['n_tokens'] for r in rb.values()]):.1f}"
         assert cells[8] == f"{wins} / {losses}"
-    rc, out, _ = _main(["eval", "--compare", str(a), str(a)], capsys)
+    rc, out, _ = vreason(["eval", "--compare", str(a), str(a)])
     assert rc == 0 and "same settings" in out and "| 0 / 0 |" in out
-    rc, _, err = _main(["eval", "--compare", str(a), str(a.parent)], capsys)
+    rc, _, err = vreason(["eval", "--compare", str(a), str(a.parent)])
     assert rc == 2 and "holds no run" in err

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vreason_local.cli import main
 from vreason_local.engine import Engine, GenerationSettings
 from vreason_local.evaluate.datasets import load_dataset, make_sample
 from vreason_local.evaluate.results import ResultsWriter, read_results
@@ -206,38 +205,30 @@ def test_ctrl_c_kill_and_half_written_line_then_resume_gives_each_answer_once(ti
     assert (out / "summary.json").is_file() and (out / "report.md").is_file()
 
 
-def _main(args: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-        raise SystemExit(0)
-    out, err = capsys.readouterr()
-    return exc.value.code or 0, out, err
-
-
-def test_bad_input_is_refused_and_invalid_rows_are_listed(tiny, data, tmp_path, capsys):
+def test_bad_input_is_refused_and_invalid_rows_are_listed(tiny, data, tmp_path, vreason):
     bad = tmp_path / "mixed.jsonl"
     good = data.read_text().splitlines()[:2]
     broken_rows = [json.dumps({"id": f"x{i}", "question": "Where?", "answer": "left"}) for i in range(7)]
     bad.write_text("\n".join(good + broken_rows) + "\n")
     (tmp_path / "videos").symlink_to(data.parent / "videos")
     out = tmp_path / "run"
-    rc, stdout, err = _main(_args(tiny, bad, out, "--modes", "base", "--max-tokens", "4"), capsys)
+    rc, stdout, err = vreason(_args(tiny, bad, out, "--modes", "base", "--max-tokens", "4"))
     assert rc == 0, err
     assert "7 rows of" in err and "mixed.jsonl:3: missing field 'video'" in err and "... and 2 more" in err
     assert _lines(out / "results.jsonl") == 2 and "| base |" in stdout
 
-    rc, _, err = _main(_args(tiny, bad, out, "--modes", "base"), capsys)
+    rc, _, err = vreason(_args(tiny, bad, out, "--modes", "base"))
     assert rc == 2 and "is not empty; add --resume" in err
-    rc, _, err = _main(_args(tiny, bad, out, "--modes", "base", "--max-tokens", "5", "--resume"), capsys)
+    rc, _, err = vreason(_args(tiny, bad, out, "--modes", "base", "--max-tokens", "5", "--resume"))
     assert rc == 2 and "--max-tokens 5 differs from the run's 4" in err
-    rc, _, err = _main(["eval", "--resume", "--out", str(tmp_path / "nothing")], capsys)
+    rc, _, err = vreason(["eval", "--resume", "--out", str(tmp_path / "nothing")])
     assert rc == 2 and "holds no run" in err
     only_bad = tmp_path / "bad.jsonl"
     only_bad.write_text("\n".join(broken_rows) + "\n")
-    rc, _, err = _main(_args(tiny, only_bad, tmp_path / "run2", "--format", "vreason"), capsys)
+    rc, _, err = vreason(_args(tiny, only_bad, tmp_path / "run2", "--format", "vreason"))
     assert rc == 2 and "nothing to run" in err and "bad.jsonl:1" in err
-    rc, _, err = _main(_args(tiny, bad, tmp_path / "run3", "--modes", "base,fast"), capsys)
+    rc, _, err = vreason(_args(tiny, bad, tmp_path / "run3", "--modes", "base,fast"))
     assert rc == 2 and "--modes takes" in err
     # a resumed run with nothing left to do only rewrites the report; a machine option may change
-    rc, _, err = _main(["eval", "--resume", "--out", str(out), "--threads", "2"], capsys)
+    rc, _, err = vreason(["eval", "--resume", "--out", str(out), "--threads", "2"])
     assert rc == 0 and "0 answers to go" in err and _lines(out / "results.jsonl") == 2
