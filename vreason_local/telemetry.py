@@ -31,21 +31,31 @@ class Summary:
         return asdict(self)
 
 
+class SwitchWatch:
+    """Where alpha first turned from +1 to -1, followed token by token: `summarize` runs it over a finished
+    answer, the chat's live panel as tokens stream, so both name the same step."""
+
+    def __init__(self) -> None:
+        self.step: int | None = None  # the switch's step, counted from 1 (None: not yet)
+        self._last: int | None = None  # the alpha of the last update
+
+    def see(self, step: int, control: ControlState | None) -> None:
+        if control is None or control.alpha is None:
+            return
+        if self.step is None and self._last == 1 and control.alpha == -1:
+            self.step = step
+        self._last = control.alpha
+
+
 def summarize(answer: Answer) -> Summary:
     """The summary of `answer` (works on partial and cancelled answers too)."""
     h = answer.entropy
     states = [c for c in answer.control if c is not None]
     updates = [c for c in states if c.alpha is not None]
     controlled = answer.mode != "base"
-    switch = None
-    previous = None
+    watch = SwitchWatch()
     for step, c in enumerate(answer.control, start=1):
-        if c is None or c.alpha is None:
-            continue
-        if previous == 1 and c.alpha == -1:
-            switch = step
-            break
-        previous = c.alpha
+        watch.see(step, c)
     times = [u.update_ms for u in updates if u.update_ms is not None]
     checks = [u.selfcheck for u in updates if u.selfcheck is not None]
     return Summary(
@@ -54,7 +64,7 @@ def summarize(answer: Answer) -> Summary:
         max_entropy=max(h) if h else None,
         final_ema=states[-1].ema if states else None,
         peak_ema=states[-1].peak if states else None,
-        switch_step=switch,
+        switch_step=watch.step,
         n_updates=len(updates) if controlled else None,
         mean_update_ms=sum(times) / len(times) if times else None,
         max_dv_norm=max((c.dv_norm for c in states), default=None),

@@ -16,7 +16,7 @@ from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
 from ..events import ControlState, TokenEvent
-from ..telemetry import Summary
+from ..telemetry import Summary, SwitchWatch
 
 
 def downsample(ys: list[float], n: int) -> tuple[list[float], list[float]]:
@@ -73,8 +73,7 @@ class TelemetryPanel(Vertical):
         self.now = Static("no answer yet", classes="now")
         self.chart = EntropyChart(classes="chart")
         self.summary = Static("", classes="summary")
-        self._switch: int | None = None
-        self._last_alpha: int | None = None
+        self._switch = SwitchWatch()  # telemetry's definition, as in the summary after the answer
         self._latest: TokenEvent | None = None
 
     def flush(self) -> None:
@@ -82,7 +81,9 @@ class TelemetryPanel(Vertical):
         self.chart.redraw()
         if self._latest is not None:
             # two lines always (CSS): no layout pass, which costs ~25 ms of the UI thread on a busy screen
-            self.now.update(now_line(self._latest, self._switch, getattr(self.app, "show_timings", True)), layout=False)
+            self.now.update(
+                now_line(self._latest, self._switch.step, getattr(self.app, "show_timings", True)), layout=False
+            )
             self._latest = None
 
     def compose(self) -> ComposeResult:
@@ -95,7 +96,7 @@ class TelemetryPanel(Vertical):
         self.border_title = f"Telemetry · {label}"
         self.now.update("waiting for the first token…")
         self.summary.update("")
-        self._switch = self._last_alpha = None
+        self._switch = SwitchWatch()
 
     def add(self, ev: TokenEvent) -> None:
         self.chart.add("entropy", ev.entropy)
@@ -103,16 +104,13 @@ class TelemetryPanel(Vertical):
         if c is not None:
             self.chart.add("EMA", c.ema)
             self.chart.add("peak", c.peak)
-            if c.alpha is not None:
-                if self._last_alpha == 1 and c.alpha == -1 and self._switch is None:
-                    self._switch = ev.step
-                self._last_alpha = c.alpha
+        self._switch.see(ev.step, c)
         self._latest = ev
 
     @property
     def switch_step(self) -> int | None:
         """The token at which alpha turned from +1 to -1 in the answer being written (None: not yet)."""
-        return self._switch
+        return self._switch.step
 
     def finish(self, summary: Summary) -> None:
         self.flush()
