@@ -1,0 +1,552 @@
+/*
+ * vr_rows: products with the rows of a GGUF matrix where they lie, in the file's own quantisation.
+ *
+ * V-Reason's update multiplies by the last layer's FFN matrices transposed (Wᵀ·g, the backward) and by
+ * a few thousand rows of the LM head. Copies in a torch-friendly form (int8, float32 rows) cost memory
+ * that the base model does not pay: 183 MB for a 3B model's FFN in int8, both orientations, and a
+ * float32 ring of head rows. Here the products read the rows in place (memory-mapped, shared with the
+ * page cache llama.cpp reads), dequantising one block at a time into a buffer that stays in L1:
+ *   - vr_rows_axpy: out += Σ_i coef_i · W[row_i]   (Wᵀ·g over the stored rows: each row is one input)
+ *   - vr_rows_dot:  out_i = W[row_i] · x            (W·x)
+ * for F32, F16, Q8_0 and the K-quants of the registry's Q4_K_M files (Q4_K, Q6_K), laid out as ggml's
+ * block_q8_0, block_q4_K and block_q6_K (ggml-common.h) and dequantised as ggml's dequantize_row_*
+ * does (the tests compare them with ggml's own). Other types answer -1: the caller keeps a copy.
+ *
+ * Rows [i0, i1) of the list: the caller splits the rows across threads (ctypes releases the GIL). Like
+ * vr_sampling.c, this file is included once per target (base, AVX2+FMA, AVX-512F) with the kernels'
+ * names suffixed, the best chosen at run time; the dequantising loops are left to the compiler's
+ * vectoriser (-O3), the products run on generic vectors of VR_W lanes with VR_W independent sums.
+ */
+#ifndef VR_ROWS_KERNELS /* ======== the library; the kernels' section at the end is included per target ======== */
+#include <stdint.h>
+#include <string.h>
+
+#if defined(_WIN32)
+#define VR_API __declspec(dllexport)
+#else
+#define VR_API __attribute__((visibility("default")))
+#endif
+
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(VR_SCALAR)
+#define VR_ROWS_VECTOR 1
+#define VR_ROWS_INLINE static inline __attribute__((always_inline))
+#define VR_RESTRICT __restrict__
+#else
+#define VR_ROWS_INLINE static __inline
+#define VR_RESTRICT __restrict
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define VR_PREFETCH(p) __builtin_prefetch((p), 0, 3)
+#else
+#define VR_PREFETCH(p) ((void)(p))
+#endif
+#define VR_DOT_AHEAD 4 /* vr_rows_dot prefetches the row this many rows ahead */
+
+/* ggml's type numbers (ggml.h) and block sizes (ggml-common.h) */
+enum { VR_F32 = 0, VR_F16 = 1, VR_Q8_0 = 8, VR_Q4_K = 12, VR_Q6_K = 14 };
+#define VR_QK_K 256
+#define VR_Q8_0_BYTES 34   /* f16 d, int8 qs[32] */
+#define VR_Q4_K_BYTES 144  /* f16 d, f16 dmin, uint8 scales[12], uint8 qs[128] */
+#define VR_Q6_K_BYTES 210  /* uint8 ql[128], uint8 qh[64], int8 scales[16], f16 d */
+
+static float half_float(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, bits;
+    if (e == 0) { /* zero or subnormal: m · 2^-24 */
+        float f = (float)m * (1.0f / 16777216.0f);
+        return sign ? -f : f;
+    }
+    bits = e == 31 ? sign | 0x7f800000u | m << 13 : sign | (e + 112) << 23 | m << 13;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+typedef struct {
+    void (*axpy)(int32_t, const uint8_t *, int64_t, int64_t, const int64_t *, int64_t, int64_t, const float *,
+                 float *);
+    void (*dot)(int32_t, const uint8_t *, int64_t, int64_t, const int64_t *, int64_t, int64_t, const float *,
+                float *);
+} vr_rows_kernels;
+
+#define VR_ROWS_KERNELS base
+#define VR_ROWS_TARGET
+#ifdef VR_ROWS_VECTOR
+#define VR_ROWS_W 4
+#else
+#define VR_ROWS_W 1
+#endif
+#include "vr_rows.c"
+#undef VR_ROWS_KERNELS
+#undef VR_ROWS_TARGET
+#undef VR_ROWS_W
+
+#if defined(VR_ROWS_VECTOR) && (defined(__x86_64__) || defined(__i386__))
+#define VR_ROWS_X86 1
+#include <immintrin.h>
+#define VR_ROWS_KERNELS avx2
+#define VR_ROWS_TARGET __attribute__((target("avx2,fma,f16c")))
+#define VR_ROWS_W 8
+#define VR_ROWS_ISA 256
+#include "vr_rows.c"
+#undef VR_ROWS_KERNELS
+#undef VR_ROWS_TARGET
+#undef VR_ROWS_W
+#undef VR_ROWS_ISA
+#define VR_ROWS_KERNELS avx512
+#define VR_ROWS_TARGET __attribute__((target("avx512f,avx512bw,avx2,fma,f16c")))
+#define VR_ROWS_W 16
+#define VR_ROWS_ISA 512
+#include "vr_rows.c"
+#undef VR_ROWS_KERNELS
+#undef VR_ROWS_TARGET
+#undef VR_ROWS_W
+#undef VR_ROWS_ISA
+#endif
+
+#ifdef VR_ROWS_VECTOR
+#define VR_ROWS_BASE_LANES 4
+#else
+#define VR_ROWS_BASE_LANES 1
+#endif
+
+static const vr_rows_kernels *vr_rows_chosen; /* set once; a benign race: every thread picks the same */
+
+/* The kernels of `lanes` lanes (0: the CPU's best), NULL if this build or CPU has none. */
+static const vr_rows_kernels *rows_kernels_of(int32_t lanes) {
+#ifdef VR_ROWS_X86
+    __builtin_cpu_init();
+    const int avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+    const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    if ((lanes == 0 || lanes == 16) && avx512) return &rows_kernels_avx512;
+    if ((lanes == 0 || lanes == 8) && avx2) return &rows_kernels_avx2;
+#endif
+    return lanes == 0 || lanes == VR_ROWS_BASE_LANES ? &rows_kernels_base : NULL;
+}
+
+static const vr_rows_kernels *rows_kernels(void) {
+    if (!vr_rows_chosen) vr_rows_chosen = rows_kernels_of(0);
+    return vr_rows_chosen;
+}
+
+/* The lanes of the kernels in use (16 AVX-512, 8 AVX2, 4 SSE2 or NEON, 1 scalar build). */
+VR_API int32_t vr_rows_lanes(void) {
+    const vr_rows_kernels *k = rows_kernels();
+#ifdef VR_ROWS_X86
+    if (k == &rows_kernels_avx512) return 16;
+    if (k == &rows_kernels_avx2) return 8;
+#endif
+    return k == &rows_kernels_base ? VR_ROWS_BASE_LANES : -1;
+}
+
+/* Use the kernels of `lanes` lanes from now on (0: the CPU's best), so that tests check each kernel this
+ * CPU runs against the same references. Returns the lanes in use, or -1 (nothing changes) if none. */
+VR_API int32_t vr_rows_use(int32_t lanes) {
+    const vr_rows_kernels *k = rows_kernels_of(lanes);
+    if (!k) return -1;
+    vr_rows_chosen = k;
+    return vr_rows_lanes();
+}
+
+/* Values per block of a type these kernels read, 0 for the others. */
+VR_API int32_t vr_rows_block(int32_t type) {
+    switch (type) {
+    case VR_F32: case VR_F16: return 1;
+    case VR_Q8_0: return 32;
+    case VR_Q4_K: case VR_Q6_K: return VR_QK_K;
+    default: return 0;
+    }
+}
+
+/* out[0..n_cols) += Σ_{i in [i0, i1)} coef[i] · W[r_i], r_i = ids ? ids[i] : i: W's rows of `row_bytes`
+ * bytes at `data`, n_cols values each, of ggml type `type`. Returns 0, or -1 for a type it cannot read. */
+VR_API int32_t vr_rows_axpy(int32_t type, const void *data, int64_t row_bytes, int64_t n_cols, const int64_t *ids,
+                            int64_t i0, int64_t i1, const float *coef, float *out) {
+    if (!vr_rows_block(type) || n_cols % vr_rows_block(type)) return -1;
+    rows_kernels()->axpy(type, (const uint8_t *)data, row_bytes, n_cols, ids, i0, i1, coef, out);
+    return 0;
+}
+
+/* out[i] = W[r_i] · x for i in [i0, i1) (out indexed like the list), as vr_rows_axpy reads W. */
+VR_API int32_t vr_rows_dot(int32_t type, const void *data, int64_t row_bytes, int64_t n_cols, const int64_t *ids,
+                           int64_t i0, int64_t i1, const float *x, float *out) {
+    if (!vr_rows_block(type) || n_cols % vr_rows_block(type)) return -1;
+    rows_kernels()->dot(type, (const uint8_t *)data, row_bytes, n_cols, ids, i0, i1, x, out);
+    return 0;
+}
+
+#else /* ======== kernels: VR_ROWS_W lanes, compiled for VR_ROWS_TARGET, names suffixed ======== */
+#define VR_RCAT_(a, b) a##_##b
+#define VR_RCAT(a, b) VR_RCAT_(a, b)
+#define VR_R(name) VR_RCAT(name, VR_ROWS_KERNELS)
+#define VR_RFN VR_ROWS_TARGET VR_ROWS_INLINE
+#define W VR_ROWS_W
+#define rvf VR_R(rvf)
+#define rvu8 VR_R(rvu8)
+#define rvi8 VR_R(rvi8)
+#define rvi32 VR_R(rvi32)
+#define ld VR_R(ld)
+#define st VR_R(st)
+#define splat VR_R(splat)
+#define ldu8 VR_R(ldu8)
+#define hsum VR_R(hsum)
+#define u8f VR_R(u8f)
+#define i8f VR_R(i8f)
+#define h2f VR_R(h2f)
+#define dequant VR_R(dequant)
+#define ahead VR_R(ahead)
+#define q4k_scales VR_R(q4k_scales)
+#define axpy_q4k VR_R(axpy_q4k)
+#define axpy_q6k VR_R(axpy_q6k)
+#define axpy_q8_0 VR_R(axpy_q8_0)
+#define axpy_plain VR_R(axpy_plain)
+#define group VR_R(group)
+#define dot_q4k VR_R(dot_q4k)
+#define dot_q6k VR_R(dot_q6k)
+#define dot_q8_0 VR_R(dot_q8_0)
+#define dot_plain VR_R(dot_plain)
+
+/* W lanes of float, of bytes; the bytes' conversion to float lane by lane. */
+#ifdef VR_ROWS_VECTOR
+typedef float rvf __attribute__((vector_size(4 * W)));
+typedef uint8_t rvu8 __attribute__((vector_size(W)));
+typedef int8_t rvi8 __attribute__((vector_size(W)));
+typedef int32_t rvi32 __attribute__((vector_size(4 * W)));
+#else
+typedef float rvf;
+typedef uint8_t rvu8;
+typedef int8_t rvi8;
+#endif
+
+/* Bytes to floats, lane by lane: x86 spelled out (GCC 12 goes through 16-bit lanes or one lane at a
+ * time otherwise), the rest through int32 vectors. */
+#if defined(VR_ROWS_ISA) && VR_ROWS_ISA == 512
+VR_RFN rvf u8f(rvu8 v) {
+    __m128i x;
+    memcpy(&x, &v, 16);
+    __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(x));
+    rvf r;
+    memcpy(&r, &f, sizeof r);
+    return r;
+}
+VR_RFN rvf i8f(rvi8 v) {
+    __m128i x;
+    memcpy(&x, &v, 16);
+    __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(x));
+    rvf r;
+    memcpy(&r, &f, sizeof r);
+    return r;
+}
+VR_RFN float h2f(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+#elif defined(VR_ROWS_ISA) && VR_ROWS_ISA == 256
+VR_RFN rvf u8f(rvu8 v) {
+    int64_t b;
+    memcpy(&b, &v, 8);
+    __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(b)));
+    rvf r;
+    memcpy(&r, &f, sizeof r);
+    return r;
+}
+VR_RFN rvf i8f(rvi8 v) {
+    int64_t b;
+    memcpy(&b, &v, 8);
+    __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(b)));
+    rvf r;
+    memcpy(&r, &f, sizeof r);
+    return r;
+}
+VR_RFN float h2f(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+#elif defined(VR_ROWS_VECTOR)
+VR_RFN rvf u8f(rvu8 v) { return __builtin_convertvector(__builtin_convertvector(v, rvi32), rvf); }
+VR_RFN rvf i8f(rvi8 v) { return __builtin_convertvector(__builtin_convertvector(v, rvi32), rvf); }
+VR_RFN float h2f(const uint8_t *p) { return half_float(p); }
+#else
+VR_RFN rvf u8f(rvu8 v) { return (float)v; }
+VR_RFN rvf i8f(rvi8 v) { return (float)v; }
+VR_RFN float h2f(const uint8_t *p) { return half_float(p); }
+#endif
+
+VR_RFN rvf ld(const float *p) { rvf v; memcpy(&v, p, sizeof v); return v; }
+VR_RFN void st(float *p, rvf v) { memcpy(p, &v, sizeof v); }
+VR_RFN rvf splat(float x) { return (rvf){0} + x; }
+VR_RFN rvu8 ldu8(const uint8_t *p) { rvu8 v; memcpy(&v, p, sizeof v); return v; }
+VR_RFN float hsum(rvf v) {
+    float a[W], s = 0.0f;
+    memcpy(a, &v, sizeof a);
+    for (int j = 0; j < W; j++) s += a[j];
+    return s;
+}
+
+/* Part `blk` of `nb` of each of the rows `next`, the rows used after the current ones, asked for ahead
+ * of time and spread over the current rows' blocks: the file's 4 KB pages end the hardware's own
+ * prefetching at every page, which left these kernels waiting on memory (measured 3x slower than
+ * the same reads from cache, against 1.3x with this). */
+VR_RFN void ahead(const uint8_t *const *next, int nn, int64_t row_bytes, int64_t blk, int64_t nb) {
+    const int64_t lo = row_bytes * blk / nb & ~(int64_t)63, hi = row_bytes * (blk + 1) / nb;
+    for (int r = 0; r < nn; r++)
+        for (int64_t o = lo; o < hi; o += 64) VR_PREFETCH(next[r] + o);
+}
+
+/* Rows of F32 or F16 (and any chunk length): dequantised 256 values at a time, then used. */
+VR_RFN void dequant(int32_t type, const uint8_t *b, int n, float *VR_RESTRICT y) {
+    if (type == VR_F16)
+        for (int l = 0; l < n; l++) y[l] = half_float(b + 2 * l);
+    else
+        memcpy(y, b, sizeof(float) * (size_t)n);
+}
+
+/* A Q4_K block's 8 sub-block scales d·sc and offsets dmin·m: 6 bits each in 12 bytes (ggml's
+ * get_scale_min_k4, its two cases side by side). */
+VR_RFN void q4k_scales(const uint8_t *b, float *sc, float *off) {
+    const float d = h2f(b), dmin = h2f(b + 2);
+    const uint8_t *q = b + 4;
+    for (int j = 0; j < 4; j++) {
+        sc[j] = d * (float)(q[j] & 63), off[j] = dmin * (float)(q[j + 4] & 63);
+        sc[j + 4] = d * (float)((q[j + 8] & 0xF) | ((q[j] >> 6) << 4));
+        off[j + 4] = dmin * (float)((q[j + 8] >> 4) | ((q[j + 4] >> 6) << 4));
+    }
+}
+
+/* out += Σ_r c_r · row_r for nr <= 4 rows at once (out is read and written once per 4 rows). Q4_K: a
+ * block's byte l holds value l of sub-block 2j (low nibble) and of sub-block 2j+1 (high nibble). */
+#define VR_AHEAD_ARGS const uint8_t *const *next, int nn, int64_t row_bytes
+
+VR_RFN void axpy_q4k(const uint8_t *const *rows, const float *c, int nr, int64_t n_cols, float *out, VR_AHEAD_ARGS) {
+    for (int64_t blk = 0; blk < n_cols / VR_QK_K; blk++) {
+        ahead(next, nn, row_bytes, blk, n_cols / VR_QK_K);
+        float a[4][8], base[8] = {0};
+        for (int r = 0; r < nr; r++) {
+            float off[8];
+            q4k_scales(rows[r] + blk * VR_Q4_K_BYTES, a[r], off);
+            for (int j = 0; j < 8; j++) base[j] -= c[r] * off[j], a[r][j] *= c[r];
+        }
+        float *o = out + blk * VR_QK_K;
+        for (int j = 0; j < 4; j++)
+            for (int l = 0; l < 32; l += W) {
+                rvf lo = ld(o + 64 * j + l) + splat(base[2 * j]), hi = ld(o + 64 * j + 32 + l) + splat(base[2 * j + 1]);
+                for (int r = 0; r < nr; r++) {
+                    const rvu8 q = ldu8(rows[r] + blk * VR_Q4_K_BYTES + 16 + 32 * j + l);
+                    lo += splat(a[r][2 * j]) * u8f(q & 0xF);
+                    hi += splat(a[r][2 * j + 1]) * u8f(q >> 4);
+                }
+                st(o + 64 * j + l, lo), st(o + 64 * j + 32 + l, hi);
+            }
+    }
+}
+
+/* Q6_K: 2 halves of 128 values; value l of quarter k (k = 0..3) of a half is 4 bits of ql (byte l or
+ * l + 32, low or high nibble) and 2 bits of qh[l] (bits 2k, 2k+1), minus 32, scaled by sc[l/16 + 2k]. */
+#define VR_Q6(ql, qh, k) (u8f(((k) < 2 ? (ql) & 0xF : (ql) >> 4) | ((((qh) >> (2 * (k))) & 3) << 4)) - splat(32.0f))
+
+VR_RFN void axpy_q6k(const uint8_t *const *rows, const float *c, int nr, int64_t n_cols, float *out, VR_AHEAD_ARGS) {
+    for (int64_t blk = 0; blk < n_cols / VR_QK_K; blk++) {
+        ahead(next, nn, row_bytes, blk, n_cols / VR_QK_K);
+        float a[4][16];
+        for (int r = 0; r < nr; r++) {
+            const uint8_t *b = rows[r] + blk * VR_Q6_K_BYTES;
+            const float d = c[r] * h2f(b + 208);
+            for (int j = 0; j < 16; j++) a[r][j] = d * (float)(int8_t)b[192 + j];
+        }
+        float *o = out + blk * VR_QK_K;
+        for (int h = 0; h < 2; h++)
+            for (int l = 0; l < 32; l += W) {
+                rvf v[4];
+                for (int k = 0; k < 4; k++) v[k] = ld(o + 128 * h + 32 * k + l);
+                for (int r = 0; r < nr; r++) {
+                    const uint8_t *b = rows[r] + blk * VR_Q6_K_BYTES;
+                    const rvu8 ql0 = ldu8(b + 64 * h + l), ql1 = ldu8(b + 64 * h + 32 + l), qh = ldu8(b + 128 + 32 * h + l);
+                    const float *s = a[r] + 8 * h + l / 16;
+                    v[0] += splat(s[0]) * VR_Q6(ql0, qh, 0);
+                    v[1] += splat(s[2]) * VR_Q6(ql1, qh, 1);
+                    v[2] += splat(s[4]) * VR_Q6(ql0, qh, 2);
+                    v[3] += splat(s[6]) * VR_Q6(ql1, qh, 3);
+                }
+                for (int k = 0; k < 4; k++) st(o + 128 * h + 32 * k + l, v[k]);
+            }
+    }
+}
+
+VR_RFN void axpy_q8_0(const uint8_t *const *rows, const float *c, int nr, int64_t n_cols, float *out, VR_AHEAD_ARGS) {
+    for (int64_t blk = 0; blk < n_cols / 32; blk++) {
+        if (blk % 8 == 0) ahead(next, nn, row_bytes, blk / 8, (n_cols / 32 + 7) / 8);
+        float a[4];
+        for (int r = 0; r < nr; r++) a[r] = c[r] * h2f(rows[r] + blk * VR_Q8_0_BYTES);
+        float *o = out + blk * 32;
+        for (int l = 0; l < 32; l += W) {
+            rvf v = ld(o + l);
+            for (int r = 0; r < nr; r++) {
+                rvi8 q;
+                memcpy(&q, rows[r] + blk * VR_Q8_0_BYTES + 2 + l, sizeof q);
+                v += splat(a[r]) * i8f(q);
+            }
+            st(o + l, v);
+        }
+    }
+}
+
+VR_RFN void axpy_plain(int32_t type, const uint8_t *const *rows, const float *c, int nr, int64_t n_cols, float *out) {
+    float y[VR_QK_K];
+    const int64_t size = type == VR_F16 ? 2 : 4;
+    for (int r = 0; r < nr; r++)
+        for (int64_t col = 0; col < n_cols; col += VR_QK_K) {
+            const int n = n_cols - col < VR_QK_K ? (int)(n_cols - col) : VR_QK_K;
+            dequant(type, rows[r] + col * size, n, y);
+            for (int l = 0; l < n; l++) out[col + l] += c[r] * y[l];
+        }
+}
+
+/* row · x; the quantised types sum q·x per sub-block in W lanes, then scale it: for Q4_K,
+ * Σ (d·q - m)·x = d·Σ q·x - m·Σ x. */
+VR_RFN float dot_q4k(const uint8_t *row, int64_t n_cols, const float *x, VR_AHEAD_ARGS) {
+    rvf acc = splat(0.0f);
+    for (int64_t blk = 0; blk < n_cols / VR_QK_K; blk++) {
+        ahead(next, nn, row_bytes, blk, n_cols / VR_QK_K);
+        float sc[8], off[8];
+        const uint8_t *b = row + blk * VR_Q4_K_BYTES;
+        q4k_scales(b, sc, off);
+        const float *xb = x + blk * VR_QK_K;
+        for (int j = 0; j < 4; j++) {
+            rvf lo = splat(0.0f), hi = splat(0.0f), x_lo = splat(0.0f), x_hi = splat(0.0f);
+            for (int l = 0; l < 32; l += W) {
+                const rvu8 q = ldu8(b + 16 + 32 * j + l);
+                const rvf a = ld(xb + 64 * j + l), c = ld(xb + 64 * j + 32 + l);
+                lo += u8f(q & 0xF) * a, x_lo += a;
+                hi += u8f(q >> 4) * c, x_hi += c;
+            }
+            acc += splat(sc[2 * j]) * lo + splat(sc[2 * j + 1]) * hi - splat(off[2 * j]) * x_lo -
+                   splat(off[2 * j + 1]) * x_hi;
+        }
+    }
+    return hsum(acc);
+}
+
+VR_RFN float dot_q6k(const uint8_t *row, int64_t n_cols, const float *x, VR_AHEAD_ARGS) {
+    rvf acc = splat(0.0f);
+    for (int64_t blk = 0; blk < n_cols / VR_QK_K; blk++) {
+        ahead(next, nn, row_bytes, blk, n_cols / VR_QK_K);
+        const uint8_t *b = row + blk * VR_Q6_K_BYTES;
+        const float d = h2f(b + 208);
+        const float *xb = x + blk * VR_QK_K;
+        for (int h = 0; h < 2; h++)
+            for (int g = 0; g < 2; g++) { /* values l in [16g, 16g + 16) of each quarter share a scale */
+                rvf v[4] = {splat(0.0f), splat(0.0f), splat(0.0f), splat(0.0f)};
+                for (int l = 16 * g; l < 16 * g + 16; l += W) {
+                    const rvu8 ql0 = ldu8(b + 64 * h + l), ql1 = ldu8(b + 64 * h + 32 + l), qh = ldu8(b + 128 + 32 * h + l);
+                    const float *xh = xb + 128 * h + l;
+                    v[0] += VR_Q6(ql0, qh, 0) * ld(xh);
+                    v[1] += VR_Q6(ql1, qh, 1) * ld(xh + 32);
+                    v[2] += VR_Q6(ql0, qh, 2) * ld(xh + 64);
+                    v[3] += VR_Q6(ql1, qh, 3) * ld(xh + 96);
+                }
+                const int8_t *sc = (const int8_t *)(b + 192 + 8 * h + g);
+                for (int k = 0; k < 4; k++) acc += splat(d * (float)sc[2 * k]) * v[k];
+            }
+    }
+    return hsum(acc);
+}
+
+VR_RFN float dot_q8_0(const uint8_t *row, int64_t n_cols, const float *x, VR_AHEAD_ARGS) {
+    rvf acc = splat(0.0f);
+    for (int64_t blk = 0; blk < n_cols / 32; blk++) {
+        if (blk % 8 == 0) ahead(next, nn, row_bytes, blk / 8, (n_cols / 32 + 7) / 8);
+        const uint8_t *b = row + blk * VR_Q8_0_BYTES;
+        rvf v = splat(0.0f);
+        for (int l = 0; l < 32; l += W) {
+            rvi8 q;
+            memcpy(&q, b + 2 + l, sizeof q);
+            v += i8f(q) * ld(x + blk * 32 + l);
+        }
+        acc += splat(h2f(b)) * v;
+    }
+    return hsum(acc);
+}
+
+VR_RFN float dot_plain(int32_t type, const uint8_t *row, int64_t n_cols, const float *x) {
+    float y[VR_QK_K], s = 0.0f;
+    const int64_t size = type == VR_F16 ? 2 : 4;
+    for (int64_t col = 0; col < n_cols; col += VR_QK_K) {
+        const int n = n_cols - col < VR_QK_K ? (int)(n_cols - col) : VR_QK_K;
+        dequant(type, row + col * size, n, y);
+        for (int l = 0; l < n; l++) s += y[l] * x[col + l];
+    }
+    return s;
+}
+
+/* The next group of up to 4 rows with a weight (rows that add nothing are not read), from *i on. */
+VR_RFN int group(const uint8_t *data, int64_t row_bytes, const int64_t *ids, int64_t *i, int64_t i1, const float *coef,
+                 const uint8_t **rows, float *c) {
+    int n = 0;
+    for (; *i < i1 && n < 4; ++*i)
+        if (coef[*i] != 0.0f) rows[n] = data + (ids ? ids[*i] : *i) * row_bytes, c[n++] = coef[*i];
+    return n;
+}
+
+static VR_ROWS_TARGET void VR_R(axpy)(int32_t type, const uint8_t *data, int64_t row_bytes, int64_t n_cols,
+                                      const int64_t *ids, int64_t i0, int64_t i1, const float *coef, float *out) {
+    const uint8_t *rows[2][4];
+    float c[2][4];
+    int64_t i = i0;
+    int nr = group(data, row_bytes, ids, &i, i1, coef, rows[0], c[0]);
+    for (int k = 0; nr; k ^= 1) { /* while group k is summed, group k ^ 1 is prefetched */
+        const int nn = group(data, row_bytes, ids, &i, i1, coef, rows[k ^ 1], c[k ^ 1]);
+        if (type == VR_Q4_K) axpy_q4k(rows[k], c[k], nr, n_cols, out, rows[k ^ 1], nn, row_bytes);
+        else if (type == VR_Q6_K) axpy_q6k(rows[k], c[k], nr, n_cols, out, rows[k ^ 1], nn, row_bytes);
+        else if (type == VR_Q8_0) axpy_q8_0(rows[k], c[k], nr, n_cols, out, rows[k ^ 1], nn, row_bytes);
+        else axpy_plain(type, rows[k], c[k], nr, n_cols, out);
+        nr = nn;
+    }
+}
+
+static VR_ROWS_TARGET void VR_R(dot)(int32_t type, const uint8_t *data, int64_t row_bytes, int64_t n_cols,
+                                     const int64_t *ids, int64_t i0, int64_t i1, const float *x, float *out) {
+    for (int64_t i = i0; i < i1; i++) {
+        const uint8_t *row = data + (ids ? ids[i] : i) * row_bytes;
+        const int64_t j = i + VR_DOT_AHEAD;
+        const uint8_t *next = data + (j < i1 ? (ids ? ids[j] : j) : 0) * row_bytes;
+        const int nn = j < i1;
+        if (type == VR_Q4_K) out[i] = dot_q4k(row, n_cols, x, &next, nn, row_bytes);
+        else if (type == VR_Q6_K) out[i] = dot_q6k(row, n_cols, x, &next, nn, row_bytes);
+        else if (type == VR_Q8_0) out[i] = dot_q8_0(row, n_cols, x, &next, nn, row_bytes);
+        else out[i] = dot_plain(type, row, n_cols, x);
+    }
+}
+
+static const vr_rows_kernels VR_R(rows_kernels) = {VR_R(axpy), VR_R(dot)};
+
+#undef W
+#undef VR_Q6
+#undef rvf
+#undef rvu8
+#undef rvi8
+#undef rvi32
+#undef ld
+#undef st
+#undef splat
+#undef ldu8
+#undef hsum
+#undef u8f
+#undef i8f
+#undef h2f
+#undef dequant
+#undef ahead
+#undef q4k_scales
+#undef axpy_q4k
+#undef axpy_q6k
+#undef axpy_q8_0
+#undef axpy_plain
+#undef group
+#undef dot_q4k
+#undef dot_q6k
+#undef dot_q8_0
+#undef dot_plain
+#endif
