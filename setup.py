@@ -1,6 +1,6 @@
-"""Builds the native helpers with the package: the value-cache hook (native/vr_hook.c) and the per-token
-entropy and sampling kernels (native/vr_sampling.c), one library reached through ctypes. Everything else
-is in pyproject.toml."""
+"""Builds the native helpers with the package: the value-cache hook (native/vr_hook.c), the per-token
+entropy and sampling kernels (native/vr_sampling.c) and the V-Reason tail's products with GGUF rows
+(native/vr_rows.c), one library reached through ctypes. Everything else is in pyproject.toml."""
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -19,7 +19,11 @@ class BuildExt(build_ext):
 
 setup(
     ext_modules=[
-        Extension("vreason_local._vrhook", ["native/vr_hook.c", "native/vr_sampling.c"], extra_compile_args=[])
+        Extension(
+            "vreason_local._vrhook",
+            ["native/vr_hook.c", "native/vr_sampling.c", "native/vr_rows.c"],
+            extra_compile_args=[],
+        )
     ],
     cmdclass={"build_ext": BuildExt},
 )

@@ -240,6 +240,7 @@ def bench_memory(model, tokens: int, frames: int, dtype: str) -> None:
 
 _PARTS = """
 import json, sys
+from pathlib import Path
 import numpy as np
 
 def rss():
@@ -247,17 +248,21 @@ def rss():
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
 
 out = {"start": rss()}
-import vreason_local.engine  # what every run imports (llama.cpp's bindings, numpy, OpenCV)
+from vreason_local.engine import Engine, EngineSettings, GenerationSettings
+from vreason_local.media import Media
 out["base imports"] = rss()
+engine = Engine(Path(sys.argv[1]), Path(sys.argv[2]), EngineSettings(n_ctx=1024))
+engine.ask(Media("none"), "Hello", GenerationSettings(max_tokens=2), "base").result()  # llama.cpp reads its weights
+out["the model, one answer (base)"] = rss()
 import torch
 out["torch"] = rss()
-from vreason_local.gguf_info import read_model_info
 from vreason_local.tail import Tail
-from pathlib import Path
-tail = Tail.from_gguf(read_model_info(Path(sys.argv[1])), "cpu", sys.argv[2])
+tail = Tail.from_gguf(engine.info, "cpu", sys.argv[3])
 out["tail matrices (" + tail.kind + ")"] = rss()
-tail.head.rows(np.arange(2048))
-out["LM-head ring, 2048 rows"] = rss()
+ids, rows = tail.head.rows(np.arange(0, engine.model.n_vocab, 74))
+if rows is None:  # read in place: the pages of 2048 rows
+    tail.head.in_place.axpy(ids, torch.ones(len(ids)))
+out["LM-head rows, 2048 (" + ("in place" if rows is None else "ring") + ")"] = rss()
 print(json.dumps(out))
 """
 
@@ -265,7 +270,10 @@ print(json.dumps(out))
 def bench_memory_parts(model, dtype: str) -> None:
     """Where V-Reason's memory goes, in a fresh process: resident memory after each part is loaded."""
     out = subprocess.run(
-        [sys.executable, "-c", _PARTS, str(model.model_path), dtype], capture_output=True, text=True, check=True
+        [sys.executable, "-c", _PARTS, str(model.model_path), str(model.mmproj_path), dtype],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     steps = json.loads(out.strip().splitlines()[-1])
     print("D. where the controller's memory goes (resident memory added by each part, one process)")
@@ -287,7 +295,7 @@ def main() -> None:
     ap.add_argument(
         "--tail-dtype",
         default="auto",
-        help="storage of the controller's weights (auto, float32, bfloat16, float16, int8)",
+        help="storage of the controller's weights (auto, gguf, float32, bfloat16, float16, int8)",
     )
     args = ap.parse_args()
     bench_model = model(args.shape, args.quant)

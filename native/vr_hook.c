@@ -9,7 +9,9 @@
  *     (their addresses are stable for the context's life), so Python can write value rows later;
  *   - while capturing is enabled, asks for the nodes named in its capture list and copies their F32
  *     data out (ggml_backend_tensor_get, so it works for host and device buffers alike). Several nodes
- *     may share a name (Qcur-L: matmul, bias, reshape, RoPE); the last one computed wins.
+ *     may share a name (Qcur-L: matmul, bias, reshape, RoPE); the last one computed wins;
+ *   - records the weight tensors named in its list when a node first uses them, so that the controller
+ *     can read the last layer's weights where llama.cpp holds them (tail_weights.GGUFMatrix).
  * Writing the value rows happens between decode steps from Python, with ggml_backend_tensor_set.
  *
  * No ggml header is needed at build time: `struct vr_tensor` mirrors `struct ggml_tensor` of the
@@ -35,6 +37,7 @@
 #define VR_MAX_OP_PARAMS 64
 #define VR_MAX_NAME 64
 #define VR_MAX_CAPTURES 8
+#define VR_MAX_WEIGHTS 8
 #define VR_TYPE_F32 0
 
 /* Mirror of struct ggml_tensor (ggml/include/ggml.h). */
@@ -68,9 +71,16 @@ typedef struct {
 } vr_capture;
 
 typedef struct {
+    char name[VR_MAX_NAME];
+    const struct vr_tensor *t; /* NULL until seen */
+} vr_weight;
+
+typedef struct {
     int32_t capture_enabled;
     int32_t n_captures;
     vr_capture caps[VR_MAX_CAPTURES];
+    int32_t n_weights, n_weights_found;
+    vr_weight weights[VR_MAX_WEIGHTS];
     char cache_names[2][VR_MAX_NAME]; /* [0] = K, [1] = V of the last layer */
     struct vr_tensor *cache[2];
     vr_tensor_get_fn tensor_get;
@@ -86,6 +96,8 @@ VR_API int64_t vr_tensor_ne(const struct vr_tensor *t, int i) { return t->ne[i];
 VR_API size_t vr_tensor_nb(const struct vr_tensor *t, int i) { return t->nb[i]; }
 VR_API const struct vr_tensor *vr_tensor_view_src(const struct vr_tensor *t) { return t->view_src; }
 VR_API const char *vr_tensor_name(const struct vr_tensor *t) { return t->name; }
+VR_API void *vr_tensor_data(const struct vr_tensor *t) { return t->data; }
+VR_API void *vr_tensor_buffer(const struct vr_tensor *t) { return t->buffer; }
 
 VR_API vr_hook *vr_hook_new(void *tensor_get) {
     vr_hook *h = (vr_hook *)calloc(1, sizeof(vr_hook));
@@ -109,6 +121,17 @@ VR_API int vr_hook_add_capture(vr_hook *h, const char *name, size_t cap_bytes) {
     c->cap_bytes = cap_bytes;
     return h->n_captures++;
 }
+
+/* Record the model tensor `name` (a weight) when a graph node first uses it: where llama.cpp keeps its data
+ * (for weights memory-mapped from the file, a pointer into llama.cpp's own mapping). Returns its index. */
+VR_API int vr_hook_add_weight(vr_hook *h, const char *name) {
+    if (h->n_weights >= VR_MAX_WEIGHTS || strlen(name) >= VR_MAX_NAME) return -1;
+    strcpy(h->weights[h->n_weights].name, name);
+    h->weights[h->n_weights].t = NULL;
+    return h->n_weights++;
+}
+
+VR_API const struct vr_tensor *vr_hook_weight(const vr_hook *h, int i) { return h->weights[i].t; }
 
 VR_API void vr_hook_set_cache_names(vr_hook *h, const char *k_name, const char *v_name) {
     strncpy(h->cache_names[0], k_name, VR_MAX_NAME - 1);
@@ -148,6 +171,16 @@ static void record_cache(vr_hook *h, struct vr_tensor *t) {
     }
 }
 
+static void record_weight(vr_hook *h, const struct vr_tensor *t) {
+    if (!t) return;
+    for (int i = 0; i < h->n_weights; i++) {
+        if (!h->weights[i].t && strcmp(t->name, h->weights[i].name) == 0) {
+            h->weights[i].t = t;
+            h->n_weights_found++;
+        }
+    }
+}
+
 static void copy_node(vr_hook *h, vr_capture *c, const struct vr_tensor *t) {
     if (t->type != VR_TYPE_F32) { c->error = 1; return; }
     size_t expect = sizeof(float);
@@ -170,6 +203,9 @@ VR_API bool vr_hook_callback(struct vr_tensor *t, bool ask, void *user_data) {
         if (!h->cache[0] || !h->cache[1]) {
             record_cache(h, t->view_src);
             for (int s = 0; s < VR_MAX_SRC; s++) record_cache(h, t->src[s]);
+        }
+        if (h->n_weights_found < h->n_weights) { /* the first decode: weights are its nodes' sources */
+            for (int s = 0; s < VR_MAX_SRC; s++) record_weight(h, t->src[s]);
         }
         if (!h->capture_enabled) return false;
         for (int i = 0; i < h->n_captures; i++) {

@@ -31,7 +31,7 @@ from vreason_local.gguf_info import open_gguf, read_model_info
 from vreason_local.llama_backend import default_threads, quantize
 from vreason_local.media import Media, load_video
 from vreason_local.tail import Tail
-from vreason_local.tail_weights import dequantize
+from vreason_local.tail_weights import LMHead, dequantize
 from vreason_local.tiny import TinyModel, file_names, make_tiny
 from vreason_local.video import FrameSampling
 from vreason_local.vreason import SELFCHECK_TOL, VReasonSettings
@@ -39,7 +39,8 @@ from vreason_local.vreason import SELFCHECK_TOL, VReasonSettings
 Q = gguf.GGMLQuantizationType
 ARCHES = ["qwen25vl", "qwen3vl"]  # untied LM head (output.weight), tied (token_embd.weight)
 TAIL = ("attn_output", "ffn_gate", "ffn_up", "ffn_down")  # the last layer's matrices the tail reads
-# pick_dtype's threshold: tail matrices above this many bytes in float32 are stored as int8 on the CPU.
+# pick_dtype's threshold: tail matrices above this many bytes in float32 are stored as int8 on the CPU
+# (when their type is not one the in-place kernels read).
 INT8_ABOVE = 128 << 20
 
 
@@ -164,19 +165,38 @@ def test_dequantize_k_quants_exactly(k256, arch: str, quant: str) -> None:
 
 @pytest.mark.parametrize("arch", ARCHES)
 def test_lm_head_rows_are_the_files_head(k256, arch: str) -> None:
-    """The tail's LM-head rows are the dequantised rows of output.weight, or of token_embd when tied; a
-    model this small gets the float32 tail (`auto`), so they are equal exactly."""
+    """The tail's LM-head rows are the rows of output.weight, or of token_embd when tied: on the CPU the
+    `auto` tail reads the K-quant matrices in place, so its products with them equal float64 products
+    with the gguf package's dequantisation (to float32 rounding); the ring used off the CPU holds them
+    exactly."""
     path = k256(arch).files["q4_k_m"]
     tail = Tail.from_gguf(read_model_info(path), "cpu", "auto")
     try:
-        assert tail.kind == "float32"
+        assert tail.kind == "gguf" and tail.head.in_place is not None
         assert Q(tail.head.ggml_type) == Q.Q6_K
         reference = reference_rows(path, head_name(path))
         assert head_name(path) == ("token_embd.weight" if arch == "qwen3vl" else "output.weight")
         ids = np.array([0, 1, 255, 300, 511, 997, 998, 1023])  # byte tokens, merges, Qwen's added tokens
-        order, rows = tail.head.rows(ids)
+        x = torch.from_numpy(np.random.default_rng(0).standard_normal(reference.shape[1]).astype(np.float32))
+        exact = reference[ids].astype(np.float64) @ x.double().numpy()
+        np.testing.assert_allclose(tail.head.in_place.dot(ids, x).numpy(), exact, rtol=1e-5, atol=1e-5)
+        g = np.linspace(-1, 1, len(ids)).astype(np.float32)
+        exact_t = reference[ids].astype(np.float64).T @ g.astype(np.float64)
+        np.testing.assert_allclose(tail.head.in_place.axpy(ids, torch.from_numpy(g)).numpy(), exact_t, atol=1e-5)
+        g_info = open_gguf(path)
+        name = head_name(path)
+        ring = LMHead(
+            g_info.tensor_bytes(name),
+            tail.head.ggml_type,
+            tail.head.n_cols,
+            torch.device("cpu"),
+            torch.float32,
+            in_place=False,
+        )
+        order, rows = ring.rows(ids)
         assert sorted(order) == sorted(ids)
         np.testing.assert_array_equal(rows.numpy(), reference[order])
+        ring.close()
     finally:
         tail.head.close()
 
@@ -221,14 +241,23 @@ def test_vreason_on_q4_k_m_reproduces_llama(k256, clip, arch: str) -> None:
         full = tail_vs_llama_at_first_update(e, m, VReasonSettings(every=1, lr=0.0, device="cpu"))
         assert full < SELFCHECK_TOL, full
         checks, warnings, used = selfchecks(e, m, settings)
-    assert used["tail_dtype"] == "float32"
+        tail, g = e._tail, open_gguf(model)
+        # the head (Q6_K, which llama.cpp never repacks) is read where llama.cpp holds it; a matrix read
+        # there or through a mapping of the file is the file's bytes either way
+        assert tail.head.in_place.shared
+        down = f"blk.{e.info.n_layer - 1}.ffn_down.weight"
+        for name, w in [(head_name(model), tail.head.in_place), (down, tail.w_down)]:
+            assert np.array_equal(w.raw, g.tensor_bytes(name)), name
+    assert used["tail_dtype"] == "gguf"
     assert len(checks) >= 3 and all(math.isfinite(s) and s < SELFCHECK_TOL for s in checks), checks
     assert not warnings, warnings
 
 
-def test_auto_tail_is_int8_at_3b_size_and_reproduces_llama(mid_q4, clip) -> None:
-    """A 3B-size tail (the `mid` shape: the 3B's layers) crosses the threshold, so `auto` stores it as
-    int8 on the CPU; that int8 tail of Q4_K_M weights still passes the self-check against llama.cpp."""
+@pytest.mark.parametrize("dtype", ["auto", "int8"])
+def test_3b_size_tail_reproduces_llama(mid_q4, clip, dtype) -> None:
+    """A 3B-size tail (the `mid` shape: the 3B's layers) of Q4_K_M weights: `auto` reads it in place on
+    the CPU, and the int8 copy (what a file of other types gets at this size, past the float32
+    threshold) passes the self-check against llama.cpp too."""
     model, mmproj = mid_q4
     info = read_model_info(model)
     last = f"blk.{info.n_layer - 1}."
@@ -238,9 +267,9 @@ def test_auto_tail_is_int8_at_3b_size_and_reproduces_llama(mid_q4, clip) -> None
     assert f32_bytes > INT8_ABOVE  # 287 MB: the 3B's tail
     with Engine(model, mmproj, EngineSettings(n_ctx=2048, hook=True)) as e:
         m = video(e, clip)
-        full = tail_vs_llama_at_first_update(e, m, VReasonSettings(every=1, lr=0.0, device="cpu"))
+        full = tail_vs_llama_at_first_update(e, m, VReasonSettings(every=1, lr=0.0, device="cpu", dtype=dtype))
         assert full < SELFCHECK_TOL, full
-        checks, warnings, used = selfchecks(e, m, VReasonSettings(every=1, device="cpu"))
-    assert used["tail_dtype"] == "int8" and used["dtype"] == "auto"
+        checks, warnings, used = selfchecks(e, m, VReasonSettings(every=1, device="cpu", dtype=dtype))
+    assert used["tail_dtype"] == {"auto": "gguf", "int8": "int8"}[dtype] and used["dtype"] == dtype
     assert len(checks) >= 3 and all(math.isfinite(s) and s < SELFCHECK_TOL for s in checks), checks
     assert not warnings, warnings

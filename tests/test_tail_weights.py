@@ -1,4 +1,4 @@
-"""The LM head's row reader: rows kept between updates are the rows a fresh read gives."""
+"""The LM head's row reader off the CPU (the ring): rows kept between updates are the rows a fresh read gives."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def test_kept_rows_equal_fresh_reads_through_evictions(tiny_model_factory):
     g = open_gguf(info.path)
     name = "output.weight" if "output.weight" in g.tensors else "token_embd.weight"
     raw, t = g.tensor_bytes(name), g.tensors[name]
-    head = LMHead(raw, t.ggml_type, t.shape[0], torch.device("cpu"), torch.bfloat16, keep=64)
+    head = LMHead(raw, t.ggml_type, t.shape[0], torch.device("cpu"), torch.bfloat16, keep=64, in_place=False)
     reference = dequantize(np.array(raw), t.ggml_type).to(torch.bfloat16)  # every row, read once, independently
     rng = np.random.default_rng(0)
     ids = rng.choice(raw.shape[0], 48, replace=False)

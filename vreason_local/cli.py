@@ -128,10 +128,11 @@ def _engine_options(f: Callable) -> Callable:
         ),
         click.option(
             "--tail-dtype",
-            type=click.Choice(["auto", "float32", "bfloat16", "float16", "int8"]),
+            type=click.Choice(["auto", "gguf", "float32", "bfloat16", "float16", "int8"]),
             default="auto",
             show_default=True,
-            help="V-Reason: dtype of the controller's copy of the last layer's weights.",
+            help="V-Reason: how the controller holds the last layer's weights: gguf (read in place from the "
+            "model file, CPU; auto's choice for Q8_0, Q4_K and Q6_K), or a copy in float32, bfloat16, float16, int8.",
         ),
         click.option(
             "--head-error",

@@ -296,13 +296,13 @@ class Engine:
         active = self._active() if self._active else None
         if active is not None:
             active.close()
+        if self._tail is not None:  # first: it may read the weights through llama.cpp's mapping of them
+            self._tail.head.close()
+            self._tail = None
         for obj in (self.ctx, self.vision, self.model, self.hook):
             if obj:
                 obj.close()
         self.ctx = None
-        if self._tail is not None:
-            self._tail.head.close()
-            self._tail = None
 
     def __enter__(self) -> Engine:
         return self
@@ -673,7 +673,7 @@ class Engine:
 
             if self._tail is not None:
                 self._tail.head.close()
-            self._tail = Tail.from_gguf(self.info, settings.device, settings.dtype)
+            self._tail = Tail.from_gguf(self.info, settings.device, settings.dtype, self.hook.weight_view)
             self._tail_key = (settings.device, settings.dtype)
         controller = VReason(self._tail, self.hook, rows, self.v_transposed, settings)
         answer.settings["vreason"] = {

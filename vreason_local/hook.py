@@ -16,7 +16,7 @@ from llama_cpp._ctypes_extensions import load_shared_library
 from llama_cpp.llama_cpp import _base_path
 
 from .errors import UserError
-from .gguf_info import ModelInfo
+from .gguf_info import ModelInfo, release_pages
 
 GGML_TYPE_F16 = 1
 _c = ctypes
@@ -60,6 +60,10 @@ def _load() -> tuple[ctypes.CDLL, ctypes.CDLL]:
         ),
         "vr_hook_cache": ([vp, _c.c_int], vp),
         "vr_hook_n_asked": ([vp], i64),
+        "vr_hook_add_weight": ([vp, _c.c_char_p], _c.c_int),
+        "vr_hook_weight": ([vp, _c.c_int], vp),
+        "vr_tensor_data": ([vp], vp),
+        "vr_tensor_buffer": ([vp], vp),
         "vr_hook_n_observed": ([vp], i64),
     }
     for name, (args, res) in sigs.items():
@@ -71,6 +75,7 @@ def _load() -> tuple[ctypes.CDLL, ctypes.CDLL]:
     ggml.ggml_backend_tensor_get.argtypes = [vp, vp, sz, sz]
     ggml.ggml_backend_tensor_set.argtypes = [vp, vp, sz, sz]
     ggml.ggml_backend_tensor_get.restype = ggml.ggml_backend_tensor_set.restype = None
+    ggml.ggml_backend_buffer_is_host.argtypes, ggml.ggml_backend_buffer_is_host.restype = [vp], _c.c_bool
     verify_layout(lib, ggml)
     _lib, _ggml = lib, ggml
     return lib, ggml
@@ -121,8 +126,10 @@ def verify_layout(lib: ctypes.CDLL, ggml: ctypes.CDLL) -> None:
 
 
 class ValueHook:
-    """One hook per llama.cpp context: captures the last layer's post-RoPE query (`Qcur-L`) and residual
-    before the FFN (`ffn_inp-L`) for one token, and owns reading K/V rows and writing V rows."""
+    """One hook per llama.cpp context: captures, for one token, what the last layer computed after its
+    attention (the post-RoPE query `Qcur-L`, the residual before the FFN `ffn_inp-L`, the FFN's gate and
+    up projections `ffn_gate-L` / `ffn_up-L` and the layer's output `l_out-L`: with these an update needs
+    only the tail's backward, `tail.Tail.at_llama_state`), and owns reading K/V rows and writing V rows."""
 
     def __init__(self, info: ModelInfo) -> None:
         self.lib, self.ggml = _load()
@@ -131,16 +138,41 @@ class ValueHook:
         self.h = self.lib.vr_hook_new(ctypes.cast(self.ggml.ggml_backend_tensor_get, ctypes.c_void_p))
         self._cache_names = (f"cache_k_l{last}".encode(), f"cache_v_l{last}".encode())
         self.forget_cache()
-        self.names = {"q": f"Qcur-{last}", "ffn_inp": f"ffn_inp-{last}"}
-        sizes = {"q": info.n_head * info.head_dim * 4, "ffn_inp": info.n_embd * 4}  # one token each
+        self.names = {
+            "q": f"Qcur-{last}",
+            "ffn_inp": f"ffn_inp-{last}",
+            "gate": f"ffn_gate-{last}",  # before the SiLU
+            "up": f"ffn_up-{last}",
+            "y": f"l_out-{last}",  # the FFN's output plus its residual, before the final norm
+        }
+        n_embd, n_ff = info.n_embd * 4, info.n_ff * 4  # bytes of one token's row
+        sizes = {"q": info.n_head * info.head_dim * 4, "ffn_inp": n_embd, "gate": n_ff, "up": n_ff, "y": n_embd}
         self.slots = {k: self.lib.vr_hook_add_capture(self.h, n.encode(), sizes[k]) for k, n in self.names.items()}
         self.n_embd_v = info.n_head_kv * info.head_dim
+        tail = [f"blk.{last}.{m}.weight" for m in ("attn_output", "ffn_gate", "ffn_up", "ffn_down")]
+        heads = ["output.weight", "token_embd.weight"]  # the LM head, or the embeddings when it is tied
+        self.weights = {n: self.lib.vr_hook_add_weight(self.h, n.encode()) for n in (*tail, *heads)}
         addr = ctypes.cast(self.lib.vr_hook_callback, ctypes.c_void_p).value
         self._callback = L.ggml_backend_sched_eval_callback(addr)  # keep referenced for the context's life
 
     def forget_cache(self) -> None:
         """Look for the last layer's K/V cache tensors again (a new context has its own)."""
         self.lib.vr_hook_set_cache_names(self.h, *self._cache_names)
+
+    def weight_view(self, name: str, raw: np.memmap) -> np.ndarray | None:
+        """The bytes of weight `name` where llama.cpp holds them, if that is host memory in the file's own
+        layout (memory-mapped, not repacked: the first and last rows equal the file's `raw`), else None.
+        Reading them there adds nothing to the process's resident memory, where a second mapping of the
+        file counts each page it touches again (with the kernel's fault-around, 64 KB per touched page).
+        Valid while the model is loaded."""
+        t = self.lib.vr_hook_weight(self.h, self.weights[name]) if name in self.weights else None
+        if not t or not self.ggml.ggml_backend_buffer_is_host(self.lib.vr_tensor_buffer(t)):
+            return None
+        view = np.ctypeslib.as_array((ctypes.c_uint8 * raw.nbytes).from_address(self.lib.vr_tensor_data(t)))
+        view = view.reshape(raw.shape)
+        same = np.array_equal(view[0], raw[0]) and np.array_equal(view[-1], raw[-1])
+        release_pages(raw)
+        return view if same else None
 
     def callback_args(self) -> tuple[object, int]:
         return self._callback, self.h

@@ -15,23 +15,26 @@ kernels) and the LM head, the largest matrix (151936 x 2048 for a 3B model), whi
 materialised: only the rows of the tokens that carry the gradient are read per update, as many as
 `RestrictedHead` needs to bound the gradient's error.
 
-The logits are anchored on llama.cpp's: z(dV) = z0 + W·(h(dV) - h_A), where z0 are the logits llama.cpp
-computed for the current token and h_A is the tail's final hidden state for the values llama.cpp
-attended over (F16, as cached). That is the tail's own W·h(dV) plus the constant z0 - W·h_A (what the
-self-check measures), so the gradients are the tail's, and the distribution they weigh is llama.cpp's
-own where nothing moved, not the tail's rounding of it.
+The first optimiser step of an update is taken where llama.cpp already is: the value rows it attended
+over (dV's, rounded to the cache's F16). There the forward is llama.cpp's (the hook captures the FFN's
+gate and up projections and the layer's output), so the step needs only the backward, one pass over the
+transposed matrices instead of two passes (`at_llama_state`), and its distribution is llama.cpp's own.
+Later steps of the same update (`--steps` > 1) have moved dV and run the tail's forward: their logits
+are anchored on llama.cpp's, z(dV) = z0 + W·(h(dV) - h_A), where z0 are the logits llama.cpp computed
+and h_A the tail's own state for the values llama.cpp attended over, so that the tail's rounding cancels.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .gguf_info import ModelInfo
-from .tail_weights import Int8Matrix, LMHead, load_tail_weights, mv
+from .tail_weights import LMHead, Matrix, WeightView, load_tail_weights, mv, mv_t
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -55,12 +58,22 @@ def norm_preserving(v_base: torch.Tensor, dv: torch.Tensor, eps: float = 1e-12) 
     return v * (v_base.norm(dim=-1, keepdim=True) / v.norm(dim=-1, keepdim=True).clamp_min(eps))
 
 
+def _vjp(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """gᵀ·∂f/∂x at x (for the elementwise parts of a backward written out by hand)."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        return torch.autograd.grad(f(x), x, g)[0]
+
+
 @dataclass
 class TailInputs:
-    """What llama.cpp computed for the current token, captured by the hook."""
+    """What llama.cpp computed for the current token, captured by the hook (float32)."""
 
-    probs: torch.Tensor  # [n_head, n_rows] attention probabilities at the controlled rows (float32)
-    ffn_inp: torch.Tensor  # [n_embd] residual stream before the last FFN (float32)
+    probs: torch.Tensor  # [n_head, n_rows] attention probabilities at the controlled rows
+    ffn_inp: torch.Tensor  # [n_embd] residual stream before the last FFN
+    gate: torch.Tensor  # [n_ff] the FFN's gate projection, before the SiLU
+    up: torch.Tensor  # [n_ff] its up projection
+    y: torch.Tensor  # [n_embd] the last layer's output (FFN plus residual), before the final norm
 
 
 class Tail:
@@ -69,7 +82,7 @@ class Tail:
     def __init__(
         self,
         info: ModelInfo,
-        weights: dict[str, torch.Tensor | Int8Matrix],
+        weights: dict[str, Matrix],
         head: LMHead,
         device: torch.device,
         kind: str,
@@ -84,11 +97,37 @@ class Tail:
         self.head = head
 
     @staticmethod
-    def from_gguf(info: ModelInfo, device: str = "auto", dtype: str = "auto") -> Tail:
-        """The tail of the model `info` describes, on `device` (see pick_device), matrices stored as `dtype`."""
+    def from_gguf(info: ModelInfo, device: str = "auto", dtype: str = "auto", shared: WeightView | None = None) -> Tail:
+        """The tail of the model `info` describes, on `device` (see pick_device), matrices stored as `dtype`,
+        those read in place through `shared` where it has them (llama.cpp's own bytes)."""
         dev = pick_device(device)
-        w = load_tail_weights(info, dev, dtype)
+        w = load_tail_weights(info, dev, dtype, shared)
         return Tail(info, w.matrices, w.head, dev, w.kind)
+
+    def llama_state(self, inp: TailInputs) -> torch.Tensor:
+        """The normalised final hidden state llama.cpp computed for the token (from its layer output)."""
+        return rms_norm(inp.y, self.out_norm, self.eps)
+
+    def at_llama_state(self, inp: TailInputs, delta: torch.Tensor) -> torch.Tensor:
+        """The final hidden state as a function of `delta`, at the values llama.cpp attended over (delta:
+        their F16 rounding away from dV's, ~1e-3 of them): its value is `llama_state`, its gradient the
+        tail's backward at llama.cpp's own activations. No pass over a matrix forward."""
+        return _AtLlamaState.apply(delta, self, inp)
+
+    def backward_at_llama_state(self, inp: TailInputs, grad_h: torch.Tensor) -> torch.Tensor:
+        """∂L/∂delta [n_rows, n_head_kv, head_dim] from ∂L/∂h at llama.cpp's state: the module docstring's
+        equations differentiated by hand at the captured gate g, up u and output y (s = sigmoid(g),
+        silu' = s·(1 + g·(1 - s))), each matrix read once, transposed."""
+        dy = _vjp(lambda y: rms_norm(y, self.out_norm, self.eps), inp.y, grad_h)
+        d_act = mv_t(self.w_down, dy)
+        s = torch.sigmoid(inp.gate)
+        d_up = d_act * inp.gate * s
+        d_gate = d_act * inp.up * s * (1 + inp.gate * (1 - s))
+        d_n = mv_t(self.w_gate, d_gate) + mv_t(self.w_up, d_up)
+        dx = dy + _vjp(lambda x: rms_norm(x, self.ffn_norm, self.eps), inp.ffn_inp, d_n)
+        n_head, n_kv = self.info.n_head, self.info.n_head_kv
+        d_attn = mv_t(self.w_o, dx).view(n_kv, n_head // n_kv, -1)  # query head h uses kv head h // (n_head/n_kv)
+        return torch.einsum("gqr,gqd->rgd", inp.probs.view(n_kv, n_head // n_kv, -1), d_attn)
 
     def hidden(self, inp: TailInputs, delta: torch.Tensor | None) -> torch.Tensor:
         """The normalised final hidden state when the value rows change by `delta` from what llama.cpp
@@ -122,7 +161,7 @@ class HeadStep:
 
     loss: float  # alpha · (ln|V| - H) of the distribution the step computed
     grad_h: torch.Tensor  # the loss's gradient at the final hidden state through the kept rows, float32
-    logits: torch.Tensor  # the tail's own logits at the kept rows, W_K·h_A + W_K·(h - h_A) (float32)
+    dz: torch.Tensor  # how far the kept rows' logits moved from llama.cpp's, W_K·(h - h_A); zero at h_A
     bound: float  # relative error of `grad_h` against all rows' gradient is at most this (inf: unknown)
     capped: bool  # the rows reached the cap before the bound met the target
 
@@ -140,6 +179,19 @@ class _AtHidden(torch.autograd.Function):
     def backward(ctx, g: torch.Tensor):  # noqa: ANN001, ANN205
         (grad_h,) = ctx.saved_tensors
         return g * grad_h, None, None
+
+
+class _AtLlamaState(torch.autograd.Function):
+    """`Tail.at_llama_state`: llama.cpp's final hidden state, differentiable in the value change."""
+
+    @staticmethod
+    def forward(ctx, delta: torch.Tensor, tail: Tail, inp: TailInputs) -> torch.Tensor:  # noqa: ANN001
+        ctx.tail, ctx.inp = tail, inp
+        return tail.llama_state(inp)
+
+    @staticmethod
+    def backward(ctx, grad_h: torch.Tensor):  # noqa: ANN001, ANN205
+        return ctx.tail.backward_at_llama_state(ctx.inp, grad_h), None, None
 
 
 def loss_at(h: torch.Tensor, step: HeadStep) -> torch.Tensor:
@@ -197,45 +249,88 @@ class RestrictedHead:
         self.grow = ids is None
         self.cap = min(cap, len(z0))
         self.ids = np.zeros(0, np.int64)
-        self.rows = torch.zeros(0, head.n_cols, device=head.device)  # float32: the products keep its precision
-        self.z_anchor = torch.zeros(0, device=head.device)  # W_K·h_A
+        # the rows read, float32 (the products keep its precision); none for a head multiplied in place
+        self.rows = None if head.in_place else torch.zeros(0, head.n_cols, device=head.device)
+        self._z_anchor = torch.zeros(0, device=head.device)  # W_K·h_A, for the rows read so far
         if ids is not None:
             self._add(np.asarray(ids, np.int64))
 
-    def _add(self, ids: np.ndarray) -> torch.Tensor:
+    def _add(self, ids: np.ndarray) -> int:
+        """Keep the rows `ids` too; returns where they start in `ids`."""
         # in file order: reading them costs half as much as in rank order; the stored values exactly (norms:
         # of the same), for this update only
         ids, rows = self.head.rows(np.sort(ids))
-        rows = rows.float()
-        self.rows = torch.cat([self.rows, rows]) if len(self.ids) else rows
+        if rows is not None:
+            rows = rows.float()
+            self.rows = torch.cat([self.rows, rows]) if len(self.ids) else rows
+        start = len(self.ids)
         self.ids = np.concatenate([self.ids, ids])
-        self.z_anchor = torch.cat([self.z_anchor, mv(rows, self.h_anchor)])
-        return rows
+        return start
+
+    def dot(self, positions: slice | np.ndarray, h: torch.Tensor) -> torch.Tensor:
+        """W_v·h for the kept rows at `positions` (of `ids`)."""
+        if self.rows is None:
+            return self.head.in_place.dot(self.ids[positions], h).to(h.device)
+        return mv(self.rows[positions], h)
+
+    @property
+    def z_anchor(self) -> torch.Tensor:
+        """The tail's logits at the anchor, W_K·h_A, computed when asked (the self-check, the logits of a
+        step away from the anchor): a step at h_A needs none, its held logits are llama.cpp's."""
+        n = len(self._z_anchor)
+        if n < len(self.ids):
+            self._z_anchor = torch.cat([self._z_anchor, self.dot(slice(n, None), self.h_anchor)])
+        return self._z_anchor
+
+    def reanchor(self, h_anchor: torch.Tensor) -> None:
+        """Anchor the kept rows on another state for llama.cpp's logits (the tail's own, for steps that
+        run its forward)."""
+        self.h_anchor = h_anchor.detach()
+        self._z_anchor = torch.zeros(0, device=self.h_anchor.device)
+
+    def logits(self, step: HeadStep) -> torch.Tensor:
+        """The tail's logits at the kept rows for `step`'s state, W_K·h_A + W_K·(h - h_A)."""
+        return self.z_anchor + step.dz
 
     def at(self, h: torch.Tensor, alpha: int) -> HeadStep:
         """The loss, its gradient at `h` through the kept rows and their bound, adding rows first until
         the bound meets the target (or the cap)."""
         dh = h.detach() - self.h_anchor
         drift = float(dh.norm()) * self.max_norm  # R: how far a held logit may be off
-        dz = mv(self.rows, dh) if len(self.ids) else torch.zeros(0, device=dh.device)
+
+        def moved(start: int) -> torch.Tensor:  # W·(h - h_A) for the rows from `start` on: none at the anchor
+            n = len(self.ids) - start
+            return self.dot(slice(start, None), dh) if drift > 0 and n else torch.zeros(n, device=dh.device)
+
+        dz = moved(0)
+        w = HeldWeights(self.z0, self.ids, dz.cpu().numpy(), self.head.norms, drift)
+        grad = self._gradient(w.g, 0)
         while True:
-            w = HeldWeights(self.z0, self.ids, dz.cpu().numpy(), self.head.norms, drift)
-            grad_h = alpha * self._gradient(w.g)
+            grad_h = alpha * grad
             size = float(grad_h.norm())
             done = w.bound <= self.error / (1 + self.error) * size
             finite = math.isfinite(w.entropy)  # else the update is skipped: no rows to read for it
             if done or not finite or not self.grow or len(self.ids) >= self.cap:
                 break
-            new = self._choose(w, size)
-            dz = torch.cat([dz, mv(self._add(new), dh)])
+            start = self._add(self._choose(w, size))
+            if w.exact:  # nothing held has moved: the new rows' terms move from D to K, the rest stays
+                w.keep(self.ids[start:])
+                grad = grad + self._gradient(w.g[start:], start)
+            else:  # held logits move with every row read: all weights again
+                dz = torch.cat([dz, moved(start)])
+                w = HeldWeights(self.z0, self.ids, dz.cpu().numpy(), self.head.norms, drift)
+                grad = self._gradient(w.g, 0)
         bound = w.bound / (size - w.bound) if size > w.bound else (0.0 if w.bound == 0 else math.inf)
         loss = alpha * (math.log(len(self.z0)) - w.entropy)
-        return HeadStep(loss, grad_h, self.z_anchor + dz, bound, self.grow and finite and not done)
+        return HeadStep(loss, grad_h, dz, bound, self.grow and finite and not done)
 
-    def _gradient(self, g: np.ndarray) -> torch.Tensor:
-        """W_K^T·g in float32: in the head's half precision the weights g and the result would be rounded
-        to it (measured 0.24% relative error in bfloat16)."""
-        return self.rows.T @ torch.from_numpy(g.astype(np.float32)).to(self.rows.device)
+    def _gradient(self, g: np.ndarray, start: int) -> torch.Tensor:
+        """Σ g_v·W_v over the kept rows from `start` on, in float32: in the head's half precision the
+        weights g and the result would be rounded to it (measured 0.24% relative error in bfloat16)."""
+        g32 = torch.from_numpy(g.astype(np.float32))
+        if self.rows is None:
+            return self.head.in_place.axpy(self.ids[start:], g32).to(self.h_anchor.device)
+        return self.rows[start:].T @ g32.to(self.rows.device)
 
     def _choose(self, w: HeldWeights, size: float) -> np.ndarray:
         """The next rows: the largest terms of B, as many as the target needs if ||G_K|| keeps its ratio to
@@ -271,13 +366,15 @@ class HeldWeights:
         """`drift`: R, how far a held logit may be off (0 when none is held)."""
         z = z0.copy()
         z[ids] += dz
-        z -= z.max()
+        top = z.max()
+        z -= top
         p = np.exp(z)
         total = p.sum()
         p /= total
         z -= math.log(total)  # ln p~
         self.entropy = float(-np.einsum("i,i->", p, z))  # einsum, not `@`: numpy's BLAS fights torch's threads
         z += self.entropy  # l = ln p~ + H~
+        self._z0, self._p, self._norms, self._offset = z0, p, norms, top + math.log(total) - self.entropy
         self.g = p[ids] * z[ids]  # the kept rows' weights d(-H)/dz (times alpha: the loss's)
         ell = np.abs(z, out=z)
         p_k, ell_k, norm_k = p[ids], ell[ids], norms[ids]
@@ -297,3 +394,19 @@ class HeldWeights:
             self.kept_part = float((e_k - 1) * self.kept_weight + e_k * (gamma + eta) * (norm_k * p_k).sum())
         bound = self.dropped_sum + self.kept_part
         self.bound = bound if math.isfinite(bound) else math.inf
+        self.exact = r == 0 and not np.any(dz)
+
+    def keep(self, ids: np.ndarray) -> None:
+        """Count the rows `ids` (held until now) as kept, where nothing held has moved (`exact`: R = 0,
+        no kept logit moved): p~ is then the same distribution whatever is kept, so only their terms move
+        from D to K (B = U_D), with no pass over the vocabulary."""
+        assert self.exact, "keep() needs the held distribution independent of the rows kept"
+        p = self._p[ids]
+        ell = self._z0[ids] - self._offset  # l = ln p~ + H~
+        u = self._norms[ids] * p * np.abs(ell)
+        self.g = np.concatenate([self.g, p * ell])
+        self.kept_weight += float(u.sum())
+        self.u[ids] = 0.0
+        self.q[ids] = 0.0
+        self._p[ids] = 0.0
+        self.dropped_sum = self.bound = float(self.u.sum())  # B = U_D (R = gamma = eta = 0)

@@ -1,9 +1,11 @@
 """The weights of the PyTorch tail (see `tail`): read from the GGUF file, stored, and multiplied.
 
 Kept apart from the tail's maths because this is where the memory goes: the last layer's FFN is 270 MB
-in float32 for a 3B model, so the matrices are dequantised in slices and stored in the cheapest form that
-keeps the self-check within tolerance (`pick_dtype`: int8 on the CPU, float16 on GPUs), and the LM head
-is never materialised (`LMHead` reads the rows an update needs).
+in float32 for a 3B model. On the CPU, the registry's quantisations (Q8_0, Q4_K, Q6_K) are not copied at
+all: `GGUFMatrix` multiplies the file's own rows where llama.cpp holds them (native/vr_rows.c). Other
+types and devices get a copy, dequantised in slices, in the cheapest form that keeps the self-check
+within tolerance (`pick_dtype`: int8 on the CPU, float16 on GPUs). The LM head is never materialised
+(`LMHead` multiplies, or reads, the rows an update needs).
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import ctypes
 import os
 import sys
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import gguf
 import numpy as np
 import torch
 
@@ -30,8 +34,6 @@ def dequantize(raw: np.ndarray, ggml_type: int) -> torch.Tensor:
     which an update paid per read, and the int8 tail of a 3B (7B) Q4_K_M file loads in 0.6 s (1.2 s)
     against 1.5 s (2.7 s), the file in the page cache. Types ggml has no such function for (BF16) go
     through `gguf.quants` (numpy)."""
-    import gguf
-
     from .hook import _load
 
     t = gguf.GGMLQuantizationType(ggml_type)
@@ -59,15 +61,30 @@ class LMHead:
     and the norm of every row (`norms`), which bounds what the rows an update leaves out would add
     (see `tail.RestrictedHead`).
 
-    The last `keep` rows read stay dequantised, in a ring: consecutive updates need mostly the same rows
-    (measured on the 3B shape: ~88% of 2,048 rows shared by successive updates), so an update reads and
-    dequantises only the rows the previous ones did not (18 ms -> ~3 ms per update for a Q6_K head).
+    On the CPU, where the kernels read the head's type, its rows are multiplied in place (`GGUFMatrix`):
+    nothing is copied or kept (`in_place`). Elsewhere the last `keep` rows read stay dequantised, in a
+    ring: consecutive updates need mostly the same rows (measured on the 3B shape: ~88% of 2,048 rows
+    shared by successive updates), so an update reads and dequantises only the rows the previous ones
+    did not (18 ms -> ~3 ms per update for a Q6_K head).
     """
 
     def __init__(
-        self, raw: np.ndarray, ggml_type: int, n_cols: int, device: torch.device, dtype: torch.dtype, keep: int = 2048
+        self,
+        raw: np.ndarray,
+        ggml_type: int,
+        n_cols: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        keep: int = 2048,
+        in_place: bool = True,
+        shared: np.ndarray | None = None,
     ) -> None:
+        """`in_place`: multiply the rows in place where the kernels can (the ring otherwise), through
+        `shared` (llama.cpp's copy, `GGUFMatrix`) when given."""
         self.raw, self.ggml_type, self.n_cols = raw, ggml_type, n_cols  # raw: [n_vocab, row bytes], memory-mapped
+        readable = in_place and device.type == "cpu" and GGUFMatrix.readable(ggml_type, n_cols)
+        self.in_place = GGUFMatrix(raw, ggml_type, n_cols, shared) if readable else None
+        dtype = torch.float32 if self.in_place else dtype  # the products' precision: the stored values exactly
         self.device, self.dtype = device, dtype
         self._keep = keep
         self._store: torch.Tensor | None = None  # [keep, n_cols], allocated at the first read
@@ -86,18 +103,20 @@ class LMHead:
         cores, once per tail), its file pages released after each slice."""
         n = self.raw.shape[0]
         out = np.empty(n)
-        step = max(1, (1 << 20) // self.n_cols)
+        step = max(1, (1 << 18) // self.n_cols)
         for i in range(0, n, step):
             rows = dequantize(self.raw[i : i + step], self.ggml_type).to(self.dtype).double()
             out[i : i + len(rows)] = rows.norm(dim=1).numpy()
             release_pages(self.raw)
         return out
 
-    def rows(self, ids: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+    def rows(self, ids: np.ndarray) -> tuple[np.ndarray, torch.Tensor | None]:
         """The rows `ids` (distinct) as stored, and their ids in the order of the rows: the kept ones first,
         gathered from the ring straight into the result (one copy: this runs every update, on ~2048
-        rows), then those read now."""
+        rows), then those read now. In place: the ids, and no rows (`in_place` multiplies them)."""
         ids = np.asarray(ids, np.int64)
+        if self.in_place:
+            return ids, None
         slots = self._slot[ids]
         hit = slots >= 0
         n_hit = int(hit.sum())
@@ -150,18 +169,25 @@ class LMHead:
             self._fd = None
 
 
-def pick_dtype(name: str, device: torch.device, n_weights: int) -> str:
-    """The storage of the tail's matrices: float32 where they are small (test models), else a quarter
-    of that: int8 on the CPU, float16 on cuda and mps.
+IN_PLACE_TYPES = {8, 12, 14}  # Q8_0, Q4_K, Q6_K: what the registry's Q8_0 and Q4_K_M files hold
+
+
+def pick_dtype(name: str, device: torch.device, n_weights: int, types: set[int]) -> str:
+    """The storage of the tail's matrices (`types`: their ggml types): on the CPU, the file's own rows
+    read in place ("gguf", `GGUFMatrix`) where they are Q8_0, Q4_K or Q6_K; else float32 where they are
+    small (test models), else a quarter of that: int8 on the CPU, float16 on cuda and mps.
 
     The tail's matrices are the last layer's FFN (3 x 2048 x 11008 for a 3B model): 270 MB in float32,
-    over half of the whole V-Reason memory budget (10% of the base run), and twice read per update.
-    On the CPU, int8 with one scale per row (torch's weight-only int8 kernel, bfloat16 activations)
-    reads a byte per weight: measured 1.1 ms per FFN matrix against 5-6 ms for float32 or bfloat16,
-    with ~0.9% relative error per product, twice Q8_0's own (llama.cpp also quantises activations).
+    over half of the whole V-Reason memory budget (10% of the base run). In place they cost nothing; an
+    update's backward reads each once. On the CPU, int8 with one scale per row (torch's weight-only int8
+    kernel, bfloat16 activations) reads a byte per weight: measured 1.1 ms per FFN matrix against 5-6 ms
+    for float32 or bfloat16, with ~0.9% relative error per product, twice Q8_0's own (llama.cpp also
+    quantises activations), but 183 MB for a 3B model (both orientations).
     """
     if name != "auto":
         return name
+    if device.type == "cpu" and types <= IN_PLACE_TYPES:
+        return "gguf"
     if n_weights * 4 <= 128 << 20:
         return "float32"
     return "int8" if device.type == "cpu" else "float16"
@@ -173,6 +199,12 @@ class Int8Matrix:
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, qt: torch.Tensor, scale_t: torch.Tensor) -> None:
         self.q, self.scale, self.qt, self.scale_t = q, scale, qt, scale_t
+
+    def mv(self, x: torch.Tensor) -> torch.Tensor:
+        return _int8_rows(x, self.q, self.scale)
+
+    def mv_t(self, g: torch.Tensor) -> torch.Tensor:
+        return _int8_rows(g, self.qt, self.scale_t)
 
     @staticmethod
     def from_rows(chunks: Callable[[], Iterator[tuple[int, torch.Tensor]]], n_rows: int, n_cols: int) -> Int8Matrix:
@@ -192,16 +224,136 @@ class Int8Matrix:
         return Int8Matrix(q, scale.bfloat16(), qt, scale_t.bfloat16())
 
 
-class _Int8MatVec(torch.autograd.Function):
+def _kernels() -> ctypes.CDLL:
+    """native/vr_rows.c's products, from the package's native library."""
+    from .sampling import _native
+
+    lib = _native()
+    if not hasattr(lib, "vr_rows_ready"):
+        vp, i64 = ctypes.c_void_p, ctypes.c_int64
+        for fn in (lib.vr_rows_axpy, lib.vr_rows_dot):
+            fn.argtypes, fn.restype = [ctypes.c_int32, vp, i64, i64, vp, i64, i64, vp, vp], ctypes.c_int32
+        for name in ("vr_rows_block", "vr_rows_use"):
+            getattr(lib, name).argtypes, getattr(lib, name).restype = [ctypes.c_int32], ctypes.c_int32
+        lib.vr_rows_lanes.argtypes, lib.vr_rows_lanes.restype = [], ctypes.c_int32
+        lib.vr_rows_ready = True
+    return lib
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Threads for the native products (ctypes lets go of the GIL while they run), as many as torch's."""
+    global _POOL
+    if _POOL is None or _POOL._max_workers != torch.get_num_threads():
+        _POOL = ThreadPoolExecutor(max_workers=torch.get_num_threads(), thread_name_prefix="vr-rows")
+    return _POOL
+
+
+class GGUFMatrix:
+    """A matrix multiplied where it lies in the GGUF file, in the file's own quantisation (native/vr_rows.c):
+    no copy at all, where int8 copies of a 3B model's last FFN in both orientations take 183 MB. Rows are
+    what ggml stores (`raw`: [n_rows, row bytes], memory-mapped); Wᵀ·g is a sum of rows, W·x a dot per row.
+
+    The products are split across torch's thread count, in ranges of rows (Wᵀ·g: one sum per thread,
+    added after). Per thread on this 2-core x86 machine, AVX-512, from the page cache: 3B shape's Q4_K
+    ffn_gate (12.7 MB) Wᵀ·g 1.9 ms and W·x 1.3 ms, Q6_K ffn_down (18.5 MB) 2.0 and 2.1 ms."""
+
+    SERIAL = 1 << 20  # values below which one thread does it all (a thread hand-off costs ~50 µs)
+    LONG = 8192  # rows at least this long are split by columns in Wᵀ·g
+
+    def __init__(self, raw: np.ndarray, ggml_type: int, n_cols: int, shared: np.ndarray | None = None) -> None:
+        """`raw`: the tensor's rows, memory-mapped from the file; `shared`: the same bytes where llama.cpp
+        holds them (`hook.ValueHook.weight_view`), read instead when given."""
+        self.raw = raw if shared is None else shared
+        self.shared = shared is not None
+        self.ggml_type, self.n_cols = ggml_type, n_cols
+        self.n_rows, self.row_bytes = raw.shape
+        self._lib = _kernels()
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor, m: Int8Matrix) -> torch.Tensor:  # noqa: ANN001 - autograd's ctx
+    def readable(ggml_type: int, n_cols: int) -> bool:
+        """Whether the kernels read this type at this row length."""
+        block = _kernels().vr_rows_block(ggml_type)
+        return block > 0 and n_cols % block == 0
+
+    def _split(self, n: int) -> list[tuple[int, int]]:
+        parts = 1 if n * self.n_cols < self.SERIAL else max(1, min(torch.get_num_threads(), n))
+        cuts = np.linspace(0, n, parts + 1).astype(int)
+        return list(zip(cuts[:-1].tolist(), cuts[1:].tolist()))
+
+    def _run(self, jobs: list[Callable[[], object]]) -> None:
+        if len(jobs) == 1:
+            jobs[0]()
+        else:
+            for f in [_pool().submit(job) for job in jobs]:
+                f.result()
+
+    def dot(self, ids: np.ndarray | None, x: torch.Tensor) -> torch.Tensor:
+        """W[ids]·x (all rows when ids is None), float32."""
+        idx = None if ids is None else np.ascontiguousarray(ids, dtype=np.int64)
+        n = self.n_rows if idx is None else len(idx)
+        xs = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        out = np.empty(n, np.float32)
+        ptr = None if idx is None else idx.ctypes.data
+        base = self.raw.ctypes.data
+
+        def part(i0: int, i1: int) -> None:
+            lib, t = self._lib, self.ggml_type
+            lib.vr_rows_dot(t, base, self.row_bytes, self.n_cols, ptr, i0, i1, xs.ctypes.data, out.ctypes.data)
+
+        self._run([lambda a=a, b=b: part(a, b) for a, b in self._split(n)])
+        return torch.from_numpy(out)
+
+    def axpy(self, ids: np.ndarray | None, g: torch.Tensor) -> torch.Tensor:
+        """W[ids]ᵀ·g (all rows when ids is None), float32; rows whose weight is 0 are not read. Long rows
+        (ffn_down's) are split by columns, so that each thread's sum stays in its L1 cache (1.6x faster
+        for the 3B's ffn_down); the others by rows, one sum per thread added after."""
+        idx = None if ids is None else np.ascontiguousarray(ids, dtype=np.int64)
+        gs = np.ascontiguousarray(g.detach().cpu().numpy(), dtype=np.float32)
+        n_rows = len(gs)
+        ptr = None if idx is None else idx.ctypes.data
+        lib, t, base, rb = self._lib, self.ggml_type, self.raw.ctypes.data, self.row_bytes
+        threads = len(self._split(n_rows))
+        if threads > 1 and self.n_cols >= self.LONG:
+            block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(t)]
+            cuts = np.linspace(0, self.n_cols // block, threads + 1).astype(int) * block
+            out = np.zeros(self.n_cols, np.float32)
+
+            def cols(c0: int, c1: int) -> None:
+                at = base + c0 // block * size
+                lib.vr_rows_axpy(t, at, rb, c1 - c0, ptr, 0, n_rows, gs.ctypes.data, out[c0:].ctypes.data)
+
+            self._run([lambda a=a, b=b: cols(a, b) for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist())])
+            return torch.from_numpy(out)
+        parts = self._split(n_rows)
+        outs = np.zeros((len(parts), self.n_cols), np.float32)
+
+        def rows(k: int, i0: int, i1: int) -> None:
+            lib.vr_rows_axpy(t, base, rb, self.n_cols, ptr, i0, i1, gs.ctypes.data, outs[k].ctypes.data)
+
+        self._run([lambda k=k, a=a, b=b: rows(k, a, b) for k, (a, b) in enumerate(parts)])
+        return torch.from_numpy(outs.sum(0) if len(parts) > 1 else outs[0])
+
+    def mv(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.dot(None, v) for v in x]) if x.dim() == 2 else self.dot(None, x)
+
+    def mv_t(self, g: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.axpy(None, v) for v in g]) if g.dim() == 2 else self.axpy(None, g)
+
+
+class _MatVec(torch.autograd.Function):
+    """W·x for a matrix that multiplies itself (int8 copies, GGUF rows in place): forward W·x, backward Wᵀ·g."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, m: Int8Matrix | GGUFMatrix) -> torch.Tensor:  # noqa: ANN001 - autograd's ctx
         ctx.m = m
-        return _int8_rows(x, m.q, m.scale)
+        return m.mv(x)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):  # noqa: ANN001, ANN205
-        m = ctx.m
-        return _int8_rows(g, m.qt, m.scale_t), None
+        return ctx.m.mv_t(g), None
 
 
 def _int8_rows(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -211,14 +363,24 @@ def _int8_rows(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.T
     return out if x.dim() == 2 else out[0]
 
 
-def mv(w: torch.Tensor | Int8Matrix, x: torch.Tensor) -> torch.Tensor:
+Matrix = torch.Tensor | Int8Matrix | GGUFMatrix
+
+
+def mv(w: Matrix, x: torch.Tensor) -> torch.Tensor:
     """Matrix-vector product in the weights' storage, for one vector [k] or a stack of them [m, k];
     activations and the residual stream stay float32."""
-    if isinstance(w, Int8Matrix):
-        return _Int8MatVec.apply(x, w)
+    if not isinstance(w, torch.Tensor):
+        return _MatVec.apply(x, w)
     if x.dim() == 2:
         return (x.to(w.dtype) @ w.T).float()
     return (w @ x.to(w.dtype)).float()
+
+
+def mv_t(w: Matrix, g: torch.Tensor) -> torch.Tensor:
+    """Wᵀ·g for one vector [n_rows] (the backward of `mv`), in the weights' storage, float32 out."""
+    if not isinstance(w, torch.Tensor):
+        return w.mv_t(g)
+    return (g.to(w.dtype) @ w).float()
 
 
 def return_freed_memory() -> None:
@@ -236,13 +398,23 @@ def return_freed_memory() -> None:
 class TailWeights:
     """What `load_tail_weights` read: the last layer's matrices and norms, and the LM head's reader."""
 
-    matrices: dict[str, torch.Tensor | Int8Matrix]  # attn_output, ffn_norm, ffn_gate/up/down, output_norm
+    matrices: dict[str, Matrix]  # attn_output, ffn_norm, ffn_gate/up/down, output_norm
     head: LMHead
     kind: str  # how the matrices are stored (see pick_dtype)
 
 
-def load_tail_weights(info: ModelInfo, device: torch.device, dtype: str = "auto") -> TailWeights:
-    """Read the last layer after attention, the final norm and the LM head of `info`'s GGUF file.
+def _readable(t: TensorInfo) -> bool:
+    return GGUFMatrix.readable(t.ggml_type, t.shape[0])
+
+
+WeightView = Callable[[str, np.ndarray], "np.ndarray | None"]  # (tensor name, file rows) -> llama.cpp's bytes
+
+
+def load_tail_weights(
+    info: ModelInfo, device: torch.device, dtype: str = "auto", shared: WeightView | None = None
+) -> TailWeights:
+    """Read the last layer after attention, the final norm and the LM head of `info`'s GGUF file; those
+    read in place through `shared` where it has them (`hook.ValueHook.weight_view`).
 
     Tensors are dequantised in slices of ~4 MB of float32 and their file pages released after each, so
     loading a 3B model's tail never holds more than the stored matrices plus one slice.
@@ -258,15 +430,24 @@ def load_tail_weights(info: ModelInfo, device: torch.device, dtype: str = "auto"
         "output_norm": "output_norm.weight",
     }
     n_weights = sum(int(np.prod(g.tensors[n].shape)) for n in names.values())
-    kind = pick_dtype(dtype, device, n_weights)
-    if kind == "int8" and device.type != "cpu":
+    types = {g.tensors[n].ggml_type for k, n in names.items() if not k.endswith("norm")}
+    kind = pick_dtype(dtype, device, n_weights, types)
+    if kind in ("int8", "gguf") and device.type != "cpu":
         raise SettingError(
             "vreason.dtype",
-            "int8",
-            "the int8 tail runs on the CPU only",
+            kind,
+            f"the {kind} tail runs on the CPU only",
             [Remedy("float16 on a GPU", "vreason.dtype", "float16")],
         )
-    matrices: dict[str, torch.Tensor | Int8Matrix] = {}
+    unreadable = [n for k, n in names.items() if not k.endswith("norm") and not _readable(g.tensors[n])]
+    if kind == "gguf" and unreadable:
+        raise SettingError(
+            "vreason.dtype",
+            kind,
+            f"{unreadable[0]} is of a type the in-place kernels do not read",
+            [Remedy("a copy in int8", "vreason.dtype", "int8")],
+        )
+    matrices: dict[str, Matrix] = {}
     for key, name in names.items():
         t = g.tensors[name]
         raw = g.tensor_bytes(name)
@@ -277,6 +458,9 @@ def load_tail_weights(info: ModelInfo, device: torch.device, dtype: str = "auto"
             for i in range(0, raw.shape[0], step):
                 yield i, dequantize(raw[i : i + step], t.ggml_type)
 
+        if kind == "gguf" and not key.endswith("norm"):
+            matrices[key] = GGUFMatrix(raw, t.ggml_type, t.shape[0], shared(name, raw) if shared else None)
+            continue  # read in place: its pages stay mapped
         if kind == "int8" and not key.endswith("norm"):
             matrices[key] = Int8Matrix.from_rows(chunks, raw.shape[0], t.shape[0])
         else:
@@ -286,10 +470,12 @@ def load_tail_weights(info: ModelInfo, device: torch.device, dtype: str = "auto"
                 w[i : i + len(part)] = part
             matrices[key] = w.reshape(tuple(reversed(t.shape))).to(device)
         release_pages(raw)
-    # The rows an update reads, kept in the ring: float32 beside an int8 tail (the head's products are in
-    # float32, RestrictedHead._gradient: a half-precision ring cost a conversion pass over ~2048 rows per update)
-    head_dtype = torch.float32 if kind == "int8" else getattr(torch, kind)
-    return_freed_memory()
+    # The rows an update reads, kept in the ring (off the CPU): float32 beside an int8 tail (the head's products
+    # are in float32, RestrictedHead._gradient: a half-precision ring cost a conversion pass per update)
+    head_dtype = torch.float32 if kind in ("int8", "gguf") else getattr(torch, kind)
     head = "output.weight" if "output.weight" in g.tensors else "token_embd.weight"  # tied: 3B
-    lm_head = LMHead(g.tensor_bytes(head), g.tensors[head].ggml_type, g.tensors[head].shape[0], device, head_dtype)
+    t, raw = g.tensors[head], g.tensor_bytes(head)
+    view = shared(head, raw) if shared and device.type == "cpu" else None
+    lm_head = LMHead(raw, t.ggml_type, t.shape[0], device, head_dtype, shared=view)
+    return_freed_memory()  # the slices' temporaries (~46 MB after the head's norms, 3B)
     return TailWeights(matrices, lm_head, kind)

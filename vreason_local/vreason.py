@@ -6,8 +6,10 @@ Per generated token k (steps count from 1):
 and when k % every == 0: `steps` optimiser steps on dV against alpha_k·KL(p_k || U), then the new value
 rows V_new = normp(V + dV) are written into llama.cpp's cache, in force from the next decode on.
 
-Each step computes the loss at its own dV: exactly at the LM-head rows it reads, and at llama.cpp's
-logits (from the cached dV) elsewhere. The gradient's error from that is bounded, later steps included:
+The first step of an update is taken at the values llama.cpp attended over, where llama.cpp's own
+forward is known (the hook captures it): only the tail's backward runs (`Tail.at_llama_state`). Each
+later step computes the loss at its own dV through the tail's forward: exactly at the LM-head rows it
+reads, and at llama.cpp's logits (from the cached dV) elsewhere. The gradient's error from that is bounded, later steps included:
 a held logit can have moved by at most ||W_v||·||h - h_A||, which the bound counts, and a step whose
 bound no longer meets `head_error` reads more rows first (tail.RestrictedHead). Reading the whole head
 again at every step would cost a pass over 151,936 rows; holding the others silently would leave their
@@ -25,7 +27,7 @@ import torch
 
 from .events import ControlState
 from .hook import ValueHook
-from .tail import HeadStep, RestrictedHead, Tail, TailInputs, loss_at, norm_preserving
+from .tail import RestrictedHead, Tail, TailInputs, loss_at, norm_preserving
 from .tail_weights import return_freed_memory
 
 # Largest |tail logit - llama.cpp logit|, relative to the largest |logit| of the step, accepted silently.
@@ -34,6 +36,7 @@ from .tail_weights import return_freed_memory
 # tiny models, float32 tail). A tail that does not describe the running model (wrong weights, wrong build) is off by the
 # size of the logits themselves, far beyond this.
 SELFCHECK_TOL = 2e-2
+SELFCHECK_ROWS = 64  # the self-check compares the logits of the kept rows' most probable tokens
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class VReasonSettings:
     head_error: float = 0.01  # the LM-head rows kept bound the gradient's relative error at h by this [ours]
     head_max: int = 2048  # ...with at most this many rows: a safety cap; a notice says when it binds [ours]
     device: str = "auto"  # where the tail runs: auto (cuda, mps, cpu), or one of them
-    dtype: str = "auto"  # the tail's matrices: auto (see tail_weights.pick_dtype), float32, bfloat16, float16, int8
+    dtype: str = "auto"  # the tail's matrices: auto (tail_weights.pick_dtype), gguf (in place), float32, ..., int8
 
 
 class VReason:
@@ -73,6 +76,7 @@ class VReason:
         # per optimiser step: LM-head rows kept, bound on the relative gradient error at h (HeadStep.bound)
         self.head_log: list[tuple[int, float]] = []
         self._capped_said = False
+        self._checked_forward = False  # the first update checks the tail's own forward (see _selfcheck)
 
     @property
     def n_rows(self) -> int:
@@ -101,7 +105,7 @@ class VReason:
     def inputs(self) -> TailInputs:
         """The tail's inputs for the last decoded token: its attention probabilities at the controlled rows,
         recomputed from the captured post-RoPE query and the cached keys (as llama.cpp's softmax(q·K/√d)),
-        and the captured residual before the FFN."""
+        and the captured residual before the FFN, FFN activations and layer output."""
         info, dev = self.tail.info, self.tail.device
         q = torch.from_numpy(self.hook.capture("q").reshape(info.n_head_kv, -1, info.head_dim))  # [G, H/G, D]
         k = torch.from_numpy(self.hook.read_keys(self.n_cells).astype(np.float32)).view(
@@ -109,8 +113,8 @@ class VReason:
         )
         scores = torch.einsum("gqd,cgd->gqc", q, k) / math.sqrt(info.head_dim)
         probs = torch.softmax(scores, dim=-1).reshape(info.n_head, -1)[:, torch.from_numpy(self.rows)]
-        ffn_inp = torch.from_numpy(self.hook.capture("ffn_inp").reshape(-1))
-        return TailInputs(probs.to(dev), ffn_inp.to(dev))
+        cap = {k: torch.from_numpy(self.hook.capture(k).reshape(-1)).to(dev) for k in ("ffn_inp", "gate", "up", "y")}
+        return TailInputs(probs.to(dev), **cap)
 
     def restricted_head(
         self,
@@ -135,18 +139,10 @@ class VReason:
         """(loss, the tail's logits at `ids`) for value offset `dv`, through the LM-head rows `ids`: the
         same computation as an update's, with its rows fixed (all of them: the exact loss)."""
         head = self.restricted_head(inp, logits, ids)
-        loss, step = self._loss(head, inp, dv, alpha)
-        order = np.argsort(head.ids)  # the head holds its rows in the order it read them
-        return loss, step.logits[torch.from_numpy(order[np.searchsorted(head.ids[order], ids)])]
-
-    def _loss(
-        self, head: RestrictedHead, inp: TailInputs, dv: torch.Tensor, alpha: int, h: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, HeadStep]:
-        """The loss at offset `dv` (its hidden state `h`, computed here unless given) and the head's step."""
-        if h is None:
-            h = self.tail.hidden(inp, self._delta(dv))
+        h = self.tail.hidden(inp, self._delta(dv))
         step = head.at(h, alpha)
-        return loss_at(h, step), step
+        order = np.argsort(head.ids)  # the head holds its rows in the order it read them
+        return loss_at(h, step), head.logits(step)[torch.from_numpy(order[np.searchsorted(head.ids[order], ids)])]
 
     def _delta(self, dv: torch.Tensor) -> torch.Tensor:
         """How far the value rows at offset `dv` are from those llama.cpp attends over."""
@@ -155,17 +151,21 @@ class VReason:
     def _update(self, logits: np.ndarray, alpha: int) -> float:
         """`steps` optimiser steps at llama.cpp's `logits` of this token, then the write; the self-check."""
         inp = self.inputs()
-        h_anchor, h = self.tail.hidden_pair(inp, self._delta(self.dv))  # the first step's state with the anchor
-        head = self.restricted_head(inp, logits, h_anchor=h_anchor)
+        h = self.tail.at_llama_state(inp, self._delta(self.dv))  # the first step: at llama.cpp's state
+        head = self.restricted_head(inp, logits, h_anchor=h.detach())
         selfcheck = float("nan")
         for i in range(self.s.steps):
+            if i == 1:  # dV has moved: the tail's forward, anchored on its own state for llama.cpp's values
+                h_anchor, h = self.tail.hidden_pair(inp, self._delta(self.dv))
+                head.reanchor(h_anchor)
+            elif i > 1:
+                h = self.tail.hidden(inp, self._delta(self.dv))
             self.opt.zero_grad()
-            loss, step = self._loss(head, inp, self.dv, alpha, h if i == 0 else None)
+            step = head.at(h, alpha)
+            loss = loss_at(h, step)
             self.head_log.append((len(head.ids), step.bound))
-            if i == 0:  # the tail for the values llama.cpp attended over must give llama.cpp's logits
-                ref = logits[head.ids]
-                tail_z = head.z_anchor.cpu().numpy()
-                selfcheck = float(np.abs(tail_z - ref).max() / max(1.0, np.abs(ref).max()))
+            if i == 0:
+                selfcheck = self._selfcheck(inp, head, logits)
             if step.capped and not self._capped_said:
                 self._capped_said = True
                 self._warn(
@@ -188,6 +188,19 @@ class VReason:
             )
         self._write()
         return selfcheck
+
+    def _selfcheck(self, inp: TailInputs, head: RestrictedHead, logits: np.ndarray) -> float:
+        """max |tail logit - llama.cpp logit| / max(1, max |logit|) at the SELFCHECK_ROWS most probable kept
+        tokens, for the values llama.cpp attended over. The tail's own forward at an answer's first
+        update, which checks all of its weights against the running model (once: they do not change);
+        llama.cpp's captured state through the tail's final norm and head rows at the others."""
+        top = np.argsort(-logits[head.ids])[:SELFCHECK_ROWS]
+        with torch.no_grad():
+            h = head.h_anchor if self._checked_forward else self.tail.hidden(inp, None)
+            tail_z = head.dot(top, h).cpu().numpy()
+        self._checked_forward = True
+        ref = logits[head.ids[top]]
+        return float(np.abs(tail_z - ref).max() / max(1.0, np.abs(ref).max()))
 
     def _warn(self, message: str) -> None:
         """Queue a warning for the engine, which yields it as a Notice after this step."""
