@@ -2,18 +2,27 @@
 entropy and sampling kernels (native/vr_sampling.c) and the V-Reason tail's products with GGUF rows
 (native/vr_rows.c), one library reached through ctypes. Everything else is in pyproject.toml."""
 
+import sys
+
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 
 class BuildExt(build_ext):
     """GCC needs -fno-trapping-math to vectorise vr_sampling.c's selects (a float compare may trap, so
-    it will not if-convert them otherwise); the arithmetic stays IEEE. MSVC builds its scalar path as is."""
+    it will not if-convert them otherwise); the arithmetic stays IEEE. MSVC builds its scalar path as is.
+    vr_rows.c shares its products across OpenMP's threads (the runtime llama.cpp and torch load) with GCC
+    and MSVC; Apple's clang has no OpenMP, and runs them on one thread."""
 
     def build_extensions(self) -> None:
-        if self.compiler.compiler_type != "msvc":
-            for ext in self.extensions:
+        for ext in self.extensions:
+            if self.compiler.compiler_type == "msvc":
+                ext.extra_compile_args.append("/openmp")
+            else:
                 ext.extra_compile_args.append("-fno-trapping-math")
+                if sys.platform != "darwin":
+                    ext.extra_compile_args.append("-fopenmp")
+                    ext.extra_link_args.append("-fopenmp")
         super().build_extensions()
 
 

@@ -14,7 +14,6 @@ import ctypes
 import os
 import sys
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import gguf
@@ -233,6 +232,9 @@ def _kernels() -> ctypes.CDLL:
         vp, i64 = ctypes.c_void_p, ctypes.c_int64
         for fn in (lib.vr_rows_axpy, lib.vr_rows_dot):
             fn.argtypes, fn.restype = [ctypes.c_int32, vp, i64, i64, vp, i64, i64, vp, vp], ctypes.c_int32
+        for fn in (lib.vr_rows_axpy_mt, lib.vr_rows_dot_mt):
+            fn.argtypes, fn.restype = [ctypes.c_int32, vp, i64, i64, vp, i64, vp, vp, ctypes.c_int32], ctypes.c_int32
+        lib.vr_rows_openmp.argtypes, lib.vr_rows_openmp.restype = [], ctypes.c_int32
         for name in ("vr_rows_block", "vr_rows_use"):
             getattr(lib, name).argtypes, getattr(lib, name).restype = [ctypes.c_int32], ctypes.c_int32
         lib.vr_rows_lanes.argtypes, lib.vr_rows_lanes.restype = [], ctypes.c_int32
@@ -240,32 +242,25 @@ def _kernels() -> ctypes.CDLL:
     return lib
 
 
-_POOL: ThreadPoolExecutor | None = None
-
-
-def _pool() -> ThreadPoolExecutor:
-    """Threads for the native products (ctypes lets go of the GIL while they run), as many as torch's."""
-    global _POOL
-    if _POOL is None or _POOL._max_workers != torch.get_num_threads():
-        _POOL = ThreadPoolExecutor(max_workers=torch.get_num_threads(), thread_name_prefix="vr-rows")
-    return _POOL
-
-
 class GGUFMatrix:
     """A matrix multiplied where it lies in the GGUF file, in the file's own quantisation (native/vr_rows.c):
     no copy at all, where int8 copies of a 3B model's last FFN in both orientations take 183 MB. Rows are
     what ggml stores (`raw`: [n_rows, row bytes], memory-mapped); Wᵀ·g is a sum of rows, W·x a dot per row.
 
-    The products are split across torch's thread count, in ranges of rows (Wᵀ·g: one sum per thread,
-    added after). Per thread on this 2-core x86 machine, AVX-512, from the page cache: 3B shape's Q4_K
-    ffn_gate (12.7 MB) Wᵀ·g 1.9 ms and W·x 1.3 ms, Q6_K ffn_down (18.5 MB) 2.0 and 2.1 ms."""
+    The products share `threads` of OpenMP's team, the one llama.cpp and torch use (Wᵀ·g by ranges of
+    columns, W·x by ranges of rows; a build without OpenMP runs them on one thread). Per thread on this
+    2-core x86 machine, AVX-512, from the cache: the 3B shape's Q4_K ffn_gate (12.7 MB) Wᵀ·g 1.3 ms and
+    W·x 1.5 ms, Q6_K ffn_down (18.5 MB) 2.0 and 1.9 ms."""
 
-    SERIAL = 1 << 20  # values below which one thread does it all (a thread hand-off costs ~50 µs)
-    LONG = 8192  # rows at least this long are split by columns in Wᵀ·g
+    SERIAL = 1 << 20  # values below which one thread does it all (a hand-off costs more than it saves)
 
-    def __init__(self, raw: np.ndarray, ggml_type: int, n_cols: int, shared: np.ndarray | None = None) -> None:
+    def __init__(
+        self, raw: np.ndarray, ggml_type: int, n_cols: int, shared: np.ndarray | None = None, threads: int = 0
+    ) -> None:
         """`raw`: the tensor's rows, memory-mapped from the file; `shared`: the same bytes where llama.cpp
-        holds them (`hook.ValueHook.weight_view`), read instead when given."""
+        holds them (`hook.ValueHook.weight_view`), read instead when given; `threads`: how many share a
+        product (0: torch's count)."""
+        self.threads = threads or torch.get_num_threads()
         self.raw = raw if shared is None else shared
         self.shared = shared is not None
         self.ggml_type, self.n_cols = ggml_type, n_cols
@@ -278,17 +273,8 @@ class GGUFMatrix:
         block = _kernels().vr_rows_block(ggml_type)
         return block > 0 and n_cols % block == 0
 
-    def _split(self, n: int) -> list[tuple[int, int]]:
-        parts = 1 if n * self.n_cols < self.SERIAL else max(1, min(torch.get_num_threads(), n))
-        cuts = np.linspace(0, n, parts + 1).astype(int)
-        return list(zip(cuts[:-1].tolist(), cuts[1:].tolist()))
-
-    def _run(self, jobs: list[Callable[[], object]]) -> None:
-        if len(jobs) == 1:
-            jobs[0]()
-        else:
-            for f in [_pool().submit(job) for job in jobs]:
-                f.result()
+    def _threads(self, n_rows: int) -> int:
+        return 1 if n_rows * self.n_cols < self.SERIAL else self.threads
 
     def dot(self, ids: np.ndarray | None, x: torch.Tensor) -> torch.Tensor:
         """W[ids]·x (all rows when ids is None), float32."""
@@ -297,44 +283,23 @@ class GGUFMatrix:
         xs = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
         out = np.empty(n, np.float32)
         ptr = None if idx is None else idx.ctypes.data
-        base = self.raw.ctypes.data
-
-        def part(i0: int, i1: int) -> None:
-            lib, t = self._lib, self.ggml_type
-            lib.vr_rows_dot(t, base, self.row_bytes, self.n_cols, ptr, i0, i1, xs.ctypes.data, out.ctypes.data)
-
-        self._run([lambda a=a, b=b: part(a, b) for a, b in self._split(n)])
+        self._lib.vr_rows_dot_mt(
+            self.ggml_type, self.raw.ctypes.data, self.row_bytes, self.n_cols, ptr, n, xs.ctypes.data,
+            out.ctypes.data, self._threads(n),
+        )  # fmt: skip
         return torch.from_numpy(out)
 
     def axpy(self, ids: np.ndarray | None, g: torch.Tensor) -> torch.Tensor:
-        """W[ids]ᵀ·g (all rows when ids is None), float32; rows whose weight is 0 are not read. Long rows
-        (ffn_down's) are split by columns, so that each thread's sum stays in its L1 cache (1.6x faster
-        for the 3B's ffn_down); the others by rows, one sum per thread added after."""
+        """W[ids]ᵀ·g (all rows when ids is None), float32; rows whose weight is 0 are not read."""
         idx = None if ids is None else np.ascontiguousarray(ids, dtype=np.int64)
         gs = np.ascontiguousarray(g.detach().cpu().numpy(), dtype=np.float32)
-        n_rows = len(gs)
+        out = np.zeros(self.n_cols, np.float32)
         ptr = None if idx is None else idx.ctypes.data
-        lib, t, base, rb = self._lib, self.ggml_type, self.raw.ctypes.data, self.row_bytes
-        threads = len(self._split(n_rows))
-        if threads > 1 and self.n_cols >= self.LONG:
-            block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(t)]
-            cuts = np.linspace(0, self.n_cols // block, threads + 1).astype(int) * block
-            out = np.zeros(self.n_cols, np.float32)
-
-            def cols(c0: int, c1: int) -> None:
-                at = base + c0 // block * size
-                lib.vr_rows_axpy(t, at, rb, c1 - c0, ptr, 0, n_rows, gs.ctypes.data, out[c0:].ctypes.data)
-
-            self._run([lambda a=a, b=b: cols(a, b) for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist())])
-            return torch.from_numpy(out)
-        parts = self._split(n_rows)
-        outs = np.zeros((len(parts), self.n_cols), np.float32)
-
-        def rows(k: int, i0: int, i1: int) -> None:
-            lib.vr_rows_axpy(t, base, rb, self.n_cols, ptr, i0, i1, gs.ctypes.data, outs[k].ctypes.data)
-
-        self._run([lambda k=k, a=a, b=b: rows(k, a, b) for k, (a, b) in enumerate(parts)])
-        return torch.from_numpy(outs.sum(0) if len(parts) > 1 else outs[0])
+        self._lib.vr_rows_axpy_mt(
+            self.ggml_type, self.raw.ctypes.data, self.row_bytes, self.n_cols, ptr, len(gs), gs.ctypes.data,
+            out.ctypes.data, self._threads(len(gs)),
+        )  # fmt: skip
+        return torch.from_numpy(out)
 
     def mv(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([self.dot(None, v) for v in x]) if x.dim() == 2 else self.dot(None, x)
