@@ -257,7 +257,7 @@ out["the model, one answer (base)"] = rss()
 import torch
 out["torch"] = rss()
 from vreason_local.tail import Tail
-tail = Tail.from_gguf(engine.info, "cpu", sys.argv[3])
+tail = Tail.from_gguf(engine.info, "cpu", sys.argv[3], engine.hook.weight_view)  # as an answer loads it
 out["tail matrices (" + tail.kind + ")"] = rss()
 ids, rows = tail.head.rows(np.arange(0, engine.model.n_vocab, 74))
 if rows is None:  # read in place: the pages of 2048 rows

@@ -673,7 +673,9 @@ class Engine:
 
             if self._tail is not None:
                 self._tail.head.close()
-            self._tail = Tail.from_gguf(self.info, settings.device, settings.dtype, self.hook.weight_view)
+            self._tail = Tail.from_gguf(
+                self.info, settings.device, settings.dtype, self.hook.weight_view, self.settings.n_threads
+            )
             self._tail_key = (settings.device, settings.dtype)
         controller = VReason(self._tail, self.hook, rows, self.v_transposed, settings)
         answer.settings["vreason"] = {

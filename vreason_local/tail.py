@@ -97,11 +97,13 @@ class Tail:
         self.head = head
 
     @staticmethod
-    def from_gguf(info: ModelInfo, device: str = "auto", dtype: str = "auto", shared: WeightView | None = None) -> Tail:
+    def from_gguf(
+        info: ModelInfo, device: str = "auto", dtype: str = "auto", shared: WeightView | None = None, threads: int = 0
+    ) -> Tail:
         """The tail of the model `info` describes, on `device` (see pick_device), matrices stored as `dtype`,
-        those read in place through `shared` where it has them (llama.cpp's own bytes)."""
+        those read in place through `shared` where it has them (llama.cpp's own bytes) on `threads`."""
         dev = pick_device(device)
-        w = load_tail_weights(info, dev, dtype, shared)
+        w = load_tail_weights(info, dev, dtype, shared, threads)
         return Tail(info, w.matrices, w.head, dev, w.kind)
 
     def llama_state(self, inp: TailInputs) -> torch.Tensor:

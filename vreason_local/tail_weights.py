@@ -77,12 +77,13 @@ class LMHead:
         keep: int = 2048,
         in_place: bool = True,
         shared: np.ndarray | None = None,
+        threads: int = 0,
     ) -> None:
         """`in_place`: multiply the rows in place where the kernels can (the ring otherwise), through
         `shared` (llama.cpp's copy, `GGUFMatrix`) when given."""
         self.raw, self.ggml_type, self.n_cols = raw, ggml_type, n_cols  # raw: [n_vocab, row bytes], memory-mapped
         readable = in_place and device.type == "cpu" and GGUFMatrix.readable(ggml_type, n_cols)
-        self.in_place = GGUFMatrix(raw, ggml_type, n_cols, shared) if readable else None
+        self.in_place = GGUFMatrix(raw, ggml_type, n_cols, shared, threads) if readable else None
         dtype = torch.float32 if self.in_place else dtype  # the products' precision: the stored values exactly
         self.device, self.dtype = device, dtype
         self._keep = keep
@@ -376,10 +377,11 @@ WeightView = Callable[[str, np.ndarray], "np.ndarray | None"]  # (tensor name, f
 
 
 def load_tail_weights(
-    info: ModelInfo, device: torch.device, dtype: str = "auto", shared: WeightView | None = None
+    info: ModelInfo, device: torch.device, dtype: str = "auto", shared: WeightView | None = None, threads: int = 0
 ) -> TailWeights:
     """Read the last layer after attention, the final norm and the LM head of `info`'s GGUF file; those
-    read in place through `shared` where it has them (`hook.ValueHook.weight_view`).
+    read in place through `shared` where it has them (`hook.ValueHook.weight_view`), multiplied on
+    `threads` (0: torch's count; the engine gives llama.cpp's).
 
     Tensors are dequantised in slices of ~4 MB of float32 and their file pages released after each, so
     loading a 3B model's tail never holds more than the stored matrices plus one slice.
@@ -424,7 +426,8 @@ def load_tail_weights(
                 yield i, dequantize(raw[i : i + step], t.ggml_type)
 
         if kind == "gguf" and not key.endswith("norm"):
-            matrices[key] = GGUFMatrix(raw, t.ggml_type, t.shape[0], shared(name, raw) if shared else None)
+            view = shared(name, raw) if shared else None
+            matrices[key] = GGUFMatrix(raw, t.ggml_type, t.shape[0], view, threads)
             continue  # read in place: its pages stay mapped
         if kind == "int8" and not key.endswith("norm"):
             matrices[key] = Int8Matrix.from_rows(chunks, raw.shape[0], t.shape[0])
@@ -441,6 +444,6 @@ def load_tail_weights(
     head = "output.weight" if "output.weight" in g.tensors else "token_embd.weight"  # tied: 3B
     t, raw = g.tensors[head], g.tensor_bytes(head)
     view = shared(head, raw) if shared and device.type == "cpu" else None
-    lm_head = LMHead(raw, t.ggml_type, t.shape[0], device, head_dtype, shared=view)
+    lm_head = LMHead(raw, t.ggml_type, t.shape[0], device, head_dtype, shared=view, threads=threads)
     return_freed_memory()  # the slices' temporaries (~46 MB after the head's norms, 3B)
     return TailWeights(matrices, lm_head, kind)
