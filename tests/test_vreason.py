@@ -23,7 +23,7 @@ from vreason_local.families import FAMILY_NAMES
 from vreason_local.hook import _load, verify_layout
 from vreason_local.media import Media, load_video
 from vreason_local.sampling import entropy
-from vreason_local.tail import norm_preserving
+from vreason_local.tail import norm_preserving, norm_preserving_vjp, rms_norm, rms_norm_vjp
 from vreason_local.video import FrameSampling
 from vreason_local.vreason import SELFCHECK_TOL, VReasonSettings
 
@@ -176,6 +176,28 @@ def test_gradient_matches_finite_differences_through_llama(engines, clip, arch):
     analytic = float((g * direction).sum())
     assert fd == pytest.approx(analytic, rel=0.02, abs=1e-6)
     gen.close()
+
+
+def test_norm_preserving_gradient_is_autograds():
+    """The first step's gradient through V_new = (V + dV)·||V||/||V + dV|| is written out by hand
+    (norm_preserving_vjp): against autograd of norm_preserving in float64, at dV = 0 and away from it."""
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(7, 2, 16, generator=gen, dtype=torch.float64)
+    g = torch.randn(7, 2, 16, generator=gen, dtype=torch.float64)
+    for scale in (0.0, 0.1, 3.0):
+        dv = (scale * torch.randn(7, 2, 16, generator=gen, dtype=torch.float64)).requires_grad_(True)
+        (norm_preserving(v, dv) * g).sum().backward()
+        torch.testing.assert_close(norm_preserving_vjp(v, dv.detach(), g), dv.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_rms_norm_gradient_is_autograds():
+    """The FFN's and the final norm's backward at llama.cpp's state, written out (rms_norm_vjp): against
+    autograd of rms_norm in float64."""
+    gen = torch.Generator().manual_seed(1)
+    x, w, g = (torch.randn(64, generator=gen, dtype=torch.float64) for _ in range(3))
+    x.requires_grad_(True)
+    (rms_norm(x, w, 1e-6) * g).sum().backward()
+    torch.testing.assert_close(rms_norm_vjp(x.detach(), w, 1e-6, g), x.grad, rtol=1e-12, atol=1e-12)
 
 
 def test_cache_write_is_the_method(engines, clip):

@@ -137,7 +137,13 @@ def first_update(
     for ev in handle:
         if isinstance(ev, Prefilled):  # the controller exists; its first update has not run
             c = handle.controller
-            c.dv.register_hook(lambda g, c=c: steps.append((c.dv.detach().clone(), g.detach().clone())))
+            take_step = c.opt.step
+
+            def recorded_step(c=c, take_step=take_step) -> None:  # what each optimiser step is given
+                steps.append((c.dv.detach().clone(), c.dv.grad.detach().clone()))
+                take_step()
+
+            c.opt.step = recorded_step
         elif isinstance(ev, Notice):
             notices.append(ev.message)
         elif isinstance(ev, TokenEvent):

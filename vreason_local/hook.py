@@ -129,7 +129,7 @@ class ValueHook:
     """One hook per llama.cpp context: captures, for one token, what the last layer computed after its
     attention (the post-RoPE query `Qcur-L`, the residual before the FFN `ffn_inp-L`, the FFN's gate and
     up projections `ffn_gate-L` / `ffn_up-L` and the layer's output `l_out-L`: with these an update needs
-    only the tail's backward, `tail.Tail.at_llama_state`), and owns reading K/V rows and writing V rows."""
+    only the tail's backward, `tail.Tail.backward_at_llama_state`), and owns reading K/V rows and writing V rows."""
 
     def __init__(self, info: ModelInfo) -> None:
         self.lib, self.ggml = _load()

@@ -18,7 +18,8 @@ materialised: only the rows of the tokens that carry the gradient are read per u
 The first optimiser step of an update is taken where llama.cpp already is: the value rows it attended
 over (dV's, rounded to the cache's F16). There the forward is llama.cpp's (the hook captures the FFN's
 gate and up projections and the layer's output), so the step needs only the backward, one pass over the
-transposed matrices instead of two passes (`at_llama_state`), and its distribution is llama.cpp's own.
+transposed matrices instead of two passes (`backward_at_llama_state`), and its distribution is
+llama.cpp's own.
 Later steps of the same update (`--steps` > 1) have moved dV and run the tail's forward: their logits
 are anchored on llama.cpp's, z(dV) = z0 + W·(h(dV) - h_A), where z0 are the logits llama.cpp computed
 and h_A the tail's own state for the values llama.cpp attended over, so that the tail's rounding cancels.
@@ -27,7 +28,6 @@ and h_A the tail's own state for the values llama.cpp attended over, so that the
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,11 +58,20 @@ def norm_preserving(v_base: torch.Tensor, dv: torch.Tensor, eps: float = 1e-12) 
     return v * (v_base.norm(dim=-1, keepdim=True) / v.norm(dim=-1, keepdim=True).clamp_min(eps))
 
 
-def _vjp(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """gᵀ·∂f/∂x at x (for the elementwise parts of a backward written out by hand)."""
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        return torch.autograd.grad(f(x), x, g)[0]
+def norm_preserving_vjp(v_base: torch.Tensor, dv: torch.Tensor, g: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """gᵀ·∂V_new/∂dV for `norm_preserving`: with v = V + dV and u = v/||v||, ∂V_new/∂dV = ||V||/||v||·(I - u·uᵀ)
+    per row and kv head, so the gradient is ||V||/||v||·(g - u·(u·g))."""
+    v = v_base + dv
+    n = v.norm(dim=-1, keepdim=True).clamp_min(eps)
+    u = v / n
+    return (v_base.norm(dim=-1, keepdim=True) / n) * (g - u * (u * g).sum(-1, keepdim=True))
+
+
+def rms_norm_vjp(x: torch.Tensor, weight: torch.Tensor, eps: float, g: torch.Tensor) -> torch.Tensor:
+    """gᵀ·∂rms_norm(x)/∂x: with r = (mean(x²) + eps)^-1/2 and a = weight·g, r·a - x·r³·mean(x·a)."""
+    r = torch.rsqrt(x.pow(2).mean() + eps)
+    a = weight * g
+    return r * a - x * (r.pow(3) * (x * a).mean())
 
 
 @dataclass
@@ -110,23 +119,18 @@ class Tail:
         """The normalised final hidden state llama.cpp computed for the token (from its layer output)."""
         return rms_norm(inp.y, self.out_norm, self.eps)
 
-    def at_llama_state(self, inp: TailInputs, delta: torch.Tensor) -> torch.Tensor:
-        """The final hidden state as a function of `delta`, at the values llama.cpp attended over (delta:
-        their F16 rounding away from dV's, ~1e-3 of them): its value is `llama_state`, its gradient the
-        tail's backward at llama.cpp's own activations. No pass over a matrix forward."""
-        return _AtLlamaState.apply(delta, self, inp)
-
     def backward_at_llama_state(self, inp: TailInputs, grad_h: torch.Tensor) -> torch.Tensor:
-        """∂L/∂delta [n_rows, n_head_kv, head_dim] from ∂L/∂h at llama.cpp's state: the module docstring's
-        equations differentiated by hand at the captured gate g, up u and output y (s = sigmoid(g),
-        silu' = s·(1 + g·(1 - s))), each matrix read once, transposed."""
-        dy = _vjp(lambda y: rms_norm(y, self.out_norm, self.eps), inp.y, grad_h)
+        """∂L/∂V_new [n_rows, n_head_kv, head_dim] from ∂L/∂h, at the values llama.cpp attended over (their
+        F16 rounding away from dV's, ~1e-3 of them): the module docstring's equations differentiated by
+        hand at the captured gate g, up u and output y (s = sigmoid(g), silu' = s·(1 + g·(1 - s))), each
+        matrix read once, transposed."""
+        dy = rms_norm_vjp(inp.y, self.out_norm, self.eps, grad_h)
         d_act = mv_t(self.w_down, dy)
         s = torch.sigmoid(inp.gate)
         d_up = d_act * inp.gate * s
         d_gate = d_act * inp.up * s * (1 + inp.gate * (1 - s))
         d_n = mv_t(self.w_gate, d_gate) + mv_t(self.w_up, d_up)
-        dx = dy + _vjp(lambda x: rms_norm(x, self.ffn_norm, self.eps), inp.ffn_inp, d_n)
+        dx = dy + rms_norm_vjp(inp.ffn_inp, self.ffn_norm, self.eps, d_n)
         n_head, n_kv = self.info.n_head, self.info.n_head_kv
         d_attn = mv_t(self.w_o, dx).view(n_kv, n_head // n_kv, -1)  # query head h uses kv head h // (n_head/n_kv)
         return torch.einsum("gqr,gqd->rgd", inp.probs.view(n_kv, n_head // n_kv, -1), d_attn)
@@ -181,19 +185,6 @@ class _AtHidden(torch.autograd.Function):
     def backward(ctx, g: torch.Tensor):  # noqa: ANN001, ANN205
         (grad_h,) = ctx.saved_tensors
         return g * grad_h, None, None
-
-
-class _AtLlamaState(torch.autograd.Function):
-    """`Tail.at_llama_state`: llama.cpp's final hidden state, differentiable in the value change."""
-
-    @staticmethod
-    def forward(ctx, delta: torch.Tensor, tail: Tail, inp: TailInputs) -> torch.Tensor:  # noqa: ANN001
-        ctx.tail, ctx.inp = tail, inp
-        return tail.llama_state(inp)
-
-    @staticmethod
-    def backward(ctx, grad_h: torch.Tensor):  # noqa: ANN001, ANN205
-        return ctx.tail.backward_at_llama_state(ctx.inp, grad_h), None, None
 
 
 def loss_at(h: torch.Tensor, step: HeadStep) -> torch.Tensor:

@@ -7,7 +7,8 @@ and when k % every == 0: `steps` optimiser steps on dV against alpha_k·KL(p_k |
 rows V_new = normp(V + dV) are written into llama.cpp's cache, in force from the next decode on.
 
 The first step of an update is taken at the values llama.cpp attended over, where llama.cpp's own
-forward is known (the hook captures it): only the tail's backward runs (`Tail.at_llama_state`). Each
+forward is known (the hook captures it): only the tail's backward runs, written out by hand
+(`Tail.backward_at_llama_state`, `tail.norm_preserving_vjp`), with no autograd graph to build. Each
 later step computes the loss at its own dV through the tail's forward: exactly at the LM-head rows it
 reads, and at llama.cpp's logits (from the cached dV) elsewhere. The gradient's error from that is bounded, later steps included:
 a held logit can have moved by at most ||W_v||·||h - h_A||, which the bound counts, and a step whose
@@ -27,7 +28,7 @@ import torch
 
 from .events import ControlState
 from .hook import ValueHook
-from .tail import RestrictedHead, Tail, TailInputs, loss_at, norm_preserving
+from .tail import RestrictedHead, Tail, TailInputs, loss_at, norm_preserving, norm_preserving_vjp
 from .tail_weights import return_freed_memory
 
 # Largest |tail logit - llama.cpp logit|, relative to the largest |logit| of the step, accepted silently.
@@ -156,28 +157,33 @@ class VReason:
     def _update(self, logits: np.ndarray, alpha: int) -> float:
         """`steps` optimiser steps at llama.cpp's `logits` of this token, then the write; the self-check."""
         inp = self.inputs()
-        h = self.tail.at_llama_state(inp, self._delta(self.dv))  # the first step: at llama.cpp's state
-        head = self.restricted_head(inp, logits, h_anchor=h.detach())
+        h = self.tail.llama_state(inp)
+        head = self.restricted_head(inp, logits, h_anchor=h)
         selfcheck = float("nan")
         for i in range(self.s.steps):
-            if i == 1:  # dV has moved: the tail's forward, anchored on its own state for llama.cpp's values
-                h_anchor, h = self.tail.hidden_pair(inp, self._delta(self.dv))
-                head.reanchor(h_anchor)
-            elif i > 1:
-                h = self.tail.hidden(inp, self._delta(self.dv))
             self.opt.zero_grad()
-            step = head.at(h, alpha)
-            loss = loss_at(h, step)
-            self.head_log.append((len(head.ids), step.bound))
-            if i == 0:
+            if i == 0:  # at llama.cpp's state: its forward is known, the backward is written out (no autograd)
+                step = head.at(h, alpha)
+                loss = torch.tensor(step.loss)
+                grad_v = self.tail.backward_at_llama_state(inp, step.grad_h)
+                self.dv.grad = norm_preserving_vjp(self.v_base, self.dv.detach(), grad_v)
                 selfcheck = self._selfcheck(inp, head, logits)
+            else:  # dV has moved: the tail's forward, anchored on its own state for llama.cpp's values
+                if i == 1:
+                    h_anchor, h = self.tail.hidden_pair(inp, self._delta(self.dv))
+                    head.reanchor(h_anchor)
+                else:
+                    h = self.tail.hidden(inp, self._delta(self.dv))
+                step = head.at(h, alpha)
+                loss = loss_at(h, step)
+                loss.backward()
+            self.head_log.append((len(head.ids), step.bound))
             if step.capped and not self._capped_said:
                 self._capped_said = True
                 self._warn(
                     f"the LM-head restriction reached its cap of {self.s.head_max} rows (head_max) with a gradient "
                     f"error bound of {step.bound:.3g} (target {self.s.head_error}); said once per answer"
                 )
-            loss.backward()
             if not (_finite(loss) and _finite(self.dv.grad)):
                 self._reset("non-finite loss or gradient")
                 return selfcheck
