@@ -122,14 +122,14 @@ def bench_callbacks(path, tokens: int, rounds: int, label: str) -> None:
         "ctypes callback, answers no": Context(model, n_ctx, 512, threads, "auto", py_cb, None),
     }
     runs = {k: [] for k in ctxs}
-    runs["C hook capturing (Qcur, ffn_inp)"] = []
+    runs["C hook capturing (the 5 nodes an update reads)"] = []
     runs["ctypes callback capturing (Qcur, ffn_inp)"] = []
     for _ in range(rounds):
         hook.prepare(False)
         capture[0] = False
         for name, ctx in ctxs.items():
             runs[name] += decode_loop(ctx, model, tokens)
-        runs["C hook capturing (Qcur, ffn_inp)"] += decode_loop(
+        runs["C hook capturing (the 5 nodes an update reads)"] += decode_loop(
             ctxs["C hook installed, capture off"], model, tokens, hook.prepare
         )
         runs["ctypes callback capturing (Qcur, ffn_inp)"] += decode_loop(
@@ -157,11 +157,13 @@ def bench_decode(model, tokens: int, rounds: int, frames: int, dtype: str) -> No
     lm = load_video(clip(), FrameSampling(fps=1.0, min_frames=frames, max_frames=frames), patch=14)
     gen = GenerationSettings(max_tokens=tokens, stop_at_answer=False)
     per: dict[str, list[float]] = {"base": [], "vreason": []}
+    rounds_ratio: list[float] = []  # each round's V-Reason / base: the spread says how noisy the machine was
     updates: list[float] = []
     selfchecks: list[float] = []
     with Engine(model.model_path, model.mmproj_path, EngineSettings(n_ctx=2048, hook=True)) as engine:
         encoding = engine.encode(lm.media).result()  # one encoding for every answer: only decoding differs
         for _ in range(rounds):
+            round_mean: dict[str, float] = {}
             for mode in ("base", "vreason"):
                 t_s = []
                 handle = engine.ask(
@@ -174,16 +176,18 @@ def bench_decode(model, tokens: int, rounds: int, frames: int, dtype: str) -> No
                             updates.append(ev.control.update_ms)
                             selfchecks.append(ev.control.selfcheck)
                 per[mode] += steady_step_s(t_s)
+                round_mean[mode] = float(np.mean(steady_step_s(t_s)))
                 if mode == "vreason":
                     used = handle.result().settings["vreason"]
                     rows, tail_kind = used["n_rows"], used["tail_dtype"]
+            rounds_ratio.append(round_mean["vreason"] / round_mean["base"])
     base, vr = float(np.mean(per["base"])), float(np.mean(per["vreason"]))
     print(
         f"B. time per generated token ({lm.n_tokens} video tokens controlled: {rows}; mean of {len(per['base'])} steps each)"
     )
     print(
         f"   base {base * 1e3:.1f} ms, V-Reason (k=2, 1 step, tail {tail_kind}) {vr * 1e3:.1f} ms: "
-        f"V-Reason/base = x{vr / base:.3f}"
+        f"V-Reason/base = x{vr / base:.3f} (rounds: {' '.join(f'x{r:.3f}' for r in rounds_ratio)})"
     )
     print(
         f"   controller update: median {median(updates):.1f} ms per update (every 2nd token); "

@@ -10,10 +10,10 @@ token (captured by the hook), the logits as a function of the new value rows are
     logits = W_head · (RMSNorm(y) · output_norm)
 
 Same for Qwen2-VL, Qwen2.5-VL and Qwen3-VL: their last layers differ only before `ffn_inp`.
-Weights are read from the GGUF file itself by `tail_weights`, which also holds their storage (int8
-kernels) and the LM head, the largest matrix (151936 x 2048 for a 3B model), which is never
-materialised: only the rows of the tokens that carry the gradient are read per update, as many as
-`RestrictedHead` needs to bound the gradient's error.
+The weights are the GGUF file's, multiplied where llama.cpp holds them on the CPU (`tail_weights`, which
+also keeps copies where that cannot be), and the LM head, the largest matrix (151936 x 2048 for a 3B
+model), is never materialised: an update reads only the rows of the tokens that carry the gradient, as
+many as `RestrictedHead` needs to bound the gradient's error.
 
 The first optimiser step of an update is taken where llama.cpp already is: the value rows it attended
 over (dV's, rounded to the cache's F16). There the forward is llama.cpp's (the hook captures the FFN's
