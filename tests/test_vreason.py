@@ -20,10 +20,12 @@ from vreason_local.engine import Engine, EngineSettings, GenerationSettings
 from vreason_local.errors import UserError
 from vreason_local.events import Notice, TokenEvent
 from vreason_local.families import FAMILY_NAMES
+from vreason_local.gguf_info import read_model_info
 from vreason_local.hook import _load, verify_layout
 from vreason_local.media import Media, load_video
 from vreason_local.sampling import entropy
-from vreason_local.tail import norm_preserving, norm_preserving_vjp, rms_norm, rms_norm_vjp
+from vreason_local.tail import Tail, norm_preserving, norm_preserving_vjp, rms_norm, rms_norm_vjp
+from vreason_local.tiny import make_tiny
 from vreason_local.video import FrameSampling
 from vreason_local.vreason import SELFCHECK_TOL, VReasonSettings
 
@@ -234,6 +236,28 @@ def test_alpha_follows_the_ema_rule(engines, clip):
         else:
             assert c.alpha == (-1 if ema < peak else 1)
             assert c.selfcheck < SELFCHECK_TOL
+
+
+def test_self_check_catches_a_tail_of_other_weights(engines, clip, tmp_path):
+    """An update's first step never runs the tail's forward (llama.cpp's is captured), so the self-check
+    does: at an answer's first update, with all of the tail's weights. A tail of another model of the
+    same shape (other random weights) fails it, and the later updates' check (llama.cpp's state through
+    the tail's head) fails too; a warning says so and the answer completes."""
+    e = engines()
+    other = make_tiny(tmp_path, arch="qwen25vl", shape="tiny", seed=1)
+    settings = VReasonSettings(every=1)
+    e._tail = Tail.from_gguf(read_model_info(other.model_path), settings.device, settings.dtype)
+    e._tail_key = (settings.device, settings.dtype)
+    try:
+        events, a = answer(e, video(e, clip), max_tokens=4, every=1)
+    finally:
+        e._tail.head.close()
+        e._tail = None  # the next answer loads the engine's own
+    checks = [c.selfcheck for c in a.control if c.alpha is not None]
+    assert len(checks) == 4 and all(c > SELFCHECK_TOL for c in checks), checks
+    assert any(isinstance(ev, Notice) and "self-check" in ev.message for ev in events)
+    _, own = answer(e, video(e, clip), max_tokens=4, every=1)
+    assert all(c.selfcheck < SELFCHECK_TOL for c in own.control)
 
 
 def test_lite_keeps_the_highest_norm_half(engines, clip):
