@@ -6,24 +6,32 @@ import sys
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.errors import CompileError, LinkError
 
 
 class BuildExt(build_ext):
     """GCC needs -fno-trapping-math to vectorise vr_sampling.c's selects (a float compare may trap, so
     it will not if-convert them otherwise); the arithmetic stays IEEE. MSVC builds its scalar path as is.
-    vr_rows.c shares its products across OpenMP's threads (the runtime llama.cpp and torch load) with GCC
-    and MSVC; Apple's clang has no OpenMP, and runs them on one thread."""
+    vr_rows.c shares its products across OpenMP's threads (the runtime llama.cpp and torch load) where the
+    compiler has OpenMP (GCC, MSVC); otherwise (Apple's clang, a clang without libomp) it is built again
+    without, and runs them on one thread."""
 
     def build_extensions(self) -> None:
+        msvc = self.compiler.compiler_type == "msvc"
+        openmp = ["/openmp"] if msvc else ["-fopenmp"]
         for ext in self.extensions:
-            if self.compiler.compiler_type == "msvc":
-                ext.extra_compile_args.append("/openmp")
-            else:
+            if not msvc:
                 ext.extra_compile_args.append("-fno-trapping-math")
-                if sys.platform != "darwin":
-                    ext.extra_compile_args.append("-fopenmp")
-                    ext.extra_link_args.append("-fopenmp")
-        super().build_extensions()
+            if sys.platform != "darwin":
+                ext.extra_compile_args += openmp
+                ext.extra_link_args += [] if msvc else openmp
+        try:
+            super().build_extensions()
+        except (CompileError, LinkError):
+            for ext in self.extensions:
+                ext.extra_compile_args = [a for a in ext.extra_compile_args if a not in openmp]
+                ext.extra_link_args = [a for a in ext.extra_link_args if a not in openmp]
+            super().build_extensions()
 
 
 setup(

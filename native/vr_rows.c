@@ -4,18 +4,23 @@
  * V-Reason's update multiplies by the last layer's FFN matrices transposed (Wᵀ·g, the backward) and by
  * a few thousand rows of the LM head. Copies in a torch-friendly form (int8, float32 rows) cost memory
  * that the base model does not pay: 183 MB for a 3B model's FFN in int8, both orientations, and a
- * float32 ring of head rows. Here the products read the rows in place (memory-mapped, shared with the
- * page cache llama.cpp reads), dequantising one block at a time into a buffer that stays in L1:
+ * float32 ring of head rows. Here the products read the rows where llama.cpp holds them (or the file's
+ * mapping), dequantising as they go:
  *   - vr_rows_axpy: out += Σ_i coef_i · W[row_i]   (Wᵀ·g over the stored rows: each row is one input)
  *   - vr_rows_dot:  out_i = W[row_i] · x            (W·x)
+ *   - the _mt forms share one product across OpenMP's threads (the team llama.cpp and torch also run
+ *     on): Wᵀ·g by ranges of columns, so that no partial sums are added and each output is summed in the
+ *     same order on any number of threads; W·x by ranges of rows.
  * for F32, F16, Q8_0 and the K-quants of the registry's Q4_K_M files (Q4_K, Q6_K), laid out as ggml's
  * block_q8_0, block_q4_K and block_q6_K (ggml-common.h) and dequantised as ggml's dequantize_row_*
  * does (the tests compare them with ggml's own). Other types answer -1: the caller keeps a copy.
  *
- * Rows [i0, i1) of the list: the caller splits the rows across threads (ctypes releases the GIL). Like
- * vr_sampling.c, this file is included once per target (base, AVX2+FMA, AVX-512F) with the kernels'
- * names suffixed, the best chosen at run time; the dequantising loops are left to the compiler's
- * vectoriser (-O3), the products run on generic vectors of VR_W lanes with VR_W independent sums.
+ * Like vr_sampling.c, this file is included once per target (base, AVX2+FMA+F16C, AVX-512F/BW) with the
+ * kernels' names suffixed, the best chosen at run time. The kernels work on generic vectors of W lanes:
+ * bytes are unpacked as bytes, converted to floats (with x86 intrinsics there: GCC 12 converts byte
+ * vectors a lane at a time otherwise) and multiplied with their block's scale folded into the weight;
+ * Wᵀ·g takes 4 rows at a time, so that `out` is read and written once per 4 rows. The rows used next are
+ * prefetched while the current ones are summed (`ahead`).
  */
 #ifndef VR_ROWS_KERNELS /* ======== the library; the kernels' section at the end is included per target ======== */
 #include <stdint.h>
@@ -200,7 +205,9 @@ VR_API int32_t vr_rows_axpy_mt(int32_t type, const void *data, int64_t row_bytes
     const vr_rows_kernels *k = rows_kernels();
     const int64_t nb = n_cols / blk;
     const int32_t parts = threads < 1 ? 1 : threads > nb ? (int32_t)nb : threads;
+#ifdef _OPENMP
 #pragma omp parallel for num_threads(parts) schedule(static)
+#endif
     for (int32_t t = 0; t < parts; t++) {
         const int64_t b0 = nb * t / parts, b1 = nb * (t + 1) / parts;
         k->axpy(type, (const uint8_t *)data + b0 * bb, row_bytes, (b1 - b0) * blk, ids, 0, n, coef, out + b0 * blk);
@@ -214,7 +221,9 @@ VR_API int32_t vr_rows_dot_mt(int32_t type, const void *data, int64_t row_bytes,
     if (!vr_rows_block(type) || n_cols % vr_rows_block(type)) return -1;
     const vr_rows_kernels *k = rows_kernels();
     const int32_t parts = threads < 1 ? 1 : threads > n ? (int32_t)(n ? n : 1) : threads;
+#ifdef _OPENMP
 #pragma omp parallel for num_threads(parts) schedule(static)
+#endif
     for (int32_t t = 0; t < parts; t++)
         k->dot(type, (const uint8_t *)data, row_bytes, n_cols, ids, n * t / parts, n * (t + 1) / parts, x, out);
     return 0;
@@ -243,6 +252,7 @@ VR_API int32_t vr_rows_dot(int32_t type, const void *data, int64_t row_bytes, in
 #define splat VR_R(splat)
 #define ldu8 VR_R(ldu8)
 #define hsum VR_R(hsum)
+#define bytes_f VR_R(bytes_f)
 #define u8f VR_R(u8f)
 #define i8f VR_R(i8f)
 #define h2f VR_R(h2f)
@@ -273,45 +283,24 @@ typedef int8_t rvi8;
 
 /* Bytes to floats, lane by lane: x86 spelled out (GCC 12 goes through 16-bit lanes or one lane at a
  * time otherwise), the rest through int32 vectors. */
-#if defined(VR_ROWS_ISA) && VR_ROWS_ISA == 512
-VR_RFN rvf u8f(rvu8 v) {
+#if defined(VR_ROWS_ISA)
+VR_RFN rvf bytes_f(const void *v, int is_signed) { /* is_signed: a constant where it is inlined */
+#if VR_ROWS_ISA == 512
     __m128i x;
-    memcpy(&x, &v, 16);
-    __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(x));
-    rvf r;
-    memcpy(&r, &f, sizeof r);
-    return r;
-}
-VR_RFN rvf i8f(rvi8 v) {
-    __m128i x;
-    memcpy(&x, &v, 16);
-    __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(x));
-    rvf r;
-    memcpy(&r, &f, sizeof r);
-    return r;
-}
-VR_RFN float h2f(const uint8_t *p) {
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return _cvtsh_ss(h);
-}
-#elif defined(VR_ROWS_ISA) && VR_ROWS_ISA == 256
-VR_RFN rvf u8f(rvu8 v) {
+    memcpy(&x, v, 16);
+    __m512 f = _mm512_cvtepi32_ps(is_signed ? _mm512_cvtepi8_epi32(x) : _mm512_cvtepu8_epi32(x));
+#else
     int64_t b;
-    memcpy(&b, &v, 8);
-    __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(b)));
+    memcpy(&b, v, 8);
+    const __m128i x = _mm_cvtsi64_si128(b);
+    __m256 f = _mm256_cvtepi32_ps(is_signed ? _mm256_cvtepi8_epi32(x) : _mm256_cvtepu8_epi32(x));
+#endif
     rvf r;
     memcpy(&r, &f, sizeof r);
     return r;
 }
-VR_RFN rvf i8f(rvi8 v) {
-    int64_t b;
-    memcpy(&b, &v, 8);
-    __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(b)));
-    rvf r;
-    memcpy(&r, &f, sizeof r);
-    return r;
-}
+VR_RFN rvf u8f(rvu8 v) { return bytes_f(&v, 0); }
+VR_RFN rvf i8f(rvi8 v) { return bytes_f(&v, 1); }
 VR_RFN float h2f(const uint8_t *p) {
     uint16_t h;
     memcpy(&h, p, 2);
@@ -588,6 +577,7 @@ static const vr_rows_kernels VR_R(rows_kernels) = {VR_R(axpy), VR_R(dot)};
 #undef splat
 #undef ldu8
 #undef hsum
+#undef bytes_f
 #undef u8f
 #undef i8f
 #undef h2f

@@ -178,7 +178,7 @@ def pick_dtype(name: str, device: torch.device, n_weights: int, types: set[int])
     small (test models), else a quarter of that: int8 on the CPU, float16 on cuda and mps.
 
     The tail's matrices are the last layer's FFN (3 x 2048 x 11008 for a 3B model): 270 MB in float32,
-    over half of the whole V-Reason memory budget (10% of the base run). In place they cost nothing; an
+    more than V-Reason's whole memory budget (5% of a 3B run: ~220 MB). In place they cost nothing; an
     update's backward reads each once. On the CPU, int8 with one scale per row (torch's weight-only int8
     kernel, bfloat16 activations) reads a byte per weight: measured 1.1 ms per FFN matrix against 5-6 ms
     for float32 or bfloat16, with ~0.9% relative error per product, twice Q8_0's own (llama.cpp also
