@@ -257,7 +257,14 @@ def test_self_check_catches_a_tail_of_other_weights(engines, clip, tmp_path):
     assert len(checks) == 4 and all(c > SELFCHECK_TOL for c in checks), checks
     assert any(isinstance(ev, Notice) and "self-check" in ev.message for ev in events)
     _, own = answer(e, video(e, clip), max_tokens=4, every=1)
-    assert all(c.selfcheck < SELFCHECK_TOL for c in own.control)
+    assert all(c.selfcheck < SELFCHECK_TOL for c in own.control) and e._tail.verified
+    # verified once: later answers check llama.cpp's state only, no forward pass
+    forwards = []
+    hidden = e._tail.hidden
+    e._tail.hidden = lambda *args: forwards.append(1) or hidden(*args)
+    _, again = answer(e, video(e, clip), max_tokens=4, every=1)
+    del e._tail.hidden
+    assert not forwards and all(c.selfcheck < SELFCHECK_TOL for c in again.control)
 
 
 def test_lite_keeps_the_highest_norm_half(engines, clip):

@@ -104,6 +104,7 @@ class Tail:
         self.w_gate, self.w_up, self.w_down = weights["ffn_gate"], weights["ffn_up"], weights["ffn_down"]
         self.out_norm = weights["output_norm"]
         self.head = head
+        self.verified = False  # its own forward has given llama.cpp's logits (vreason.VReason._selfcheck)
 
     @staticmethod
     def from_gguf(

@@ -84,7 +84,7 @@ class VReason:
         # per optimiser step: LM-head rows kept, bound on the relative gradient error at h (HeadStep.bound)
         self.head_log: list[tuple[int, float]] = []
         self._capped_said = False
-        self._checked_forward = False  # the first update checks the tail's own forward (see _selfcheck)
+        self._checked_forward = False  # this answer ran the tail's own forward in the self-check
 
     @property
     def n_rows(self) -> int:
@@ -202,16 +202,20 @@ class VReason:
 
     def _selfcheck(self, inp: TailInputs, head: RestrictedHead, logits: np.ndarray) -> float:
         """max |tail logit - llama.cpp logit| / max(1, max |logit|) at the SELFCHECK_ROWS most probable kept
-        tokens, for the values llama.cpp attended over. The tail's own forward at an answer's first
-        update, which checks all of its weights against the running model (once: they do not change);
-        llama.cpp's captured state through the tail's final norm and head rows at the others."""
+        tokens, for the values llama.cpp attended over. Until the tail has passed it once (`Tail.verified`:
+        its weights do not change), an answer's first update runs the tail's own forward, which checks all
+        of its weights against the running model; the other updates check llama.cpp's captured state
+        through the tail's final norm and head rows."""
         top = np.argsort(-logits[head.ids])[:SELFCHECK_ROWS]
+        forward = not (self.tail.verified or self._checked_forward)
         with torch.no_grad():
-            h = head.h_anchor if self._checked_forward else self.tail.hidden(inp, None)
-            tail_z = head.dot(top, h).cpu().numpy()
-        self._checked_forward = True
+            tail_z = head.dot(top, self.tail.hidden(inp, None) if forward else head.h_anchor).cpu().numpy()
         ref = logits[head.ids[top]]
-        return float(np.abs(tail_z - ref).max() / max(1.0, np.abs(ref).max()))
+        error = float(np.abs(tail_z - ref).max() / max(1.0, np.abs(ref).max()))
+        if forward:
+            self._checked_forward = True
+            self.tail.verified = error <= SELFCHECK_TOL
+        return error
 
     def _warn(self, message: str) -> None:
         """Queue a warning for the engine, which yields it as a Notice after this step."""
