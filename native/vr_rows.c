@@ -8,9 +8,9 @@
  * mapping), dequantising as they go:
  *   - vr_rows_axpy: out += Σ_i coef_i · W[row_i]   (Wᵀ·g over the stored rows: each row is one input)
  *   - vr_rows_dot:  out_i = W[row_i] · x            (W·x)
- *   - the _mt forms share one product across OpenMP's threads (the team llama.cpp and torch also run
- *     on): Wᵀ·g by ranges of columns, so that no partial sums are added and each output is summed in the
- *     same order on any number of threads; W·x by ranges of rows.
+ * each shared across OpenMP's threads (the team llama.cpp and torch also run on): Wᵀ·g by ranges of
+ * columns, so that no partial sums are added and each output is summed in the same order on any number
+ * of threads; W·x by ranges of rows.
  * for F32, F16, Q8_0 and the K-quants of the registry's Q4_K_M files (Q4_K, Q6_K), laid out as ggml's
  * block_q8_0, block_q4_K and block_q6_K (ggml-common.h) and dequantised as ggml's dequantize_row_*
  * does (the tests compare them with ggml's own). Other types answer -1: the caller keeps a copy.
@@ -165,15 +165,6 @@ VR_API int32_t vr_rows_block(int32_t type) {
     }
 }
 
-/* out[0..n_cols) += Σ_{i in [i0, i1)} coef[i] · W[r_i], r_i = ids ? ids[i] : i: W's rows of `row_bytes`
- * bytes at `data`, n_cols values each, of ggml type `type`. Returns 0, or -1 for a type it cannot read. */
-VR_API int32_t vr_rows_axpy(int32_t type, const void *data, int64_t row_bytes, int64_t n_cols, const int64_t *ids,
-                            int64_t i0, int64_t i1, const float *coef, float *out) {
-    if (!vr_rows_block(type) || n_cols % vr_rows_block(type)) return -1;
-    rows_kernels()->axpy(type, (const uint8_t *)data, row_bytes, n_cols, ids, i0, i1, coef, out);
-    return 0;
-}
-
 /* Bytes of one block of a type the kernels read (vr_rows_block values). */
 static int64_t block_bytes(int32_t type) {
     switch (type) {
@@ -185,7 +176,7 @@ static int64_t block_bytes(int32_t type) {
     }
 }
 
-/* Whether the _mt products below share their work across threads (an OpenMP build), or run it serially. */
+/* Whether the products below share their work across threads (an OpenMP build), or run it serially. */
 VR_API int32_t vr_rows_openmp(void) {
 #ifdef _OPENMP
     return 1;
@@ -194,12 +185,14 @@ VR_API int32_t vr_rows_openmp(void) {
 #endif
 }
 
-/* vr_rows_axpy over the n rows of the list on `threads` threads of OpenMP's team, each summing its own range
- * of columns (whole blocks) for all rows: no partial sums to add, and each thread's part of `out` stays in
- * its cache. The team is the one llama.cpp and torch run on (the same libgomp), so the threads are warm
- * and none is left spinning beside them (Python threads were: measured 1.6x slower in an update). */
-VR_API int32_t vr_rows_axpy_mt(int32_t type, const void *data, int64_t row_bytes, int64_t n_cols, const int64_t *ids,
-                               int64_t n, const float *coef, float *out, int32_t threads) {
+/* out[0..n_cols) += Σ_{i < n} coef[i] · W[r_i], r_i = ids ? ids[i] : i: W's rows of `row_bytes` bytes at
+ * `data`, n_cols values each, of ggml type `type`; rows whose coef is 0 are not read. Returns 0, or -1 for
+ * a type it cannot read. On `threads` threads of OpenMP's team, each summing its own range of columns
+ * (whole blocks) for all rows: no partial sums to add, and each thread's part of `out` stays in its
+ * cache. The team is the one llama.cpp and torch run on (the same libgomp), so the threads are warm and
+ * none is left spinning beside them (Python threads were: measured 1.6x slower in an update). */
+VR_API int32_t vr_rows_axpy(int32_t type, const void *data, int64_t row_bytes, int64_t n_cols, const int64_t *ids,
+                            int64_t n, const float *coef, float *out, int32_t threads) {
     const int64_t blk = vr_rows_block(type), bb = block_bytes(type);
     if (!blk || n_cols % blk) return -1;
     const vr_rows_kernels *k = rows_kernels();
@@ -215,9 +208,9 @@ VR_API int32_t vr_rows_axpy_mt(int32_t type, const void *data, int64_t row_bytes
     return 0;
 }
 
-/* vr_rows_dot over the n rows of the list on `threads` threads, each a range of rows. */
-VR_API int32_t vr_rows_dot_mt(int32_t type, const void *data, int64_t row_bytes, int64_t n_cols, const int64_t *ids,
-                              int64_t n, const float *x, float *out, int32_t threads) {
+/* out[i] = W[r_i] · x for i < n, W read as vr_rows_axpy reads it, on `threads` threads, each a range of rows. */
+VR_API int32_t vr_rows_dot(int32_t type, const void *data, int64_t row_bytes, int64_t n_cols, const int64_t *ids,
+                           int64_t n, const float *x, float *out, int32_t threads) {
     if (!vr_rows_block(type) || n_cols % vr_rows_block(type)) return -1;
     const vr_rows_kernels *k = rows_kernels();
     const int32_t parts = threads < 1 ? 1 : threads > n ? (int32_t)(n ? n : 1) : threads;
@@ -226,14 +219,6 @@ VR_API int32_t vr_rows_dot_mt(int32_t type, const void *data, int64_t row_bytes,
 #endif
     for (int32_t t = 0; t < parts; t++)
         k->dot(type, (const uint8_t *)data, row_bytes, n_cols, ids, n * t / parts, n * (t + 1) / parts, x, out);
-    return 0;
-}
-
-/* out[i] = W[r_i] · x for i in [i0, i1) (out indexed like the list), as vr_rows_axpy reads W. */
-VR_API int32_t vr_rows_dot(int32_t type, const void *data, int64_t row_bytes, int64_t n_cols, const int64_t *ids,
-                           int64_t i0, int64_t i1, const float *x, float *out) {
-    if (!vr_rows_block(type) || n_cols % vr_rows_block(type)) return -1;
-    rows_kernels()->dot(type, (const uint8_t *)data, row_bytes, n_cols, ids, i0, i1, x, out);
     return 0;
 }
 

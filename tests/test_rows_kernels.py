@@ -95,5 +95,5 @@ def test_other_types_are_refused():
     raw = np.zeros((2, 176), np.uint8)
     out = np.zeros(256, np.float32)
     coef = np.ones(2, np.float32)
-    rc = _kernels().vr_rows_axpy(int(Q.Q5_K), raw.ctypes.data, 176, 256, None, 0, 2, coef.ctypes.data, out.ctypes.data)
+    rc = _kernels().vr_rows_axpy(int(Q.Q5_K), raw.ctypes.data, 176, 256, None, 2, coef.ctypes.data, out.ctypes.data, 1)
     assert rc == -1

@@ -234,8 +234,6 @@ def _kernels() -> ctypes.CDLL:
     if not hasattr(lib, "vr_rows_ready"):
         vp, i64 = ctypes.c_void_p, ctypes.c_int64
         for fn in (lib.vr_rows_axpy, lib.vr_rows_dot):
-            fn.argtypes, fn.restype = [ctypes.c_int32, vp, i64, i64, vp, i64, i64, vp, vp], ctypes.c_int32
-        for fn in (lib.vr_rows_axpy_mt, lib.vr_rows_dot_mt):
             fn.argtypes, fn.restype = [ctypes.c_int32, vp, i64, i64, vp, i64, vp, vp, ctypes.c_int32], ctypes.c_int32
         lib.vr_rows_openmp.argtypes, lib.vr_rows_openmp.restype = [], ctypes.c_int32
         for name in ("vr_rows_block", "vr_rows_use"):
@@ -286,7 +284,7 @@ class GGUFMatrix:
         xs = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
         out = np.empty(n, np.float32)
         ptr = None if idx is None else idx.ctypes.data
-        self._lib.vr_rows_dot_mt(
+        self._lib.vr_rows_dot(
             self.ggml_type, self.raw.ctypes.data, self.row_bytes, self.n_cols, ptr, n, xs.ctypes.data,
             out.ctypes.data, self._threads(n),
         )  # fmt: skip
@@ -298,7 +296,7 @@ class GGUFMatrix:
         gs = np.ascontiguousarray(g.detach().cpu().numpy(), dtype=np.float32)
         out = np.zeros(self.n_cols, np.float32)
         ptr = None if idx is None else idx.ctypes.data
-        self._lib.vr_rows_axpy_mt(
+        self._lib.vr_rows_axpy(
             self.ggml_type, self.raw.ctypes.data, self.row_bytes, self.n_cols, ptr, len(gs), gs.ctypes.data,
             out.ctypes.data, self._threads(len(gs)),
         )  # fmt: skip
