@@ -57,6 +57,11 @@ def python_callback(names: set[bytes], capture: list[bool], sizes: dict[bytes, i
     return cb
 
 
+def captured_nodes(hook: ValueHook) -> dict[bytes, int]:
+    """The nodes the C hook captures (name -> bytes of one token's data), for the ctypes callback to do the same."""
+    return {hook.names[k].encode(): hook.sizes[k] for k in hook.names}
+
+
 def bench_invocation(info, nodes_per_token: int, decode_s: float, calls: int = 200_000) -> None:
     """Cost of one callback invocation made from C, as llama.cpp's scheduler makes it: the C hook
     answering "no" (capture off) against a plain ctypes callback doing the same name test."""
@@ -69,8 +74,7 @@ def bench_invocation(info, nodes_per_token: int, decode_s: float, calls: int = 2
     t = ggml.ggml_new_tensor_2d(ctx, 0, 4, 4)
     ggml.ggml_set_name(t, b"blk.7.attn_norm")
     hook = ValueHook(info)
-    last = info.n_layer - 1
-    sizes = {f"Qcur-{last}".encode(): info.n_head * info.head_dim * 4, f"ffn_inp-{last}".encode(): info.n_embd * 4}
+    sizes = captured_nodes(hook)
     py_cb = python_callback(set(sizes), [False], sizes)
     c_fn = ctypes.cast(lib.vr_hook_callback, ctypes.c_void_p).value
     py_fn = ctypes.cast(py_cb, ctypes.c_void_p).value
@@ -110,11 +114,10 @@ def bench_callbacks(path, tokens: int, rounds: int, label: str) -> None:
     info = read_model_info(path)
     model = Model(path, n_gpu_layers=0, repack=True)
     threads = default_threads()
-    last = info.n_layer - 1
     n_ctx = 1024
     hook = ValueHook(info)
     capture = [False]
-    sizes = {f"Qcur-{last}".encode(): info.n_head * info.head_dim * 4, f"ffn_inp-{last}".encode(): info.n_embd * 4}
+    sizes = captured_nodes(hook)
     py_cb = python_callback(set(sizes), capture, sizes)
     ctxs = {
         "no callback": Context(model, n_ctx, 512, threads, "auto"),
@@ -123,7 +126,7 @@ def bench_callbacks(path, tokens: int, rounds: int, label: str) -> None:
     }
     runs = {k: [] for k in ctxs}
     runs["C hook capturing (the 5 nodes an update reads)"] = []
-    runs["ctypes callback capturing (Qcur, ffn_inp)"] = []
+    runs["ctypes callback capturing (the same 5 nodes)"] = []
     for _ in range(rounds):
         hook.prepare(False)
         capture[0] = False
@@ -132,7 +135,7 @@ def bench_callbacks(path, tokens: int, rounds: int, label: str) -> None:
         runs["C hook capturing (the 5 nodes an update reads)"] += decode_loop(
             ctxs["C hook installed, capture off"], model, tokens, hook.prepare
         )
-        runs["ctypes callback capturing (Qcur, ffn_inp)"] += decode_loop(
+        runs["ctypes callback capturing (the same 5 nodes)"] += decode_loop(
             ctxs["ctypes callback, answers no"], model, tokens, lambda on: capture.__setitem__(0, on)
         )
     decode_loop(ctxs["C hook installed, capture off"], model, 1, hook.prepare)

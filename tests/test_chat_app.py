@@ -154,13 +154,18 @@ async def test_mode_switch_and_compare_side_by_side(options, store, tiny, clip):
     assert answers["base"].tokens == reference(tiny, clip, "What happens?")
 
 
+async def start_long_answer(pilot, app, tokens: int) -> None:
+    """Ask the long question and wait until `tokens` of its answer are on the chart."""
+    await ready(pilot)
+    app.query_one("#prompt", Input).value = LONG_QUESTION
+    await pilot.press("enter")
+    await until(pilot, lambda: len(app.query_one(TelemetryPanel).chart.series.get("entropy", [])) >= tokens)
+
+
 async def test_escape_cancels_and_keeps_the_partial_answer(options, store):
     app = make_app(replace(options, gen=LONG), store)
     async with app.run_test(size=(100, 34)) as pilot:
-        await ready(pilot)
-        app.query_one("#prompt", Input).value = LONG_QUESTION
-        await pilot.press("enter")
-        await until(pilot, lambda: len(app.query_one(TelemetryPanel).chart.series.get("entropy", [])) >= 3)
+        await start_long_answer(pilot, app, 3)
         await pilot.press("escape")
         await until(pilot, lambda: app.job is None)
         view = app.query(AnswerView).last()
@@ -174,10 +179,7 @@ async def test_escape_cancels_and_keeps_the_partial_answer(options, store):
 async def test_quit_while_answering_saves_the_conversation(options, store):
     app = make_app(replace(options, gen=LONG), store)
     async with app.run_test(size=(100, 34)) as pilot:
-        await ready(pilot)
-        app.query_one("#prompt", Input).value = LONG_QUESTION
-        await pilot.press("enter")
-        await until(pilot, lambda: len(app.query_one(TelemetryPanel).chart.series.get("entropy", [])) >= 2)
+        await start_long_answer(pilot, app, 2)
         t0 = time.monotonic()
         await pilot.press("ctrl+q")
         await until(pilot, lambda: app._exit, timeout=20)

@@ -146,8 +146,8 @@ class ValueHook:
             "y": f"l_out-{last}",  # the FFN's output plus its residual, before the final norm
         }
         n_embd, n_ff = info.n_embd * 4, info.n_ff * 4  # bytes of one token's row
-        sizes = {"q": info.n_head * info.head_dim * 4, "ffn_inp": n_embd, "gate": n_ff, "up": n_ff, "y": n_embd}
-        self.slots = {k: self.lib.vr_hook_add_capture(self.h, n.encode(), sizes[k]) for k, n in self.names.items()}
+        self.sizes = {"q": info.n_head * info.head_dim * 4, "ffn_inp": n_embd, "gate": n_ff, "up": n_ff, "y": n_embd}
+        self.slots = {k: self.lib.vr_hook_add_capture(self.h, n.encode(), self.sizes[k]) for k, n in self.names.items()}
         self.n_embd_v = info.n_head_kv * info.head_dim
         tail = [f"blk.{last}.{m}.weight" for m in ("attn_output", "ffn_gate", "ffn_up", "ffn_down")]
         heads = ["output.weight", "token_embd.weight"]  # the LM head, or the embeddings when it is tied

@@ -88,13 +88,15 @@ class LMHead:
         self.device, self.dtype = device, dtype
         self._keep = keep
         self._store: torch.Tensor | None = None  # [keep, n_cols], allocated at the first read
-        self._owner = np.full(keep, -1, np.int64)  # the token in each slot of the ring
-        self._slot = np.full(raw.shape[0], -1, np.int64)  # each token's slot, -1: not kept
         self._next = 0
-        from .hook import native
+        self._read, self._fd = None, None
+        if self.in_place is None:  # the ring: which token each slot holds and where each token is kept
+            self._owner = np.full(keep, -1, np.int64)
+            self._slot = np.full(raw.shape[0], -1, np.int64)  # -1: not kept
+            from .hook import native
 
-        self._read = getattr(native(), "vr_read_rows", None)
-        self._fd = os.open(raw.filename, os.O_RDONLY | getattr(os, "O_BINARY", 0)) if self._read else None
+            self._read = getattr(native(), "vr_read_rows", None)
+            self._fd = os.open(raw.filename, os.O_RDONLY | getattr(os, "O_BINARY", 0)) if self._read else None
         self.norms = self._row_norms()
 
     def _row_norms(self) -> np.ndarray:

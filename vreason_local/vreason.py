@@ -164,7 +164,6 @@ class VReason:
             self.opt.zero_grad()
             if i == 0:  # at llama.cpp's state: its forward is known, the backward is written out (no autograd)
                 step = head.at(h, alpha)
-                loss = torch.tensor(step.loss)
                 grad_v = self.tail.backward_at_llama_state(inp, step.grad_h)
                 self.dv.grad = norm_preserving_vjp(self.v_base, self.dv.detach(), grad_v)
                 selfcheck = self._selfcheck(inp, head, logits)
@@ -175,8 +174,7 @@ class VReason:
                 else:
                     h = self.tail.hidden(inp, self._delta(self.dv))
                 step = head.at(h, alpha)
-                loss = loss_at(h, step)
-                loss.backward()
+                loss_at(h, step).backward()
             self.head_log.append((len(head.ids), step.bound))
             if step.capped and not self._capped_said:
                 self._capped_said = True
@@ -184,7 +182,7 @@ class VReason:
                     f"the LM-head restriction reached its cap of {self.s.head_max} rows (head_max) with a gradient "
                     f"error bound of {step.bound:.3g} (target {self.s.head_error}); said once per answer"
                 )
-            if not (_finite(loss) and _finite(self.dv.grad)):
+            if not (math.isfinite(step.loss) and _finite(self.dv.grad)):
                 self._reset("non-finite loss or gradient")
                 return selfcheck
             self.opt.step()
