@@ -25,6 +25,7 @@
 #ifndef VR_KERNELS /* ======== the library; the kernels' section at the end is included per target ======== */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(_WIN32)
@@ -50,6 +51,10 @@
 #define VR_CUT_SHIFT0 19u
 #define VR_CUT_BITS1 10u  /* bits 18..9 */
 #define VR_CUT_BITS2 9u   /* bits 8..0 */
+/* Radix levels of the LM-head terms' ranking over the 31 bits of a term >= 0: */
+#define VR_RANK_BITS0 11u /* bits 30..20 */
+#define VR_RANK_BITS1 10u /* bits 19..10 */
+#define VR_RANK_BITS2 10u /* bits 9..0 */
 #define VR_CUT_WAYS 4u    /* histograms: value k adds to k % 4, so equal neighbours do not queue on one bucket */
 
 static uint32_t float_bits(float x) { uint32_t b; memcpy(&b, &x, sizeof b); return b; }
@@ -60,6 +65,7 @@ typedef struct {
     double (*softmax)(const float *, int64_t, float, float, float *);
     int64_t (*draw)(const float *, int64_t, float, double);
     int64_t (*collect)(const float *, int64_t, float, int32_t *, double *);
+    double (*terms)(const float *, const float *, int64_t, float *, double *);
 } vr_kernels;
 
 #define VR_KERNELS base
@@ -217,6 +223,70 @@ VR_API float vr_nucleus_cut(const float *e, int64_t n, double total, double targ
         m = kept;
     }
     return bits_float(prefix);
+}
+
+/* A term's rank key: its bits without the sign's (terms are >= 0, where float order is the bits' order). */
+static uint32_t term_key(float x) { return float_bits(x) & 0x7fffffffu; }
+
+/* One pass of a stable LSD radix sort by `bits` bits of the keys from `shift` on, in decreasing order. */
+static void radix_pass(const uint32_t *key, const int32_t *id, uint32_t *key_out, int32_t *id_out, int64_t m,
+                       uint32_t shift, uint32_t bits) {
+    int64_t start[1u << VR_RANK_BITS0];
+    const uint32_t mask = (1u << bits) - 1u;
+    memset(start, 0, sizeof(int64_t) << bits);
+    for (int64_t j = 0; j < m; j++) start[key[j] >> shift & mask]++;
+    int64_t at = 0;
+    for (uint32_t b = 1u << bits; b-- > 0;) { /* the highest digit first */
+        int64_t c = start[b];
+        start[b] = at;
+        at += c;
+    }
+    for (int64_t j = 0; j < m; j++) {
+        int64_t to = start[key[j] >> shift & mask]++;
+        key_out[to] = key[j], id_out[to] = id[j];
+    }
+}
+
+/* V-Reason's LM-head restriction at llama.cpp's logits (vreason_local/tail.py, AnchorWeights): with
+ * p = softmax(logits), H its entropy and l_v = ln p_v + H, the term t_v = norms_v·p_v·|l_v| of every
+ * row into t (n floats), and the ids of the k largest terms into ids, in decreasing order of term (on
+ * ties the lower id first); stats[0] = ln sum(e^logits), stats[1] = H, stats[2] = sum(t). Returns how
+ * many ids (k, at most n), or -1 if out of memory. Three vectorised passes for the terms (as
+ * vr_argmax_entropy), then a radix select: a histogram of the terms' top bits finds the bucket of the
+ * k-th largest, the terms from that bucket up (a few more than k) are collected in id order and sorted
+ * by a stable radix sort (no compare-based sort: ~0.1 ms at 151,936 tokens, where a heap of 2,048 ids
+ * took 0.9 ms and numpy's argpartition 0.3). */
+VR_API int64_t vr_head_terms(const float *logits, const float *norms, int64_t n, int64_t k, float *t, int64_t *ids,
+                             double *stats) {
+    stats[2] = kernels()->terms(logits, norms, n, t, stats);
+    if (k > n) k = n;
+    if (k <= 0) return 0;
+    const uint32_t top_shift = 31u - VR_RANK_BITS0, n_buckets = 1u << VR_RANK_BITS0;
+    uint32_t count[VR_CUT_WAYS][1u << VR_RANK_BITS0] = {{0}}; /* term i counts in way i % 4: no queue on one bucket */
+    for (int64_t i = 0; i < n; i++) count[i % VR_CUT_WAYS][term_key(t[i]) >> top_shift]++;
+    uint32_t edge = n_buckets;
+    int64_t m = 0;
+    while (edge-- > 0) {
+        for (uint32_t w = 0; w < VR_CUT_WAYS; w++) m += count[w][edge];
+        if (m >= k) break;
+    }
+    uint32_t *key = malloc(sizeof(uint32_t) * 2 * (size_t)(m + 1));
+    int32_t *id = malloc(sizeof(int32_t) * 2 * (size_t)(m + 1));
+    if (!key || !id) {
+        free(key), free(id);
+        return -1;
+    }
+    int64_t j = 0;
+    for (int64_t i = 0; i < n && j < m; i++) { /* without a branch: whether a term is in is a coin toss */
+        key[j] = term_key(t[i]), id[j] = (int32_t)i;
+        j += key[j] >> top_shift >= edge;
+    }
+    radix_pass(key, id, key + m + 1, id + m + 1, m, 0, VR_RANK_BITS2);
+    radix_pass(key + m + 1, id + m + 1, key, id, m, VR_RANK_BITS2, VR_RANK_BITS1);
+    radix_pass(key, id, key + m + 1, id + m + 1, m, VR_RANK_BITS2 + VR_RANK_BITS1, VR_RANK_BITS0);
+    for (j = 0; j < k; j++) ids[j] = id[m + 1 + j];
+    free(key), free(id);
+    return k;
 }
 
 #else /* ======== kernels: VR_W lanes, compiled for VR_TARGET, names suffixed with _VR_KERNELS ======== */
@@ -401,6 +471,38 @@ VR_TARGET static double VR_K(softmax)(const float *l, int64_t n, float m, float 
     return s;
 }
 
+/* ---- V-Reason's LM-head terms: t_v = w_v·p_v·|ln p_v + H|, p = softmax(l) ---- */
+
+/* Fills t and returns sum(t); stats[0] = ln sum(e^l), stats[1] = H (nats). */
+VR_TARGET static double VR_K(terms)(const float *l, const float *w, int64_t n, float *t, double *stats) {
+    int64_t top = argmax_index(l, n);
+    const float m = l[top];
+    double r = 0.0, d = 0.0;
+    entropy_range(l, 0, top, m, &r, &d);
+    entropy_range(l, top + 1, n, m, &r, &d);
+    const double log_total = log1p(r);
+    stats[0] = m + log_total;
+    stats[1] = log_total - d / (1.0 + r);
+    const float c = (float)log_total, h = (float)stats[1];
+    const vi magnitude = ~as_i(vsplat(-0.0f)); /* all bits but the sign's */
+    vf v[VR_U], zc[VR_U], e[VR_U], x[VR_U], acc[VR_U];
+    double s = 0.0;
+    for (int64_t a = 0; a < n; a += VR_BLOCK) {
+        VR_EACH(u) acc[u] = vsplat(0.0f);
+        for (int64_t i = a; i < n && i < a + VR_BLOCK; i += VR_STEP) {
+            load_step(v, l, i, n, -INFINITY);
+            VR_EACH(u) v[u] = (v[u] - m) - c; /* ln p <= 0 */
+            vexp_step(v, zc, e);
+            load_step(x, w, i, n, 0.0f);
+            VR_EACH(u) x[u] = x[u] * e[u] * as_f(as_i(zc[u] + h) & magnitude);
+            store_step(t, i, n, x);
+            VR_EACH(u) acc[u] += x[u];
+        }
+        s += vsum4(acc);
+    }
+    return s;
+}
+
 /* ---- draw: inverse CDF over the e_i >= c, block sums first, then one block value by value ---- */
 
 VR_FN double kept_block_sum(const float *e, int64_t a, int64_t n, float c) {
@@ -469,7 +571,9 @@ VR_TARGET static int64_t VR_K(collect)(const float *e, int64_t n, float lo, int3
     return m;
 }
 
-static const vr_kernels VR_K(kernels) = {VR_K(argmax_entropy), VR_K(softmax), VR_K(draw), VR_K(collect)};
+static const vr_kernels VR_K(kernels) = {
+    VR_K(argmax_entropy), VR_K(softmax), VR_K(draw), VR_K(collect), VR_K(terms),
+};
 
 #undef VR_CAT_
 #undef VR_CAT

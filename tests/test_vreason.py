@@ -212,9 +212,9 @@ def test_cache_write_is_the_method(engines, clip):
     logits_before = e.ctx.logits().copy()
     # the tail's prediction for the new dV, against the values that were cached when step 1 ran
     v_cache_then = c.v_base
-    c_v, c.v_cache = c.v_cache, v_cache_then
+    c_v, c._v_cache = c.v_cache, v_cache_then
     _, predicted = c.loss(inp, c.dv.detach(), np.arange(e.model.n_vocab), logits_before, 1)
-    c.v_cache = c_v
+    c._v_cache = c_v
     after = redecode_last(e)
     moved = np.abs(after - logits_before).max()
     err = np.abs(predicted.detach().numpy() - after).max()
@@ -368,9 +368,9 @@ def test_transposed_value_cache(tiny_model_factory, clip):
             e.hook.read_values(c.rows, True), c.v_cache.reshape(c.n_rows, -1).numpy().astype(np.float16)
         )
         inp, before = c.inputs(), e.ctx.logits().copy()
-        c_v, c.v_cache = c.v_cache, c.v_base
+        c_v, c._v_cache = c.v_cache, c.v_base
         _, predicted = c.loss(inp, c.dv.detach(), np.arange(e.model.n_vocab), before, 1)
-        c.v_cache = c_v
+        c._v_cache = c_v
         after = redecode_last(e)
         assert np.abs(after - before).max() > 10 * np.abs(predicted.detach().numpy() - after).max()
         gen.close()

@@ -19,12 +19,13 @@ import numpy as np
 import pytest
 import torch
 
+from vreason_local import sampling
 from vreason_local.clips import make_clip
 from vreason_local.engine import AnswerHandle, Engine, EngineSettings, GenerationSettings
 from vreason_local.events import Notice, Prefilled, TokenEvent
 from vreason_local.media import Media, load_video
 from vreason_local.sampling import entropy
-from vreason_local.tail import HeldWeights, RestrictedHead, norm_preserving
+from vreason_local.tail import AnchorWeights, HeldWeights, RestrictedHead, norm_preserving
 from vreason_local.tiny import make_tiny
 from vreason_local.video import FrameSampling
 from vreason_local.vreason import VReason, VReasonSettings
@@ -188,25 +189,64 @@ def test_head_bound_formula_holds_on_random_cases():
     assert tight > 0.5  # and it is not vacuous
 
 
-def test_keeping_more_rows_at_the_anchor_equals_weights_computed_afresh():
-    """At the anchor (nothing held moved) an update adds rows with HeldWeights.keep, without a pass over
-    the vocabulary: the weights, the bound and what the next choice of rows reads are those of weights
-    computed afresh for the enlarged set of rows."""
-    rng = np.random.default_rng(3)
-    n = 5000
-    z0, norms = rng.normal(size=n) * 4, rng.uniform(0.5, 2, n)
-    order = np.argsort(-z0)
-    first, more = order[:100], rng.permutation(order[100:])[:300]
-    kept = HeldWeights(z0, first, np.zeros(100), norms, 0.0)
-    assert kept.exact
-    kept.keep(more)
-    fresh = HeldWeights(z0, np.concatenate([first, more]), np.zeros(400), norms, 0.0)
-    np.testing.assert_allclose(kept.g, fresh.g, rtol=1e-12, atol=1e-300)
-    np.testing.assert_allclose(kept.u, fresh.u, rtol=1e-12, atol=1e-300)
-    np.testing.assert_allclose(kept.q, fresh.q, rtol=1e-12, atol=1e-300)
-    for name in ("bound", "dropped_sum", "kept_weight", "kept_part", "entropy"):
-        assert getattr(kept, name) == pytest.approx(getattr(fresh, name), rel=1e-9, abs=1e-300), name
-    assert not HeldWeights(z0, first, np.full(100, 1e-3), norms, 0.0).exact  # a kept logit moved
+@pytest.mark.parametrize("lanes", [4, 8, 16])
+def test_anchor_weights_equal_the_float64_ones(lanes):
+    """At the anchor (nothing held moved) an update's weights come from one native float32 pass over the
+    vocabulary (AnchorWeights), and rows are added without another: the weights, the bound and the ranked
+    candidates equal those of HeldWeights' float64 computation (R = 0) afresh for each set of rows, on a
+    vocabulary with a token of probability 0, ties and rows of every weight."""
+    if sampling._native().vr_sampling_use(lanes) < 0:
+        pytest.skip(f"this CPU has no {lanes}-lane kernels")
+    try:
+        rng = np.random.default_rng(3)
+        n = 5000
+        z0 = (rng.normal(size=n) * 4).astype(np.float32)
+        z0[7], z0[8:12] = -1e4, z0[12]  # a token of probability 0; ties
+        norms = rng.uniform(0.5, 2, n)
+        norms32 = norms.astype(np.float32)
+        norms32 = np.where(norms32 < norms, np.nextafter(norms32, np.float32(np.inf)), norms32)
+        terms = sampling.head_terms(z0, norms32, 600)
+        z64 = z0.astype(np.float64)
+        first = rng.permutation(n)[:100]
+        anchor = AnchorWeights(terms, z0, norms, first)
+        held = HeldWeights(z64, first, np.zeros(100), norms, 0.0)
+        assert anchor.bound == pytest.approx(held.bound, rel=1e-5)
+        rest = np.setdiff1d(np.arange(n), first)
+        more = rest[np.argsort(-held.u[rest], kind="stable")][:300]
+        top, t, u = anchor.candidates(300)
+        np.testing.assert_array_equal(np.sort(top), np.sort(more))  # float32 may order near-ties differently
+        np.testing.assert_allclose(t, held.u[top], rtol=1e-5)
+        np.testing.assert_array_equal(t, u)
+        anchor.keep(top)
+        fresh = HeldWeights(z64, np.concatenate([first, top]), np.zeros(400), norms, 0.0)
+        np.testing.assert_allclose(anchor.g, fresh.g, rtol=1e-6, atol=1e-12)
+        for name in ("bound", "dropped_sum", "kept_weight", "entropy"):
+            assert getattr(anchor, name) == pytest.approx(getattr(fresh, name), rel=1e-5), name
+        assert (anchor.scale, anchor.kept_part) == (fresh.scale, fresh.kept_part) == (1.0, 0.0)
+    finally:
+        sampling._native().vr_sampling_use(0)
+
+
+def test_head_terms_rank_every_row():
+    """The native ranking against numpy in float64: every term (to float32's rounding of l_v = ln p_v + H,
+    1e-5 nats), their sum, ln Σ e^z and H, and the k largest in decreasing order with ties broken by the lower id, for k from 1 to the whole vocabulary."""
+    rng = np.random.default_rng(5)
+    n = 151936
+    z = (rng.normal(size=n) * 3).astype(np.float32)
+    z[[3, 900]] = -np.inf
+    z[1000:1010] = z[2000]  # ties
+    norms = rng.uniform(0.5, 2, n).astype(np.float32)
+    zd = z.astype(np.float64)
+    log_total = zd.max() + np.log(np.exp(zd - zd.max()).sum())
+    p = np.exp(zd - log_total)
+    h = -(p * np.where(p > 0, zd - log_total, 0)).sum()
+    t = norms * p * np.abs(np.where(p > 0, zd - log_total, 0) + h)
+    for k in (1, 2048, 30000, n):
+        r = sampling.head_terms(z, norms, k)
+        assert r.log_total == pytest.approx(log_total, rel=1e-7) and r.entropy == pytest.approx(h, rel=1e-6)
+        assert r.total == pytest.approx(t.sum(), rel=1e-6)
+        assert np.all(np.abs(r.terms - t) <= 2e-6 * t + 1e-5 * norms * p)  # l_v in float32: within 1e-5 nats
+        np.testing.assert_array_equal(r.ranked, np.lexsort((np.arange(n), -r.terms))[:k])
 
 
 @pytest.mark.parametrize("cap", [2048, ALL])

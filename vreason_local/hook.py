@@ -148,6 +148,9 @@ class ValueHook:
         n_embd, n_ff = info.n_embd * 4, info.n_ff * 4  # bytes of one token's row
         self.sizes = {"q": info.n_head * info.head_dim * 4, "ffn_inp": n_embd, "gate": n_ff, "up": n_ff, "y": n_embd}
         self.slots = {k: self.lib.vr_hook_add_capture(self.h, n.encode(), self.sizes[k]) for k, n in self.names.items()}
+        # capture()'s out-parameters, made once: five captures per update
+        self._capture_out = ((ctypes.c_int64 * 4)(), ctypes.c_size_t(), ctypes.c_int64(), ctypes.c_int32())
+        self._capture_refs = tuple(ctypes.byref(x) for x in self._capture_out[1:])
         self.n_embd_v = info.n_head_kv * info.head_dim
         tail = [f"blk.{last}.{m}.weight" for m in ("attn_output", "ffn_gate", "ffn_up", "ffn_down")]
         heads = ["output.weight", "token_embd.weight"]  # the LM head, or the embeddings when it is tied
@@ -188,11 +191,8 @@ class ValueHook:
 
     def capture(self, key: str) -> np.ndarray:
         """The data copied from node `key` in the last decode, shaped as ggml's ne reversed (row-major)."""
-        ne = (ctypes.c_int64 * 4)()
-        nbytes, seen, err = ctypes.c_size_t(), ctypes.c_int64(), ctypes.c_int32()
-        ptr = self.lib.vr_hook_capture(
-            self.h, self.slots[key], ne, ctypes.byref(nbytes), ctypes.byref(seen), ctypes.byref(err)
-        )
+        ne, nbytes, seen, err = self._capture_out
+        ptr = self.lib.vr_hook_capture(self.h, self.slots[key], ne, *self._capture_refs)
         if err.value or not seen.value:
             raise RuntimeError(f"hook did not capture {self.names[key]} (error {err.value}, seen {seen.value})")
         arr = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(nbytes.value // 4,))

@@ -77,6 +77,7 @@ def _native() -> ctypes.CDLL:
             "vr_nucleus_cut": ([vp, i64, f64, f64, vp, vp], f32),
             "vr_nucleus_hist_size": ([], i64),
             "vr_draw": ([vp, i64, f32, f64], i64),
+            "vr_head_terms": ([vp, vp, i64, i64, vp, vp, vp], i64),
             "vr_sampling_lanes": ([], ctypes.c_int32),
             "vr_sampling_use": ([ctypes.c_int32], ctypes.c_int32),
         }
@@ -107,6 +108,32 @@ def entropy(logits: np.ndarray) -> float:
     h = ctypes.c_double()
     _native().vr_argmax_entropy(x.ctypes.data, x.size, ctypes.byref(h))
     return h.value
+
+
+@dataclass(frozen=True)
+class HeadTerms:
+    """Every LM-head row's term in V-Reason's bound at llama.cpp's logits (`head_terms`)."""
+
+    log_total: float  # ln Σ e^z: ln p_v = z_v - log_total
+    entropy: float  # H of p, nats
+    total: float  # Σ_v t_v
+    terms: np.ndarray  # t_v = norms_v·p_v·|ln p_v + H|, float32 [n_vocab]
+    ranked: np.ndarray  # ids of the k largest terms, decreasing (ties: the lower id first), int64
+
+
+def head_terms(logits: np.ndarray, norms: np.ndarray, k: int) -> HeadTerms:
+    """The terms t_v = norms_v·p_v·|ln p_v + H| of p = softmax(logits) and the k largest, in one native
+    call (three vectorised passes and a heap of k ids: ~0.2 ms at 151,936 tokens, where numpy's float64
+    took ~1.4 ms). The terms are float32 values of float32 arithmetic (vexp: ~1 ulp), their sum and
+    ln Σ e^z, H as exact as `entropy`: relative errors of ~1e-6, against the bounds of 1e-2 they serve.
+    `norms`: float32, one per logit."""
+    x = _float32(logits, logits.size)
+    w = _float32(norms, x.size)
+    t, ids, stats = np.empty(x.size, np.float32), np.empty(min(max(k, 0), x.size), np.int64), np.empty(3)
+    n = _native().vr_head_terms(
+        x.ctypes.data, w.ctypes.data, x.size, len(ids), t.ctypes.data, ids.ctypes.data, stats.ctypes.data
+    )
+    return HeadTerms(float(stats[0]), float(stats[1]), float(stats[2]), t, ids[:n])
 
 
 @dataclass(frozen=True)

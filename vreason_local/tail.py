@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from .gguf_info import ModelInfo
+from .sampling import HeadTerms, head_terms
 from .tail_weights import LMHead, Matrix, WeightView, load_tail_weights, mv, mv_t
 
 
@@ -52,26 +53,35 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
 
 
-def norm_preserving(v_base: torch.Tensor, dv: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """V_new = (V + dV) / ||V + dV|| · ||V||, per row and kv head (norm over head_dim), as the method defines it."""
+def norm_preserving(
+    v_base: torch.Tensor, dv: torch.Tensor, base_norm: torch.Tensor | None = None, eps: float = 1e-12
+) -> torch.Tensor:
+    """V_new = (V + dV) / ||V + dV|| · ||V||, per row and kv head (norm over head_dim), as the method defines it.
+    `base_norm`: ||V|| (keepdim), where the caller holds it: V does not change within an answer."""
     v = v_base + dv
-    return v * (v_base.norm(dim=-1, keepdim=True) / v.norm(dim=-1, keepdim=True).clamp_min(eps))
+    base_norm = v_base.norm(dim=-1, keepdim=True) if base_norm is None else base_norm
+    return v * (base_norm / v.norm(dim=-1, keepdim=True).clamp_min(eps))
 
 
-def norm_preserving_vjp(v_base: torch.Tensor, dv: torch.Tensor, g: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+def norm_preserving_vjp(
+    v_base: torch.Tensor, dv: torch.Tensor, g: torch.Tensor, base_norm: torch.Tensor | None = None, eps: float = 1e-12
+) -> torch.Tensor:
     """gᵀ·∂V_new/∂dV for `norm_preserving`: with v = V + dV and u = v/||v||, ∂V_new/∂dV = ||V||/||v||·(I - u·uᵀ)
     per row and kv head, so the gradient is ||V||/||v||·(g - u·(u·g))."""
     v = v_base + dv
     n = v.norm(dim=-1, keepdim=True).clamp_min(eps)
     u = v / n
-    return (v_base.norm(dim=-1, keepdim=True) / n) * (g - u * (u * g).sum(-1, keepdim=True))
+    base_norm = v_base.norm(dim=-1, keepdim=True) if base_norm is None else base_norm
+    return (base_norm / n) * (g - u * (u * g).sum(-1, keepdim=True))
 
 
 def rms_norm_vjp(x: torch.Tensor, weight: torch.Tensor, eps: float, g: torch.Tensor) -> torch.Tensor:
-    """gᵀ·∂rms_norm(x)/∂x: with r = (mean(x²) + eps)^-1/2 and a = weight·g, r·a - x·r³·mean(x·a)."""
-    r = torch.rsqrt(x.pow(2).mean() + eps)
+    """gᵀ·∂rms_norm(x)/∂x for one state x: with r = (mean(x²) + eps)^-1/2 and a = weight·g,
+    r·a - x·r³·mean(x·a), its scalars as Python floats (five tensor operations where there were twelve: in
+    an update each costs ~10-30 µs however small its vectors, its memory cold after llama.cpp's decode)."""
     a = weight * g
-    return r * a - x * (r.pow(3) * (x * a).mean())
+    r = 1.0 / math.sqrt(float(x.dot(x)) / x.numel() + eps)
+    return torch.add(a * r, x, alpha=-(r**3) * float(x.dot(a)) / x.numel())
 
 
 @dataclass
@@ -134,7 +144,8 @@ class Tail:
         dx = dy + rms_norm_vjp(inp.ffn_inp, self.ffn_norm, self.eps, d_n)
         n_head, n_kv = self.info.n_head, self.info.n_head_kv
         d_attn = mv_t(self.w_o, dx).view(n_kv, n_head // n_kv, -1)  # query head h uses kv head h // (n_head/n_kv)
-        return torch.einsum("gqr,gqd->rgd", inp.probs.view(n_kv, n_head // n_kv, -1), d_attn)
+        a = inp.probs.view(n_kv, n_head // n_kv, -1)
+        return torch.bmm(a.transpose(1, 2), d_attn).transpose(0, 1)  # Σ_q a[g, q, r]·d_attn[g, q]: [rows, G, D]
 
     def hidden(self, inp: TailInputs, delta: torch.Tensor | None) -> torch.Tensor:
         """The normalised final hidden state when the value rows change by `delta` from what llama.cpp
@@ -238,8 +249,9 @@ class RestrictedHead:
         target); `ratio`: a first guess of ||G_K|| / Σ_K ||W_v||·|g_v| (the last update's), which sizes
         the first read."""
         self.head, self.h_anchor, self.error, self.ratio = head, h_anchor.detach(), error, ratio
-        self.z0 = z0.astype(np.float64)
-        self.max_norm = float(head.norms.max())
+        self.z0 = z0
+        self._z0_64: np.ndarray | None = None  # z0 in float64, for HeldWeights (steps away from the anchor)
+        self._terms: HeadTerms | None = None  # the rows' terms at the anchor, for AnchorWeights
         self.grow = ids is None
         self.cap = min(cap, len(z0))
         self.ids = np.zeros(0, np.int64)
@@ -290,15 +302,15 @@ class RestrictedHead:
         """The loss, its gradient at `h` through the kept rows and their bound, adding rows first until
         the bound meets the target (or the cap)."""
         dh = h.detach() - self.h_anchor
-        drift = float(dh.norm()) * self.max_norm  # R: how far a held logit may be off
+        drift = float(dh.norm()) * self.head.max_norm  # R: how far a held logit may be off
 
         def moved(start: int) -> torch.Tensor:  # W·(h - h_A) for the rows from `start` on: none at the anchor
             n = len(self.ids) - start
             return self.dot(slice(start, None), dh) if drift > 0 and n else torch.zeros(n, device=dh.device)
 
         dz = moved(0)
-        w = HeldWeights(self.z0, self.ids, dz.cpu().numpy(), self.head.norms, drift)
-        grad = self._gradient(w.g, 0)
+        w = self._weights(dz, drift)
+        grad = self._gradient(w.g, 0) if len(self.ids) else torch.zeros(self.head.n_cols, device=dh.device)
         while True:
             grad_h = alpha * grad
             size = float(grad_h.norm())
@@ -307,16 +319,27 @@ class RestrictedHead:
             if done or not finite or not self.grow or len(self.ids) >= self.cap:
                 break
             start = self._add(self._choose(w, size))
-            if w.exact:  # nothing held has moved: the new rows' terms move from D to K, the rest stays
+            if drift == 0:  # nothing held has moved: the new rows' terms move from D to K, the rest stays
                 w.keep(self.ids[start:])
                 grad = grad + self._gradient(w.g[start:], start)
             else:  # held logits move with every row read: all weights again
                 dz = torch.cat([dz, moved(start)])
-                w = HeldWeights(self.z0, self.ids, dz.cpu().numpy(), self.head.norms, drift)
+                w = self._weights(dz, drift)
                 grad = self._gradient(w.g, 0)
         bound = w.bound / (size - w.bound) if size > w.bound else (0.0 if w.bound == 0 else math.inf)
         loss = alpha * (math.log(len(self.z0)) - w.entropy)
         return HeadStep(loss, grad_h, dz, bound, self.grow and finite and not done)
+
+    def _weights(self, dz: torch.Tensor, drift: float) -> AnchorWeights | HeldWeights:
+        """The loss weights and bound for the kept rows: at the anchor from the native ranking of every
+        row's term (computed once per head), elsewhere from a float64 pass with the held logits' drift."""
+        if drift == 0:
+            if self._terms is None:
+                self._terms = head_terms(self.z0, self.head.norms32, self.cap)
+            return AnchorWeights(self._terms, self.z0, self.head.norms, self.ids)
+        if self._z0_64 is None:
+            self._z0_64 = self.z0.astype(np.float64)
+        return HeldWeights(self._z0_64, self.ids, dz.cpu().numpy(), self.head.norms, drift)
 
     def _gradient(self, g: np.ndarray, start: int) -> torch.Tensor:
         """Σ g_v·W_v over the kept rows from `start` on, in float32: in the head's half precision the
@@ -326,27 +349,69 @@ class RestrictedHead:
             return self.head.in_place.axpy(self.ids[start:], g32).to(self.h_anchor.device)
         return self.rows[start:].T @ g32.to(self.rows.device)
 
-    def _choose(self, w: HeldWeights, size: float) -> np.ndarray:
+    def _choose(self, w: AnchorWeights | HeldWeights, size: float) -> np.ndarray:
         """The next rows: the largest terms of B, as many as the target needs if ||G_K|| keeps its ratio to
         Σ_K ||W_v||·|g_v| (checked after reading; at least a quarter more rows, so few rounds suffice)."""
         if size > 0 and w.kept_weight > 0:
             self.ratio = size / w.kept_weight
-        term = w.u + w.c * w.q  # a dropped row's term of B, over `scale`
-        term[self.ids] = -1.0
-        m = self.cap - len(self.ids)
-        n_dropped = len(term) - len(self.ids)
-        top = np.argpartition(-term, m - 1)[:m] if m < n_dropped else np.flatnonzero(term >= 0)
-        top = top[np.argsort(-term[top], kind="stable")]
-        rest = w.dropped_sum - w.scale * np.cumsum(term[top]) + w.kept_part
-        weight = w.kept_weight + np.cumsum(w.u[top])
+        top, term, u = w.candidates(self.cap - len(self.ids))
+        rest = w.dropped_sum - w.scale * np.cumsum(term) + w.kept_part
+        weight = w.kept_weight + np.cumsum(u)
         fits = np.flatnonzero(rest <= self.error / (1 + self.error) * self.ratio * weight)
-        n = int(fits[0]) + 1 if len(fits) else m
+        n = int(fits[0]) + 1 if len(fits) else len(top)
         return top[: max(n, 16, len(self.ids) // 4)]
 
 
+class AnchorWeights:
+    """The loss weights and the bound B at the anchor (R = 0: no held logit has moved). There the held
+    distribution is llama.cpp's own whatever is kept (p~ = p), so B = U_D = Σ_{v∉K} t_v with
+    t_v = ||W_v||·p_v·|l_v|, and keeping a row only moves its term from D to K: one native pass over the
+    vocabulary (`sampling.head_terms`: ~0.25 ms at 151,936 tokens, where HeldWeights' float64 passes and
+    row choice took ~1.4 ms) gives every t_v, H and the rows ranked by t_v; keeping rows touches only
+    theirs. The same weights and bound as HeldWeights with R = 0 (tested), to float32's rounding of the
+    terms: l_v to ~1e-5 nats, their sum B to ~1e-6 relative."""
+
+    scale, kept_part = 1.0, 0.0  # B after keeping rows = dropped_sum - scale·Σ their terms + kept_part
+
+    def __init__(self, terms: HeadTerms, z0: np.ndarray, norms: np.ndarray, ids: np.ndarray) -> None:
+        """`terms`: head_terms of llama.cpp's logits `z0` (float32) with the rows' `norms`."""
+        self.terms, self._z0, self._norms = terms, z0, norms
+        self.entropy = terms.entropy
+        self.g = np.zeros(0)  # the kept rows' weights d(-H)/dz, float64
+        self.kept_weight = 0.0  # U_K
+        self._kept_terms = 0.0  # Σ_K t_v, as the native pass rounded them (B = total - this)
+        self._kept = np.zeros(len(z0), bool)
+        self._n_kept = 0
+        if len(ids):
+            self.keep(ids)
+        else:
+            self.dropped_sum = self.bound = terms.total
+
+    def keep(self, ids: np.ndarray) -> None:
+        """Count the rows `ids` (held until now) as kept."""
+        ell = self._z0[ids].astype(np.float64) - self.terms.log_total  # ln p
+        p = np.exp(ell)
+        ell += self.entropy  # l = ln p + H
+        self.g = np.concatenate([self.g, p * ell])
+        self.kept_weight += float((self._norms[ids] * p * np.abs(ell)).sum())
+        self._kept_terms += float(self.terms.terms[ids].sum(dtype=np.float64))
+        self._kept[ids] = True
+        self._n_kept += len(ids)
+        every = self._n_kept == len(self._z0)  # D is empty: B is 0, not the sums' rounding
+        self.dropped_sum = self.bound = 0.0 if every else max(self.terms.total - self._kept_terms, 0.0)
+
+    def candidates(self, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Up to `m` rows not kept, the largest terms of B first: (ids, their terms, their ||W_v||·|g_v|),
+        the last two the same at the anchor."""
+        ranked = self.terms.ranked
+        top = ranked[~self._kept[ranked]][:m]
+        t = self.terms.terms[top].astype(np.float64)
+        return top, t, t
+
+
 class HeldWeights:
-    """The loss weights of the held distribution p~ and the bound B (`RestrictedHead`), on the host in
-    float64 (no float64 on the tail's device: Apple's MPS has none), with few full-vocabulary arrays:
+    """The loss weights of the held distribution p~ and the bound B (`RestrictedHead`) for a step away from
+    the anchor (at it: AnchorWeights), on the host in float64 (no float64 on the tail's device: Apple's MPS has none), with few full-vocabulary arrays:
     each fresh one costs page faults (measured 5 ms a pass with ~15 of them, at 151,936 tokens).
 
     With P, S, Q, U the sums of p~, p~·|l|, ||W||·p~ and ||W||·p~·|l| over K (index K) and off K (D):
@@ -368,7 +433,6 @@ class HeldWeights:
         z -= math.log(total)  # ln p~
         self.entropy = float(-np.einsum("i,i->", p, z))  # einsum, not `@`: numpy's BLAS fights torch's threads
         z += self.entropy  # l = ln p~ + H~
-        self._z0, self._p, self._norms, self._offset = z0, p, norms, top + math.log(total) - self.entropy
         self.g = p[ids] * z[ids]  # the kept rows' weights d(-H)/dz (times alpha: the loss's)
         ell = np.abs(z, out=z)
         p_k, ell_k, norm_k = p[ids], ell[ids], norms[ids]
@@ -388,19 +452,14 @@ class HeldWeights:
             self.kept_part = float((e_k - 1) * self.kept_weight + e_k * (gamma + eta) * (norm_k * p_k).sum())
         bound = self.dropped_sum + self.kept_part
         self.bound = bound if math.isfinite(bound) else math.inf
-        self.exact = r == 0 and not np.any(dz)
+        self._ids = ids
 
-    def keep(self, ids: np.ndarray) -> None:
-        """Count the rows `ids` (held until now) as kept, where nothing held has moved (`exact`: R = 0,
-        no kept logit moved): p~ is then the same distribution whatever is kept, so only their terms move
-        from D to K (B = U_D), with no pass over the vocabulary."""
-        assert self.exact, "keep() needs the held distribution independent of the rows kept"
-        p = self._p[ids]
-        ell = self._z0[ids] - self._offset  # l = ln p~ + H~
-        u = self._norms[ids] * p * np.abs(ell)
-        self.g = np.concatenate([self.g, p * ell])
-        self.kept_weight += float(u.sum())
-        self.u[ids] = 0.0
-        self.q[ids] = 0.0
-        self._p[ids] = 0.0
-        self.dropped_sum = self.bound = float(self.u.sum())  # B = U_D (R = gamma = eta = 0)
+    def candidates(self, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Up to `m` rows not kept, the largest terms of B first: (ids, their terms over `scale`, their
+        ||W_v||·|g~_v|)."""
+        term = self.u + self.c * self.q
+        term[self._ids] = -1.0
+        n_dropped = len(term) - len(self._ids)
+        top = np.argpartition(-term, m - 1)[:m] if m < n_dropped else np.flatnonzero(term >= 0)
+        top = top[np.argsort(-term[top], kind="stable")]
+        return top, term[top], self.u[top]

@@ -98,6 +98,11 @@ class LMHead:
             self._read = getattr(native(), "vr_read_rows", None)
             self._fd = os.open(raw.filename, os.O_RDONLY | getattr(os, "O_BINARY", 0)) if self._read else None
         self.norms = self._row_norms()
+        self.max_norm = float(self.norms.max())
+        # in float32 for the native pass over the vocabulary (sampling.head_terms), rounded up: a bound
+        # computed with them is never below the one with the exact norms
+        n32 = self.norms.astype(np.float32)
+        self.norms32 = np.where(n32 < self.norms, np.nextafter(n32, np.float32(np.inf)), n32)
 
     def _row_norms(self) -> np.ndarray:
         """||W_v|| of every row as `rows` stores it (rounded to `dtype`), in float64 on the host: one pass
