@@ -1,8 +1,9 @@
 /*
  * vr_sampling: the per-token arithmetic of vreason-local's decode loop over llama.cpp's logits
  * (151,936 floats for Qwen): argmax + entropy in two passes, and sampling with temperature, top-p and
- * min-p without sorting the vocabulary. Called through ctypes from vreason_local/sampling.py, which
- * has the measurements.
+ * min-p without sorting the vocabulary; and, for V-Reason's updates, every LM-head row's term in the
+ * bound on the gradient's error, with the largest ranked (vr_head_terms). Called through ctypes from
+ * vreason_local/sampling.py, which has the measurements.
  *
  * Why C: a decode step of a small model on a fast backend takes 2-3 ms, and entropy is telemetry the
  * loop needs on every token. numpy's float32 formulation makes 6 passes over the array (0.15 ms, 5-7 %
@@ -254,8 +255,8 @@ static void radix_pass(const uint32_t *key, const int32_t *id, uint32_t *key_out
  * many ids (k, at most n), or -1 if out of memory. Three vectorised passes for the terms (as
  * vr_argmax_entropy), then a radix select: a histogram of the terms' top bits finds the bucket of the
  * k-th largest, the terms from that bucket up (a few more than k) are collected in id order and sorted
- * by a stable radix sort (no compare-based sort: ~0.1 ms at 151,936 tokens, where a heap of 2,048 ids
- * took 0.9 ms and numpy's argpartition 0.3). */
+ * by a stable radix sort (no compare-based sort): ~0.15 ms at 151,936 tokens and k = 2,048, where a
+ * heap of the k ids took 0.9 ms and numpy's argpartition 0.3. */
 VR_API int64_t vr_head_terms(const float *logits, const float *norms, int64_t n, int64_t k, float *t, int64_t *ids,
                              double *stats) {
     stats[2] = kernels()->terms(logits, norms, n, t, stats);

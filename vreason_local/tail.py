@@ -411,8 +411,9 @@ class AnchorWeights:
 
 class HeldWeights:
     """The loss weights of the held distribution p~ and the bound B (`RestrictedHead`) for a step away from
-    the anchor (at it: AnchorWeights), on the host in float64 (no float64 on the tail's device: Apple's MPS has none), with few full-vocabulary arrays:
-    each fresh one costs page faults (measured 5 ms a pass with ~15 of them, at 151,936 tokens).
+    the anchor (at it: AnchorWeights), on the host in float64 (no float64 on the tail's device: Apple's MPS
+    has none), with few full-vocabulary arrays: each fresh one costs page faults (measured 5 ms a pass with
+    ~15 of them, at 151,936 tokens).
 
     With P, S, Q, U the sums of p~, p~·|l|, ||W||·p~ and ||W||·p~·|l| over K (index K) and off K (D):
         gamma = max(ln(1 + P_D·(e^R - 1)), -ln(1 - P_D·(1 - e^-R)))        (the log-normaliser's shift)
