@@ -151,6 +151,16 @@ class ValueHook:
         # capture()'s out-parameters, made once: five captures per update
         self._capture_out = ((ctypes.c_int64 * 4)(), ctypes.c_size_t(), ctypes.c_int64(), ctypes.c_int32())
         self._capture_refs = tuple(ctypes.byref(x) for x in self._capture_out[1:])
+        # each capture's buffer, allocated once by the hook: viewed once here (np.ctypeslib per call is slow)
+        self._capture_views = {
+            k: np.frombuffer(
+                (ctypes.c_float * (self.sizes[k] // 4)).from_address(
+                    self.lib.vr_hook_capture(self.h, slot, self._capture_out[0], *self._capture_refs)
+                ),
+                np.float32,
+            )
+            for k, slot in self.slots.items()
+        }
         self.n_embd_v = info.n_head_kv * info.head_dim
         tail = [f"blk.{last}.{m}.weight" for m in ("attn_output", "ffn_gate", "ffn_up", "ffn_down")]
         heads = ["output.weight", "token_embd.weight"]  # the LM head, or the embeddings when it is tied
@@ -192,11 +202,10 @@ class ValueHook:
     def capture(self, key: str) -> np.ndarray:
         """The data copied from node `key` in the last decode, shaped as ggml's ne reversed (row-major)."""
         ne, nbytes, seen, err = self._capture_out
-        ptr = self.lib.vr_hook_capture(self.h, self.slots[key], ne, *self._capture_refs)
+        self.lib.vr_hook_capture(self.h, self.slots[key], ne, *self._capture_refs)
         if err.value or not seen.value:
             raise RuntimeError(f"hook did not capture {self.names[key]} (error {err.value}, seen {seen.value})")
-        arr = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(nbytes.value // 4,))
-        return arr.reshape(tuple(reversed(list(ne)))).copy()
+        return self._capture_views[key][: nbytes.value // 4].reshape(tuple(reversed(list(ne)))).copy()
 
     @property
     def counts(self) -> tuple[int, int]:
