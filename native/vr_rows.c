@@ -24,6 +24,7 @@
  */
 #ifndef VR_ROWS_KERNELS /* ======== the library; the kernels' section at the end is included per target ======== */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(_WIN32)
@@ -67,6 +68,28 @@ static float half_float(const uint8_t *p) {
     float f;
     memcpy(&f, &bits, 4);
     return f;
+}
+
+/* A Q4_K block's 6-bit sub-block scales sc[0..7] and mins m[0..7], unpacked from their 12 bytes at `q` into
+ * out[0..8) and out[8..16): ggml's get_scale_min_k4, 4 at a time in 32-bit words as ggml's x86 code does
+ * (byte by byte, this took as long as the block's products in the AVX-512 kernel). */
+static void q4k_unpack(const uint8_t *q, uint8_t *out) {
+    uint32_t u[4];
+    memcpy(u, q, 12);
+    u[3] = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4); /* m[4..7] */
+    const uint32_t m03 = u[1] & 0x3f3f3f3fu;                                 /* m[0..3] */
+    u[1] = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);        /* sc[4..7] */
+    u[2] = m03;
+    u[0] &= 0x3f3f3f3fu; /* sc[0..3] */
+    memcpy(out, u, 16);
+}
+
+/* The column of the value the AVX-512 Q4_K kernel (axpy_q4k_table) sums at position p of its own order:
+ * per block of 256 values and per 32-byte chunk j (values l of sub-blocks 2j and 2j+1), 4 vectors t of 16,
+ * lane i < 8 holding value 4i + 2(t % 2) of sub-block 2j + t / 2 and lane 8 + i the value after it. */
+static int64_t q4k_table_column(int64_t p) {
+    const int64_t blk = p / 256, j = p % 256 / 64, t = p % 64 / 16, lane = p % 16;
+    return blk * 256 + 32 * (2 * j + t / 2) + 4 * (lane % 8) + 2 * (t % 2) + lane / 8;
 }
 
 typedef struct {
@@ -235,16 +258,16 @@ VR_API int32_t vr_rows_dot(int32_t type, const void *data, int64_t row_bytes, in
 #define ld VR_R(ld)
 #define st VR_R(st)
 #define splat VR_R(splat)
-#define ldu8 VR_R(ldu8)
 #define hsum VR_R(hsum)
-#define bytes_f VR_R(bytes_f)
-#define u8f VR_R(u8f)
 #define i8f VR_R(i8f)
+#define u8i VR_R(u8i)
+#define i2f VR_R(i2f)
 #define h2f VR_R(h2f)
 #define dequant VR_R(dequant)
 #define ahead VR_R(ahead)
 #define q4k_scales VR_R(q4k_scales)
 #define axpy_q4k VR_R(axpy_q4k)
+#define axpy_q4k_table VR_R(axpy_q4k_table)
 #define axpy_q6k VR_R(axpy_q6k)
 #define axpy_q8_0 VR_R(axpy_q8_0)
 #define axpy_plain VR_R(axpy_plain)
@@ -254,7 +277,7 @@ VR_API int32_t vr_rows_dot(int32_t type, const void *data, int64_t row_bytes, in
 #define dot_q8_0 VR_R(dot_q8_0)
 #define dot_plain VR_R(dot_plain)
 
-/* W lanes of float, of bytes; the bytes' conversion to float lane by lane. */
+/* W lanes of float, of int32, of bytes. */
 #ifdef VR_ROWS_VECTOR
 typedef float rvf __attribute__((vector_size(4 * W)));
 typedef uint8_t rvu8 __attribute__((vector_size(W)));
@@ -264,47 +287,87 @@ typedef int32_t rvi32 __attribute__((vector_size(4 * W)));
 typedef float rvf;
 typedef uint8_t rvu8;
 typedef int8_t rvi8;
+typedef int32_t rvi32;
 #endif
 
-/* Bytes to floats, lane by lane: x86 spelled out (GCC 12 goes through 16-bit lanes or one lane at a
- * time otherwise), the rest through int32 vectors. */
+/* W bytes at p, zero-extended to int32 lanes (u8i) or sign-extended to floats (i8f): x86 spelled out (GCC
+ * 12 goes through 16-bit lanes or one lane at a time otherwise), the rest through generic vectors. The
+ * nibbles and bits of Q4_K and Q6_K are taken apart on the int32 lanes, which every target shifts and masks
+ * natively: on bytes, vectors narrower than 16 (AVX2's 8, the base's 4) were shifted a byte at a time, at
+ * 1-4 GB/s. */
 #if defined(VR_ROWS_ISA)
-VR_RFN rvf bytes_f(const void *v, int is_signed) { /* is_signed: a constant where it is inlined */
+VR_RFN rvi32 u8i(const uint8_t *p) {
 #if VR_ROWS_ISA == 512
     __m128i x;
-    memcpy(&x, v, 16);
-    __m512 f = _mm512_cvtepi32_ps(is_signed ? _mm512_cvtepi8_epi32(x) : _mm512_cvtepu8_epi32(x));
+    memcpy(&x, p, 16);
+    const __m512i v = _mm512_cvtepu8_epi32(x);
 #else
     int64_t b;
-    memcpy(&b, v, 8);
-    const __m128i x = _mm_cvtsi64_si128(b);
-    __m256 f = _mm256_cvtepi32_ps(is_signed ? _mm256_cvtepi8_epi32(x) : _mm256_cvtepu8_epi32(x));
+    memcpy(&b, p, 8);
+    const __m256i v = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(b));
+#endif
+    rvi32 r;
+    memcpy(&r, &v, sizeof r);
+    return r;
+}
+VR_RFN rvf i8f(const uint8_t *p) {
+#if VR_ROWS_ISA == 512
+    __m128i x;
+    memcpy(&x, p, 16);
+    const __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(x));
+#else
+    int64_t b;
+    memcpy(&b, p, 8);
+    const __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(b)));
 #endif
     rvf r;
     memcpy(&r, &f, sizeof r);
     return r;
 }
-VR_RFN rvf u8f(rvu8 v) { return bytes_f(&v, 0); }
-VR_RFN rvf i8f(rvi8 v) { return bytes_f(&v, 1); }
 VR_RFN float h2f(const uint8_t *p) {
     uint16_t h;
     memcpy(&h, p, 2);
     return _cvtsh_ss(h);
 }
 #elif defined(VR_ROWS_VECTOR)
-VR_RFN rvf u8f(rvu8 v) { return __builtin_convertvector(__builtin_convertvector(v, rvi32), rvf); }
-VR_RFN rvf i8f(rvi8 v) { return __builtin_convertvector(__builtin_convertvector(v, rvi32), rvf); }
+VR_RFN rvi32 u8i(const uint8_t *p) {
+    rvu8 v;
+    memcpy(&v, p, sizeof v);
+    return __builtin_convertvector(v, rvi32);
+}
+VR_RFN rvf i8f(const uint8_t *p) {
+    rvi8 v;
+    memcpy(&v, p, sizeof v);
+    return __builtin_convertvector(__builtin_convertvector(v, rvi32), rvf);
+}
 VR_RFN float h2f(const uint8_t *p) { return half_float(p); }
 #else
-VR_RFN rvf u8f(rvu8 v) { return (float)v; }
-VR_RFN rvf i8f(rvi8 v) { return (float)v; }
+VR_RFN rvi32 u8i(const uint8_t *p) { return *p; }
+VR_RFN rvf i8f(const uint8_t *p) { return (float)(int8_t)*p; }
 VR_RFN float h2f(const uint8_t *p) { return half_float(p); }
+#endif
+#ifdef VR_ROWS_VECTOR
+VR_RFN rvf i2f(rvi32 v) { return __builtin_convertvector(v, rvf); }
+#else
+VR_RFN rvf i2f(rvi32 v) { return (float)v; }
 #endif
 
 VR_RFN rvf ld(const float *p) { rvf v; memcpy(&v, p, sizeof v); return v; }
 VR_RFN void st(float *p, rvf v) { memcpy(p, &v, sizeof v); }
+#if defined(VR_ROWS_ISA) /* a broadcast: (rvf){0} + x costs an addition too (x + 0 is not x for x = -0) */
+VR_RFN rvf splat(float x) {
+#if VR_ROWS_ISA == 512
+    const __m512 v = _mm512_set1_ps(x);
+#else
+    const __m256 v = _mm256_set1_ps(x);
+#endif
+    rvf r;
+    memcpy(&r, &v, sizeof r);
+    return r;
+}
+#else
 VR_RFN rvf splat(float x) { return (rvf){0} + x; }
-VR_RFN rvu8 ldu8(const uint8_t *p) { rvu8 v; memcpy(&v, p, sizeof v); return v; }
+#endif
 VR_RFN float hsum(rvf v) {
     float a[W], s = 0.0f;
     memcpy(a, &v, sizeof a);
@@ -330,16 +393,20 @@ VR_RFN void dequant(int32_t type, const uint8_t *b, int n, float *VR_RESTRICT y)
         memcpy(y, b, sizeof(float) * (size_t)n);
 }
 
-/* A Q4_K block's 8 sub-block scales d·sc and offsets dmin·m: 6 bits each in 12 bytes (ggml's
- * get_scale_min_k4, its two cases side by side). */
+/* A Q4_K block's 8 sub-block scales d·sc and offsets dmin·m (q4k_unpack), converted 8 at a time on x86. */
 VR_RFN void q4k_scales(const uint8_t *b, float *sc, float *off) {
     const float d = h2f(b), dmin = h2f(b + 2);
-    const uint8_t *q = b + 4;
-    for (int j = 0; j < 4; j++) {
-        sc[j] = d * (float)(q[j] & 63), off[j] = dmin * (float)(q[j + 4] & 63);
-        sc[j + 4] = d * (float)((q[j + 8] & 0xF) | ((q[j] >> 6) << 4));
-        off[j + 4] = dmin * (float)((q[j + 8] >> 4) | ((q[j + 4] >> 6) << 4));
-    }
+    uint8_t q[16];
+    q4k_unpack(b + 4, q);
+#if defined(VR_ROWS_ISA)
+    __m128i x;
+    memcpy(&x, q, 16);
+    _mm256_storeu_ps(sc, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(x)), _mm256_set1_ps(d)));
+    _mm256_storeu_ps(off, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(x, 8))),
+                                        _mm256_set1_ps(dmin)));
+#else
+    for (int j = 0; j < 8; j++) sc[j] = d * (float)q[j], off[j] = dmin * (float)q[8 + j];
+#endif
 }
 
 /* out += Σ_r c_r · row_r for nr <= 4 rows at once (out is read and written once per 4 rows). Q4_K: a
@@ -361,29 +428,96 @@ VR_RFN void axpy_q4k(const uint8_t *const *rows, const float *c, int nr, int64_t
             for (int l = 0; l < 32; l += W) {
                 rvf lo = ld(o + 64 * j + l) + splat(base[2 * j]), hi = ld(o + 64 * j + 32 + l) + splat(base[2 * j + 1]);
                 for (int r = 0; r < nr; r++) {
-                    const rvu8 q = ldu8(rows[r] + blk * VR_Q4_K_BYTES + 16 + 32 * j + l);
-                    lo += splat(a[r][2 * j]) * u8f(q & 0xF);
-                    hi += splat(a[r][2 * j + 1]) * u8f(q >> 4);
+                    const rvi32 q = u8i(rows[r] + blk * VR_Q4_K_BYTES + 16 + 32 * j + l);
+                    lo += splat(a[r][2 * j]) * i2f(q & 0xF);
+                    hi += splat(a[r][2 * j + 1]) * i2f(q >> 4);
                 }
                 st(o + 64 * j + l, lo), st(o + 64 * j + 32 + l, hi);
             }
     }
 }
 
+#if defined(VR_ROWS_ISA) && VR_ROWS_ISA == 512
+/* Q4_K on AVX-512, dequantised by table: vpermps gives lane i the entry of a 16-float table that the low 4
+ * bits of lane i name, so with the table a·(0, 1, ..., 15) of a sub-block (a = c·d·sc) one permute turns 16
+ * nibbles into their products, where axpy_q4k widens, converts and multiplies them (about 4 operations per
+ * 16 values against 7). The nibbles are used where they lie: a chunk's 32 bytes, broadcast to both halves
+ * of a vector and shifted by a lane's own count, give 16 values of one sub-block (the permute ignores the
+ * bits above), in an order of their own; the sums `po` are kept in that order (q4k_table_column). */
+VR_RFN void axpy_q4k_table(const uint8_t *const *rows, const float *c, int nr, int64_t n_cols, float *po,
+                           VR_AHEAD_ARGS) {
+    const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i shift[4] = {
+        _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8),
+        _mm512_setr_epi32(16, 16, 16, 16, 16, 16, 16, 16, 24, 24, 24, 24, 24, 24, 24, 24),
+        _mm512_setr_epi32(4, 4, 4, 4, 4, 4, 4, 4, 12, 12, 12, 12, 12, 12, 12, 12),
+        _mm512_setr_epi32(20, 20, 20, 20, 20, 20, 20, 20, 28, 28, 28, 28, 28, 28, 28, 28),
+    };
+    for (int64_t blk = 0; blk < n_cols / VR_QK_K; blk++) {
+        ahead(next, nn, n_cols / VR_QK_K * VR_Q4_K_BYTES, blk, n_cols / VR_QK_K);
+        float a[4][16], base[16]; /* per row: c·d·sc of the 8 sub-blocks, then -c·dmin·m (summed into base) */
+        __m512 base_v = _mm512_setzero_ps();
+        for (int r = 0; r < nr; r++) {
+            const uint8_t *b = rows[r] + blk * VR_Q4_K_BYTES;
+            uint8_t q[16];
+            q4k_unpack(b + 4, q);
+            __m128i bytes;
+            memcpy(&bytes, q, 16);
+            const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes)),
+                                           _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(c[r] * h2f(b)),
+                                                                _mm512_set1_ps(-c[r] * h2f(b + 2))));
+            _mm512_storeu_ps(a[r], f);
+            base_v = _mm512_add_ps(base_v, f);
+        }
+        _mm512_storeu_ps(base, base_v);
+        float *o = po + blk * VR_QK_K;
+        for (int j = 0; j < 4; j++) {
+            __m512 acc[4];
+            for (int t = 0; t < 4; t++)
+                acc[t] = _mm512_add_ps(_mm512_loadu_ps(o + 64 * j + 16 * t), _mm512_set1_ps(base[8 + 2 * j + t / 2]));
+            for (int r = 0; r < nr; r++) {
+                const __m512i q = _mm512_broadcast_i64x4(
+                    _mm256_loadu_si256((const __m256i *)(rows[r] + blk * VR_Q4_K_BYTES + 16 + 32 * j)));
+                const __m512 lo = _mm512_mul_ps(iota, _mm512_set1_ps(a[r][2 * j]));
+                const __m512 hi = _mm512_mul_ps(iota, _mm512_set1_ps(a[r][2 * j + 1]));
+                for (int t = 0; t < 4; t++)
+                    acc[t] = _mm512_add_ps(acc[t], _mm512_permutexvar_ps(_mm512_srlv_epi32(q, shift[t]), t < 2 ? lo : hi));
+            }
+            for (int t = 0; t < 4; t++) _mm512_storeu_ps(o + 64 * j + 16 * t, acc[t]);
+        }
+    }
+}
+#endif
+
 /* Q6_K: 2 halves of 128 values; value l of quarter k (k = 0..3) of a half is 4 bits of ql (byte l or
  * l + 32, low or high nibble) and 2 bits of qh[l] (bits 2k, 2k+1), minus 32, scaled by sc[l/16 + 2k]. */
-#define VR_Q6U(ql, qh, k) u8f(((k) < 2 ? (ql) & 0xF : (ql) >> 4) | ((((qh) >> (2 * (k))) & 3) << 4))
+#define VR_Q6U(ql, qh, k) i2f(((k) < 2 ? (ql) & 0xF : (ql) >> 4) | ((((qh) >> (2 * (k))) & 3) << 4))
 #define VR_Q6(ql, qh, k) (VR_Q6U(ql, qh, k) - splat(32.0f))
 
 VR_RFN void axpy_q6k(const uint8_t *const *rows, const float *c, int nr, int64_t n_cols, float *out, VR_AHEAD_ARGS) {
     for (int64_t blk = 0; blk < n_cols / VR_QK_K; blk++) {
         ahead(next, nn, n_cols / VR_QK_K * VR_Q6_K_BYTES, blk, n_cols / VR_QK_K);
         float a[4][16], base[16] = {0}; /* the -32 of every value, summed over the rows per scale */
+#if defined(VR_ROWS_ISA) /* the 16 scales 8 or 16 at a time: one by one they took a quarter of the time */
+        for (int r = 0; r < nr; r++) {
+            const uint8_t *b = rows[r] + blk * VR_Q6_K_BYTES;
+            __m128i sc;
+            memcpy(&sc, b + 192, 16);
+            const float d = c[r] * h2f(b + 208);
+            for (int h = 0; h < 16; h += 8) {
+                const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(h ? _mm_srli_si128(sc, 8) : sc)),
+                                               _mm256_set1_ps(d));
+                _mm256_storeu_ps(a[r] + h, f);
+                _mm256_storeu_ps(base + h, _mm256_fnmadd_ps(_mm256_set1_ps(32.0f), f, _mm256_loadu_ps(base + h)));
+            }
+        }
+#else
         for (int r = 0; r < nr; r++) {
             const uint8_t *b = rows[r] + blk * VR_Q6_K_BYTES;
             const float d = c[r] * h2f(b + 208);
             for (int j = 0; j < 16; j++) a[r][j] = d * (float)(int8_t)b[192 + j], base[j] -= 32.0f * a[r][j];
         }
+#endif
         float *o = out + blk * VR_QK_K;
         for (int h = 0; h < 2; h++)
             for (int l = 0; l < 32; l += W) {
@@ -391,7 +525,7 @@ VR_RFN void axpy_q6k(const uint8_t *const *rows, const float *c, int nr, int64_t
                 for (int k = 0; k < 4; k++) v[k] = ld(o + 128 * h + 32 * k + l) + splat(base[8 * h + l / 16 + 2 * k]);
                 for (int r = 0; r < nr; r++) {
                     const uint8_t *b = rows[r] + blk * VR_Q6_K_BYTES;
-                    const rvu8 ql0 = ldu8(b + 64 * h + l), ql1 = ldu8(b + 64 * h + 32 + l), qh = ldu8(b + 128 + 32 * h + l);
+                    const rvi32 ql0 = u8i(b + 64 * h + l), ql1 = u8i(b + 64 * h + 32 + l), qh = u8i(b + 128 + 32 * h + l);
                     const float *s = a[r] + 8 * h + l / 16;
                     v[0] += splat(s[0]) * VR_Q6U(ql0, qh, 0);
                     v[1] += splat(s[2]) * VR_Q6U(ql1, qh, 1);
@@ -412,9 +546,7 @@ VR_RFN void axpy_q8_0(const uint8_t *const *rows, const float *c, int nr, int64_
         for (int l = 0; l < 32; l += W) {
             rvf v = ld(o + l);
             for (int r = 0; r < nr; r++) {
-                rvi8 q;
-                memcpy(&q, rows[r] + blk * VR_Q8_0_BYTES + 2 + l, sizeof q);
-                v += splat(a[r]) * i8f(q);
+                v += splat(a[r]) * i8f(rows[r] + blk * VR_Q8_0_BYTES + 2 + l);
             }
             st(o + l, v);
         }
@@ -445,10 +577,10 @@ VR_RFN float dot_q4k(const uint8_t *row, int64_t n_cols, const float *x, VR_AHEA
         for (int j = 0; j < 4; j++) {
             rvf lo = splat(0.0f), hi = splat(0.0f), x_lo = splat(0.0f), x_hi = splat(0.0f);
             for (int l = 0; l < 32; l += W) {
-                const rvu8 q = ldu8(b + 16 + 32 * j + l);
+                const rvi32 q = u8i(b + 16 + 32 * j + l);
                 const rvf a = ld(xb + 64 * j + l), c = ld(xb + 64 * j + 32 + l);
-                lo += u8f(q & 0xF) * a, x_lo += a;
-                hi += u8f(q >> 4) * c, x_hi += c;
+                lo += i2f(q & 0xF) * a, x_lo += a;
+                hi += i2f(q >> 4) * c, x_hi += c;
             }
             acc += splat(sc[2 * j]) * lo + splat(sc[2 * j + 1]) * hi - splat(off[2 * j]) * x_lo -
                    splat(off[2 * j + 1]) * x_hi;
@@ -468,7 +600,7 @@ VR_RFN float dot_q6k(const uint8_t *row, int64_t n_cols, const float *x, VR_AHEA
             for (int g = 0; g < 2; g++) { /* values l in [16g, 16g + 16) of each quarter share a scale */
                 rvf v[4] = {splat(0.0f), splat(0.0f), splat(0.0f), splat(0.0f)};
                 for (int l = 16 * g; l < 16 * g + 16; l += W) {
-                    const rvu8 ql0 = ldu8(b + 64 * h + l), ql1 = ldu8(b + 64 * h + 32 + l), qh = ldu8(b + 128 + 32 * h + l);
+                    const rvi32 ql0 = u8i(b + 64 * h + l), ql1 = u8i(b + 64 * h + 32 + l), qh = u8i(b + 128 + 32 * h + l);
                     const float *xh = xb + 128 * h + l;
                     v[0] += VR_Q6(ql0, qh, 0) * ld(xh);
                     v[1] += VR_Q6(ql1, qh, 1) * ld(xh + 32);
@@ -489,9 +621,7 @@ VR_RFN float dot_q8_0(const uint8_t *row, int64_t n_cols, const float *x, VR_AHE
         const uint8_t *b = row + blk * VR_Q8_0_BYTES;
         rvf v = splat(0.0f);
         for (int l = 0; l < 32; l += W) {
-            rvi8 q;
-            memcpy(&q, b + 2 + l, sizeof q);
-            v += i8f(q) * ld(x + blk * 32 + l);
+            v += i8f(b + 2 + l) * ld(x + blk * 32 + l);
         }
         acc += splat(h2f(b)) * v;
     }
@@ -523,15 +653,28 @@ static VR_ROWS_TARGET void VR_R(axpy)(int32_t type, const uint8_t *data, int64_t
     const uint8_t *rows[2][4];
     float c[2][4];
     int64_t i = i0;
+#if defined(VR_ROWS_ISA) && VR_ROWS_ISA == 512
+    float *po = type == VR_Q4_K ? calloc((size_t)n_cols, sizeof(float)) : NULL; /* axpy_q4k_table's sums */
+#endif
     int nr = group(data, row_bytes, ids, &i, i1, coef, rows[0], c[0]);
     for (int k = 0; nr; k ^= 1) { /* while group k is summed, group k ^ 1 is prefetched */
         const int nn = group(data, row_bytes, ids, &i, i1, coef, rows[k ^ 1], c[k ^ 1]);
+#if defined(VR_ROWS_ISA) && VR_ROWS_ISA == 512
+        if (po) axpy_q4k_table(rows[k], c[k], nr, n_cols, po, rows[k ^ 1], nn);
+        else
+#endif
         if (type == VR_Q4_K) axpy_q4k(rows[k], c[k], nr, n_cols, out, rows[k ^ 1], nn);
         else if (type == VR_Q6_K) axpy_q6k(rows[k], c[k], nr, n_cols, out, rows[k ^ 1], nn);
         else if (type == VR_Q8_0) axpy_q8_0(rows[k], c[k], nr, n_cols, out, rows[k ^ 1], nn);
         else axpy_plain(type, rows[k], c[k], nr, n_cols, out);
         nr = nn;
     }
+#if defined(VR_ROWS_ISA) && VR_ROWS_ISA == 512
+    if (po) {
+        for (int64_t p = 0; p < n_cols; p++) out[q4k_table_column(p)] += po[p];
+        free(po);
+    }
+#endif
 }
 
 static VR_ROWS_TARGET void VR_R(dot)(int32_t type, const uint8_t *data, int64_t row_bytes, int64_t n_cols,
@@ -560,11 +703,10 @@ static const vr_rows_kernels VR_R(rows_kernels) = {VR_R(axpy), VR_R(dot)};
 #undef ld
 #undef st
 #undef splat
-#undef ldu8
 #undef hsum
-#undef bytes_f
-#undef u8f
 #undef i8f
+#undef u8i
+#undef i2f
 #undef h2f
 #undef dequant
 #undef ahead
@@ -574,6 +716,7 @@ static const vr_rows_kernels VR_R(rows_kernels) = {VR_R(axpy), VR_R(dot)};
 #undef axpy_q8_0
 #undef axpy_plain
 #undef group
+#undef axpy_q4k_table
 #undef dot_q4k
 #undef dot_q6k
 #undef dot_q8_0
