@@ -38,7 +38,7 @@ setup(
     ext_modules=[
         Extension(
             "vreason_local._vrhook",
-            ["native/vr_hook.c", "native/vr_sampling.c", "native/vr_rows.c"],
+            ["native/vr_hook.c", "native/vr_sampling.c", "native/vr_rows.c", "native/vr_tail.c"],
             extra_compile_args=[],
         )
     ],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import struct
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,7 +25,16 @@ from vreason_local.gguf_info import read_model_info
 from vreason_local.hook import _load, verify_layout
 from vreason_local.media import Media, load_video
 from vreason_local.sampling import entropy
-from vreason_local.tail import Tail, norm_preserving, norm_preserving_vjp, rms_norm, rms_norm_vjp
+from vreason_local.tail import (
+    Tail,
+    TailInputs,
+    norm_preserving,
+    norm_preserving_f16,
+    norm_preserving_vjp,
+    rms_norm,
+    rms_norm_vjp,
+)
+from vreason_local.tail_weights import _kernels
 from vreason_local.tiny import make_tiny
 from vreason_local.video import FrameSampling
 from vreason_local.vreason import SELFCHECK_TOL, VReasonSettings
@@ -190,6 +200,54 @@ def test_norm_preserving_gradient_is_autograds():
         dv = (scale * torch.randn(7, 2, 16, generator=gen, dtype=torch.float64)).requires_grad_(True)
         (norm_preserving(v, dv) * g).sum().backward()
         torch.testing.assert_close(norm_preserving_vjp(v, dv.detach(), g), dv.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_native_write_and_final_norm_are_the_torch_ones():
+    """On the CPU the write (norm_preserving_f16) and llama.cpp's final hidden state (Tail.llama_state) run in
+    native code: against the torch functions, a vector of zeros (the clamp) included."""
+    gen = torch.Generator().manual_seed(2)
+    v = torch.randn(37, 2, 128, generator=gen)
+    v[5, 1] = 0.0
+    dv = torch.randn(v.shape, generator=gen) * 0.1
+    dv[5, 1] = 0.0
+    base_norm = v.norm(dim=-1, keepdim=True)
+    v16, dv_norm = norm_preserving_f16(v, dv, base_norm)
+    expected = norm_preserving(v, dv, base_norm).reshape(37, -1)
+    np.testing.assert_allclose(v16.astype(np.float32), expected.half().float().numpy(), rtol=1e-3, atol=1e-6)
+    assert v16.dtype == np.float16 and dv_norm == pytest.approx(float(dv.norm()), rel=1e-6)
+    x, w = torch.randn(2048, generator=gen), torch.randn(2048, generator=gen)
+    cpu_tail = SimpleNamespace(device=torch.device("cpu"), out_norm=w, eps=1e-6)
+    inp = TailInputs(torch.zeros(1, 1), x, x, x, x)
+    torch.testing.assert_close(Tail.llama_state(cpu_tail, inp), rms_norm(x, w, 1e-6), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("f16c", [1, 0])
+def test_native_halves_round_as_numpy(f16c):
+    """The write's float -> F16 conversion (native/vr_tail.c), with F16C and the portable one: bit for bit
+    numpy's, on normal values, halfway cases, subnormals, overflow, infinities and NaN."""
+    lib = _kernels()
+    if lib.vr_tail_use_f16c(f16c) != f16c:
+        pytest.skip("this CPU has no F16C")
+    try:
+        rng = np.random.default_rng(1)
+        x = np.concatenate(
+            [
+                rng.normal(size=4096).astype(np.float32) * np.float32(10.0) ** rng.integers(-9, 6, 4096),
+                np.arange(0, 4096, dtype=np.float16).view(np.uint16).astype(np.float32),  # integers, some halfway
+                (np.arange(-2048, 2048, dtype=np.int32) * np.float32(2.0**-25)),  # subnormal halves and their ties
+                np.array([65504, 65519.99, 65520, 1e9, -1e9, np.inf, -np.inf, 0.0, -0.0], np.float32),
+            ]
+        ).astype(np.float32)
+        y = np.empty(len(x), np.float16)
+        lib.vr_tail_halves(x.ctypes.data, y.ctypes.data, len(x))
+        with np.errstate(over="ignore"):  # numpy warns where it rounds to infinity, as it should
+            expected = x.astype(np.float16)
+        np.testing.assert_array_equal(y.view(np.uint16), expected.view(np.uint16))
+        nan = np.array([np.nan], np.float32)
+        lib.vr_tail_halves(nan.ctypes.data, y.ctypes.data, 1)
+        assert np.isnan(y[0])
+    finally:
+        lib.vr_tail_use_f16c(1)
 
 
 def test_rms_norm_gradient_is_autograds():

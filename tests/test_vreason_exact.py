@@ -12,7 +12,7 @@ on llama.cpp's logits, the head restriction, the storage dtypes and the optimise
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import gguf
 import numpy as np
@@ -25,7 +25,14 @@ from vreason_local.engine import AnswerHandle, Engine, EngineSettings, Generatio
 from vreason_local.events import Notice, Prefilled, TokenEvent
 from vreason_local.media import Media, load_video
 from vreason_local.sampling import entropy
-from vreason_local.tail import AnchorWeights, HeldWeights, RestrictedHead, norm_preserving
+from vreason_local.tail import (
+    AnchorWeights,
+    HeldWeights,
+    RestrictedHead,
+    TailInputs,
+    norm_preserving,
+    norm_preserving_vjp,
+)
 from vreason_local.tiny import make_tiny
 from vreason_local.video import FrameSampling
 from vreason_local.vreason import VReason, VReasonSettings
@@ -292,6 +299,29 @@ def test_update_gradient_on_the_full_vocabulary(engine, media, reference, cap):
     else:
         assert rows == cap and bound > 0.01 and err > 0.01, (bound, err)
         assert len(notices) == 1 and f"cap of {cap} rows" in notices[0] and f"{bound:.3g}" in notices[0]
+    handle.close()
+
+
+def test_native_grad_dv_is_the_torch_tail(engine, media):
+    """Tail.grad_dv's native path (native/vr_tail.c, the matrices in place) against the torch tail's
+    backward and norm-preserving VJP on the same captures: at dV = 0 and away from it, with the rows' attention
+    probabilities a slice of all cells' (a video's rows) and gathered (Lite's)."""
+    handle, _, _, _ = first_update(engine, media, lr=0.0, dtype="gguf", device="cpu")
+    c = handle.controller
+    assert c.tail._native is not None
+    inp = c.inputs()
+    gen = torch.Generator().manual_seed(4)
+    grad_h = torch.randn(c.tail.info.n_embd, generator=gen)
+    gathered = TailInputs(inp.probs.contiguous()[:, torch.arange(c.n_rows - 1, -1, -1)], *astuple(inp)[1:])
+    for dv in (torch.zeros_like(c.v_base), torch.randn(c.v_base.shape, generator=gen) * 0.05):
+        for i in (inp, gathered):
+            torch_path = norm_preserving_vjp(c.v_base, dv, c.tail.backward_at_llama_state(i, grad_h), c.v_norm)
+            torch.testing.assert_close(
+                c.tail.grad_dv(i, grad_h, c.v_base, dv, c.v_norm), torch_path, rtol=1e-4, atol=1e-6
+            )
+    assert not torch.equal(
+        c.tail.grad_dv(gathered, grad_h, c.v_base, dv, c.v_norm), c.tail.grad_dv(inp, grad_h, c.v_base, dv, c.v_norm)
+    )
     handle.close()
 
 

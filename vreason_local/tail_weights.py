@@ -234,7 +234,7 @@ class Int8Matrix:
 
 
 def _kernels() -> ctypes.CDLL:
-    """native/vr_rows.c's products, from the package's native library."""
+    """native/vr_rows.c's products and native/vr_tail.c's steps, from the package's native library."""
     from .sampling import _native
 
     lib = _native()
@@ -246,6 +246,14 @@ def _kernels() -> ctypes.CDLL:
         for name in ("vr_rows_block", "vr_rows_use"):
             getattr(lib, name).argtypes, getattr(lib, name).restype = [ctypes.c_int32], ctypes.c_int32
         lib.vr_rows_lanes.argtypes, lib.vr_rows_lanes.restype = [], ctypes.c_int32
+        i32, f32 = ctypes.c_int32, ctypes.c_float  # native/vr_tail.c, for tail.py
+        lib.vr_tail_grad_dv.argtypes = [vp] * 10 + [f32, vp, vp, i64, vp, vp, vp, i32, i32, i32, i64, vp, i32]
+        lib.vr_tail_grad_dv.restype = i32
+        lib.vr_tail_rms_norm.argtypes, lib.vr_tail_rms_norm.restype = [vp, vp, i64, f32, vp], None
+        lib.vr_tail_norm_preserving.argtypes = [vp, vp, vp, i64, i32, vp]
+        lib.vr_tail_norm_preserving.restype = ctypes.c_double
+        lib.vr_tail_use_f16c.argtypes, lib.vr_tail_use_f16c.restype = [i32], i32
+        lib.vr_tail_halves.argtypes, lib.vr_tail_halves.restype = [vp, vp, i32], None
         lib.vr_rows_ready = True
     return lib
 

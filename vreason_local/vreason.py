@@ -28,7 +28,7 @@ import torch
 
 from .events import ControlState
 from .hook import ValueHook
-from .tail import RestrictedHead, Tail, TailInputs, loss_at, norm_preserving, norm_preserving_vjp
+from .tail import RestrictedHead, Tail, TailInputs, loss_at, norm_preserving, norm_preserving_f16
 from .tail_weights import return_freed_memory
 
 # Largest |tail logit - llama.cpp logit|, relative to the largest |logit| of the step, accepted silently.
@@ -180,8 +180,7 @@ class VReason:
         for i in range(self.s.steps):
             if i == 0:  # at llama.cpp's state: its forward is known, the backward is written out (no autograd)
                 step = head.at(h, alpha)
-                grad_v = self.tail.backward_at_llama_state(inp, step.grad_h)
-                self.dv.grad = norm_preserving_vjp(self.v_base, self.dv.detach(), grad_v, self.v_norm)
+                self.dv.grad = self.tail.grad_dv(inp, step.grad_h, self.v_base, self.dv.detach(), self.v_norm)
                 selfcheck = self._selfcheck(inp, head, logits)
             else:  # dV has moved: the tail's forward, anchored on its own state for llama.cpp's values
                 self.dv.grad = None
@@ -240,10 +239,7 @@ class VReason:
     def _write(self) -> None:
         """Put V_new = normp(V + dV) into llama.cpp's cache (F16, as it stores them). Every change of dV
         (an update's steps, `_reset`) ends here, so its norm for the telemetry is taken here, not per token."""
-        with torch.no_grad():
-            self.dv_norm = float(self.dv.norm())
-            v_new = norm_preserving(self.v_base, self.dv, self.v_norm)
-            self._v16 = v_new.reshape(self.n_rows, -1).to("cpu", torch.float16).numpy()
+        self._v16, self.dv_norm = norm_preserving_f16(self.v_base, self.dv, self.v_norm)
         self.hook.write_values(self.rows, self._v16, self.transposed)
         self._v_cache = None
 

@@ -1,0 +1,203 @@
+/*
+ * vr_tail: the first optimiser step of a V-Reason update on the CPU in one call: the gradient with
+ * respect to dV of the loss, from its gradient at the final hidden state, through the tail at the state
+ * llama.cpp computed for the token (vreason_local/tail.py: Tail.grad_dv; its torch code,
+ * Tail.backward_at_llama_state and norm_preserving_vjp, is the reference the tests compare this with, and
+ * the path on GPUs and for other storages). The last FFN's and the attention output's products are
+ * vr_rows_axpy's, on the GGUF rows where they lie; the rest is here.
+ *
+ * Why C: in torch the chain is ~25 small operations on vectors of 2,048-11,008 values and on dV's 73,728.
+ * Inside an answer the first call of each distinct operation costs 20-60 µs whatever its size (measured:
+ * an addition of 2,048 floats took 65 µs as an update's first torch call, 3 µs as its second), its code
+ * evicted from the caches by llama.cpp's decode; this whole chain is a few KB of code.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(_WIN32)
+#define VR_API __declspec(dllexport)
+#else
+#define VR_API __attribute__((visibility("default")))
+#endif
+
+int32_t vr_rows_axpy(int32_t type, const void *data, int64_t row_bytes, int64_t n_cols, const int64_t *ids,
+                     int64_t n, const float *coef, float *out, int32_t threads);
+
+/* A matrix where it lies, as vr_rows.c reads it: ggml type, n_rows rows of row_bytes bytes, n_cols values. */
+typedef struct {
+    int32_t type;
+    const void *data;
+    int64_t n_rows, row_bytes, n_cols;
+} vr_matrix;
+
+/* out += Wᵀ·g, on one thread below a million values (a hand-off costs more than it saves there). */
+static int32_t mv_t(const vr_matrix *w, const float *g, float *out, int32_t threads) {
+    const int32_t t = w->n_rows * w->n_cols < (1 << 20) ? 1 : threads;
+    return vr_rows_axpy(w->type, w->data, w->row_bytes, w->n_cols, NULL, w->n_rows, g, out, t);
+}
+
+/* out = gᵀ·∂rms_norm(x)/∂x = r·a - x·r³·mean(x·a), with a = w·g and r = (mean(x²) + eps)^-1/2. */
+static void rms_norm_vjp(const float *x, const float *w, const float *g, int64_t n, float eps, float *out) {
+    double xx = 0.0, xa = 0.0;
+    for (int64_t i = 0; i < n; i++) xx += (double)x[i] * x[i], xa += (double)x[i] * w[i] * g[i];
+    const double r = 1.0 / sqrt(xx / (double)n + eps);
+    const float c_a = (float)r, c_x = (float)(r * r * r * xa / (double)n);
+    for (int64_t i = 0; i < n; i++) out[i] = c_a * (w[i] * g[i]) - c_x * x[i];
+}
+
+/* Σ a_i·b_i over n values in 8 partial sums: the compiler may not reorder one chain of float additions,
+ * and vectorises these. */
+static float dot(const float *a, const float *b, int32_t n) {
+    float s[8] = {0}, t = 0.0f;
+    int32_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) s[k] += a[i + k] * b[i + k];
+    for (; i < n; i++) t += a[i] * b[i];
+    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7])) + t;
+}
+
+#define VR_MAX_HEAD_DIM 1024
+
+/*
+ * grad_dv[r, k, :] = ∂L/∂dV for the value rows r of kv head k, from grad_h = ∂L/∂h at the state llama.cpp
+ * computed: y (its layer output), ffn_inp (the residual before the FFN), gate_act and up_act (the FFN's
+ * projections before the SiLU), and probs [n_head, n_rows] (the attention probabilities at the rows,
+ * row stride probs_ld). With s = sigmoid(gate):
+ *     dy = rms_vjp(y, out_norm, grad_h);  d_act = W_downᵀ·dy
+ *     d_up = d_act·gate·s;  d_gate = d_act·up·s·(1 + gate·(1 - s))
+ *     dx = dy + rms_vjp(ffn_inp, ffn_norm, W_gateᵀ·d_gate + W_upᵀ·d_up);  d_attn = W_oᵀ·dx
+ *     ∂L/∂V_new[r, k] = Σ_{heads h of group k} probs[h, r]·d_attn[h]
+ * then through V_new = (V + dV)/||V + dV||·||V|| (per row and kv head; v_norm = ||V||): with v = V + dV,
+ * ∂L/∂dV = ||V||/||v||·(G - v·(v·G)/||v||²). Returns 0, -1 when out of memory, -2 when a matrix is of
+ * a type vr_rows.c does not read, -3 for a head_dim above VR_MAX_HEAD_DIM.
+ */
+VR_API int32_t vr_tail_grad_dv(const vr_matrix *down, const vr_matrix *gate, const vr_matrix *up, const vr_matrix *o,
+                               const float *y, const float *out_norm, const float *ffn_inp, const float *ffn_norm,
+                               const float *gate_act, const float *up_act, float eps, const float *grad_h,
+                               const float *probs, int64_t probs_ld, const float *v_base, const float *dv,
+                               const float *v_norm, int32_t n_head, int32_t n_kv, int32_t head_dim, int64_t n_rows,
+                               float *grad_dv, int32_t threads) {
+    const int64_t n_embd = down->n_rows, n_ff = down->n_cols, n_q = (int64_t)n_head * head_dim;
+    const int32_t group = n_head / n_kv; /* query head h uses kv head h / group */
+    if (head_dim > VR_MAX_HEAD_DIM) return -3;
+    float *buf = calloc((size_t)(3 * n_embd + 2 * n_ff + n_q + head_dim), sizeof(float));
+    if (!buf) return -1;
+    float *dy = buf, *d_n = dy + n_embd, *dx = d_n + n_embd, *d_gate = dx + n_embd, *d_up = d_gate + n_ff;
+    float *d_attn = d_up + n_ff, *g_v = d_attn + n_q;
+    int32_t err = 0;
+    rms_norm_vjp(y, out_norm, grad_h, n_embd, eps, dy);
+    err |= mv_t(down, dy, d_gate, threads); /* d_act, made d_gate below */
+    for (int64_t i = 0; i < n_ff; i++) {
+        const float g = gate_act[i], s = 1.0f / (1.0f + expf(-g));
+        d_up[i] = d_gate[i] * g * s;
+        d_gate[i] *= up_act[i] * s * (1.0f + g * (1.0f - s));
+    }
+    err |= mv_t(gate, d_gate, d_n, threads);
+    err |= mv_t(up, d_up, d_n, threads);
+    rms_norm_vjp(ffn_inp, ffn_norm, d_n, n_embd, eps, dx);
+    for (int64_t i = 0; i < n_embd; i++) dx[i] += dy[i];
+    err |= mv_t(o, dx, d_attn, threads);
+    for (int64_t r = 0; r < n_rows; r++)
+        for (int32_t k = 0; k < n_kv; k++) {
+            memset(g_v, 0, sizeof(float) * (size_t)head_dim);
+            for (int32_t h = k * group; h < (k + 1) * group; h++) {
+                const float p = probs[h * probs_ld + r], *d = d_attn + (int64_t)h * head_dim;
+                for (int32_t e = 0; e < head_dim; e++) g_v[e] += p * d[e];
+            }
+            const int64_t at = (r * n_kv + k) * head_dim;
+            float v[VR_MAX_HEAD_DIM];
+            for (int32_t e = 0; e < head_dim; e++) v[e] = v_base[at + e] + dv[at + e];
+            float vv = dot(v, v, head_dim);
+            vv = vv > 1e-24f ? vv : 1e-24f; /* as norm_preserving_vjp's clamp of ||v|| at 1e-12 */
+            const float scale = v_norm[r * n_kv + k] / sqrtf(vv), along = dot(v, g_v, head_dim) / vv;
+            for (int32_t e = 0; e < head_dim; e++) grad_dv[at + e] = scale * (g_v[e] - v[e] * along);
+        }
+    free(buf);
+    return err ? -2 : 0;
+}
+
+/* out = x·w / sqrt(mean(x²) + eps): the final norm of llama.cpp's layer output (Tail.llama_state). */
+VR_API void vr_tail_rms_norm(const float *x, const float *w, int64_t n, float eps, float *out) {
+    double xx = 0.0;
+    for (int64_t i = 0; i < n; i++) xx += (double)x[i] * x[i];
+    const float r = (float)(1.0 / sqrt(xx / (double)n + eps));
+    for (int64_t i = 0; i < n; i++) out[i] = x[i] * r * w[i];
+}
+
+/* IEEE half of f, rounded to nearest even (as F16C, numpy and torch round). */
+static uint16_t float_half(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    const uint32_t sign = (x >> 16) & 0x8000u, a = x & 0x7fffffffu;
+    if (a >= 0x7f800000u) return (uint16_t)(sign | 0x7c00u | (a > 0x7f800000u ? 0x200u : 0u)); /* inf, nan */
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);                                 /* rounds to inf */
+    if (a < 0x38800000u) { /* a half subnormal: a multiple of 2^-24, rounded as the float unit rounds */
+        float m;
+        memcpy(&m, &a, 4);
+        return (uint16_t)(sign | (uint32_t)lrintf(m * 16777216.0f));
+    }
+    const uint32_t r = a - 0x38000000u; /* the exponent's bias 127 -> 15 */
+    return (uint16_t)(sign | (r + 0x0fffu + ((r >> 13) & 1u)) >> 13);
+}
+
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#define VR_TAIL_F16C 1
+__attribute__((target("avx,f16c"))) static void halves_f16c(const float *x, uint16_t *y, int32_t n) {
+    int32_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(y + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) y[i] = float_half(x[i]);
+}
+#endif
+
+static int vr_f16c = -1; /* whether halves() uses F16C: -1 until asked (a benign race: all find the same) */
+
+/* Use F16C (on = 1, where the CPU has it) or the portable conversion (0), so that tests check both;
+ * returns whether F16C is in use. */
+VR_API int32_t vr_tail_use_f16c(int32_t on) {
+    vr_f16c = 0;
+#ifdef VR_TAIL_F16C
+    __builtin_cpu_init();
+    vr_f16c = on && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+#else
+    (void)on;
+#endif
+    return vr_f16c;
+}
+
+/* y = x as IEEE halves: with F16C where the CPU has it (8 at a time), else float_half. */
+static void halves(const float *x, uint16_t *y, int32_t n) {
+    if (vr_f16c < 0) vr_tail_use_f16c(1);
+#ifdef VR_TAIL_F16C
+    if (vr_f16c) {
+        halves_f16c(x, y, n);
+        return;
+    }
+#endif
+    for (int32_t i = 0; i < n; i++) y[i] = float_half(x[i]);
+}
+
+/* halves() itself, for the tests. */
+VR_API void vr_tail_halves(const float *x, uint16_t *y, int32_t n) { halves(x, y, n); }
+
+/* V_new = (V + dV)·||V|| / ||V + dV|| for each of the n vectors of d values (a row's kv head; v_norm = ||V||,
+ * ||V + dV|| clamped at 1e-12 as tail.norm_preserving does), as the F16 halves llama.cpp stores (v16);
+ * returns ||dV||, or -1 for d above VR_MAX_HEAD_DIM. */
+VR_API double vr_tail_norm_preserving(const float *v_base, const float *dv, const float *v_norm, int64_t n, int32_t d,
+                                      uint16_t *v16) {
+    if (d > VR_MAX_HEAD_DIM) return -1.0;
+    double dd = 0.0;
+    float v[VR_MAX_HEAD_DIM];
+    for (int64_t k = 0; k < n; k++) {
+        const float *e = dv + k * d;
+        for (int32_t i = 0; i < d; i++) v[i] = v_base[k * d + i] + e[i];
+        const float norm = sqrtf(dot(v, v, d)), scale = v_norm[k] / (norm > 1e-12f ? norm : 1e-12f);
+        for (int32_t i = 0; i < d; i++) v[i] *= scale;
+        halves(v, v16 + k * d, d);
+        dd += dot(e, e, d);
+    }
+    return sqrt(dd);
+}
