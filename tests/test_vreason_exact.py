@@ -109,7 +109,7 @@ class Reference:
         scores = torch.einsum("hd,cgd->hgc", p.q, p.keys)  # every query head against every kv head ...
         heads = torch.arange(self.info.n_head)
         scores = scores[heads, heads // (self.info.n_head // n_kv)]  # ... keep its own group's: [n_head, cells]
-        probs = torch.softmax(scores / math.sqrt(d), dim=-1)[:, torch.from_numpy(p.rows)]
+        probs = torch.softmax(scores / math.sqrt(d), dim=-1)[:, torch.tensor(p.rows)]
         v = p.values + dv
         v_new = v * (p.values.norm(dim=-1, keepdim=True) / v.norm(dim=-1, keepdim=True))
         change = v_new - p.values  # [rows, n_kv, d]

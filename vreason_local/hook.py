@@ -138,6 +138,7 @@ class ValueHook:
         self.h = self.lib.vr_hook_new(ctypes.cast(self.ggml.ggml_backend_tensor_get, ctypes.c_void_p))
         self._cache_names = (f"cache_k_l{last}".encode(), f"cache_v_l{last}".encode())
         self.forget_cache()
+        self._last_spans: tuple[np.ndarray, list[tuple[int, int, int]]] | None = None
         self.names = {
             "q": f"Qcur-{last}",
             "ffn_inp": f"ffn_inp-{last}",
@@ -231,11 +232,17 @@ class ValueHook:
         return out
 
     def _spans(self, rows: np.ndarray) -> list[tuple[int, int, int]]:
-        """Contiguous runs of cells as (first index into rows, first cell, length)."""
+        """Contiguous runs of cells as (first index into rows, first cell, length); kept for the last
+        array of rows asked about (an answer's controller writes the same rows at every update)."""
+        if self._last_spans is not None and self._last_spans[0] is rows:
+            return self._last_spans[1]
         breaks = np.flatnonzero(np.diff(rows) != 1) + 1
         starts = np.concatenate([[0], breaks])
         ends = np.concatenate([breaks, [len(rows)]])
-        return [(int(s), int(rows[s]), int(e - s)) for s, e in zip(starts, ends)]
+        spans = [(int(s), int(rows[s]), int(e - s)) for s, e in zip(starts, ends)]
+        if not rows.flags.writeable:  # a read-only array cannot change under the cached spans
+            self._last_spans = (rows, spans)
+        return spans
 
     def read_values(self, rows: np.ndarray, transposed: bool) -> np.ndarray:
         """The F16 value rows of the last layer at these cells, shape [len(rows), n_head_kv*head_dim]."""

@@ -388,8 +388,10 @@ class RestrictedHead:
     def at(self, h: torch.Tensor, alpha: int) -> HeadStep:
         """The loss, its gradient at `h` through the kept rows and their bound, adding rows first until
         the bound meets the target (or the cap)."""
-        dh = h.detach() - self.h_anchor
-        drift = float(dh.norm()) * self.head.max_norm  # R: how far a held logit may be off
+        # an update's first step is taken at h_A itself (its storage): no arithmetic to find that nothing moved
+        at_anchor = h.data_ptr() == self.h_anchor.data_ptr() and h.shape == self.h_anchor.shape
+        dh = torch.zeros_like(self.h_anchor) if at_anchor else h.detach() - self.h_anchor
+        drift = 0.0 if at_anchor else float(dh.norm()) * self.head.max_norm  # R: how far a held logit may be off
 
         def moved(start: int) -> torch.Tensor:  # W·(h - h_A) for the rows from `start` on: none at the anchor
             n = len(self.ids) - start

@@ -68,13 +68,15 @@ class VReason:
     def __init__(
         self, tail: Tail, hook: ValueHook, rows: np.ndarray, transposed: bool, settings: VReasonSettings
     ) -> None:
-        self.tail, self.hook, self.rows, self.transposed, self.s = tail, hook, np.asarray(rows), transposed, settings
+        self.tail, self.hook, self.transposed, self.s = tail, hook, transposed, settings
+        self.rows = np.array(rows)  # a copy, read-only: the hook keeps the spans of the rows it writes
+        self.rows.flags.writeable = False
         g, d = tail.info.n_head_kv, tail.info.head_dim
         contiguous = len(self.rows) and np.array_equal(
             self.rows, np.arange(self.rows[0], self.rows[0] + len(self.rows))
         )
         # where inputs() reads the probabilities of the rows: a slice when they are one run of cells (as a video's are)
-        self._probs_at = slice(int(self.rows[0]), int(self.rows[-1]) + 1) if contiguous else torch.from_numpy(self.rows)
+        self._probs_at = slice(int(self.rows[0]), int(self.rows[-1]) + 1) if contiguous else torch.tensor(self.rows)
         self.v_orig = hook.read_values(self.rows, transposed)  # F16, restored when the answer ends
         self.v_base = torch.from_numpy(self.v_orig.astype(np.float32)).view(-1, g, d).to(tail.device)
         self.v_norm = self.v_base.norm(dim=-1, keepdim=True)  # ||V|| per row and kv head, for norm_preserving
