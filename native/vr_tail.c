@@ -201,3 +201,72 @@ VR_API double vr_tail_norm_preserving(const float *v_base, const float *dv, cons
     }
     return sqrt(dd);
 }
+
+static int cmp_id(const void *a, const void *b) {
+    const int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/*
+ * An update's first step through the LM head, at llama.cpp's own state (vreason_local/tail.py,
+ * RestrictedHead.at with nothing held moved: its Python code is the reference the tests compare this
+ * with, and the path elsewhere). With vr_head_terms' results for the logits z (every row's term t_v =
+ * ||W_v||·p_v·|l_v|, their sum `total`, ln Σ e^z and H, the `cap` rows of largest term `ranked`), rows are
+ * kept in rank order until the bound B = total - Σ_K t_v meets err/(1 + err)·||G_K||: each round takes as
+ * many as the target needs if ||G_K|| keeps its ratio to Σ_K t_v (*ratio, updated), at least 16 and a
+ * quarter more, and adds g_v·W_v (g_v = p_v·l_v, read in file order) into G_K. Writes
+ * grad_h = alpha·G_K (head->n_cols), the kept rows in the order read into ids (room for cap), and
+ * out[0] = B, out[1] = ||grad_h||; returns how many rows it kept, -1 when out of memory, -2 when the
+ * head is of a type vr_rows.c does not read.
+ */
+VR_API int64_t vr_tail_head_anchor(const vr_matrix *head, const float *z, const float *t, const int64_t *ranked,
+                                   int64_t cap, double total, double log_total, double entropy, int32_t alpha,
+                                   double err, double *ratio, float *grad_h, int64_t *ids, double *out,
+                                   int32_t threads) {
+    const int64_t n = head->n_rows;
+    float *g = malloc(sizeof(float) * (size_t)(cap > 0 ? cap : 1));
+    float *grad = calloc((size_t)head->n_cols, sizeof(float));
+    if (!g || !grad) {
+        free(g), free(grad);
+        return -1;
+    }
+    const double target = err / (1.0 + err);
+    int64_t kept = 0;
+    double kept_t = 0.0, size = 0.0, bound = total;
+    int32_t status = 0;
+    for (;;) {
+        double ss = 0.0;
+        for (int64_t j = 0; j < head->n_cols; j++) ss += (double)grad[j] * grad[j];
+        size = sqrt(ss);
+        bound = kept == n ? 0.0 : (total - kept_t > 0.0 ? total - kept_t : 0.0);
+        if (bound <= target * size || !isfinite(entropy) || kept >= cap) break;
+        if (size > 0.0 && kept_t > 0.0) *ratio = size / kept_t;
+        int64_t take = cap - kept;
+        double rest = bound, weight = kept_t;
+        for (int64_t i = 0; i < cap - kept; i++) {
+            rest -= t[ranked[kept + i]], weight += t[ranked[kept + i]];
+            if (rest <= target * *ratio * weight) {
+                take = i + 1;
+                break;
+            }
+        }
+        const int64_t least = kept / 4 > 16 ? kept / 4 : 16;
+        take = take > least ? take : least;
+        take = take < cap - kept ? take : cap - kept;
+        int64_t *fresh = ids + kept;
+        memcpy(fresh, ranked + kept, sizeof(int64_t) * (size_t)take);
+        qsort(fresh, (size_t)take, sizeof(int64_t), cmp_id); /* in file order: half the time of rank order */
+        for (int64_t i = 0; i < take; i++) {
+            const double lp = (double)z[fresh[i]] - log_total;
+            g[i] = (float)(alpha * exp(lp) * (lp + entropy));
+            kept_t += t[fresh[i]];
+        }
+        const int32_t th = take * head->n_cols < (1 << 20) ? 1 : threads;
+        status |= vr_rows_axpy(head->type, head->data, head->row_bytes, head->n_cols, fresh, take, g, grad, th);
+        kept += take;
+    }
+    memcpy(grad_h, grad, sizeof(float) * (size_t)head->n_cols);
+    out[0] = bound, out[1] = size;
+    free(g), free(grad);
+    return status ? -2 : kept;
+}

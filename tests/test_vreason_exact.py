@@ -215,7 +215,7 @@ def test_anchor_weights_equal_the_float64_ones(lanes):
         terms = sampling.head_terms(z0, norms32, 600)
         z64 = z0.astype(np.float64)
         first = rng.permutation(n)[:100]
-        anchor = AnchorWeights(terms, z0, norms, first)
+        anchor = AnchorWeights(terms, z0, first)
         held = HeldWeights(z64, first, np.zeros(100), norms, 0.0)
         assert anchor.bound == pytest.approx(held.bound, rel=1e-5)
         rest = np.setdiff1d(np.arange(n), first)
@@ -299,6 +299,28 @@ def test_update_gradient_on_the_full_vocabulary(engine, media, reference, cap):
     else:
         assert rows == cap and bound > 0.01 and err > 0.01, (bound, err)
         assert len(notices) == 1 and f"cap of {cap} rows" in notices[0] and f"{bound:.3g}" in notices[0]
+    handle.close()
+
+
+@pytest.mark.parametrize("cap", [2048, ALL])
+def test_native_head_step_is_the_python_one(engine, media, cap):
+    """An update's first step through the LM head in native code (native/vr_tail.c) against the same rounds
+    in Python (AnchorWeights), on the full vocabulary, both signs of alpha, the cap binding or not: the same
+    rows, gradient, bound, notice and ratio for the next update."""
+    handle, _, _, _ = first_update(engine, media, lr=0.0, dtype="gguf", device="cpu")
+    c = handle.controller
+    inp, z0 = c.inputs(), engine.ctx.logits().copy()
+    h = c.tail.llama_state(inp)
+    for alpha in (1, -1):
+        (a, head_a), (b, head_b) = (
+            (head.at(head.h_anchor, alpha), head)
+            for head in (RestrictedHead(c.tail.head, z0, h, 0.01, cap, ratio=0.5, native=n) for n in (True, False))
+        )
+        np.testing.assert_array_equal(np.sort(head_a.ids), np.sort(head_b.ids))
+        assert 16 < len(head_a.ids) <= cap and (len(head_a.ids) == cap) == a.capped == b.capped
+        torch.testing.assert_close(a.grad_h, b.grad_h, rtol=1e-5, atol=1e-7)
+        assert a.loss == pytest.approx(b.loss, rel=1e-12) and a.bound == pytest.approx(b.bound, rel=1e-5)
+        assert head_a.ratio == pytest.approx(head_b.ratio, rel=1e-5)
     handle.close()
 
 

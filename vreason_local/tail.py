@@ -331,14 +331,17 @@ class RestrictedHead:
         cap: int,
         ids: np.ndarray | None = None,
         ratio: float = 1.0,
+        native: bool = True,
     ) -> None:
         """`z0`: llama.cpp's logits, `h_anchor`: h_A; `ids`: a fixed set of rows (no growth, no bound
         target); `ratio`: a first guess of ||G_K|| / Σ_K ||W_v||·|g_v| (the last update's), which sizes
-        the first read."""
+        the first read; `native`: an update's first step on the CPU in native code (False: the
+        same in Python, which tests compare it with)."""
         self.head, self.h_anchor, self.error, self.ratio = head, h_anchor.detach(), error, ratio
         self.z0 = z0
         self._z0_64: np.ndarray | None = None  # z0 in float64, for HeldWeights (steps away from the anchor)
-        self._terms: HeadTerms | None = None  # the rows' terms at the anchor, for AnchorWeights
+        self._terms: HeadTerms | None = None  # the rows' terms at the anchor (_anchor_terms)
+        self.native = native
         self.grow = ids is None
         self.cap = min(cap, len(z0))
         self.ids = np.zeros(0, np.int64)
@@ -393,6 +396,9 @@ class RestrictedHead:
         dh = torch.zeros_like(self.h_anchor) if at_anchor else h.detach() - self.h_anchor
         drift = 0.0 if at_anchor else float(dh.norm()) * self.head.max_norm  # R: how far a held logit may be off
 
+        if at_anchor and self.grow and not len(self.ids) and self.native and self.head.in_place is not None:
+            return self._at_anchor_native(alpha)
+
         def moved(start: int) -> torch.Tensor:  # W·(h - h_A) for the rows from `start` on: none at the anchor
             n = len(self.ids) - start
             return self.dot(slice(start, None), dh) if drift > 0 and n else torch.zeros(n, device=dh.device)
@@ -419,13 +425,46 @@ class RestrictedHead:
         loss = alpha * (math.log(len(self.z0)) - w.entropy)
         return HeadStep(loss, grad_h, dz, bound, self.grow and finite and not done)
 
+    def _anchor_terms(self) -> HeadTerms:
+        """Every row's term at the anchor and the ranking (computed once per head)."""
+        if self._terms is None:
+            self._terms = head_terms(self.z0, self.head.norms32, self.cap)
+        return self._terms
+
+    def _at_anchor_native(self, alpha: int) -> HeadStep:
+        """`at` for an update's first step with the head read in place (the CPU): the same rounds of row
+        choice, with the same rule and bound (tested equal), in one native call (native/vr_tail.c), where
+        their ~25 numpy and torch operations cost ~0.5 ms in an update."""
+        terms, m = self._anchor_terms(), self.head.in_place
+        z = np.ascontiguousarray(self.z0, np.float32)
+        ids, grad, out, ratio = (
+            np.empty(self.cap, np.int64),
+            np.empty(m.n_cols, np.float32),
+            np.empty(2),
+            ctypes.c_double(self.ratio),
+        )
+        matrix = _Matrix(m.ggml_type, m.raw.ctypes.data, m.n_rows, m.row_bytes, m.n_cols)
+        n = _kernels().vr_tail_head_anchor(
+            ctypes.byref(matrix), z.ctypes.data, terms.terms.ctypes.data, terms.ranked.ctypes.data, len(terms.ranked),
+            terms.total, terms.log_total, terms.entropy, alpha, self.error, ctypes.byref(ratio), grad.ctypes.data,
+            ids.ctypes.data, out.ctypes.data, m.threads,
+        )  # fmt: skip
+        if n < 0:
+            raise MemoryError("no memory for the LM head's rows") if n == -1 else RuntimeError("unreadable LM head")
+        self._add(ids[:n])
+        self.ratio = ratio.value
+        b, size = float(out[0]), float(out[1])
+        done, finite = b <= self.error / (1 + self.error) * size, math.isfinite(terms.entropy)
+        bound = b / (size - b) if size > b else (0.0 if b == 0 else math.inf)
+        loss = alpha * (math.log(len(self.z0)) - terms.entropy)
+        grad_h = torch.from_numpy(grad).to(self.h_anchor.device)
+        return HeadStep(loss, grad_h, torch.zeros(n, device=grad_h.device), bound, finite and not done)
+
     def _weights(self, dz: torch.Tensor, drift: float) -> AnchorWeights | HeldWeights:
         """The loss weights and bound for the kept rows: at the anchor from the native ranking of every
         row's term (computed once per head), elsewhere from a float64 pass with the held logits' drift."""
         if drift == 0:
-            if self._terms is None:
-                self._terms = head_terms(self.z0, self.head.norms32, self.cap)
-            return AnchorWeights(self._terms, self.z0, self.head.norms, self.ids)
+            return AnchorWeights(self._anchor_terms(), self.z0, self.ids)
         if self._z0_64 is None:
             self._z0_64 = self.z0.astype(np.float64)
         return HeldWeights(self._z0_64, self.ids, dz.cpu().numpy(), self.head.norms, drift)
@@ -462,13 +501,12 @@ class AnchorWeights:
 
     scale, kept_part = 1.0, 0.0  # B after keeping rows = dropped_sum - scale·Σ their terms + kept_part
 
-    def __init__(self, terms: HeadTerms, z0: np.ndarray, norms: np.ndarray, ids: np.ndarray) -> None:
-        """`terms`: head_terms of llama.cpp's logits `z0` (float32) with the rows' `norms`."""
-        self.terms, self._z0, self._norms = terms, z0, norms
+    def __init__(self, terms: HeadTerms, z0: np.ndarray, ids: np.ndarray) -> None:
+        """`terms`: head_terms of llama.cpp's logits `z0` (float32)."""
+        self.terms, self._z0 = terms, z0
         self.entropy = terms.entropy
         self.g = np.zeros(0)  # the kept rows' weights d(-H)/dz, float64
-        self.kept_weight = 0.0  # U_K
-        self._kept_terms = 0.0  # Σ_K t_v, as the native pass rounded them (B = total - this)
+        self.kept_weight = 0.0  # U_K = Σ_K t_v, as the native pass rounded the terms (B = total - U_K)
         self._kept = np.zeros(len(z0), bool)
         self._n_kept = 0
         if len(ids):
@@ -482,12 +520,11 @@ class AnchorWeights:
         p = np.exp(ell)
         ell += self.entropy  # l = ln p + H
         self.g = np.concatenate([self.g, p * ell])
-        self.kept_weight += float((self._norms[ids] * p * np.abs(ell)).sum())
-        self._kept_terms += float(self.terms.terms[ids].sum(dtype=np.float64))
+        self.kept_weight += float(self.terms.terms[ids].sum(dtype=np.float64))
         self._kept[ids] = True
         self._n_kept += len(ids)
         every = self._n_kept == len(self._z0)  # D is empty: B is 0, not the sums' rounding
-        self.dropped_sum = self.bound = 0.0 if every else max(self.terms.total - self._kept_terms, 0.0)
+        self.dropped_sum = self.bound = 0.0 if every else max(self.terms.total - self.kept_weight, 0.0)
 
     def candidates(self, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Up to `m` rows not kept, the largest terms of B first: (ids, their terms, their ||W_v||·|g_v|),

@@ -252,6 +252,9 @@ def _kernels() -> ctypes.CDLL:
         lib.vr_tail_rms_norm.argtypes, lib.vr_tail_rms_norm.restype = [vp, vp, i64, f32, vp], None
         lib.vr_tail_norm_preserving.argtypes = [vp, vp, vp, i64, i32, vp]
         lib.vr_tail_norm_preserving.restype = ctypes.c_double
+        lib.vr_tail_head_anchor.argtypes = [vp, vp, vp, vp, i64] + [ctypes.c_double] * 3 + [i32, ctypes.c_double]
+        lib.vr_tail_head_anchor.argtypes += [vp, vp, vp, vp, i32]
+        lib.vr_tail_head_anchor.restype = i64
         lib.vr_tail_use_f16c.argtypes, lib.vr_tail_use_f16c.restype = [i32], i32
         lib.vr_tail_halves.argtypes, lib.vr_tail_halves.restype = [vp, vp, i32], None
         lib.vr_rows_ready = True
