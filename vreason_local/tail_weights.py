@@ -267,9 +267,9 @@ class GGUFMatrix:
     what ggml stores (`raw`: [n_rows, row bytes], memory-mapped); Wᵀ·g is a sum of rows, W·x a dot per row.
 
     The products share `threads` of OpenMP's team, the one llama.cpp and torch use (Wᵀ·g by ranges of
-    columns, W·x by ranges of rows; a build without OpenMP runs them on one thread). Per thread on this
-    2-core x86 machine, AVX-512, from the cache: the 3B shape's Q4_K ffn_gate (12.7 MB) Wᵀ·g 1.3 ms and
-    W·x 1.5 ms, Q6_K ffn_down (18.5 MB) 2.0 and 1.9 ms."""
+    columns, W·x by ranges of rows; a build without OpenMP runs them on one thread). On this 2-core x86
+    machine, AVX-512, Wᵀ·g for the 3B shape's Q4_K ffn_gate (12.7 MB): 0.73 ms on one thread, 0.5-0.6 on two
+    from memory; Q6_K ffn_down (18.5 MB): 1.65 and 0.7-0.85 ms (native/vr_rows.c has the kernels' rates)."""
 
     SERIAL = 1 << 20  # values below which one thread does it all (a hand-off costs more than it saves)
 

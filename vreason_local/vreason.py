@@ -8,7 +8,9 @@ rows V_new = normp(V + dV) are written into llama.cpp's cache, in force from the
 
 The first step of an update is taken at the values llama.cpp attended over, where llama.cpp's own
 forward is known (the hook captures it): only the tail's backward runs, written out by hand
-(`Tail.backward_at_llama_state`, `tail.norm_preserving_vjp`), with no autograd graph to build. Each
+(`Tail.grad_dv`), with no autograd graph to build; on the CPU that step, its choice of LM-head rows and
+the write run in native code (native/vr_tail.c), whose torch and numpy equivalents are the tests'
+references and the path on GPUs. Each
 later step computes the loss at its own dV through the tail's forward: exactly at the LM-head rows it
 reads, and at llama.cpp's logits (from the cached dV) elsewhere. The gradient's error from that is
 bounded, later steps included: a held logit can have moved by at most ||W_v||·||h - h_A||, which the
