@@ -270,3 +270,34 @@ VR_API int64_t vr_tail_head_anchor(const vr_matrix *head, const float *z, const 
     free(g), free(grad);
     return status ? -2 : kept;
 }
+
+int32_t vr_rows_dot(int32_t type, const void *data, int64_t row_bytes, int64_t n_cols, const int64_t *ids, int64_t n,
+                    const float *x, float *out, int32_t threads);
+
+#define VR_MAX_CHECK 256
+
+/* The self-check at llama.cpp's state (vreason_local/vreason.py, VReason._selfcheck): among the n kept
+ * rows `ids` of the LM head, the k (at most VR_MAX_CHECK) whose logits z are largest; returns
+ * max |W_v·h - z_v| / max(1, max |z_v|) over them, -1 for a k out of range, -2 for a head of a type
+ * vr_rows.c does not read. */
+VR_API double vr_tail_selfcheck(const vr_matrix *head, const int64_t *ids, int64_t n, const float *z, const float *h,
+                                int32_t k) {
+    if (k < 1 || k > VR_MAX_CHECK) return -1.0;
+    int64_t top[VR_MAX_CHECK];
+    float at[VR_MAX_CHECK], tail[VR_MAX_CHECK];
+    int32_t m = 0;
+    for (int64_t i = 0; i < n; i++) { /* kept in decreasing order: an insertion, rarely past the first test */
+        const float v = z[ids[i]];
+        if (m == k && !(v > at[m - 1])) continue;
+        int32_t j = m < k ? m++ : m - 1;
+        for (; j > 0 && at[j - 1] < v; j--) at[j] = at[j - 1], top[j] = top[j - 1];
+        at[j] = v, top[j] = ids[i];
+    }
+    if (vr_rows_dot(head->type, head->data, head->row_bytes, head->n_cols, top, m, h, tail, 1)) return -2.0;
+    double worst = 0.0, scale = 1.0;
+    for (int32_t i = 0; i < m; i++) {
+        const double d = fabs((double)tail[i] - at[i]), a = fabs((double)at[i]);
+        worst = d > worst ? d : worst, scale = a > scale ? a : scale;
+    }
+    return worst / scale;
+}

@@ -19,7 +19,7 @@ import torch
 from vreason_local.clips import make_clip
 from vreason_local.engine import Engine, EngineSettings, GenerationSettings
 from vreason_local.errors import UserError
-from vreason_local.events import Notice, TokenEvent
+from vreason_local.events import Notice, Prefilled, TokenEvent
 from vreason_local.families import FAMILY_NAMES
 from vreason_local.gguf_info import read_model_info
 from vreason_local.hook import _load, verify_layout
@@ -258,6 +258,32 @@ def test_rms_norm_gradient_is_autograds():
     x.requires_grad_(True)
     (rms_norm(x, w, 1e-6) * g).sum().backward()
     torch.testing.assert_close(rms_norm_vjp(x.detach(), w, 1e-6, g), x.grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("where", ["gradient", "offset"])
+def test_a_non_finite_update_is_skipped_and_the_values_restored(engines, clip, where, monkeypatch):
+    """A non-finite gradient (here a NaN from the tail) or value offset after the optimiser step (here an
+    infinite learning rate) skips the update: one notice says so, dV is zero again and llama.cpp's cache
+    holds the original value rows; the answer goes on."""
+    e = engines()
+    gen = e.ask(video(e, clip), "Describe it.", GenerationSettings(max_tokens=4), "vreason", VReasonSettings(every=1))
+    notices = []
+    for ev in gen:
+        if isinstance(ev, Prefilled):
+            c = gen.controller
+            if where == "gradient":  # the engine's tail is shared: monkeypatch restores it
+                monkeypatch.setattr(c.tail, "grad_dv", lambda *args, v=c.v_base: torch.full_like(v, math.nan))
+            else:
+                c.opt.param_groups[0]["lr"] = math.inf
+        elif isinstance(ev, Notice):
+            notices.append(ev.message)
+        elif isinstance(ev, TokenEvent):
+            break
+    why = "non-finite loss or gradient" if where == "gradient" else "non-finite value offset"
+    assert len(notices) == 1 and why in notices[0] and "dV reset to zero" in notices[0]
+    assert not c.dv.detach().any() and c.dv_norm == 0.0
+    np.testing.assert_array_equal(e.hook.read_values(c.rows, c.transposed), c.v_orig)
+    gen.close()
 
 
 def test_cache_write_is_the_method(engines, clip):

@@ -324,6 +324,24 @@ def test_native_head_step_is_the_python_one(engine, media, cap):
     handle.close()
 
 
+def test_native_selfcheck_is_numpys(engine, media):
+    """The self-check's comparison in native code (RestrictedHead.selfcheck) against numpy and the head's
+    own products: the 64 kept rows of largest logit, their logits at h_A against llama.cpp's, and a state
+    away from llama.cpp's that it must flag."""
+    handle, _, _, _ = first_update(engine, media, lr=0.0, dtype="gguf", device="cpu")
+    c = handle.controller
+    inp, z0 = c.inputs(), engine.ctx.logits().copy()
+    for h in (c.tail.llama_state(inp), c.tail.llama_state(inp) * 1.5):
+        head = RestrictedHead(c.tail.head, z0, h, 0.01, 2048)
+        head.at(head.h_anchor, 1)
+        top = np.argsort(-z0[head.ids], kind="stable")[:64]
+        ref = z0[head.ids[top]].astype(np.float64)
+        expected = np.abs(head.dot(top, head.h_anchor).double().numpy() - ref).max() / max(1.0, np.abs(ref).max())
+        assert head.selfcheck(z0, 64) == pytest.approx(expected, rel=1e-4, abs=1e-7)
+    assert head.selfcheck(z0, 64) > 0.1  # the tail's logits at another state are far from llama.cpp's
+    handle.close()
+
+
 def test_native_grad_dv_is_the_torch_tail(engine, media):
     """Tail.grad_dv's native path (native/vr_tail.c, the matrices in place) against the torch tail's
     backward and norm-preserving VJP on the same captures: at dV = 0 and away from it, with the rows' attention

@@ -206,16 +206,19 @@ class VReason:
                 self._reset("non-finite loss or gradient")
                 return selfcheck
             self.opt.step()
-            if not _finite(self.dv):
+            if i + 1 < self.s.steps and not _finite(self.dv):
                 self._reset("non-finite value offset after the optimiser step")
                 return selfcheck
+        self._write()
+        if not math.isfinite(self.dv_norm):  # the last step's dV, checked by the norm the write takes of it
+            self._reset("non-finite value offset after the optimiser step")
+            return selfcheck
         self.head_ratio = head.ratio
         if selfcheck > SELFCHECK_TOL:
             self._warn(
                 f"self-check: the tail's logits differ from llama.cpp's by {selfcheck:.3g} of the logit scale "
                 f"(tolerance {SELFCHECK_TOL}); V-Reason may not steer this model as intended"
             )
-        self._write()
         return selfcheck
 
     def _selfcheck(self, inp: TailInputs, head: RestrictedHead, logits: np.ndarray) -> float:
@@ -224,9 +227,11 @@ class VReason:
         its weights do not change), an answer's first update runs the tail's own forward, which checks all
         of its weights against the running model; the other updates check llama.cpp's captured state
         through the tail's final norm and head rows."""
+        forward = not (self.tail.verified or self._checked_forward)
+        if not forward and head.rows is None and head.h_anchor.device.type == "cpu":  # the head in place
+            return head.selfcheck(logits, SELFCHECK_ROWS)
         z = logits[head.ids]
         top = np.argpartition(-z, SELFCHECK_ROWS - 1)[:SELFCHECK_ROWS] if len(z) > SELFCHECK_ROWS else slice(None)
-        forward = not (self.tail.verified or self._checked_forward)
         with torch.no_grad():
             tail_z = head.dot(top, self.tail.hidden(inp, None) if forward else head.h_anchor).cpu().numpy()
         ref = z[top]
