@@ -1,15 +1,18 @@
 /*
- * vr_tail: the first optimiser step of a V-Reason update on the CPU in one call: the gradient with
- * respect to dV of the loss, from its gradient at the final hidden state, through the tail at the state
- * llama.cpp computed for the token (vreason_local/tail.py: Tail.grad_dv; its torch code,
- * Tail.backward_at_llama_state and norm_preserving_vjp, is the reference the tests compare this with, and
- * the path on GPUs and for other storages). The last FFN's and the attention output's products are
- * vr_rows_axpy's, on the GGUF rows where they lie; the rest is here.
+ * vr_tail: the first optimiser step of a V-Reason update on the CPU, in native code, at the state
+ * llama.cpp computed for the token (vreason_local/tail.py and vreason.py call it; their torch and numpy
+ * code is the reference the tests compare each function with, and the path on GPUs and other storages):
+ *   - vr_tail_head_anchor: the LM-head rows the gradient's error bound needs and their gradient at h;
+ *   - vr_tail_grad_dv: from there the gradient with respect to dV, through the last FFN, the attention
+ *     output and the norm-preserving write (Tail.backward_at_llama_state, tail.norm_preserving_vjp);
+ *   - vr_tail_selfcheck, vr_tail_rms_norm, vr_tail_norm_preserving: the self-check, llama.cpp's final
+ *     norm, and the new value rows as the F16 llama.cpp stores.
+ * The matrices' products are vr_rows.c's, on the GGUF rows where they lie.
  *
- * Why C: in torch the chain is ~25 small operations on vectors of 2,048-11,008 values and on dV's 73,728.
- * Inside an answer the first call of each distinct operation costs 20-60 µs whatever its size (measured:
- * an addition of 2,048 floats took 65 µs as an update's first torch call, 3 µs as its second), its code
- * evicted from the caches by llama.cpp's decode; this whole chain is a few KB of code.
+ * Why C: in torch and numpy the step was ~60 small operations on vectors of 2,048-11,008 values and on
+ * dV's 73,728. Inside an answer the first call of each distinct operation costs 20-60 µs whatever its size
+ * (measured: an addition of 2,048 floats took 65 µs as an update's first torch call, 3 µs as its second),
+ * its code evicted from the caches by llama.cpp's decode; all of this is a few KB of code.
  */
 #include <math.h>
 #include <stdint.h>
@@ -22,8 +25,11 @@
 #define VR_API __attribute__((visibility("default")))
 #endif
 
+/* native/vr_rows.c */
 int32_t vr_rows_axpy(int32_t type, const void *data, int64_t row_bytes, int64_t n_cols, const int64_t *ids,
                      int64_t n, const float *coef, float *out, int32_t threads);
+int32_t vr_rows_dot(int32_t type, const void *data, int64_t row_bytes, int64_t n_cols, const int64_t *ids, int64_t n,
+                    const float *x, float *out, int32_t threads);
 
 /* A matrix where it lies, as vr_rows.c reads it: ggml type, n_rows rows of row_bytes bytes, n_cols values. */
 typedef struct {
@@ -270,9 +276,6 @@ VR_API int64_t vr_tail_head_anchor(const vr_matrix *head, const float *z, const 
     free(g), free(grad);
     return status ? -2 : kept;
 }
-
-int32_t vr_rows_dot(int32_t type, const void *data, int64_t row_bytes, int64_t n_cols, const int64_t *ids, int64_t n,
-                    const float *x, float *out, int32_t threads);
 
 #define VR_MAX_CHECK 256
 

@@ -274,7 +274,7 @@ def test_a_non_finite_update_is_skipped_and_the_values_restored(engines, clip, w
             if where == "gradient":  # the engine's tail is shared: monkeypatch restores it
                 monkeypatch.setattr(c.tail, "grad_dv", lambda *args, v=c.v_base: torch.full_like(v, math.nan))
             else:
-                c.opt.param_groups[0]["lr"] = math.inf
+                c.opt.lr = math.inf
         elif isinstance(ev, Notice):
             notices.append(ev.message)
         elif isinstance(ev, TokenEvent):
