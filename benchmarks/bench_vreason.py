@@ -28,7 +28,6 @@ from vreason_local.hook import ValueHook, _load
 from vreason_local.llama_backend import Context, Model, default_threads
 from vreason_local.media import load_video
 from vreason_local.video import FrameSampling
-from vreason_local.vreason import VReasonSettings
 
 PROMPT = (
     "<|im_start|>user\n"
@@ -157,6 +156,8 @@ def bench_callbacks(path, tokens: int, rounds: int, label: str) -> None:
 
 
 def bench_decode(model, tokens: int, rounds: int, frames: int, dtype: str) -> None:
+    from vreason_local.vreason import VReasonSettings  # imports torch: after bench_memory (main)
+
     lm = load_video(clip(), FrameSampling(fps=1.0, min_frames=frames, max_frames=frames), patch=14)
     gen = GenerationSettings(max_tokens=tokens, stop_at_answer=False)
     per: dict[str, list[float]] = {"base": [], "vreason": []}
@@ -221,6 +222,9 @@ def peak_rss(args: list[str]) -> tuple[float, dict]:
 
 
 def bench_memory(model, tokens: int, frames: int, dtype: str) -> None:
+    """Peak RSS of `vreason run`, base and V-Reason, each alone in its process. Run before this process
+    imports torch: V-Reason drops the file pages torch's import touched (tail_weights.release_torch_pages),
+    which it cannot while another process maps the same libraries (measured +46 MB at peak then)."""
     common = [
         "run",
         "--model",
@@ -307,6 +311,8 @@ def main() -> None:
     args = ap.parse_args()
     bench_model = model(args.shape, args.quant)
     print(f"model: {bench_model.model_path.name} (random weights), {default_threads()} threads")
+    if args.only in (None, "C"):  # first, before this process imports torch (B, D): see bench_memory
+        bench_memory(bench_model, args.tokens, args.frames, args.tail_dtype)
     if args.only in (None, "A"):
         from vreason_local.tiny import make_tiny
 
@@ -315,8 +321,6 @@ def main() -> None:
         bench_callbacks(bench_model.model_path, args.tokens, args.rounds, f"{args.shape} shape")
     if args.only in (None, "B"):
         bench_decode(bench_model, args.tokens, args.rounds, args.frames, args.tail_dtype)
-    if args.only in (None, "C"):
-        bench_memory(bench_model, args.tokens, args.frames, args.tail_dtype)
     if args.only in (None, "D"):
         bench_memory_parts(bench_model, args.tail_dtype)
 

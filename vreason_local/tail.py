@@ -36,7 +36,17 @@ import torch
 
 from .gguf_info import ModelInfo
 from .sampling import HeadTerms, head_terms
-from .tail_weights import GGUFMatrix, LMHead, Matrix, WeightView, _kernels, load_tail_weights, mv, mv_t
+from .tail_weights import (
+    GGUFMatrix,
+    LMHead,
+    Matrix,
+    WeightView,
+    _kernels,
+    load_tail_weights,
+    mv,
+    mv_t,
+    release_torch_pages,
+)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -146,7 +156,9 @@ class Tail:
         """The tail of the model `info` describes, on `device` (see pick_device), matrices stored as `dtype`,
         those read in place through `shared` where it has them (llama.cpp's own bytes) on `threads`."""
         dev = pick_device(device)
+        release_torch_pages()  # what torch's import touched, before the load's own peak
         w = load_tail_weights(info, dev, dtype, shared, threads)
+        release_torch_pages()  # and what loading touched
         return Tail(info, w.matrices, w.head, dev, w.kind)
 
     def llama_state(self, inp: TailInputs) -> torch.Tensor:
