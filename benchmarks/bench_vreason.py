@@ -191,7 +191,8 @@ def bench_decode(model, tokens: int, rounds: int, frames: int, dtype: str) -> No
     )
     print(
         f"   base {base * 1e3:.1f} ms, V-Reason (k=2, 1 step, tail {tail_kind}) {vr * 1e3:.1f} ms: "
-        f"V-Reason/base = x{vr / base:.3f} (rounds: {' '.join(f'x{r:.3f}' for r in rounds_ratio)})"
+        f"V-Reason/base = x{vr / base:.3f}; median round x{median(rounds_ratio):.3f} "
+        f"(rounds: {' '.join(f'x{r:.3f}' for r in rounds_ratio)})"
     )
     print(
         f"   controller update: median {median(updates):.1f} ms per update (every 2nd token); "
@@ -268,6 +269,9 @@ out["the model, one answer (base)"] = rss()
 import torch
 out["torch"] = rss()
 from vreason_local.tail import Tail
+from vreason_local.tail_weights import release_torch_pages
+release_torch_pages()  # as Tail.from_gguf does first
+out["torch's start-up pages dropped"] = rss()
 tail = Tail.from_gguf(engine.info, "cpu", sys.argv[3], engine.hook.weight_view)  # as an answer loads it
 out["tail matrices (" + tail.kind + ")"] = rss()
 ids, rows = tail.head.rows(np.arange(0, engine.model.n_vocab, 74))
