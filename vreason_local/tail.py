@@ -237,12 +237,16 @@ class _Matrix(ctypes.Structure):
         ("n_cols", ctypes.c_int64),
     ]
 
+    @classmethod
+    def of(cls, m: GGUFMatrix) -> _Matrix:
+        return cls(m.ggml_type, m.raw.ctypes.data, m.n_rows, m.row_bytes, m.n_cols)
+
 
 class _NativeGradDV:
     """Tail.grad_dv on the CPU for the last FFN and attention output read in place: vr_tail_grad_dv."""
 
     def __init__(self, *mats: GGUFMatrix) -> None:  # down, gate, up, o
-        self.mats = [_Matrix(m.ggml_type, m.raw.ctypes.data, m.n_rows, m.row_bytes, m.n_cols) for m in mats]
+        self.mats = [_Matrix.of(m) for m in mats]
         self.refs = [ctypes.byref(m) for m in self.mats]
         self.threads = mats[0].threads
         self.fn = _kernels().vr_tail_grad_dv
@@ -386,7 +390,7 @@ class RestrictedHead:
         """max |W_v·h_A - z0_v| / max(1, max |z0_v|) at the k kept rows of largest z0, for a head read in place,
         in one native call (vreason.VReason._selfcheck's comparison: ~0.3 ms of numpy and torch in an update)."""
         m = self.head.in_place
-        matrix = _Matrix(m.ggml_type, m.raw.ctypes.data, m.n_rows, m.row_bytes, m.n_cols)
+        matrix = _Matrix.of(m)
         z, h, ids = np.ascontiguousarray(z0, np.float32), self.h_anchor.contiguous(), np.ascontiguousarray(self.ids)
         error = _kernels().vr_tail_selfcheck(
             ctypes.byref(matrix), ids.ctypes.data, len(ids), z.ctypes.data, h.data_ptr(), k
@@ -469,7 +473,7 @@ class RestrictedHead:
             np.empty(2),
             ctypes.c_double(self.ratio),
         )
-        matrix = _Matrix(m.ggml_type, m.raw.ctypes.data, m.n_rows, m.row_bytes, m.n_cols)
+        matrix = _Matrix.of(m)
         n = _kernels().vr_tail_head_anchor(
             ctypes.byref(matrix), z.ctypes.data, terms.terms.ctypes.data, terms.ranked.ctypes.data, len(terms.ranked),
             terms.total, terms.log_total, terms.entropy, alpha, self.error, ctypes.byref(ratio), grad.ctypes.data,

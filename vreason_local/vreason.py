@@ -10,13 +10,12 @@ The first step of an update is taken at the values llama.cpp attended over, wher
 forward is known (the hook captures it): only the tail's backward runs, written out by hand
 (`Tail.grad_dv`), with no autograd graph to build; on the CPU that step, its choice of LM-head rows and
 the write run in native code (native/vr_tail.c), whose torch and numpy equivalents are the tests'
-references and the path on GPUs. Each
-later step computes the loss at its own dV through the tail's forward: exactly at the LM-head rows it
-reads, and at llama.cpp's logits (from the cached dV) elsewhere. The gradient's error from that is
-bounded, later steps included: a held logit can have moved by at most ||W_v||·||h - h_A||, which the
-bound counts, and a step whose bound no longer meets `head_error` reads more rows first
-(tail.RestrictedHead). Reading the whole head again at every step would cost a pass over 151,936 rows;
-holding the others silently would leave their drift unaccounted.
+references and the path on GPUs. Each later step computes the loss at its own dV through the tail's
+forward: exactly at the LM-head rows it reads, and at llama.cpp's logits (from the cached dV) elsewhere.
+The gradient's error from that is bounded, later steps included: a held logit can have moved by at most
+||W_v||·||h - h_A||, which the bound counts, and a step whose bound no longer meets `head_error` reads
+more rows first (tail.RestrictedHead). Reading the whole head again at every step would cost a pass over
+151,936 rows; holding the others silently would leave their drift unaccounted.
 """
 
 from __future__ import annotations
