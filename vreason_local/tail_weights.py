@@ -256,6 +256,8 @@ def _kernels() -> ctypes.CDLL:
         lib.vr_tail_head_anchor.argtypes += [vp, vp, vp, vp, i32]
         lib.vr_tail_head_anchor.restype = i64
         lib.vr_tail_selfcheck.argtypes, lib.vr_tail_selfcheck.restype = [vp, vp, i64, vp, vp, i32], ctypes.c_double
+        lib.vr_tail_adam.argtypes = [vp, vp, vp, vp, i64] + [ctypes.c_double] * 4 + [i64]
+        lib.vr_tail_adam.restype = ctypes.c_double
         lib.vr_tail_use_f16c.argtypes, lib.vr_tail_use_f16c.restype = [i32], i32
         lib.vr_tail_halves.argtypes, lib.vr_tail_halves.restype = [vp, vp, i32], None
         lib.vr_rows_ready = True

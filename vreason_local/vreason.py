@@ -200,10 +200,9 @@ class VReason:
                     f"the LM-head restriction reached its cap of {self.s.head_max} rows (head_max) with a gradient "
                     f"error bound of {step.bound:.3g} (target {self.s.head_error}); said once per answer"
                 )
-            if not (math.isfinite(step.loss) and _finite(self.dv.grad)):
-                self._reset("non-finite loss or gradient")
+            if not (math.isfinite(step.loss) and math.isfinite(self.opt.step())):  # step() gives Σ g²
+                self._reset("non-finite loss or gradient")  # which also undoes the step just taken
                 return selfcheck
-            self.opt.step()
             if i + 1 < self.s.steps and not _finite(self.dv):
                 self._reset("non-finite value offset after the optimiser step")
                 return selfcheck
