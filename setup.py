@@ -12,7 +12,7 @@ from setuptools.errors import CompileError, LinkError
 
 class BuildExt(build_ext):
     """GCC needs -fno-trapping-math to vectorise vr_sampling.c's selects (a float compare may trap, so
-    it will not if-convert them otherwise); the arithmetic stays IEEE. MSVC builds its scalar path as is.
+    it will not if-convert them otherwise) and -fno-math-errno to inline sqrtf; the arithmetic stays IEEE. MSVC builds its scalar path as is.
     vr_rows.c shares its products across OpenMP's threads (the runtime llama.cpp and torch load) where the
     compiler has OpenMP (GCC, MSVC); otherwise (Apple's clang, a clang without libomp) it is built again
     without, and runs them on one thread."""
@@ -21,8 +21,8 @@ class BuildExt(build_ext):
         msvc = self.compiler.compiler_type == "msvc"
         openmp = ["/openmp"] if msvc else ["-fopenmp"]
         for ext in self.extensions:
-            if not msvc:
-                ext.extra_compile_args.append("-fno-trapping-math")
+            if not msvc:  # sqrtf inlined and vectorised too (vr_tail.c's Adam): errno is never read
+                ext.extra_compile_args += ["-fno-trapping-math", "-fno-math-errno"]
             if sys.platform != "darwin":
                 ext.extra_compile_args += openmp
                 ext.extra_link_args += [] if msvc else openmp

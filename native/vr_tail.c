@@ -309,17 +309,23 @@ VR_API double vr_tail_selfcheck(const vr_matrix *head, const int64_t *ids, int64
  * float32 (vreason_local/optim.py, tested against torch.optim): m += (1 - b1)·(g - m); v = b2·v + (1 - b2)·g²;
  * p -= lr / (1 - b1^t) · m / (sqrt(v) / sqrt(1 - b2^t) + eps), t the step's number from 1. Returns Σ g²,
  * which is not finite when the gradient is not. */
-VR_API double vr_tail_adam(float *p, const float *g, float *m, float *v, int64_t n, double lr, double b1, double b2,
-                           double eps, int64_t t) {
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define VR_TAIL_CLONES __attribute__((target_clones("avx512f", "avx2", "default"))) /* picked at load (ifunc) */
+#else
+#define VR_TAIL_CLONES
+#endif
+
+VR_API VR_TAIL_CLONES double vr_tail_adam(float *p, const float *g, float *m, float *v, int64_t n, double lr, double b1,
+                                          double b2, double eps, int64_t t) {
     const float w1 = (float)(1.0 - b1), fb2 = (float)b2, w2 = (float)(1.0 - b2), feps = (float)eps;
     const float step = (float)(-lr / (1.0 - pow(b1, (double)t))), bc2 = (float)sqrt(1.0 - pow(b2, (double)t));
-    double gg = 0.0;
-    for (int64_t i = 0; i < n; i++) {
+    for (int64_t i = 0; i < n; i++) { /* vectorised: no reduction here, sqrtf inlined (-fno-math-errno) */
         const float gi = g[i];
         m[i] += w1 * (gi - m[i]);
         v[i] = v[i] * fb2 + w2 * (gi * gi);
         p[i] += step * (m[i] / (sqrtf(v[i]) / bc2 + feps));
-        gg += (double)gi * gi;
     }
+    double gg = 0.0;
+    for (int64_t i = 0; i < n; i += 1 << 16) gg += dot(g + i, g + i, (int32_t)(n - i < (1 << 16) ? n - i : 1 << 16));
     return gg;
 }
