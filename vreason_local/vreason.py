@@ -71,7 +71,7 @@ class VReason:
         self, tail: Tail, hook: ValueHook, rows: np.ndarray, transposed: bool, settings: VReasonSettings
     ) -> None:
         self.tail, self.hook, self.transposed, self.s = tail, hook, transposed, settings
-        self.rows = np.array(rows)  # a copy, read-only: the hook keeps the spans of the rows it writes
+        self.rows = np.array(rows, np.int64)  # a copy, read-only: the hook keeps the spans of the rows it writes
         self.rows.flags.writeable = False
         g, d = tail.info.n_head_kv, tail.info.head_dim
         contiguous = len(self.rows) and np.array_equal(
