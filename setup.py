@@ -40,6 +40,7 @@ setup(
         Extension(
             "vreason_local._vrhook",
             ["native/vr_hook.c", "native/vr_sampling.c", "native/vr_rows.c", "native/vr_tail.c"],
+            depends=["native/vr_native.h"],
             extra_compile_args=[],
         )
     ],

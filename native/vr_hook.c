@@ -26,11 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(_WIN32)
-#define VR_API __declspec(dllexport)
-#else
-#define VR_API __attribute__((visibility("default")))
-#endif
+#include "vr_native.h"
 
 #define VR_MAX_DIMS 4
 #define VR_MAX_SRC 10

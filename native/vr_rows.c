@@ -33,11 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(_WIN32)
-#define VR_API __declspec(dllexport)
-#else
-#define VR_API __attribute__((visibility("default")))
-#endif
+#include "vr_native.h"
 
 #if (defined(__GNUC__) || defined(__clang__)) && !defined(VR_SCALAR)
 #define VR_ROWS_VECTOR 1

@@ -19,17 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(_WIN32)
-#define VR_API __declspec(dllexport)
-#else
-#define VR_API __attribute__((visibility("default")))
-#endif
-
-/* native/vr_rows.c */
-int32_t vr_rows_axpy(int32_t type, const void *data, int64_t row_bytes, int64_t n_cols, const int64_t *ids,
-                     int64_t n, const float *coef, float *out, int32_t threads);
-int32_t vr_rows_dot(int32_t type, const void *data, int64_t row_bytes, int64_t n_cols, const int64_t *ids, int64_t n,
-                    const float *x, float *out, int32_t threads);
+#include "vr_native.h"
 
 /* A matrix where it lies, as vr_rows.c reads it: ggml type, n_rows rows of row_bytes bytes, n_cols values. */
 typedef struct {
@@ -38,10 +28,14 @@ typedef struct {
     int64_t n_rows, row_bytes, n_cols;
 } vr_matrix;
 
-/* out += Wᵀ·g, on one thread below a million values (a hand-off costs more than it saves there). */
+/* The threads for a product of `values` weights: one below a million (a hand-off costs more than it saves
+ * there), as tail_weights.GGUFMatrix.SERIAL. */
+static int32_t team(int64_t values, int32_t threads) { return values < (1 << 20) ? 1 : threads; }
+
+/* out += Wᵀ·g */
 static int32_t mv_t(const vr_matrix *w, const float *g, float *out, int32_t threads) {
-    const int32_t t = w->n_rows * w->n_cols < (1 << 20) ? 1 : threads;
-    return vr_rows_axpy(w->type, w->data, w->row_bytes, w->n_cols, NULL, w->n_rows, g, out, t);
+    return vr_rows_axpy(w->type, w->data, w->row_bytes, w->n_cols, NULL, w->n_rows, g, out,
+                        team(w->n_rows * w->n_cols, threads));
 }
 
 /* out = gᵀ·∂rms_norm(x)/∂x = r·a - x·r³·mean(x·a), with a = w·g and r = (mean(x²) + eps)^-1/2. */
@@ -267,8 +261,8 @@ VR_API int64_t vr_tail_head_anchor(const vr_matrix *head, const float *z, const 
             g[i] = (float)(alpha * exp(lp) * (lp + entropy));
             kept_t += t[fresh[i]];
         }
-        const int32_t th = take * head->n_cols < (1 << 20) ? 1 : threads;
-        status |= vr_rows_axpy(head->type, head->data, head->row_bytes, head->n_cols, fresh, take, g, grad, th);
+        status |= vr_rows_axpy(head->type, head->data, head->row_bytes, head->n_cols, fresh, take, g, grad,
+                               team(take * head->n_cols, threads));
         kept += take;
     }
     memcpy(grad_h, grad, sizeof(float) * (size_t)head->n_cols);

@@ -451,9 +451,16 @@ class RestrictedHead:
                 dz = torch.cat([dz, moved(start)])
                 w = self._weights(dz, drift)
                 grad = self._gradient(w.g, 0)
-        bound = w.bound / (size - w.bound) if size > w.bound else (0.0 if w.bound == 0 else math.inf)
-        loss = alpha * (math.log(len(self.z0)) - w.entropy)
-        return HeadStep(loss, grad_h, dz, bound, self.grow and finite and not done)
+        return self._step(alpha, w.entropy, grad_h, size, w.bound, dz)
+
+    def _step(
+        self, alpha: int, entropy: float, grad_h: torch.Tensor, size: float, b: float, dz: torch.Tensor
+    ) -> HeadStep:
+        """The step once the rows are chosen: ||grad_h|| = `size`, the bound B reached `b`."""
+        done = b <= self.error / (1 + self.error) * size
+        bound = b / (size - b) if size > b else (0.0 if b == 0 else math.inf)
+        loss = alpha * (math.log(len(self.z0)) - entropy)
+        return HeadStep(loss, grad_h, dz, bound, self.grow and math.isfinite(entropy) and not done)
 
     def _anchor_terms(self) -> HeadTerms:
         """Every row's term at the anchor and the ranking (computed once per head)."""
@@ -484,11 +491,8 @@ class RestrictedHead:
         self._add(ids[:n])
         self.ratio = ratio.value
         b, size = float(out[0]), float(out[1])
-        done, finite = b <= self.error / (1 + self.error) * size, math.isfinite(terms.entropy)
-        bound = b / (size - b) if size > b else (0.0 if b == 0 else math.inf)
-        loss = alpha * (math.log(len(self.z0)) - terms.entropy)
         grad_h = torch.from_numpy(grad).to(self.h_anchor.device)
-        return HeadStep(loss, grad_h, torch.zeros(n, device=grad_h.device), bound, finite and not done)
+        return self._step(alpha, terms.entropy, grad_h, size, b, torch.zeros(n, device=grad_h.device))
 
     def _weights(self, dz: torch.Tensor, drift: float) -> AnchorWeights | HeldWeights:
         """The loss weights and bound for the kept rows: at the anchor from the native ranking of every
