@@ -1,6 +1,7 @@
 """Builds the native helpers with the package: the value-cache hook (native/vr_hook.c), the per-token
 entropy and sampling kernels (native/vr_sampling.c), the V-Reason tail's products with GGUF rows
-(native/vr_rows.c) and its first step on the CPU (native/vr_tail.c), one library reached through ctypes.
+(native/vr_rows.c) and its first step on the CPU (native/vr_tail.c), with one switch for their SIMD level
+(native/vr_simd.c): one library reached through ctypes.
 Everything else is in pyproject.toml."""
 
 import sys
@@ -39,7 +40,7 @@ setup(
     ext_modules=[
         Extension(
             "vreason_local._vrhook",
-            ["native/vr_hook.c", "native/vr_sampling.c", "native/vr_rows.c", "native/vr_tail.c"],
+            ["native/vr_hook.c", "native/vr_sampling.c", "native/vr_rows.c", "native/vr_tail.c", "native/vr_simd.c"],
             depends=["native/vr_native.h"],
             extra_compile_args=[],
         )

@@ -2,6 +2,8 @@
 Q4_K_M (the registry's default) or Q8_0, side by side.
 
 Run: python benchmarks/bench_vreason.py [--shape 3b|7b] [--quant q4_k_m|q8_0] [--tokens 24] [--rounds 3] [--frames 4]
+As a laptop without AVX-512 runs it: VREASON_SIMD=avx2 (the package's kernels), with llama-cpp-python built
+for AVX2 (README, "Testing as a laptop"); the first lines say which kernels ran.
 Prints ratios measured in one run, configurations interleaved round by round (shared, noisy machine):
   A. the eval callback: none / C hook off / C hook capturing / plain ctypes callback (no / capturing)
   B. time per generated token, V-Reason (k=2, one Adam step) over base, on the same encoded video
@@ -27,6 +29,7 @@ from vreason_local.gguf_info import read_model_info
 from vreason_local.hook import ValueHook, _load
 from vreason_local.llama_backend import Context, Model, default_threads
 from vreason_local.media import load_video
+from vreason_local.native import available_simd, simd_level
 from vreason_local.video import FrameSampling
 
 PROMPT = (
@@ -314,7 +317,11 @@ def main() -> None:
     )
     args = ap.parse_args()
     bench_model = model(args.shape, args.quant)
+    system = L.llama_print_system_info().decode(errors="replace").strip()
     print(f"model: {bench_model.model_path.name} (random weights), {default_threads()} threads")
+    print(
+        f"SIMD: vreason kernels {simd_level()} (VREASON_SIMD; this CPU: {', '.join(available_simd())}); llama.cpp: {system}"
+    )
     if args.only in (None, "C"):  # first, before this process imports torch (B, D): see bench_memory
         bench_memory(bench_model, args.tokens, args.frames, args.tail_dtype)
     if args.only in (None, "A"):

@@ -77,6 +77,16 @@ typedef struct {
 #undef VR_TARGET
 #undef VR_W
 
+#ifdef VR_VECTOR /* the same code on plain floats, as MSVC and -DVR_SCALAR build it, for VREASON_SIMD=scalar */
+#define VR_KERNELS scalar
+#define VR_TARGET
+#define VR_W 1
+#include "vr_sampling.c"
+#undef VR_KERNELS
+#undef VR_TARGET
+#undef VR_W
+#endif
+
 #if defined(VR_VECTOR) && (defined(__x86_64__) || defined(__i386__))
 #define VR_X86_DISPATCH 1
 #define VR_KERNELS avx2
@@ -125,6 +135,9 @@ VR_API int32_t vr_sampling_lanes(void) {
     if (kernels() == &kernels_avx512) return 16;
     if (kernels() == &kernels_avx2) return 8;
 #endif
+#ifdef VR_VECTOR
+    if (kernels() == &kernels_scalar) return 1;
+#endif
     return VR_BASE_LANES;
 }
 
@@ -133,6 +146,9 @@ VR_API int32_t vr_sampling_lanes(void) {
  * or CPU has no such kernels (nothing changes then). */
 VR_API int32_t vr_sampling_use(int32_t lanes) {
     const vr_kernels *k = lanes == 0 ? best_kernels() : lanes == VR_BASE_LANES ? &kernels_base : NULL;
+#ifdef VR_VECTOR
+    if (lanes == 1) k = &kernels_scalar;
+#endif
 #ifdef VR_X86_DISPATCH
     __builtin_cpu_init();
     if (lanes == 8 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) k = &kernels_avx2;
@@ -267,8 +283,9 @@ VR_API int64_t vr_head_terms(const float *logits, const float *norms, int64_t n,
         for (uint32_t w = 0; w < VR_CUT_WAYS; w++) m += count[w][edge];
         if (m >= k) break;
     }
-    uint32_t *key = malloc(sizeof(uint32_t) * 2 * (size_t)(m + 1));
-    int32_t *id = malloc(sizeof(int32_t) * 2 * (size_t)(m + 1));
+    /* calloc: GCC 12 warns (-Wmaybe-uninitialized) that radix_pass may read them before they are written */
+    uint32_t *key = calloc(2 * (size_t)(m + 1), sizeof(uint32_t));
+    int32_t *id = calloc(2 * (size_t)(m + 1), sizeof(int32_t));
     if (!key || !id) {
         free(key), free(id);
         return -1;
@@ -311,7 +328,7 @@ VR_API int64_t vr_head_terms(const float *logits, const float *norms, int64_t n,
 #define entropy_range VR_K(entropy_range)
 #define kept_block_sum VR_K(kept_block_sum)
 
-#ifdef VR_VECTOR
+#if defined(VR_VECTOR) && VR_W > 1
 typedef float vf __attribute__((vector_size(4 * VR_W)));
 typedef int32_t vi __attribute__((vector_size(4 * VR_W)));
 #define VR_TOI(x) __builtin_convertvector((x), vi)

@@ -161,7 +161,7 @@ VR_API int32_t vr_tail_use_f16c(int32_t on) {
     vr_f16c = 0;
 #ifdef VR_TAIL_F16C
     __builtin_cpu_init();
-    vr_f16c = on && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+    vr_f16c = on && vr_cpu_f16c() && __builtin_cpu_supports("avx");
 #else
     (void)on;
 #endif
@@ -280,7 +280,7 @@ VR_API int64_t vr_tail_head_anchor(const vr_matrix *head, const float *z, const 
 VR_API double vr_tail_selfcheck(const vr_matrix *head, const int64_t *ids, int64_t n, const float *z, const float *h,
                                 int32_t k) {
     if (k < 1 || k > VR_MAX_CHECK) return -1.0;
-    int64_t top[VR_MAX_CHECK];
+    int64_t top[VR_MAX_CHECK] = {0}; /* zeroed for GCC 12, which warns that vr_rows_dot may read it unset (m = 0) */
     float at[VR_MAX_CHECK], tail[VR_MAX_CHECK];
     int32_t m = 0;
     for (int64_t i = 0; i < n; i++) { /* kept in decreasing order: an insertion, rarely past the first test */
@@ -302,18 +302,14 @@ VR_API double vr_tail_selfcheck(const vr_matrix *head, const int64_t *ids, int64
 /* One Adam step on n values, torch.optim.Adam's single-tensor arithmetic (no weight decay, no amsgrad) in
  * float32 (vreason_local/optim.py, tested against torch.optim): m += (1 - b1)·(g - m); v = b2·v + (1 - b2)·g²;
  * p -= lr / (1 - b1^t) · m / (sqrt(v) / sqrt(1 - b2^t) + eps), t the step's number from 1. Returns Σ g²,
- * which is not finite when the gradient is not. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define VR_TAIL_CLONES __attribute__((target_clones("avx512f", "avx2", "default"))) /* picked at load (ifunc) */
-#else
-#define VR_TAIL_CLONES
-#endif
-
-VR_API VR_TAIL_CLONES double vr_tail_adam(float *p, const float *g, float *m, float *v, int64_t n, double lr, double b1,
-                                          double b2, double eps, int64_t t) {
+ * which is not finite when the gradient is not. The loop is written once and compiled per target, as the
+ * kernels of vr_rows.c are, so that VREASON_SIMD (vr_simd_use) picks it too: vectorised (no reduction in it,
+ * sqrtf inlined with -fno-math-errno) for AVX-512, AVX2 and the baseline, and kept scalar for `scalar`. */
+static inline __attribute__((always_inline)) double adam_body(float *p, const float *g, float *m, float *v, int64_t n,
+                                                              double lr, double b1, double b2, double eps, int64_t t) {
     const float w1 = (float)(1.0 - b1), fb2 = (float)b2, w2 = (float)(1.0 - b2), feps = (float)eps;
     const float step = (float)(-lr / (1.0 - pow(b1, (double)t))), bc2 = (float)sqrt(1.0 - pow(b2, (double)t));
-    for (int64_t i = 0; i < n; i++) { /* vectorised: no reduction here, sqrtf inlined (-fno-math-errno) */
+    for (int64_t i = 0; i < n; i++) {
         const float gi = g[i];
         m[i] += w1 * (gi - m[i]);
         v[i] = v[i] * fb2 + w2 * (gi * gi);
@@ -322,4 +318,57 @@ VR_API VR_TAIL_CLONES double vr_tail_adam(float *p, const float *g, float *m, fl
     double gg = 0.0;
     for (int64_t i = 0; i < n; i += 1 << 16) gg += dot(g + i, g + i, (int32_t)(n - i < (1 << 16) ? n - i : 1 << 16));
     return gg;
+}
+
+typedef double (*vr_adam_fn)(float *, const float *, float *, float *, int64_t, double, double, double, double,
+                             int64_t);
+#define VR_ADAM_ARGS float *p, const float *g, float *m, float *v, int64_t n, double lr, double b1, double b2, \
+                     double eps, int64_t t
+static double adam_base(VR_ADAM_ARGS) { return adam_body(p, g, m, v, n, lr, b1, b2, eps, t); }
+#if defined(__GNUC__) && !defined(__clang__)
+#define VR_ADAM_SCALAR __attribute__((optimize("no-tree-vectorize")))
+#else /* clang: its loop vectoriser is told per loop; the baseline's code is what it runs for `scalar` */
+#define VR_ADAM_SCALAR
+#endif
+static VR_ADAM_SCALAR double adam_scalar(VR_ADAM_ARGS) { return adam_body(p, g, m, v, n, lr, b1, b2, eps, t); }
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#define VR_ADAM_X86 1
+__attribute__((target("avx2,fma"))) static double adam_avx2(VR_ADAM_ARGS) {
+    return adam_body(p, g, m, v, n, lr, b1, b2, eps, t);
+}
+__attribute__((target("avx512f,avx2,fma"))) static double adam_avx512(VR_ADAM_ARGS) {
+    return adam_body(p, g, m, v, n, lr, b1, b2, eps, t);
+}
+#endif
+static vr_adam_fn vr_adam; /* NULL until chosen (a benign race: all choose the same) */
+static int32_t vr_adam_lanes;
+
+/* Use the Adam step compiled for `lanes` (16 AVX-512F, 8 AVX2+FMA, 4 the baseline, 1 scalar; 0 the CPU's
+ * best); returns the lanes in use, or -1 (nothing changes) where this build or CPU has none. */
+VR_API int32_t vr_tail_adam_use(int32_t lanes) {
+    vr_adam_fn fn = lanes == 0 || lanes == 4 ? adam_base : lanes == 1 ? adam_scalar : NULL;
+    int32_t got = lanes == 1 ? 1 : 4;
+#ifdef VR_ADAM_X86
+    __builtin_cpu_init();
+    const int avx512 = __builtin_cpu_supports("avx512f"), avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if ((lanes == 0 || lanes == 8) && avx2) fn = adam_avx2, got = 8;
+    if ((lanes == 0 || lanes == 16) && avx512) fn = adam_avx512, got = 16;
+    if ((lanes == 8 && !avx2) || (lanes == 16 && !avx512)) fn = NULL;
+#else
+    if (lanes != 0 && lanes != 1 && lanes != 4) fn = NULL;
+#endif
+    if (!fn) return -1;
+    vr_adam = fn, vr_adam_lanes = got;
+    return got;
+}
+
+/* The lanes of the Adam step in use (vr_tail_adam_use). */
+VR_API int32_t vr_tail_adam_lanes(void) {
+    if (!vr_adam) vr_tail_adam_use(0);
+    return vr_adam_lanes;
+}
+
+VR_API double vr_tail_adam(VR_ADAM_ARGS) {
+    if (!vr_adam) vr_tail_adam_use(0);
+    return vr_adam(p, g, m, v, n, lr, b1, b2, eps, t);
 }

@@ -10,18 +10,28 @@ that run `vreason` in a subprocess inherit this environment.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+import threading
+import weakref
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from vreason_local.engine import Engine
+from vreason_local.errors import SettingError
+from vreason_local.native import available_simd, simd_level, use_default_simd
 from vreason_local.tiny import TinyModel, make_tiny
+
+pytest_plugins = ("pytester",)  # tests/test_fixtures.py runs sessions of its own, to test these fixtures
 
 _DROPPED_PREFIXES = ("VREASON_", "HF_", "HUGGINGFACE_")
 _DROPPED_NAMES = ("TRANSFORMERS_OFFLINE",)
+# VREASON_SIMD is the machine the run stands for (CI runs the suite once as an AVX2 laptop): kept.
+_KEPT_NAMES = ("VREASON_SIMD",)
 # The caller's value of every variable this run changed (None: it was unset), and the scratch folder.
 _SAVED = pytest.StashKey[tuple[dict[str, str | None], Path]]()
 
@@ -29,7 +39,7 @@ _SAVED = pytest.StashKey[tuple[dict[str, str | None], Path]]()
 def _isolated_environment(root: Path) -> dict[str, str | None]:
     """What to set (a str) or remove (None) so that every cache lies under `root`."""
     changes: dict[str, str | None] = {
-        k: None for k in os.environ if k.startswith(_DROPPED_PREFIXES) or k in _DROPPED_NAMES
+        k: None for k in os.environ if (k.startswith(_DROPPED_PREFIXES) or k in _DROPPED_NAMES) and k not in _KEPT_NAMES
     }
     changes.update(
         VREASON_CACHE=str(root / "vreason"),  # repack verdicts, prefill speed, demo files
@@ -54,12 +64,61 @@ def pytest_configure(config: pytest.Config) -> None:
     changes = _isolated_environment(root)
     config.stash[_SAVED] = ({k: os.environ.get(k) for k in changes}, root)
     _apply(changes)
+    try:
+        use_default_simd()
+    except SettingError as exc:  # a VREASON_SIMD this CPU cannot run stops the run here, in one line
+        raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Which kernels this run tests: the package's SIMD level and llama.cpp's build (they differ by CPU)."""
+    import llama_cpp
+
+    system = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
+    return [f"vreason SIMD: {simd_level()} (this CPU and build: {', '.join(available_simd())})", f"llama.cpp: {system}"]
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     saved, root = config.stash[_SAVED]
     _apply(saved)
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _simd_level_restored() -> None:
+    """Every test starts at the SIMD level the run stands for (a few ctypes calls): one that switched
+    kernels, to test each level, must not leave the tests after it on another."""
+    use_default_simd()
+
+
+@pytest.fixture(autouse=True)
+def _open_operations_closed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Close every answer or encoding a test opened (`Engine.ask`, `Engine.encode`, from the test's own thread)
+    and left open. An engine runs one operation at a time, and a test that fails part way through an answer
+    keeps its handle alive (the traceback holds it): without this, a module's engine would raise EngineBusy
+    in every later test, and one failure would read as many. Handles are held weakly: one a test drops is
+    closed when collected, as without this fixture. Operations opened in other threads (the chat app's
+    workers) are their thread's to close."""
+    opened: list[weakref.ref] = []
+    thread = threading.get_ident()
+
+    def recording(method: Callable) -> Callable:
+        @functools.wraps(method)
+        def opens(self: Engine, *args: object, **kwargs: object) -> object:
+            job = method(self, *args, **kwargs)
+            if threading.get_ident() == thread:
+                opened.append(weakref.ref(job))
+            return job
+
+        return opens
+
+    for name in ("ask", "encode"):
+        monkeypatch.setattr(Engine, name, recording(getattr(Engine, name)))
+    yield
+    for ref in opened:
+        job = ref()
+        if job is not None and not job.done:
+            job.close()
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from textual.widgets import Input, Static
@@ -25,7 +28,8 @@ from vreason_local.chat.store import ChatStore
 from vreason_local.chat.telemetry_view import TelemetryPanel, downsample
 from vreason_local.chat.widgets import AnswerView, CompareView, QuestionView
 from vreason_local.clips import make_clip
-from vreason_local.engine import Engine, EngineSettings, GenerationSettings
+from vreason_local.engine import AnswerHandle, Engine, EngineSettings, GenerationSettings
+from vreason_local.events import Event, TokenEvent
 from vreason_local.media import load_video
 from vreason_local.video import FrameSampling
 from vreason_local.vreason import VReasonSettings
@@ -33,8 +37,9 @@ from vreason_local.vreason import VReasonSettings
 GEN = GenerationSettings(max_tokens=12)
 FRAMES = FrameSampling(fps=2.0, max_frames=6)
 VR = VReasonSettings(every=1, lr=0.05)
-# The tiny model writes ~3000 tokens/s; this question, without the reasoning format, runs it past 2000
-# tokens without an end of turn (checked), long enough to be stopped part way.
+# An answer without the reasoning format and without stopping at </answer>: it ends at max_tokens, at the model's
+# own end of turn (greedy, after a few hundred tokens on the tiny model, where depends on the CPU's llama.cpp
+# kernels), or when cancelled. The cancel tests hold it (`HeldAnswer`) so that only the cancel can end it.
 LONG = GenerationSettings(max_tokens=4000, stop_at_answer=False, reasoning=False)
 LONG_QUESTION = "Count the frames."
 
@@ -154,39 +159,86 @@ async def test_mode_switch_and_compare_side_by_side(options, store, tiny, clip):
     assert answers["base"].tokens == reference(tiny, clip, "What happens?")
 
 
-async def start_long_answer(pilot, app, tokens: int) -> None:
-    """Ask the long question and wait until `tokens` of its answer are on the chart."""
+class HeldAnswer:
+    """A `StartAnswer` for the cancel tests: the engine's own answer, its events passed on unchanged, but the engine
+    waits after token `k` until the answer is asked to stop (Esc or quit), so that only the cancel can end it.
+
+    Left to run, the tiny model ends the long answer on its own (EOS) after 334 tokens, in under 0.2 s, with both
+    the AVX-512 and the AVX2-only llama.cpp build here: before a key press lands. Held, the engine next checks, for
+    token `k`, an end of turn (none: see below), </answer> (not looked for), max_tokens (4,000) and then the
+    cancel: the answer ends cancelled with exactly `k` tokens. Tokens 1-3 are never an end of turn: greedy, the
+    chosen token's logit is above every end-of-turn token's by 17.6, 12.0 and 7.1 on both the AVX-512 and the
+    AVX2-only build, whose logits differ there by < 0.01.
+    """
+
+    WAIT_S = 20.0  # longest hold: a cancel that never comes fails the test (the worker's error), not hangs it
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.holding = threading.Event()  # token k is made and the engine waits
+        self._handle: AnswerHandle | None = None
+
+    def __call__(self, engine: Engine, *args: Any) -> HeldAnswer:
+        assert self._handle is None, "one answer per HeldAnswer"
+        self._handle = engine.ask(*args)
+        return self
+
+    def __iter__(self) -> Iterator[Event]:
+        assert self._handle is not None
+        for ev in self._handle:
+            yield ev
+            if isinstance(ev, TokenEvent) and ev.step == self.k:
+                self.holding.set()
+                deadline = time.monotonic() + self.WAIT_S
+                while not self._handle.cancel_requested:  # the app's cancel() or its worker's cancel event
+                    assert time.monotonic() < deadline, f"the answer was not cancelled within {self.WAIT_S} s"
+                    time.sleep(0.005)
+
+    def cancel(self) -> None:
+        assert self._handle is not None
+        self._handle.cancel()
+
+
+async def start_held_answer(pilot, app: ChatApp, held: HeldAnswer) -> None:
+    """Ask the long question and wait until the engine holds its answer at token `held.k`."""
     await ready(pilot)
     app.query_one("#prompt", Input).value = LONG_QUESTION
     await pilot.press("enter")
-    await until(pilot, lambda: len(app.query_one(TelemetryPanel).chart.series.get("entropy", [])) >= tokens)
+    await until(pilot, held.holding.is_set)
 
 
 async def test_escape_cancels_and_keeps_the_partial_answer(options, store):
-    app = make_app(replace(options, gen=LONG), store)
+    held = HeldAnswer(3)
+    app = make_app(replace(options, gen=LONG), store, start_answer=held)
     async with app.run_test(size=(100, 34)) as pilot:
-        await start_long_answer(pilot, app, 3)
+        await start_held_answer(pilot, app, held)
         await pilot.press("escape")
         await until(pilot, lambda: app.job is None)
         view = app.query(AnswerView).last()
-        assert view.answer.stop_reason == "cancelled" and 3 <= len(view.answer.tokens) < 4000
+        answer = view.answer
+        assert answer.stop_reason == "cancelled" and len(answer.tokens) == 3
+        assert view.answer_md.source.strip() == answer.answer.strip() != ""  # the partial answer is shown
+        assert app.query_one(TelemetryPanel).chart.series["entropy"] == answer.entropy
         assert "cancelled" in str(view.note.content)
+        assert "answer cancelled" in str(app.query_one("#status", Static).content)
         stored = store.messages(app.session_id)[-1]
-        assert stored.stop_reason == "cancelled" and stored.n_tokens == len(view.answer.tokens)
+        assert stored.stop_reason == "cancelled" and stored.n_tokens == 3 and stored.text == answer.text
     app.close_engine()
 
 
 async def test_quit_while_answering_saves_the_conversation(options, store):
-    app = make_app(replace(options, gen=LONG), store)
+    held = HeldAnswer(2)
+    app = make_app(replace(options, gen=LONG), store, start_answer=held)
     async with app.run_test(size=(100, 34)) as pilot:
-        await start_long_answer(pilot, app, 2)
+        await start_held_answer(pilot, app, held)
         t0 = time.monotonic()
         await pilot.press("ctrl+q")
         await until(pilot, lambda: app._exit, timeout=20)
     assert time.monotonic() - t0 < 10
     app.close_engine()
     rows = store.messages(store.latest().id)
-    assert [r.role for r in rows] == ["user", "assistant"] and rows[1].stop_reason == "cancelled"
+    assert [r.role for r in rows] == ["user", "assistant"]
+    assert rows[1].stop_reason == "cancelled" and rows[1].n_tokens == 2
 
 
 async def test_resume_shows_the_conversation_continues_it_and_exports(options, store, tmp_path):

@@ -149,13 +149,13 @@ def test_tail_reproduces_llama_logits(engines, clip, arch):
     """At dV = 0 the PyTorch tail gives llama.cpp's logits over the whole vocabulary."""
     e = engines(arch)
     gen, _ = paused_at_first_update(e, video(e, clip), lr=0.0)
-    c = gen.controller
-    logits = e.ctx.logits().copy()
-    ids = np.arange(e.model.n_vocab)
-    _, z = c.loss(c.inputs(), torch.zeros_like(c.dv), ids, logits, 1)
-    diff = np.abs(z.detach().numpy() - logits).max()
-    assert diff < 1e-3 * max(1.0, np.abs(logits).max()), diff
-    gen.close()
+    with gen:
+        c = gen.controller
+        logits = e.ctx.logits().copy()
+        ids = np.arange(e.model.n_vocab)
+        _, z = c.loss(c.inputs(), torch.zeros_like(c.dv), ids, logits, 1)
+        diff = np.abs(z.detach().numpy() - logits).max()
+        assert diff < 1e-3 * max(1.0, np.abs(logits).max()), diff
 
 
 @pytest.mark.parametrize("arch", ARCHES)
@@ -163,31 +163,31 @@ def test_gradient_matches_finite_differences_through_llama(engines, clip, arch):
     """d loss / d dV from the tail against central differences of the loss llama.cpp computes."""
     e = engines(arch)
     gen, _ = paused_at_first_update(e, video(e, clip), lr=0.0)
-    c = gen.controller
-    inp, logits = c.inputs(), e.ctx.logits().copy()
-    alpha = 1
-    ids = np.arange(e.model.n_vocab)
-    dv = torch.zeros_like(c.dv, requires_grad=True)
-    loss, _ = c.loss(inp, dv, ids, logits, alpha)
-    loss.backward()
-    g = dv.grad
-    direction = g / g.norm()  # the steepest direction: the largest, best-conditioned difference
-    # llama.cpp stores V in F16: its rounding acts like noise of ~1e-3 relative on every row, so the
-    # step must be large for the difference to dominate it (measured: FD spread ~5% at 0.05, <1% at 0.2);
-    # the norm-preserving map's curvature at this step changes the tail's own FD by <0.1%.
-    scale = float(c.v_base.norm(dim=-1).mean())
-    eps = 0.2 * scale
+    with gen:
+        c = gen.controller
+        inp, logits = c.inputs(), e.ctx.logits().copy()
+        alpha = 1
+        ids = np.arange(e.model.n_vocab)
+        dv = torch.zeros_like(c.dv, requires_grad=True)
+        loss, _ = c.loss(inp, dv, ids, logits, alpha)
+        loss.backward()
+        g = dv.grad
+        direction = g / g.norm()  # the steepest direction: the largest, best-conditioned difference
+        # llama.cpp stores V in F16: its rounding acts like noise of ~1e-3 relative on every row, so the
+        # step must be large for the difference to dominate it (measured: FD spread ~5% at 0.05, <1% at 0.2);
+        # the norm-preserving map's curvature at this step changes the tail's own FD by <0.1%.
+        scale = float(c.v_base.norm(dim=-1).mean())
+        eps = 0.2 * scale
 
-    def llama_loss(offset: torch.Tensor) -> float:
-        v = norm_preserving(c.v_base, offset).reshape(c.n_rows, -1).to(torch.float16).numpy()
-        e.hook.write_values(c.rows, v, e.v_transposed)
-        z = redecode_last(e)
-        return alpha * (math.log(z.size) - entropy(z))
+        def llama_loss(offset: torch.Tensor) -> float:
+            v = norm_preserving(c.v_base, offset).reshape(c.n_rows, -1).to(torch.float16).numpy()
+            e.hook.write_values(c.rows, v, e.v_transposed)
+            z = redecode_last(e)
+            return alpha * (math.log(z.size) - entropy(z))
 
-    fd = (llama_loss(eps * direction) - llama_loss(-eps * direction)) / (2 * eps)
-    analytic = float((g * direction).sum())
-    assert fd == pytest.approx(analytic, rel=0.02, abs=1e-6)
-    gen.close()
+        fd = (llama_loss(eps * direction) - llama_loss(-eps * direction)) / (2 * eps)
+        analytic = float((g * direction).sum())
+        assert fd == pytest.approx(analytic, rel=0.02, abs=1e-6)
 
 
 def test_norm_preserving_gradient_is_autograds():
@@ -267,44 +267,44 @@ def test_a_non_finite_update_is_skipped_and_the_values_restored(engines, clip, w
     holds the original value rows; the answer goes on."""
     e = engines()
     gen = e.ask(video(e, clip), "Describe it.", GenerationSettings(max_tokens=4), "vreason", VReasonSettings(every=1))
-    notices = []
-    for ev in gen:
-        if isinstance(ev, Prefilled):
-            c = gen.controller
-            if where == "gradient":  # the engine's tail is shared: monkeypatch restores it
-                monkeypatch.setattr(c.tail, "grad_dv", lambda *args, v=c.v_base: torch.full_like(v, math.nan))
-            else:
-                c.opt.lr = math.inf
-        elif isinstance(ev, Notice):
-            notices.append(ev.message)
-        elif isinstance(ev, TokenEvent):
-            break
-    why = "non-finite loss or gradient" if where == "gradient" else "non-finite value offset"
-    assert len(notices) == 1 and why in notices[0] and "dV reset to zero" in notices[0]
-    assert not c.dv.detach().any() and c.dv_norm == 0.0
-    np.testing.assert_array_equal(e.hook.read_values(c.rows, c.transposed), c.v_orig)
-    gen.close()
+    with gen:
+        notices = []
+        for ev in gen:
+            if isinstance(ev, Prefilled):
+                c = gen.controller
+                if where == "gradient":  # the engine's tail is shared: monkeypatch restores it
+                    monkeypatch.setattr(c.tail, "grad_dv", lambda *args, v=c.v_base: torch.full_like(v, math.nan))
+                else:
+                    c.opt.lr = math.inf
+            elif isinstance(ev, Notice):
+                notices.append(ev.message)
+            elif isinstance(ev, TokenEvent):
+                break
+        why = "non-finite loss or gradient" if where == "gradient" else "non-finite value offset"
+        assert len(notices) == 1 and why in notices[0] and "dV reset to zero" in notices[0]
+        assert not c.dv.detach().any() and c.dv_norm == 0.0
+        np.testing.assert_array_equal(e.hook.read_values(c.rows, c.transposed), c.v_orig)
 
 
 def test_cache_write_is_the_method(engines, clip):
     """After an update, llama.cpp's logits (re-decoding the same token) equal the tail's prediction."""
     e = engines()
     gen, ev = paused_at_first_update(e, video(e, clip), lr=0.2)
-    c = gen.controller
-    assert ev.control.alpha is not None and ev.control.dv_norm > 0
-    inp = c.inputs()  # step 1's captures: the query before the update
-    logits_before = e.ctx.logits().copy()
-    # the tail's prediction for the new dV, against the values that were cached when step 1 ran
-    v_cache_then = c.v_base
-    c_v, c._v_cache = c.v_cache, v_cache_then
-    _, predicted = c.loss(inp, c.dv.detach(), np.arange(e.model.n_vocab), logits_before, 1)
-    c._v_cache = c_v
-    after = redecode_last(e)
-    moved = np.abs(after - logits_before).max()
-    err = np.abs(predicted.detach().numpy() - after).max()
-    assert moved > 10 * err, (moved, err)  # the write changed the logits, and exactly as predicted
-    assert err < 5e-3 * max(1.0, np.abs(after).max())
-    gen.close()
+    with gen:
+        c = gen.controller
+        assert ev.control.alpha is not None and ev.control.dv_norm > 0
+        inp = c.inputs()  # step 1's captures: the query before the update
+        logits_before = e.ctx.logits().copy()
+        # the tail's prediction for the new dV, against the values that were cached when step 1 ran
+        v_cache_then = c.v_base
+        c_v, c._v_cache = c.v_cache, v_cache_then
+        _, predicted = c.loss(inp, c.dv.detach(), np.arange(e.model.n_vocab), logits_before, 1)
+        c._v_cache = c_v
+        after = redecode_last(e)
+        moved = np.abs(after - logits_before).max()
+        err = np.abs(predicted.detach().numpy() - after).max()
+        assert moved > 10 * err, (moved, err)  # the write changed the logits, and exactly as predicted
+        assert err < 5e-3 * max(1.0, np.abs(after).max())
 
 
 def test_alpha_follows_the_ema_rule(engines, clip):
@@ -376,6 +376,40 @@ def test_lite_keeps_the_highest_norm_half(engines, clip):
     assert len(e._cache.media_cells) == len(rows) and not e._cache.pruned
 
 
+def test_lite_scores_each_kv_head_apart(tiny_model_factory, clip):
+    """Lite's score is the method's: a row's value norm per kv head, summed over heads, not one norm over all
+    heads. Here the media rows' values are set so that the two disagree on every row: half have both heads at
+    norm ~1 (sum 2, one norm 1.41), half have one head at ~1.9 and the other at ~0.05 (sum 1.95, one norm 1.90),
+    with 1% jitter. Lite must keep exactly the first half. Its own engine, as the set values stay in the
+    prefix's saved state."""
+    t = tiny_model_factory()
+    with Engine(t.model_path, t.mmproj_path, EngineSettings(n_ctx=2048, hook=True)) as e:
+        m = video(e, clip)
+        list(e.ask(m, "warm", GenerationSettings(max_tokens=1), "base"))
+        rows = e._cache.media_cells.copy()
+        n, n_kv = len(rows), e.info.n_head_kv
+        values = e.hook.read_values(rows, e.v_transposed).astype(np.float64).reshape(n, n_kv, -1)
+        rng = np.random.default_rng(0)
+        balanced = np.sort(rng.permutation(n)[: n - n // 2])  # as many as Lite keeps
+        heads = np.tile([1.9, 0.05], (n, 1))
+        heads[balanced] = 1.0
+        heads *= rng.uniform(0.99, 1.01, heads.shape)
+        values *= (heads / np.linalg.norm(values, axis=2))[:, :, None]
+        set_to = values.reshape(n, -1).astype(np.float16)
+        e.hook.write_values(rows, set_to, e.v_transposed)
+        read = set_to.astype(np.float64).reshape(n, n_kv, -1)
+        by_head = np.linalg.norm(read, axis=2).sum(1)
+        assert by_head[balanced].min() > np.delete(by_head, balanced).max()  # per head: the balanced half
+        one_norm = np.linalg.norm(read.reshape(n, -1), axis=1)
+        assert one_norm[balanced].max() < np.delete(one_norm, balanced).min()  # one norm: the other half
+        with e.ask(m, "What happens?", GenerationSettings(max_tokens=2), "lite", VReasonSettings()) as gen:
+            for ev in gen:
+                if isinstance(ev, TokenEvent):
+                    break
+            assert gen.controller.n_rows == len(balanced)
+            np.testing.assert_array_equal(gen.controller.v_orig, set_to[balanced])
+
+
 def test_text_only_controls_all_prompt_rows(engines):
     e = engines()
     handle = e.ask(
@@ -407,23 +441,23 @@ def test_restricted_lm_head_gradient_within_its_bound(engines, clip):
     (measured). The full-vocabulary case, where the cap binds, is tests/test_vreason_exact.py's."""
     e = engines()
     gen, _ = paused_at_first_update(e, video(e, clip), lr=0.0)
-    c = gen.controller
-    inp, logits = c.inputs(), e.ctx.logits().copy()
-    every = np.arange(e.model.n_vocab)
-    h = c.tail.hidden(inp, None)
-    head = c.restricted_head(inp, logits)
-    kept, full = head.at(h, -1), c.restricted_head(inp, logits, every).at(h, -1)
-    rel_h = float((kept.grad_h - full.grad_h).norm() / full.grad_h.norm())
-    assert len(head.ids) < e.model.n_vocab and not kept.capped  # rows really dropped, and not by the cap
-    assert rel_h <= kept.bound <= VReasonSettings().head_error, (rel_h, kept.bound)
-    grads = {}
-    for name, ids in {"full": every, "kept": head.ids}.items():
-        dv = torch.zeros_like(c.dv, requires_grad=True)
-        c.loss(inp, dv, ids, logits, -1)[0].backward()
-        grads[name] = dv.grad
-    rel = float((grads["kept"] - grads["full"]).norm() / grads["full"].norm())
-    assert rel < VReasonSettings().head_error, rel
-    gen.close()
+    with gen:
+        c = gen.controller
+        inp, logits = c.inputs(), e.ctx.logits().copy()
+        every = np.arange(e.model.n_vocab)
+        h = c.tail.hidden(inp, None)
+        head = c.restricted_head(inp, logits)
+        kept, full = head.at(h, -1), c.restricted_head(inp, logits, every).at(h, -1)
+        rel_h = float((kept.grad_h - full.grad_h).norm() / full.grad_h.norm())
+        assert len(head.ids) < e.model.n_vocab and not kept.capped  # rows really dropped, and not by the cap
+        assert rel_h <= kept.bound <= VReasonSettings().head_error, (rel_h, kept.bound)
+        grads = {}
+        for name, ids in {"full": every, "kept": head.ids}.items():
+            dv = torch.zeros_like(c.dv, requires_grad=True)
+            c.loss(inp, dv, ids, logits, -1)[0].backward()
+            grads[name] = dv.grad
+        rel = float((grads["kept"] - grads["full"]).norm() / grads["full"].norm())
+        assert rel < VReasonSettings().head_error, rel
 
 
 def test_lite_in_a_continued_chat_prunes_once(engines, clip):
@@ -446,18 +480,18 @@ def test_transposed_value_cache(tiny_model_factory, clip):
     with Engine(t.model_path, t.mmproj_path, EngineSettings(n_ctx=2048, hook=True, flash_attn="off")) as e:
         assert e.v_transposed
         gen, ev = paused_at_first_update(e, video(e, clip), lr=0.2)
-        c = gen.controller
-        assert ev.control.selfcheck < 1e-3
-        np.testing.assert_array_equal(
-            e.hook.read_values(c.rows, True), c.v_cache.reshape(c.n_rows, -1).numpy().astype(np.float16)
-        )
-        inp, before = c.inputs(), e.ctx.logits().copy()
-        c_v, c._v_cache = c.v_cache, c.v_base
-        _, predicted = c.loss(inp, c.dv.detach(), np.arange(e.model.n_vocab), before, 1)
-        c._v_cache = c_v
-        after = redecode_last(e)
-        assert np.abs(after - before).max() > 10 * np.abs(predicted.detach().numpy() - after).max()
-        gen.close()
+        with gen:
+            c = gen.controller
+            assert ev.control.selfcheck < 1e-3
+            np.testing.assert_array_equal(
+                e.hook.read_values(c.rows, True), c.v_cache.reshape(c.n_rows, -1).numpy().astype(np.float16)
+            )
+            inp, before = c.inputs(), e.ctx.logits().copy()
+            c_v, c._v_cache = c.v_cache, c.v_base
+            _, predicted = c.loss(inp, c.dv.detach(), np.arange(e.model.n_vocab), before, 1)
+            c._v_cache = c_v
+            after = redecode_last(e)
+            assert np.abs(after - before).max() > 10 * np.abs(predicted.detach().numpy() - after).max()
 
 
 def test_vreason_on_an_image(engines, tmp_path):

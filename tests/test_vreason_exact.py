@@ -6,7 +6,8 @@ where the LM head's restriction matters: at the first token its distribution nee
 PyTorch, from the GGUF weights read with the gguf package (not `tail_weights`), from what llama.cpp
 computed for the token: the post-RoPE query and residual the hook captured, the cached keys and the
 value rows. Its logits are its own (not llama.cpp's), so it checks the tail, the controller's anchoring
-on llama.cpp's logits, the head restriction, the storage dtypes and the optimiser steps at once.
+on llama.cpp's logits, the head restriction, the storage dtypes and the optimiser steps at once. A Q4_K_M
+model of the `k256` shape (llama.cpp's quantiser) shows what the later steps' anchoring is for.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from vreason_local import sampling
 from vreason_local.clips import make_clip
 from vreason_local.engine import AnswerHandle, Engine, EngineSettings, GenerationSettings
 from vreason_local.events import Notice, Prefilled, TokenEvent
+from vreason_local.llama_backend import default_threads, quantize
 from vreason_local.media import Media, load_video
 from vreason_local.optim import Optimizer
 from vreason_local.sampling import entropy
@@ -34,7 +36,7 @@ from vreason_local.tail import (
     norm_preserving,
     norm_preserving_vjp,
 )
-from vreason_local.tiny import make_tiny
+from vreason_local.tiny import file_names, make_tiny
 from vreason_local.video import FrameSampling
 from vreason_local.vreason import VReason, VReasonSettings
 
@@ -45,6 +47,12 @@ ALL = N_VOCAB  # head_max that never binds: the restriction keeps what its bound
 # (llama.cpp's own F16 rounding: the controller starts from its activations and logits), float16 8.0e-4,
 # bfloat16 3.7e-3, int8 8.8e-3.
 DTYPES = {"gguf": 2e-3, "float32": 2e-3, "float16": 2e-3, "bfloat16": 1e-2, "int8": 2e-2}
+# llama.cpp's own noise on the entropy of a token decoded over changed F16 value rows, in nats: its kernels
+# round in F16 (with flash attention, the attention's running sum too), where depends on the CPU's kernels.
+# Measured on this module's model: random F16 changes of the value rows whose float64 effect was below 1e-4
+# nats moved llama.cpp's entropy by up to 2.5e-3, with AVX-512 and AVX2-only builds, flash attention on and
+# off. Predicted entropy changes are held to 4x it, and must be 20x it to be a test at all.
+LLAMA_ENTROPY_NOISE = 2.5e-3
 
 
 @pytest.fixture(scope="module")
@@ -106,14 +114,17 @@ class Reference:
 
     def hidden(self, p: Point, dv: torch.Tensor) -> torch.Tensor:
         """The final hidden state with the value rows V_new = (V + dV)·||V||/||V + dV|| (per row and head)."""
+        v = p.values + dv
+        v_new = v * (p.values.norm(dim=-1, keepdim=True) / v.norm(dim=-1, keepdim=True))
+        return self.hidden_changed(p, v_new - p.values)
+
+    def hidden_changed(self, p: Point, change: torch.Tensor) -> torch.Tensor:
+        """The final hidden state with the value rows moved by `change` [rows, n_kv, d] from `p.values`."""
         n_kv, d = self.info.n_head_kv, self.info.head_dim
         scores = torch.einsum("hd,cgd->hgc", p.q, p.keys)  # every query head against every kv head ...
         heads = torch.arange(self.info.n_head)
         scores = scores[heads, heads // (self.info.n_head // n_kv)]  # ... keep its own group's: [n_head, cells]
         probs = torch.softmax(scores / math.sqrt(d), dim=-1)[:, torch.tensor(p.rows)]
-        v = p.values + dv
-        v_new = v * (p.values.norm(dim=-1, keepdim=True) / v.norm(dim=-1, keepdim=True))
-        change = v_new - p.values  # [rows, n_kv, d]
         attn = torch.stack([probs[h] @ change[:, h // (self.info.n_head // n_kv)] for h in heads]).reshape(-1)
         x = p.ffn_inp + self.w_o @ attn
         n = self.rms(x, self.ffn_norm)
@@ -128,10 +139,43 @@ class Reference:
         loss.backward()
         return float(loss.detach()), dv.grad
 
+    def anchored_loss_grad(self, p: Point, z0: np.ndarray, dv: torch.Tensor, alpha: int) -> tuple[float, torch.Tensor]:
+        """loss_grad as the method anchors a step away from the values llama.cpp attended over (`p.values`):
+        llama.cpp's logits there, `z0`, moved by this tail's change of the hidden state, z0 + W·(h(dV) - h(V))."""
+        dv = dv.detach().double().requires_grad_(True)
+        h_a = self.hidden_changed(p, torch.zeros_like(p.values))
+        logp = torch.log_softmax(torch.from_numpy(z0).double() + self.head @ (self.hidden(p, dv) - h_a), dim=-1)
+        loss = alpha * (math.log(len(z0)) + (logp.exp() * logp).sum())
+        loss.backward()
+        return float(loss.detach()), dv.grad
+
+    def entropy_change(self, p: Point, written: np.ndarray) -> float:
+        """H(written) - H(p.values) over the whole vocabulary: the entropy change the value rows `written`
+        (F16 [rows, n_kv·d], as llama.cpp's cache holds them) make, from their F16 values, not from dV."""
+        change = torch.from_numpy(written.astype(np.float64)).view_as(p.values) - p.values
+
+        def h(moved: torch.Tensor) -> float:
+            logp = torch.log_softmax(self.head @ self.hidden_changed(p, moved), dim=-1)
+            return float(-(logp.exp() * logp).sum())
+
+        return h(change) - h(torch.zeros_like(change))
+
 
 @pytest.fixture(scope="module")
 def reference(engine) -> Reference:
     return Reference(engine)
+
+
+@pytest.fixture(scope="module")
+def q4_engine(tmp_path_factory) -> Engine:
+    """A Q4_K_M model of the k256 shape (llama.cpp's quantiser; the tiny 1,024-token vocabulary), where
+    llama.cpp's final hidden state is further from the tail's than on an F16 model: its K-quant products
+    round the activations they read."""
+    root = tmp_path_factory.mktemp("k256")
+    t = make_tiny(root, arch="qwen25vl", shape="k256")
+    path = quantize(t.model_path, root / file_names("qwen25vl", "k256", "q4_k_m")[0], "q4_k_m", default_threads())
+    with Engine(path, t.mmproj_path, EngineSettings(n_ctx=2048, hook=True)) as e:
+        yield e
 
 
 def first_update(
@@ -173,6 +217,16 @@ def redecode_last(engine: Engine) -> np.ndarray:
     return engine.ctx.logits().copy()
 
 
+def entropy_change_after_write(engine: Engine, reference: Reference, c: VReason) -> tuple[float, float]:
+    """At a step paused after its update: (llama.cpp's entropy for the step's token decoded again over the
+    value rows now cached, less the entropy it computed before the update; the float64 prediction of that
+    change from the F16 rows the cache holds), so that the write's F16 rounding is in the prediction."""
+    before = engine.ctx.logits().copy()
+    point = reference.point(engine, c)  # before the decode below replaces the hook's captures
+    predicted = reference.entropy_change(point, engine.hook.read_values(c.rows, c.transposed))
+    return entropy(redecode_last(engine)) - entropy(before), predicted
+
+
 def test_head_bound_formula_holds_on_random_cases():
     """HeldWeights' bound B against the exact ||G - G_K|| in float64, on random heads (rows sharing a
     direction or not), distributions, kept sets (the likeliest rows or any) and moves of h (0 to 2)."""
@@ -195,6 +249,27 @@ def test_head_bound_formula_holds_on_random_cases():
         assert err <= held.bound * (1 + 1e-9) + 1e-12, (err, held.bound)
         tight = max(tight, err / held.bound)
     assert tight > 0.5  # and it is not vacuous
+
+
+def test_head_bound_counts_the_entropy_shift():
+    """A case where the bound's eta term (its bound on |H - H~|) carries it, which random heads rarely make:
+    one kept row holds nearly all the probability and a large ||W_v|| of its own, and a thousand held rows of
+    small norm drift up together by R. Their mass grows by ~P_D·R, which shifts the kept row's ln p by only
+    gamma ~ P_D·R but the entropy by ~P_D·R·(ln(1/P_D) + ln n_D), ~14x that; the kept row's weight
+    p·(ln p + H) moves with H, so the error is mostly the entropy's shift. Measured: error 0.75 of the bound,
+    and 10x the bound without eta."""
+    n_held = 1000
+    z0 = np.concatenate([[14.0], np.zeros(n_held)])  # P_D = 1e-3
+    w = np.zeros((n_held + 1, 2))
+    w[0, 0], w[1:, 1] = 100.0, 0.1
+    dh = np.array([0.0, 0.5])  # the held rows move by R = 0.05, the kept one not at all
+    kept = np.array([0])
+    held = HeldWeights(z0, kept, w[kept] @ dh, np.linalg.norm(w, axis=1), float(np.abs(w[1:] @ dh).max()))
+    z = z0 + w @ dh
+    logp = z - z.max() - np.log(np.exp(z - z.max()).sum())
+    p = np.exp(logp)
+    err = np.linalg.norm(w.T @ (p * (logp - (p * logp).sum())) - w[kept].T @ held.g)
+    assert 0.5 * held.bound < err <= held.bound, (err, held.bound)
 
 
 @pytest.mark.parametrize("lanes", [4, 8, 16])
@@ -264,24 +339,24 @@ def test_head_bound_holds_at_the_hidden_state(engine, media, reference, cap):
     error is within the bound it reports; the bound meets head_error unless the cap binds (it does at
     2,048 rows here: a 13% error, bound 25%)."""
     handle, _, _, _ = first_update(engine, media, lr=0.0)
-    c = handle.controller
-    inp, z0 = c.inputs(), engine.ctx.logits().copy()
-    head64 = reference.head
-    h_a = c.tail.hidden(inp, None)
-    moved = torch.sign(torch.randn(c.dv.shape, generator=torch.Generator().manual_seed(0))) * 0.01
-    h_moved = c.tail.hidden(inp, norm_preserving(c.v_base, moved) - c.v_cache)
-    for h in (h_a, h_moved):
-        step = RestrictedHead(c.tail.head, z0, h_a, 0.01, cap).at(h, -1)
-        logp = torch.log_softmax(torch.from_numpy(z0).double() + head64 @ (h - h_a).detach().double(), -1)
-        p = logp.exp()
-        exact = -(head64.T @ (p * (logp - (p * logp).sum())))  # alpha = -1
-        err = rel(step.grad_h, exact)
-        assert err <= step.bound * (1 + 1e-4) + 1e-6, (err, step.bound)
-        if cap == ALL:
-            assert not step.capped and step.bound <= 0.01
-        else:
-            assert step.capped and step.bound > 0.01 and err > 0.01
-    handle.close()
+    with handle:
+        c = handle.controller
+        inp, z0 = c.inputs(), engine.ctx.logits().copy()
+        head64 = reference.head
+        h_a = c.tail.hidden(inp, None)
+        moved = torch.sign(torch.randn(c.dv.shape, generator=torch.Generator().manual_seed(0))) * 0.01
+        h_moved = c.tail.hidden(inp, norm_preserving(c.v_base, moved) - c.v_cache)
+        for h in (h_a, h_moved):
+            step = RestrictedHead(c.tail.head, z0, h_a, 0.01, cap).at(h, -1)
+            logp = torch.log_softmax(torch.from_numpy(z0).double() + head64 @ (h - h_a).detach().double(), -1)
+            p = logp.exp()
+            exact = -(head64.T @ (p * (logp - (p * logp).sum())))  # alpha = -1
+            err = rel(step.grad_h, exact)
+            assert err <= step.bound * (1 + 1e-4) + 1e-6, (err, step.bound)
+            if cap == ALL:
+                assert not step.capped and step.bound <= 0.01
+            else:
+                assert step.capped and step.bound > 0.01 and err > 0.01
 
 
 @pytest.mark.parametrize("cap", [2048, ALL])
@@ -290,17 +365,17 @@ def test_update_gradient_on_the_full_vocabulary(engine, media, reference, cap):
     rows its bound asks for fit under head_max (22,103 of 151,936 here, measured error 0.18%); where the
     cap binds, the error is real (12.5%) and one notice says so."""
     handle, ev, steps, notices = first_update(engine, media, lr=0.0, head_max=cap)
-    c = handle.controller
-    ((dv, grad),) = steps
-    err = rel(grad, reference.loss_grad(reference.point(engine, c), dv, ev.control.alpha)[1])
-    ((rows, bound),) = c.head_log
-    if cap == ALL:
-        assert rows < N_VOCAB / 4 and bound <= 0.01 and err < 0.01, (rows, bound, err)
-        assert not notices
-    else:
-        assert rows == cap and bound > 0.01 and err > 0.01, (bound, err)
-        assert len(notices) == 1 and f"cap of {cap} rows" in notices[0] and f"{bound:.3g}" in notices[0]
-    handle.close()
+    with handle:
+        c = handle.controller
+        ((dv, grad),) = steps
+        err = rel(grad, reference.loss_grad(reference.point(engine, c), dv, ev.control.alpha)[1])
+        ((rows, bound),) = c.head_log
+        if cap == ALL:
+            assert rows < N_VOCAB / 4 and bound <= 0.01 and err < 0.01, (rows, bound, err)
+            assert not notices
+        else:
+            assert rows == cap and bound > 0.01 and err > 0.01, (bound, err)
+            assert len(notices) == 1 and f"cap of {cap} rows" in notices[0] and f"{bound:.3g}" in notices[0]
 
 
 @pytest.mark.parametrize("cap", [2048, ALL])
@@ -309,20 +384,20 @@ def test_native_head_step_is_the_python_one(engine, media, cap):
     in Python (AnchorWeights), on the full vocabulary, both signs of alpha, the cap binding or not: the same
     rows, gradient, bound, notice and ratio for the next update."""
     handle, _, _, _ = first_update(engine, media, lr=0.0, dtype="gguf", device="cpu")
-    c = handle.controller
-    inp, z0 = c.inputs(), engine.ctx.logits().copy()
-    h = c.tail.llama_state(inp)
-    for alpha in (1, -1):
-        (a, head_a), (b, head_b) = (
-            (head.at(head.h_anchor, alpha), head)
-            for head in (RestrictedHead(c.tail.head, z0, h, 0.01, cap, ratio=0.5, native=n) for n in (True, False))
-        )
-        np.testing.assert_array_equal(np.sort(head_a.ids), np.sort(head_b.ids))
-        assert 16 < len(head_a.ids) <= cap and (len(head_a.ids) == cap) == a.capped == b.capped
-        torch.testing.assert_close(a.grad_h, b.grad_h, rtol=1e-5, atol=1e-7)
-        assert a.loss == pytest.approx(b.loss, rel=1e-12) and a.bound == pytest.approx(b.bound, rel=1e-5)
-        assert head_a.ratio == pytest.approx(head_b.ratio, rel=1e-5)
-    handle.close()
+    with handle:
+        c = handle.controller
+        inp, z0 = c.inputs(), engine.ctx.logits().copy()
+        h = c.tail.llama_state(inp)
+        for alpha in (1, -1):
+            (a, head_a), (b, head_b) = (
+                (head.at(head.h_anchor, alpha), head)
+                for head in (RestrictedHead(c.tail.head, z0, h, 0.01, cap, ratio=0.5, native=n) for n in (True, False))
+            )
+            np.testing.assert_array_equal(np.sort(head_a.ids), np.sort(head_b.ids))
+            assert 16 < len(head_a.ids) <= cap and (len(head_a.ids) == cap) == a.capped == b.capped
+            torch.testing.assert_close(a.grad_h, b.grad_h, rtol=1e-5, atol=1e-7)
+            assert a.loss == pytest.approx(b.loss, rel=1e-12) and a.bound == pytest.approx(b.bound, rel=1e-5)
+            assert head_a.ratio == pytest.approx(head_b.ratio, rel=1e-5)
 
 
 def test_native_selfcheck_is_numpys(engine, media):
@@ -330,17 +405,17 @@ def test_native_selfcheck_is_numpys(engine, media):
     own products: the 64 kept rows of largest logit, their logits at h_A against llama.cpp's, and a state
     away from llama.cpp's that it must flag."""
     handle, _, _, _ = first_update(engine, media, lr=0.0, dtype="gguf", device="cpu")
-    c = handle.controller
-    inp, z0 = c.inputs(), engine.ctx.logits().copy()
-    for h in (c.tail.llama_state(inp), c.tail.llama_state(inp) * 1.5):
-        head = RestrictedHead(c.tail.head, z0, h, 0.01, 2048)
-        head.at(head.h_anchor, 1)
-        top = np.argsort(-z0[head.ids], kind="stable")[:64]
-        ref = z0[head.ids[top]].astype(np.float64)
-        expected = np.abs(head.dot(top, head.h_anchor).double().numpy() - ref).max() / max(1.0, np.abs(ref).max())
-        assert head.selfcheck(z0, 64) == pytest.approx(expected, rel=1e-4, abs=1e-7)
-    assert head.selfcheck(z0, 64) > 0.1  # the tail's logits at another state are far from llama.cpp's
-    handle.close()
+    with handle:
+        c = handle.controller
+        inp, z0 = c.inputs(), engine.ctx.logits().copy()
+        for h in (c.tail.llama_state(inp), c.tail.llama_state(inp) * 1.5):
+            head = RestrictedHead(c.tail.head, z0, h, 0.01, 2048)
+            head.at(head.h_anchor, 1)
+            top = np.argsort(-z0[head.ids], kind="stable")[:64]
+            ref = z0[head.ids[top]].astype(np.float64)
+            expected = np.abs(head.dot(top, head.h_anchor).double().numpy() - ref).max() / max(1.0, np.abs(ref).max())
+            assert head.selfcheck(z0, 64) == pytest.approx(expected, rel=1e-4, abs=1e-7)
+        assert head.selfcheck(z0, 64) > 0.1  # the tail's logits at another state are far from llama.cpp's
 
 
 def test_native_grad_dv_is_the_torch_tail(engine, media):
@@ -348,22 +423,23 @@ def test_native_grad_dv_is_the_torch_tail(engine, media):
     backward and norm-preserving VJP on the same captures: at dV = 0 and away from it, with the rows' attention
     probabilities a slice of all cells' (a video's rows) and gathered (Lite's)."""
     handle, _, _, _ = first_update(engine, media, lr=0.0, dtype="gguf", device="cpu")
-    c = handle.controller
-    assert c.tail._native is not None
-    inp = c.inputs()
-    gen = torch.Generator().manual_seed(4)
-    grad_h = torch.randn(c.tail.info.n_embd, generator=gen)
-    gathered = TailInputs(inp.probs.contiguous()[:, torch.arange(c.n_rows - 1, -1, -1)], *astuple(inp)[1:])
-    for dv in (torch.zeros_like(c.v_base), torch.randn(c.v_base.shape, generator=gen) * 0.05):
-        for i in (inp, gathered):
-            torch_path = norm_preserving_vjp(c.v_base, dv, c.tail.backward_at_llama_state(i, grad_h), c.v_norm)
-            torch.testing.assert_close(
-                c.tail.grad_dv(i, grad_h, c.v_base, dv, c.v_norm), torch_path, rtol=1e-4, atol=1e-6
-            )
-    assert not torch.equal(
-        c.tail.grad_dv(gathered, grad_h, c.v_base, dv, c.v_norm), c.tail.grad_dv(inp, grad_h, c.v_base, dv, c.v_norm)
-    )
-    handle.close()
+    with handle:
+        c = handle.controller
+        assert c.tail._native is not None
+        inp = c.inputs()
+        gen = torch.Generator().manual_seed(4)
+        grad_h = torch.randn(c.tail.info.n_embd, generator=gen)
+        gathered = TailInputs(inp.probs.contiguous()[:, torch.arange(c.n_rows - 1, -1, -1)], *astuple(inp)[1:])
+        for dv in (torch.zeros_like(c.v_base), torch.randn(c.v_base.shape, generator=gen) * 0.05):
+            for i in (inp, gathered):
+                torch_path = norm_preserving_vjp(c.v_base, dv, c.tail.backward_at_llama_state(i, grad_h), c.v_norm)
+                torch.testing.assert_close(
+                    c.tail.grad_dv(i, grad_h, c.v_base, dv, c.v_norm), torch_path, rtol=1e-4, atol=1e-6
+                )
+        assert not torch.equal(
+            c.tail.grad_dv(gathered, grad_h, c.v_base, dv, c.v_norm),
+            c.tail.grad_dv(inp, grad_h, c.v_base, dv, c.v_norm),
+        )
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
@@ -373,22 +449,22 @@ def test_tail_dtype_gradient(engine, media, reference, dtype):
     handle, ev, steps, _ = first_update(
         engine, media, lr=0.0, dtype=dtype, device=device, head_max=ALL, head_error=1e-9
     )
-    c = handle.controller
-    assert c.tail.kind == dtype and c.head_log == [(N_VOCAB, 0.0)]
-    ((dv, grad),) = steps
-    err = rel(grad, reference.loss_grad(reference.point(engine, c), dv, ev.control.alpha)[1])
-    assert err < DTYPES[dtype], err
-    handle.close()
+    with handle:
+        c = handle.controller
+        assert c.tail.kind == dtype and c.head_log == [(N_VOCAB, 0.0)]
+        ((dv, grad),) = steps
+        err = rel(grad, reference.loss_grad(reference.point(engine, c), dv, ev.control.alpha)[1])
+        assert err < DTYPES[dtype], err
 
 
 def test_sgd_step_is_minus_lr_times_the_gradient(engine, media, reference):
     lr = 1.0
     handle, ev, steps, _ = first_update(engine, media, lr=lr, optimizer="sgd", head_max=ALL)
-    c = handle.controller
-    exact = reference.loss_grad(reference.point(engine, c), torch.zeros(c.dv.shape), ev.control.alpha)[1]
-    assert torch.equal(c.dv.detach(), -lr * steps[0][1])  # plain SGD: no momentum, no decay
-    assert rel(c.dv.detach(), -lr * exact) < 0.01
-    handle.close()
+    with handle:
+        c = handle.controller
+        exact = reference.loss_grad(reference.point(engine, c), torch.zeros(c.dv.shape), ev.control.alpha)[1]
+        assert torch.equal(c.dv.detach(), -lr * steps[0][1])  # plain SGD: no momentum, no decay
+        assert rel(c.dv.detach(), -lr * exact) < 0.01
 
 
 def test_several_steps_follow_the_reference(engine, media, reference):
@@ -398,22 +474,47 @@ def test_several_steps_follow_the_reference(engine, media, reference):
     step's gradient against float64 at the dV the controller had then."""
     lr = 10.0
     handle, ev, steps, _ = first_update(engine, media, lr=lr, optimizer="sgd", steps=3, head_max=ALL)
-    c = handle.controller
-    point = reference.point(engine, c)
-    dv = torch.zeros(c.dv.shape, dtype=torch.float64)
-    for _ in range(3):
-        dv = dv - lr * reference.loss_grad(point, dv, ev.control.alpha)[1]
-    assert rel(c.dv.detach(), dv) < 0.01
-    rows = [n for n, _ in c.head_log]
-    assert rows[-1] > rows[0] and all(bound <= 0.01 for _, bound in c.head_log), c.head_log
-    handle.close()
+    with handle:
+        c = handle.controller
+        point = reference.point(engine, c)
+        dv = torch.zeros(c.dv.shape, dtype=torch.float64)
+        for _ in range(3):
+            dv = dv - lr * reference.loss_grad(point, dv, ev.control.alpha)[1]
+        assert rel(c.dv.detach(), dv) < 0.01
+        rows = [n for n, _ in c.head_log]
+        assert rows[-1] > rows[0] and all(bound <= 0.01 for _, bound in c.head_log), c.head_log
 
     handle, ev, steps, _ = first_update(engine, media, lr=0.01, steps=3, head_max=ALL)
-    point = reference.point(engine, handle.controller)
-    assert len(steps) == 3 and steps[-1][0].abs().max() > 0
-    for dv, grad in steps:
-        assert rel(grad, reference.loss_grad(point, dv, ev.control.alpha)[1]) < 0.01
-    handle.close()
+    with handle:
+        point = reference.point(engine, handle.controller)
+        assert len(steps) == 3 and steps[-1][0].abs().max() > 0
+        for dv, grad in steps:
+            assert rel(grad, reference.loss_grad(point, dv, ev.control.alpha)[1]) < 0.01
+
+
+def test_later_steps_are_anchored_on_llamas_logits(q4_engine, tmp_path):
+    """An update's later steps run the tail's own forward, anchored on llama.cpp's logits z0 at the tail's
+    own state for the values llama.cpp attended over, z(dV) = z0 + W·(h(dV) - h_A) (the head re-anchored at
+    the second step), so that where the tail and llama.cpp differ cancels. On a Q4_K_M model they differ
+    enough to show. The second step's gradient (SGD, lr=10: dV has moved; the whole head kept, so that only
+    the anchoring and float32 count) against float64 anchored the same way: measured 9e-7 with the AVX-512
+    build of llama.cpp, 1.4e-6 with an AVX2-only one. Anchored on llama.cpp's own hidden state instead (the
+    step not re-anchored): 3.0e-2 and 1.1e-2 off."""
+    clip = make_clip(tmp_path / "clip.mp4", seconds=4.0, fps=10.0, size=(224, 168))
+    media = load_video(clip, FrameSampling(fps=2.0, max_frames=6), patch=q4_engine.projector.patch_size).media
+    reference = Reference(q4_engine)
+    handle, ev, steps, _ = first_update(
+        q4_engine, media, lr=10.0, optimizer="sgd", steps=2, head_max=ALL, head_error=1e-9
+    )
+    with handle:
+        c = handle.controller
+        assert c.tail.kind == "gguf" and c.head_log[-1] == (q4_engine.model.n_vocab, 0.0)  # Q4_K in place, all rows
+        (_, (dv, grad)) = steps
+        assert dv.abs().max() > 0
+        point = reference.point(q4_engine, c)
+        exact = reference.anchored_loss_grad(point, q4_engine.ctx.logits().copy(), dv, ev.control.alpha)[1]
+        err = rel(grad, exact)
+        assert err < 1e-4, err
 
 
 @pytest.mark.parametrize("kind", ["adam", "sgd"])
@@ -455,33 +556,42 @@ def test_one_adam_state_per_answer(engine, media):
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_alpha_plus_one_raises_entropy(engine, media, optimizer):
-    """Step 1 always has alpha = +1 (E_1 is the peak): its update raises the entropy llama.cpp computes
-    when the token is decoded again over the written values. With SGD the rise is also the first-order
-    prediction, lr·||grad||² (measured within 7%; held to 25%)."""
-    lr = {"adam": 0.01, "sgd": 1.0}[optimizer]
+def test_alpha_plus_one_raises_entropy(engine, media, reference, optimizer):
+    """Step 1 always has alpha = +1 (E_1 is the peak): its update raises the entropy llama.cpp computes when
+    the token is decoded again over the written values, by what float64 predicts from the F16 rows llama.cpp's
+    cache holds after the write (read back through the hook), within LLAMA_ENTROPY_NOISE's margin. With SGD
+    the rise is also the first-order prediction lr·||grad||² (1.3% off at this step, held to 5%).
+
+    Measured llama.cpp rise / prediction, with the AVX-512 build of llama.cpp and an AVX2-only one (GGML_NATIVE
+    off), flash attention on | off: SGD lr=30 (0.11 nats) 1.010, 0.995 | 0.997, 1.000; Adam lr=0.03 (0.10 nats)
+    0.983, 0.994 | 0.977, 0.998. Smaller steps are not a test of the update: at SGD lr=1 (0.0036 nats) the
+    AVX2-only build computed 0.44 of it and the AVX-512 one 1.22, though the F16 write kept 96% of the
+    intended change (56% at lr=0.1)."""
+    lr = {"adam": 0.03, "sgd": 30.0}[optimizer]
     handle, ev, steps, _ = first_update(engine, media, lr=lr, optimizer=optimizer, head_max=ALL)
-    assert ev.control.alpha == 1
-    before = engine.ctx.logits().copy()
-    raised = entropy(redecode_last(engine)) - entropy(before)
-    assert raised > 0
-    if optimizer == "sgd":
-        assert raised == pytest.approx(lr * float(steps[0][1].norm()) ** 2, rel=0.25)
-    handle.close()
+    with handle:
+        assert ev.control.alpha == 1
+        raised, predicted = entropy_change_after_write(engine, reference, handle.controller)
+        assert predicted > 20 * LLAMA_ENTROPY_NOISE  # a rise llama.cpp's rounding cannot fake or hide
+        assert raised == pytest.approx(predicted, abs=4 * LLAMA_ENTROPY_NOISE)
+        if optimizer == "sgd":
+            assert predicted == pytest.approx(lr * float(steps[0][1].norm()) ** 2, rel=0.05)
 
 
-def test_alpha_minus_one_lowers_entropy(engine, media):
+def test_alpha_minus_one_lowers_entropy(engine, media, reference):
     """alpha = -1, forced by running the controller's update at a paused step 1 (whose own update had lr 0):
-    the entropy llama.cpp computes over the written values falls, by the first-order prediction. SGD, as
-    Adam's memory of step 1's opposite gradient would blur the step."""
-    lr = 1.0
+    the entropy llama.cpp computes over the written values falls by what float64 predicts from the rows
+    written, and by the first-order prediction -lr·||grad||² (0.7% off). SGD, as Adam's memory of step 1's
+    opposite gradient would blur the step. Measured llama.cpp fall / prediction at lr=30 (0.11 nats), builds
+    and flash attention as above: 1.008, 1.011 | 1.023, 1.003."""
+    lr = 30.0
     handle, _, steps, _ = first_update(engine, media, lr=0.0, optimizer="sgd", head_max=ALL)
-    c = handle.controller
-    before = engine.ctx.logits().copy()
-    c.opt.lr = lr
-    c._update(before, -1)
-    assert len(steps) == 2 and c.dv.abs().max() > 0
-    lowered = entropy(redecode_last(engine)) - entropy(before)
-    assert lowered < 0
-    assert lowered == pytest.approx(-lr * float(steps[1][1].norm()) ** 2, rel=0.25)
-    handle.close()
+    with handle:
+        c = handle.controller
+        c.opt.lr = lr
+        c._update(engine.ctx.logits().copy(), -1)
+        assert len(steps) == 2 and c.dv.abs().max() > 0
+        lowered, predicted = entropy_change_after_write(engine, reference, c)
+        assert predicted < -20 * LLAMA_ENTROPY_NOISE
+        assert lowered == pytest.approx(predicted, abs=4 * LLAMA_ENTROPY_NOISE)
+        assert predicted == pytest.approx(-lr * float(steps[1][1].norm()) ** 2, rel=0.05)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from .devices import check_device
 from .errors import Remedy, SettingError
+from .native import library
 
 if TYPE_CHECKING:  # engine imports llama.cpp; these checks run before anything is loaded
     from .engine import EngineSettings
@@ -21,8 +22,10 @@ if TYPE_CHECKING:  # engine imports llama.cpp; these checks run before anything 
 
 def check_options(engine: EngineSettings, device: str | None = None) -> None:
     """Reject settings that cannot work on any model: GPU layers below -1, a controller device this
-    PyTorch cannot use. `device` is the V-Reason controller's (None for base runs, which never import torch).
+    PyTorch cannot use, a VREASON_SIMD level this CPU lacks (the native library applies it as it loads).
+    `device` is the V-Reason controller's (None for base runs, which never import torch).
     """
+    library()
     if engine.n_gpu_layers < -1:
         raise SettingError(
             "engine.n_gpu_layers",

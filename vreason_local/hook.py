@@ -8,7 +8,6 @@ steps with `ggml_backend_tensor_set` (valid for CPU, CUDA and Metal buffers alik
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 
 import llama_cpp as L
 import numpy as np
@@ -17,6 +16,7 @@ from llama_cpp.llama_cpp import _base_path
 
 from .errors import UserError
 from .gguf_info import ModelInfo, release_pages
+from .native import library
 
 GGML_TYPE_F16 = 1
 _c = ctypes
@@ -30,14 +30,11 @@ def native() -> ctypes.CDLL:
 
 
 def _load() -> tuple[ctypes.CDLL, ctypes.CDLL]:
-    """Load the hook library and ggml-base once, declare signatures, verify the tensor layout."""
+    """Declare the hook's signatures on the native library, load ggml-base, verify the tensor layout (once)."""
     global _lib, _ggml
     if _lib is not None:
         return _lib, _ggml
-    spec = importlib.util.find_spec("vreason_local._vrhook")
-    if spec is None or not spec.origin:
-        raise UserError("the native value-cache hook is not built; reinstall vreason-local (pip install .)")
-    lib = ctypes.CDLL(spec.origin)
+    lib = library()
     ggml = load_shared_library("ggml-base", _base_path)
     vp, sz, i64 = _c.c_void_p, _c.c_size_t, _c.c_int64
     sigs = {

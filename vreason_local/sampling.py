@@ -48,12 +48,11 @@ top_p's boundary may fall on the other side of it than in a float64 computation.
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import UserError
+from . import native
 
 #: Guaranteed accuracy of `entropy` and of `Sampler`'s entropy (module docstring): relative, absolute (nats).
 ENTROPY_REL_ERROR = 1e-5
@@ -63,13 +62,10 @@ _lib: ctypes.CDLL | None = None
 
 
 def _native() -> ctypes.CDLL:
-    """The kernels of native/vr_sampling.c, loaded once from the package's native library."""
+    """The kernels of native/vr_sampling.c, declared once on the package's native library."""
     global _lib
     if _lib is None:
-        spec = importlib.util.find_spec("vreason_local._vrhook")
-        if spec is None or not spec.origin:
-            raise UserError("the native library is not built; reinstall vreason-local (pip install .)")
-        lib = ctypes.CDLL(spec.origin)
+        lib = native.library()
         vp, i64, f32, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_double
         sigs = {
             "vr_argmax_entropy": ([vp, i64, ctypes.POINTER(f64)], i64),
@@ -78,8 +74,6 @@ def _native() -> ctypes.CDLL:
             "vr_nucleus_hist_size": ([], i64),
             "vr_draw": ([vp, i64, f32, f64], i64),
             "vr_head_terms": ([vp, vp, i64, i64, vp, vp, vp], i64),
-            "vr_sampling_lanes": ([], ctypes.c_int32),
-            "vr_sampling_use": ([ctypes.c_int32], ctypes.c_int32),
         }
         for name, (args, res) in sigs.items():
             fn = getattr(lib, name)

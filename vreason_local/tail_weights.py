@@ -243,9 +243,7 @@ def _kernels() -> ctypes.CDLL:
         for fn in (lib.vr_rows_axpy, lib.vr_rows_dot):
             fn.argtypes, fn.restype = [ctypes.c_int32, vp, i64, i64, vp, i64, vp, vp, ctypes.c_int32], ctypes.c_int32
         lib.vr_rows_openmp.argtypes, lib.vr_rows_openmp.restype = [], ctypes.c_int32
-        for name in ("vr_rows_block", "vr_rows_use"):
-            getattr(lib, name).argtypes, getattr(lib, name).restype = [ctypes.c_int32], ctypes.c_int32
-        lib.vr_rows_lanes.argtypes, lib.vr_rows_lanes.restype = [], ctypes.c_int32
+        lib.vr_rows_block.argtypes, lib.vr_rows_block.restype = [ctypes.c_int32], ctypes.c_int32
         i32, f32 = ctypes.c_int32, ctypes.c_float  # native/vr_tail.c, for tail.py
         lib.vr_tail_grad_dv.argtypes = [vp] * 10 + [f32, vp, vp, i64, vp, vp, vp, i32, i32, i32, i64, vp, i32]
         lib.vr_tail_grad_dv.restype = i32
@@ -258,7 +256,6 @@ def _kernels() -> ctypes.CDLL:
         lib.vr_tail_selfcheck.argtypes, lib.vr_tail_selfcheck.restype = [vp, vp, i64, vp, vp, i32], ctypes.c_double
         lib.vr_tail_adam.argtypes = [vp, vp, vp, vp, i64] + [ctypes.c_double] * 4 + [i64]
         lib.vr_tail_adam.restype = ctypes.c_double
-        lib.vr_tail_use_f16c.argtypes, lib.vr_tail_use_f16c.restype = [i32], i32
         lib.vr_tail_halves.argtypes, lib.vr_tail_halves.restype = [vp, vp, i32], None
         lib.vr_rows_ready = True
     return lib

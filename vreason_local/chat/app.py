@@ -9,9 +9,10 @@ the UI thread). There is no second generation path.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
@@ -23,9 +24,9 @@ from textual.widgets import Footer, Header, Input, ProgressBar, Static
 from textual.worker import Worker, get_current_worker
 from textual_image.widget import Image
 
-from ..engine import Encoding, Engine
+from ..engine import Encoding, Engine, GenerationSettings
 from ..errors import UserError
-from ..events import MODES, Answer, Encoded, Finished, Notice, Prefilled, Progress, TokenEvent
+from ..events import MODES, Answer, Encoded, Event, Finished, Mode, Notice, Prefilled, Progress, TokenEvent
 from ..hub import resolve_model
 from ..planning import Plan, open_engine, plan_run, record_prefill_speed
 from ..telemetry import summarize
@@ -39,10 +40,31 @@ from .telemetry_view import TelemetryPanel
 from .video_panel import VideoPanel
 from .widgets import MODE_LABELS, AnswerView, CompareView, QuestionView, seconds_text
 
+if TYPE_CHECKING:
+    from ..vreason import VReasonSettings
+
 WELCOME = (
     "Ask a question about the video below and press Enter. "
     "[b]ctrl+t[/b] switches the mode, [b]ctrl+b[/b] compares base and V-Reason, [b]Esc[/b] stops an answer."
 )
+
+
+class AnswerStream(Protocol):
+    """An answer as the chat uses it: its events in order (iterated in the engine worker) and `cancel()` (Esc,
+    from the UI thread). `Engine.ask`'s `AnswerHandle` is one."""
+
+    def __iter__(self) -> Iterator[Event]: ...
+
+    def cancel(self) -> None: ...
+
+
+StartAnswer = Callable[
+    [Engine, Encoding, str, GenerationSettings, Mode, "VReasonSettings | None", "Answer | None", threading.Event],
+    AnswerStream,
+]
+"""How the chat starts an answer: `Engine.ask`, with its arguments in that order (the default). Tests pass one that
+replays a recorded answer (pictures with the same figures on every CPU) or holds the engine's own answer until
+it is cancelled (the model cannot end it first)."""
 
 
 @dataclass
@@ -62,7 +84,8 @@ class AskJob:
 
 class ChatApp(App):
     """The chat. `show_timings=False` shows no measured times (snapshot tests); `image_class` draws the
-    thumbnails (tests pass `HalfcellImage`, whose output does not depend on the terminal)."""
+    thumbnails (tests pass `HalfcellImage`, whose output does not depend on the terminal); `start_answer`
+    starts each answer on the engine (`StartAnswer`)."""
 
     CSS_PATH = "chat.tcss"
     TITLE = "vreason chat"
@@ -92,6 +115,7 @@ class ChatApp(App):
         config: ChatConfig | None = None,
         show_timings: bool = True,
         image_class: type = Image,
+        start_answer: StartAnswer = Engine.ask,
     ) -> None:
         super().__init__()
         self.options = options
@@ -100,6 +124,7 @@ class ChatApp(App):
         self.config = config or ChatConfig()
         self.show_timings = show_timings
         self.image_class = image_class
+        self.start_answer = start_answer
         self.engine: Engine | None = None
         self.plan: Plan | None = None
         self.encoding: Encoding | None = None
@@ -293,8 +318,8 @@ class ChatApp(App):
                     if cancel.is_set():
                         break
                     vr = options.vreason if mode != "base" else None
-                    handle = self.engine.ask(
-                        encoding, job.question, options.gen, mode, vr, follow_up=job.follow_up, cancel=cancel
+                    handle = self.start_answer(
+                        self.engine, encoding, job.question, options.gen, mode, vr, job.follow_up, cancel
                     )
                     self._handle = handle
                     forward_events(self.post_message, job.id, mode, handle)
