@@ -60,7 +60,8 @@ class Prefilled:
 
 @dataclass(frozen=True)
 class ControlState:
-    """What the V-Reason controller did at one step (README: V-Reason). `alpha` is None where no update ran."""
+    """What the V-Reason controller did at one step (README: V-Reason). `alpha` is None where no update ran,
+    and so are the update's figures after `selfcheck` (their defaults: older records have none)."""
 
     ema: float
     peak: float
@@ -68,6 +69,17 @@ class ControlState:
     dv_norm: float
     update_ms: float | None
     selfcheck: float | None  # max |tail logit - llama.cpp logit| / max(1, max |logit|), over the tail's tokens
+    head_rows: int | None = None  # LM-head rows the update's gradient was computed through (its last step's)
+    # bound on that gradient's relative error at the final hidden state, the largest of the update's steps
+    # (tail.HeadStep.bound; inf: not bounded, the direction unknown)
+    head_bound: float | None = None
+    # the change that reached llama.cpp's F16 cache over the change asked for (tail.ValueWrite): ~1 where it
+    # is many F16 steps, 0 where the rounding ate it all; None where nothing was written (a skipped update)
+    written_ratio: float | None = None
+    # the update stopped at a step it did not take: one whose gradient bound was above head_skip with the
+    # LM-head rows capped (the steps before it, with --steps > 1, were kept and written; at the first step
+    # nothing was), or one whose loss, gradient or offset was not finite (dV was then reset to zero)
+    skipped: bool = False
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import click
 
 from .events import Answer, Encoded, Event, Finished, Notice, Progress, TokenEvent
 from .planning import Plan, record_prefill_speed
-from .telemetry import per_token
+from .telemetry import per_token, summarize
 
 
 class StatusLine:
@@ -169,6 +169,7 @@ def answer_json(plan: Plan, events: Iterable[Event]) -> dict:
     }
     updates = [c for c in answer.control if c is not None and c.alpha is not None]
     columns = per_token(answer)
+    summary = summarize(answer)
 
     return {
         "model": plan.info.name,
@@ -196,10 +197,17 @@ def answer_json(plan: Plan, events: Iterable[Event]) -> dict:
         "dv_norm": columns["dv_norm"],
         "update_ms": columns["update_ms"],
         "selfcheck": columns["selfcheck"],
+        "head_rows": columns["head_rows"],
+        "head_bound": columns["head_bound"],
+        "written_ratio": columns["written_ratio"],
+        "skipped": columns["skipped"],
         "controller": {
             "n_updates": len(updates),
             "controller_s": t.get("controller_s", 0.0),
             "max_selfcheck": max((u.selfcheck for u in updates), default=None),
+            "n_skipped": summary.n_skipped,
+            "median_written_ratio": summary.median_written_ratio,
+            "max_head_bound": summary.max_head_bound,
         }
         if answer.mode != "base"
         else None,

@@ -74,23 +74,68 @@ def norm_preserving(
     return v * (base_norm / v.norm(dim=-1, keepdim=True).clamp_min(eps))
 
 
-def norm_preserving_f16(v_base: torch.Tensor, dv: torch.Tensor, base_norm: torch.Tensor) -> tuple[np.ndarray, float]:
-    """(`norm_preserving` as llama.cpp stores value rows: F16 [rows, n_head_kv·head_dim], ||dV||), for the
-    write after each update; on the CPU in one native pass (native/vr_tail.c), where torch took seven
-    operations (~0.25 ms in an update, most of it their code's first call) and numpy's F16 conversion 0.1 ms."""
+@dataclass(frozen=True)
+class ValueWrite:
+    """The value rows one write puts into llama.cpp's cache, and how much of the change asked for got there.
+
+    llama.cpp stores the value rows in F16: a change of a value below half an F16 step (2^-11 of the value,
+    relative) rounds back to the value it was, so small learning rates can leave the cache as it was. With
+    V_old the F16 rows the cache held before the write (as floats), V_new = normp(V + dV) in float32 and
+    V16_new its F16 rounding (what is written):
+        written  = ||V16_new - V_old||    (Frobenius, over every value written)
+        intended = ||V_new - V_old||
+    `ratio` = written / intended: ~1 where the change is many F16 steps, 0 where it was rounded away
+    entirely, between where part of it was (it may exceed 1 a little: rounding can also go up)."""
+
+    v16: np.ndarray  # F16 [rows, n_head_kv·head_dim], as llama.cpp stores them
+    dv_norm: float  # ||dV||
+    written: float  # nan where the rows before were not given
+    intended: float
+
+    @property
+    def ratio(self) -> float | None:
+        """written / intended; None where nothing was asked (intended 0) or the rows before were not given."""
+        return self.written / self.intended if self.intended > 0 else None
+
+
+def value_write(
+    v_base: torch.Tensor, dv: torch.Tensor, base_norm: torch.Tensor, previous: np.ndarray | None = None
+) -> ValueWrite:
+    """`norm_preserving` as llama.cpp stores value rows (F16 [rows, n_head_kv·head_dim]) and ||dV||, for the
+    write after each update, measured against the F16 rows the cache holds now (`previous`, same shape;
+    see ValueWrite). On the CPU in one native pass (native/vr_tail.c), where torch took seven operations
+    (~0.25 ms in an update, most of it their code's first call) and numpy's F16 conversion 0.1 ms; the
+    measure adds two F16 conversions and two squared distances per value to that pass."""
     if v_base.device.type != "cpu":
         with torch.no_grad():
-            v_new = norm_preserving(v_base, dv, base_norm)
-            return v_new.reshape(len(v_base), -1).to("cpu", torch.float16).numpy(), float(dv.norm())
+            v_new = norm_preserving(v_base, dv, base_norm).reshape(len(v_base), -1)
+            v16 = v_new.to(torch.float16)
+            written = intended = math.nan
+            if previous is not None:
+                old = torch.from_numpy(previous).to(v_new.device).float()
+                written, intended = float((v16.float() - old).norm()), float((v_new - old).norm())
+            return ValueWrite(v16.cpu().numpy(), float(dv.norm()), written, intended)
     base, d, norm = v_base.contiguous(), dv.detach().contiguous(), base_norm.contiguous()
     v16 = np.empty((len(base), base[0].numel()), np.float16)
     n, dim = norm.numel(), base.shape[-1]
-    dv_norm = _kernels().vr_tail_norm_preserving(
-        base.data_ptr(), d.data_ptr(), norm.data_ptr(), n, dim, v16.ctypes.data
-    )
+    change = np.full(2, math.nan)
+    if previous is not None:
+        previous = np.ascontiguousarray(previous, np.float16)
+        if previous.shape != v16.shape:
+            raise ValueError(f"the value rows before the write have shape {previous.shape}, not {v16.shape}")
+    dv_norm = _kernels().vr_tail_norm_preserving_change(
+        base.data_ptr(), d.data_ptr(), norm.data_ptr(), n, dim, v16.ctypes.data,
+        None if previous is None else previous.ctypes.data, change.ctypes.data,
+    )  # fmt: skip
     if dv_norm < 0:
         raise RuntimeError(f"native/vr_tail.c cannot write value rows of {dim} values")
-    return v16, dv_norm
+    return ValueWrite(v16, dv_norm, float(change[0]), float(change[1]))
+
+
+def norm_preserving_f16(v_base: torch.Tensor, dv: torch.Tensor, base_norm: torch.Tensor) -> tuple[np.ndarray, float]:
+    """(`norm_preserving` as llama.cpp stores value rows, ||dV||): `value_write` without the measure."""
+    w = value_write(v_base, dv, base_norm)
+    return w.v16, w.dv_norm
 
 
 def norm_preserving_vjp(
@@ -263,8 +308,9 @@ class _NativeGradDV:
         f32 = [t.contiguous() for t in (inp.y, tail.out_norm, inp.ffn_inp, tail.ffn_norm, inp.gate, inp.up, grad_h)]
         base, d, norm = v_base.contiguous(), dv.contiguous(), v_norm.contiguous()
         probs = inp.probs if inp.probs.stride(1) == 1 else inp.probs.contiguous()
-        out = torch.empty_like(base)
         info = tail.info
+        self._check(f32, probs, base, d, norm, info)
+        out = torch.empty_like(base)
         err = self.fn(
             *self.refs, *(t.data_ptr() for t in f32[:6]), tail.eps, f32[6].data_ptr(), probs.data_ptr(),
             probs.stride(0), base.data_ptr(), d.data_ptr(), norm.data_ptr(), info.n_head, info.n_head_kv,
@@ -272,9 +318,42 @@ class _NativeGradDV:
         )  # fmt: skip
         if err == -1:
             raise MemoryError("no memory for the V-Reason tail's backward")
+        if err == -4:
+            raise ValueError(
+                f"the tail's matrices (down {self._shape(0)}, gate {self._shape(1)}, up {self._shape(2)}, o "
+                f"{self._shape(3)}) do not fit n_head {info.n_head}, n_head_kv {info.n_head_kv}, head_dim "
+                f"{info.head_dim} and {base.shape[0]} value rows"
+            )
         if err:
             raise RuntimeError(f"native/vr_tail.c cannot run this tail (error {err})")
         return out
+
+    def _shape(self, i: int) -> tuple[int, int]:
+        return self.mats[i].n_rows, self.mats[i].n_cols
+
+    def _check(
+        self,
+        f32: list[torch.Tensor],
+        probs: torch.Tensor,
+        base: torch.Tensor,
+        dv: torch.Tensor,
+        norm: torch.Tensor,
+        info: ModelInfo,
+    ) -> None:
+        """The lengths vr_tail_grad_dv takes from the matrices and `info` (it checks those agree), against the
+        vectors it reads: it sees pointers only, and reads that many values from each. ValueError if not."""
+        n_embd, n_ff = self.mats[0].n_rows, self.mats[0].n_cols
+        n_rows, shape = base.shape[0], (base.shape[0], info.n_head_kv, info.head_dim)
+        wanted = [n_embd] * 4 + [n_ff] * 2 + [n_embd]  # y, out_norm, ffn_inp, ffn_norm, gate, up, grad_h
+        names = ("y", "out_norm", "ffn_inp", "ffn_norm", "gate", "up", "grad_h")
+        for name, t, n in zip(names, f32, wanted, strict=True):
+            if t.numel() != n or t.dtype != torch.float32:
+                raise ValueError(f"the tail's {name} must hold {n} float32 values, not {t.numel()} {t.dtype}")
+        if probs.shape != (info.n_head, n_rows) or probs.dtype != torch.float32:
+            raise ValueError(f"attention probabilities of shape {tuple(probs.shape)}, not ({info.n_head}, {n_rows})")
+        for name, t, s in (("V", base, shape), ("dV", dv, shape), ("||V||", norm, (*shape[:2], 1))):
+            if tuple(t.shape) != s or t.dtype != torch.float32:
+                raise ValueError(f"{name} of shape {tuple(t.shape)} {t.dtype}, not {s} float32")
 
 
 @dataclass

@@ -13,7 +13,10 @@ from .events import Answer, ControlState
 class Summary:
     """Entropies in nats. `switch_step` is the first token (its step, counted from 1 as TokenEvent.step)
     at which the controller's alpha turned from +1 (explore: raise entropy) to -1 (converge: lower it), the
-    paper's turning point; None if it never did or in base mode. Controller figures are None in base mode."""
+    paper's turning point; None if it never did or in base mode. Controller figures are None in base mode.
+    `median_written_ratio`: the median over the updates that wrote of written/intended (events.ControlState),
+    how much of the change asked of llama.cpp's F16 cache reached it: near 0, the learning rate is too small
+    for F16 to show it. `max_head_bound`: the largest gradient error bound of an update (inf: unbounded)."""
 
     n_tokens: int
     mean_entropy: float | None
@@ -26,6 +29,9 @@ class Summary:
     max_dv_norm: float | None
     max_selfcheck: float | None
     controller_s: float | None
+    n_skipped: int | None
+    median_written_ratio: float | None
+    max_head_bound: float | None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -58,6 +64,8 @@ def summarize(answer: Answer) -> Summary:
         watch.see(step, c)
     times = [u.update_ms for u in updates if u.update_ms is not None]
     checks = [u.selfcheck for u in updates if u.selfcheck is not None]
+    ratios = sorted(u.written_ratio for u in updates if u.written_ratio is not None)
+    bounds = [u.head_bound for u in updates if u.head_bound is not None]
     return Summary(
         n_tokens=len(answer.tokens),
         mean_entropy=sum(h) / len(h) if h else None,
@@ -70,7 +78,17 @@ def summarize(answer: Answer) -> Summary:
         max_dv_norm=max((c.dv_norm for c in states), default=None),
         max_selfcheck=max(checks) if checks else None,
         controller_s=answer.timings.get("controller_s") if controlled else None,
+        n_skipped=sum(bool(u.skipped) for u in updates) if controlled else None,
+        median_written_ratio=_median(ratios),
+        max_head_bound=max(bounds) if bounds else None,
     )
+
+
+def _median(sorted_values: list[float]) -> float | None:
+    n = len(sorted_values)
+    if not n:
+        return None
+    return sorted_values[n // 2] if n % 2 else (sorted_values[n // 2 - 1] + sorted_values[n // 2]) / 2
 
 
 def per_token(answer: Answer) -> dict[str, list]:

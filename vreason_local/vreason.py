@@ -30,7 +30,7 @@ import torch
 from .events import ControlState
 from .hook import ValueHook
 from .optim import Optimizer
-from .tail import RestrictedHead, Tail, TailInputs, loss_at, norm_preserving, norm_preserving_f16
+from .tail import RestrictedHead, Tail, TailInputs, loss_at, norm_preserving, value_write
 from .tail_weights import return_freed_memory
 
 # Largest |tail logit - llama.cpp logit|, relative to the largest |logit| of the step, accepted silently.
@@ -53,8 +53,28 @@ class VReasonSettings:
     optimizer: str = "adam"  # adam | sgd [ours]
     head_error: float = 0.01  # the LM-head rows kept bound the gradient's relative error at h by this [ours]
     head_max: int = 2048  # ...with at most this many rows: a safety cap; a notice says when it binds [ours]
+    # Where the cap binds, an optimiser step whose gradient bound (HeadStep.bound: ||G - G_K|| <= bound·||G||
+    # at the final hidden state) is above this is skipped, and the rest of its update with it [ours]. Below 1
+    # the computed gradient G_K is within arcsin(bound) of the exact G, so a step along it still changes the
+    # loss in the intended direction (G·G_K >= (1 - bound)·||G||²); at 1 or above (inf: unknown) it may be
+    # orthogonal or opposite, and the step could raise the entropy it was meant to lower. Shrinking the step
+    # would not help: its direction is what is unknown, and Adam's step is ~lr whatever the gradient's size
+    # (its first is exactly lr per value). 0.5 keeps the direction within 30° (cosine >= 0.87) and lets the
+    # capped bound measured on random-weight models (~0.25) through.
+    head_skip: float = 0.5
     device: str = "auto"  # where the tail runs: auto (cuda, mps, cpu), or one of them
     dtype: str = "auto"  # the tail's matrices: auto (tail_weights.pick_dtype), gguf (in place), float32, ..., int8
+
+
+@dataclass
+class _Update:
+    """What one update did, for its ControlState (events.ControlState has the fields' meaning)."""
+
+    selfcheck: float = math.nan
+    head_rows: int | None = None
+    head_bound: float | None = None  # the largest over the update's steps
+    written_ratio: float | None = None
+    skipped: bool = False
 
 
 def _finite(t: torch.Tensor) -> bool:
@@ -94,7 +114,7 @@ class VReason:
         self.head_ratio = 1.0  # the last update's ||G_K|| / Σ_K ||W_v||·|g_v| (sizes the next first read)
         # per optimiser step: LM-head rows kept, bound on the relative gradient error at h (HeadStep.bound)
         self.head_log: list[tuple[int, float]] = []
-        self._capped_said = False
+        self._capped_said = self._skip_said = False
         self._checked_forward = False  # this answer ran the tail's own forward in the self-check
 
     @property
@@ -123,9 +143,12 @@ class VReason:
         if k % self.s.every:
             return ControlState(self.ema, self.peak, None, self.dv_norm, None, None)
         t0 = time.perf_counter()
-        selfcheck = self._update(logits, alpha)
+        u = self._update(logits, alpha)
         ms = (time.perf_counter() - t0) * 1e3
-        return ControlState(self.ema, self.peak, alpha, self.dv_norm, ms, selfcheck)
+        return ControlState(
+            self.ema, self.peak, alpha, self.dv_norm, ms, u.selfcheck, u.head_rows, u.head_bound, u.written_ratio,
+            u.skipped,
+        )  # fmt: skip
 
     def inputs(self) -> TailInputs:
         """The tail's inputs for the last decoded token: its attention probabilities at the controlled rows,
@@ -173,17 +196,19 @@ class VReason:
         """How far the value rows at offset `dv` are from those llama.cpp attends over."""
         return norm_preserving(self.v_base, dv, self.v_norm) - self.v_cache
 
-    def _update(self, logits: np.ndarray, alpha: int) -> float:
-        """`steps` optimiser steps at llama.cpp's `logits` of this token, then the write; the self-check."""
+    def _update(self, logits: np.ndarray, alpha: int) -> _Update:
+        """`steps` optimiser steps at llama.cpp's `logits` of this token, then the write; the self-check. A step
+        whose gradient bound is above `head_skip` with the rows capped is not taken, nor the update's later
+        steps (they start from the same rows and would need more)."""
         inp = self.inputs()
         h = self.tail.llama_state(inp)
         head = self.restricted_head(inp, logits, h_anchor=h)
-        selfcheck = float("nan")
+        u = _Update()
+        taken = 0
         for i in range(self.s.steps):
             if i == 0:  # at llama.cpp's state: its forward is known, the backward is written out (no autograd)
                 step = head.at(h, alpha)
-                self.dv.grad = self.tail.grad_dv(inp, step.grad_h, self.v_base, self.dv.detach(), self.v_norm)
-                selfcheck = self._selfcheck(inp, head, logits)
+                u.selfcheck = self._selfcheck(inp, head, logits)
             else:  # dV has moved: the tail's forward, anchored on its own state for llama.cpp's values
                 self.dv.grad = None
                 if i == 1:
@@ -192,31 +217,53 @@ class VReason:
                 else:
                     h = self.tail.hidden(inp, self._delta(self.dv))
                 step = head.at(h, alpha)
-                loss_at(h, step).backward()
             self.head_log.append((len(head.ids), step.bound))
-            if step.capped and not self._capped_said:
-                self._capped_said = True
-                self._warn(
-                    f"the LM-head restriction reached its cap of {self.s.head_max} rows (head_max) with a gradient "
-                    f"error bound of {step.bound:.3g} (target {self.s.head_error}); said once per answer"
-                )
+            u.head_rows, u.head_bound = len(head.ids), max(u.head_bound or 0.0, step.bound)
+            u.skipped = step.capped and not step.bound <= self.s.head_skip  # inf: the direction is unknown
+            if step.capped:
+                self._say_capped(step.bound, u.skipped)
+            if u.skipped:
+                break
+            if i == 0:
+                self.dv.grad = self.tail.grad_dv(inp, step.grad_h, self.v_base, self.dv.detach(), self.v_norm)
+            else:
+                loss_at(h, step).backward()
             if not (math.isfinite(step.loss) and math.isfinite(self.opt.step())):  # step() gives Σ g²
-                self._reset("non-finite loss or gradient")  # which also undoes the step just taken
-                return selfcheck
+                u.written_ratio, u.skipped = self._reset("non-finite loss or gradient"), True  # undoes the step
+                return u
             if i + 1 < self.s.steps and not _finite(self.dv):
-                self._reset("non-finite value offset after the optimiser step")
-                return selfcheck
-        self._write()
-        if not math.isfinite(self.dv_norm):  # the last step's dV, checked by the norm the write takes of it
-            self._reset("non-finite value offset after the optimiser step")
-            return selfcheck
+                u.written_ratio, u.skipped = self._reset("non-finite value offset after the optimiser step"), True
+                return u
+            taken += 1
+        if taken:  # else nothing moved (the first step was skipped): the cache keeps what it holds
+            u.written_ratio = self._write()
+            if not math.isfinite(self.dv_norm):  # the last step's dV, checked by the norm the write takes of it
+                u.written_ratio, u.skipped = self._reset("non-finite value offset after the optimiser step"), True
+                return u
         self.head_ratio = head.ratio
-        if selfcheck > SELFCHECK_TOL:
+        if u.selfcheck > SELFCHECK_TOL:
             self._warn(
-                f"self-check: the tail's logits differ from llama.cpp's by {selfcheck:.3g} of the logit scale "
+                f"self-check: the tail's logits differ from llama.cpp's by {u.selfcheck:.3g} of the logit scale "
                 f"(tolerance {SELFCHECK_TOL}); V-Reason may not steer this model as intended"
             )
-        return selfcheck
+        return u
+
+    def _say_capped(self, bound: float, skipped: bool) -> None:
+        """Where the LM-head rows reached their cap: the notices, once per answer each, that they did and
+        that a step was skipped for it (telemetry's `skipped` marks every one)."""
+        if not self._capped_said:
+            self._capped_said = True
+            self._warn(
+                f"the LM-head restriction reached its cap of {self.s.head_max} rows (head_max) with a gradient "
+                f"error bound of {bound:.3g} (target {self.s.head_error}); said once per answer"
+            )
+        if skipped and not self._skip_said:
+            self._skip_said = True
+            self._warn(
+                f"V-Reason update skipped: with a gradient error bound above {self.s.head_skip} (head_skip) its "
+                "direction is not known well enough to step along (a larger head_max reads more rows); said once "
+                "per answer, telemetry's `skipped` marks each"
+            )
 
     def _selfcheck(self, inp: TailInputs, head: RestrictedHead, logits: np.ndarray) -> float:
         """max |tail logit - llama.cpp logit| / max(1, max |logit|) at the SELFCHECK_ROWS most probable kept
@@ -242,20 +289,25 @@ class VReason:
         """Queue a warning for the engine, which yields it as a Notice after this step."""
         self.warning = f"{self.warning}; {message}" if self.warning else message
 
-    def _write(self) -> None:
-        """Put V_new = normp(V + dV) into llama.cpp's cache (F16, as it stores them). Every change of dV
-        (an update's steps, `_reset`) ends here, so its norm for the telemetry is taken here, not per token."""
-        self._v16, self.dv_norm = norm_preserving_f16(self.v_base, self.dv, self.v_norm)
+    def _write(self) -> float | None:
+        """Put V_new = normp(V + dV) into llama.cpp's cache (F16, as it stores them); returns the write's
+        written/intended (tail.ValueWrite: how much of the change asked for survived the F16 rounding). Every
+        change of dV (an update's steps, `_reset`) ends here, so its norm for the telemetry is taken here, not
+        per token."""
+        w = value_write(self.v_base, self.dv, self.v_norm, self._v16)
+        self._v16, self.dv_norm = w.v16, w.dv_norm
         self.hook.write_values(self.rows, self._v16, self.transposed)
         self._v_cache = None
+        return w.ratio
 
-    def _reset(self, why: str) -> None:
-        """Guard: drop dV (and the optimiser's memory of it) and carry on with the base values."""
+    def _reset(self, why: str) -> float | None:
+        """Guard: drop dV (and the optimiser's memory of it) and carry on with the base values; returns the
+        write's written/intended."""
         with torch.no_grad():
             self.dv.zero_()
         self.opt.reset()
         self._warn(f"V-Reason update skipped ({why}); dV reset to zero")
-        self._write()
+        return self._write()
 
     def restore(self) -> None:
         """Give the cache its original value rows back when the answer ends, and the updates' freed
