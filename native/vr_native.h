@@ -11,13 +11,6 @@
 #define VR_API __declspec(dllexport)
 #else
 #define VR_API __attribute__((visibility("default")))
-/* Each file's kernels at `lanes` lanes (0: the CPU's best); -1 where the build or CPU has none. */
-VR_API int32_t vr_sampling_use(int32_t lanes);
-VR_API int32_t vr_rows_use(int32_t lanes);
-VR_API int32_t vr_tail_adam_use(int32_t lanes);
-VR_API int32_t vr_tail_use_f16c(int32_t on);
-VR_API int32_t vr_simd_use(int32_t lanes);
-
 #endif
 
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
