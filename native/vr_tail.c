@@ -5,7 +5,7 @@
  *   - vr_tail_head_anchor: the LM-head rows the gradient's error bound needs and their gradient at h;
  *   - vr_tail_grad_dv: from there the gradient with respect to dV, through the last FFN, the attention
  *     output and the norm-preserving write (Tail.backward_at_llama_state, tail.norm_preserving_vjp);
- *   - vr_tail_selfcheck, vr_tail_rms_norm, vr_tail_norm_preserving: the self-check, llama.cpp's final
+ *   - vr_tail_selfcheck, vr_tail_rms_norm, vr_tail_norm_preserving_change: the self-check, llama.cpp's final
  *     norm, and the new value rows as the F16 llama.cpp stores.
  * The matrices' products are vr_rows.c's, on the GGUF rows where they lie.
  *
@@ -284,12 +284,6 @@ VR_API double vr_tail_norm_preserving_change(const float *v_base, const float *d
     }
     if (old) out[0] = sqrt(written), out[1] = sqrt(intended);
     return sqrt(dd);
-}
-
-/* vr_tail_norm_preserving_change without the measure. */
-VR_API double vr_tail_norm_preserving(const float *v_base, const float *dv, const float *v_norm, int64_t n, int32_t d,
-                                      uint16_t *v16) {
-    return vr_tail_norm_preserving_change(v_base, dv, v_norm, n, d, v16, NULL, NULL);
 }
 
 static int cmp_id(const void *a, const void *b) {

@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 from test_rows_kernels import quantised
 from test_sampling import QWEN_VOCAB, _entropy64, _logit_cases
+from test_simd import cpu_flags
 
 from vreason_local.sampling import ENTROPY_ABS_ERROR, ENTROPY_REL_ERROR
 from vreason_local.tail_weights import dequantize
@@ -89,13 +90,6 @@ def require(tools: list[str]) -> None:
         if os.environ.get("CI", "").lower() not in ("", "0", "false"):
             pytest.fail(f"{message} (CI must run these builds)")
         pytest.skip(message)
-
-
-def cpu_flags() -> set[str]:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 def expected_lanes(build: Build) -> dict[str, int]:

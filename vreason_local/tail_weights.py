@@ -248,8 +248,6 @@ def _kernels() -> ctypes.CDLL:
         lib.vr_tail_grad_dv.argtypes = [vp] * 10 + [f32, vp, vp, i64, vp, vp, vp, i32, i32, i32, i64, vp, i32]
         lib.vr_tail_grad_dv.restype = i32
         lib.vr_tail_rms_norm.argtypes, lib.vr_tail_rms_norm.restype = [vp, vp, i64, f32, vp], None
-        lib.vr_tail_norm_preserving.argtypes = [vp, vp, vp, i64, i32, vp]
-        lib.vr_tail_norm_preserving.restype = ctypes.c_double
         lib.vr_tail_norm_preserving_change.argtypes = [vp, vp, vp, i64, i32, vp, vp, vp]
         lib.vr_tail_norm_preserving_change.restype = ctypes.c_double
         lib.vr_tail_head_anchor.argtypes = [vp, vp, vp, vp, i64] + [ctypes.c_double] * 3 + [i32, ctypes.c_double]

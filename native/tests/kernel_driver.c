@@ -43,8 +43,8 @@ int32_t vr_rows_openmp(void);
 int32_t vr_tail_adam_lanes(void);
 double vr_tail_adam(float *p, const float *g, float *m, float *v, int64_t n, double lr, double b1, double b2,
                     double eps, int64_t t);
-double vr_tail_norm_preserving(const float *v_base, const float *dv, const float *v_norm, int64_t n, int32_t d,
-                               uint16_t *v16);
+double vr_tail_norm_preserving_change(const float *v_base, const float *dv, const float *v_norm, int64_t n,
+                                      int32_t d, uint16_t *v16, const uint16_t *old, double *out);
 void vr_tail_halves(const float *x, uint16_t *y, int32_t n);
 
 static void fail(const char *what, const char *arg) {
@@ -263,7 +263,7 @@ static int cmd_norm_preserving(int argc, char **argv) {
     const float *base = load_exact(argv[3], sizeof(float), (size_t)(n * d));
     const float *dv = load_exact(argv[4], sizeof(float), (size_t)(n * d));
     uint16_t *v16 = scratch(sizeof(uint16_t) * (size_t)(n * d));
-    const double dv_norm = vr_tail_norm_preserving(base, dv, norm, n, d, v16);
+    const double dv_norm = vr_tail_norm_preserving_change(base, dv, norm, n, d, v16, NULL, NULL);
     if (dv_norm < 0) return 3;
     FILE *out = create(argv[6]);
     put(out, &dv_norm, sizeof dv_norm), put(out, v16, sizeof(uint16_t) * (size_t)(n * d));
