@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import asdict, dataclass, fields
 
 from .events import Answer, ControlState
@@ -64,7 +65,7 @@ def summarize(answer: Answer) -> Summary:
         watch.see(step, c)
     times = [u.update_ms for u in updates if u.update_ms is not None]
     checks = [u.selfcheck for u in updates if u.selfcheck is not None]
-    ratios = sorted(u.written_ratio for u in updates if u.written_ratio is not None)
+    ratios = [u.written_ratio for u in updates if u.written_ratio is not None]
     bounds = [u.head_bound for u in updates if u.head_bound is not None]
     return Summary(
         n_tokens=len(answer.tokens),
@@ -79,16 +80,9 @@ def summarize(answer: Answer) -> Summary:
         max_selfcheck=max(checks) if checks else None,
         controller_s=answer.timings.get("controller_s") if controlled else None,
         n_skipped=sum(bool(u.skipped) for u in updates) if controlled else None,
-        median_written_ratio=_median(ratios),
+        median_written_ratio=statistics.median(ratios) if ratios else None,
         max_head_bound=max(bounds) if bounds else None,
     )
-
-
-def _median(sorted_values: list[float]) -> float | None:
-    n = len(sorted_values)
-    if not n:
-        return None
-    return sorted_values[n // 2] if n % 2 else (sorted_values[n // 2 - 1] + sorted_values[n // 2]) / 2
 
 
 def per_token(answer: Answer) -> dict[str, list]:
