@@ -25,7 +25,8 @@ from pathlib import Path
 
 from vreason_local.cache import cache_dir
 from vreason_local.clips import make_clip
-from vreason_local.llama_backend import default_threads, quantize
+from vreason_local.llama_backend import quantize
+from vreason_local.settings import default_threads
 from vreason_local.tiny import TinyModel, file_names, make_tiny
 
 BENCH_DIR = Path(os.environ.get("VREASON_BENCH_DIR", cache_dir() / "bench"))

@@ -21,7 +21,6 @@ from vreason_local.engine import Engine, EngineSettings, GenerationSettings
 from vreason_local.events import Encoded, Finished, Progress, TokenEvent
 from vreason_local.media import load_video
 from vreason_local.video import FrameSampling
-from vreason_local.vreason import VReasonSettings
 
 
 def ask(engine: Engine, source, question: str, tokens: int, mode: str = "base", follow_up=None) -> dict:
@@ -29,7 +28,7 @@ def ask(engine: Engine, source, question: str, tokens: int, mode: str = "base", 
     t0 = time.perf_counter()
     out: dict = {"t_s": []}
     gen = GenerationSettings(max_tokens=tokens, stop_at_answer=False)
-    handle = engine.ask(source, question, gen, mode, VReasonSettings() if mode != "base" else None, follow_up=follow_up)
+    handle = engine.ask(source, question, gen, mode, follow_up=follow_up)
     for ev in handle:
         if isinstance(ev, Encoded):
             out["encoded"] = ev

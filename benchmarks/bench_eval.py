@@ -21,6 +21,7 @@ import time
 from _setup import BENCH_DIR, model, model_fast
 
 from vreason_local.clips import make_clip
+from vreason_local.decoding import decoding_for
 from vreason_local.engine import Engine, GenerationSettings
 from vreason_local.evaluate.items import Item
 from vreason_local.evaluate.runner import EvalSettings, evaluate_group
@@ -62,8 +63,8 @@ def without_reuse(engine: Engine, groups: list[list[Item]], modes: tuple[str, ..
                 continue
             for mode in modes:
                 media = load_video(group[q].video, settings.frames, patch).media
-                vr = settings.vreason if mode != "base" else None
-                answers.append(engine.ask(media, group[q].prompt(), settings.generation, mode, vr).result())
+                decoding = decoding_for(mode, settings.vreason)
+                answers.append(engine.ask(media, group[q].prompt(), settings.generation, decoding).result())
     return answers
 
 

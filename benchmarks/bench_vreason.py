@@ -23,13 +23,16 @@ import llama_cpp as L
 import numpy as np
 from _setup import QUANTS, clip, median, model, steady_step_s
 
+from vreason_local.decoding import decoding_for
 from vreason_local.engine import Engine, EngineSettings, GenerationSettings
 from vreason_local.events import TokenEvent
 from vreason_local.gguf_info import read_model_info
-from vreason_local.hook import ValueHook, _load
-from vreason_local.llama_backend import Context, Model, default_threads
+from vreason_local.hook import ValueHook
+from vreason_local.llama_backend import Context, Model
 from vreason_local.media import load_video
-from vreason_local.native import available_simd, simd_level
+from vreason_local.native import GGMLInitParams, available_simd, library, simd_level
+from vreason_local.native import ggml as ggml_base
+from vreason_local.settings import default_threads
 from vreason_local.video import FrameSampling
 
 PROMPT = (
@@ -41,7 +44,7 @@ PROMPT = (
 
 def python_callback(names: set[bytes], capture: list[bool], sizes: dict[bytes, int]):
     """The same job as native/vr_hook.c, written as a plain ctypes callback (for comparison)."""
-    lib, ggml = _load()
+    lib, ggml = library(), ggml_base()
     off = lib.vr_name_offset()
     bufs = {n: np.empty(s // 4, np.float32) for n, s in sizes.items()}
 
@@ -67,12 +70,8 @@ def captured_nodes(hook: ValueHook) -> dict[bytes, int]:
 def bench_invocation(info, nodes_per_token: int, decode_s: float, calls: int = 200_000) -> None:
     """Cost of one callback invocation made from C, as llama.cpp's scheduler makes it: the C hook
     answering "no" (capture off) against a plain ctypes callback doing the same name test."""
-    from vreason_local.hook import _InitParams
-
-    lib, ggml = _load()
-    lib.vr_time_callback.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-    lib.vr_time_callback.restype = ctypes.c_double
-    ctx = ggml.ggml_init(_InitParams(1 << 16, None, True))
+    lib, ggml = library(), ggml_base()
+    ctx = ggml.ggml_init(GGMLInitParams(1 << 16, None, True))
     t = ggml.ggml_new_tensor_2d(ctx, 0, 4, 4)
     ggml.ggml_set_name(t, b"blk.7.attn_norm")
     hook = ValueHook(info)
@@ -173,9 +172,8 @@ def bench_decode(model, tokens: int, rounds: int, frames: int, dtype: str) -> No
             round_mean: dict[str, float] = {}
             for mode in ("base", "vreason"):
                 t_s = []
-                handle = engine.ask(
-                    encoding, "What happens in this video?", gen, mode, VReasonSettings(every=2, steps=1, dtype=dtype)
-                )
+                decoding = decoding_for(mode, VReasonSettings(every=2, steps=1, dtype=dtype))
+                handle = engine.ask(encoding, "What happens in this video?", gen, decoding)
                 for ev in handle:
                     if isinstance(ev, TokenEvent):
                         t_s.append(ev.t_s)

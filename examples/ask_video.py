@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from vreason_local.decoding import decoding_for
 from vreason_local.engine import Engine, GenerationSettings
 from vreason_local.events import Progress, TokenEvent
 from vreason_local.media import load_video
@@ -46,7 +47,7 @@ def main() -> None:
         question = "What happens in this video?"
         last = None
         for mode in ("base", "vreason", "lite"):
-            last = report(engine.ask(encoding, question, gen, mode, VReasonSettings()), question)
+            last = report(engine.ask(encoding, question, gen, decoding_for(mode, VReasonSettings())), question)
         report(engine.ask(encoding, "And what happens next?", gen, "base", follow_up=last), "And what happens next?")
 
 

@@ -71,7 +71,7 @@ typedef struct {
     const struct vr_tensor *t; /* NULL until seen */
 } vr_weight;
 
-typedef struct {
+struct vr_hook { /* vr_native.h's vr_hook */
     int32_t capture_enabled;
     int32_t n_captures;
     vr_capture caps[VR_MAX_CAPTURES];
@@ -82,7 +82,7 @@ typedef struct {
     vr_tensor_get_fn tensor_get;
     int64_t n_asked;
     int64_t n_observed;
-} vr_hook;
+};
 
 VR_API size_t vr_tensor_size(void) { return sizeof(struct vr_tensor); }
 VR_API size_t vr_name_offset(void) { return offsetof(struct vr_tensor, name); }
@@ -243,7 +243,6 @@ VR_API bool vr_cancel_eval(struct vr_tensor *t, bool ask, void *data) {
  * (from C, on this thread), for this hook or any other callback such as a ctypes one. Returns the
  * total seconds for n calls with ask=true on tensor t. */
 #include <time.h>
-typedef bool (*vr_eval_fn)(struct vr_tensor *t, bool ask, void *user_data);
 VR_API double vr_time_callback(vr_eval_fn fn, struct vr_tensor *t, void *user_data, int64_t n) {
     struct timespec a, b;
     timespec_get(&a, TIME_UTC);

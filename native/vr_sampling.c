@@ -3,7 +3,7 @@
  * (151,936 floats for Qwen): argmax + entropy in two passes, and sampling with temperature, top-p and
  * min-p without sorting the vocabulary; and, for V-Reason's updates, every LM-head row's term in the
  * bound on the gradient's error, with the largest ranked (vr_head_terms). Called through ctypes from
- * vreason_local/sampling.py, which has the measurements.
+ * vreason_local/sampling.py, which has the measurements (vr_head_terms from vreason_local/tail.py).
  *
  * Why C: a decode step of a small model on a fast backend takes 2-3 ms, and entropy is telemetry the
  * loop needs on every token. numpy's float32 formulation makes 6 passes over the array (0.15 ms, 5-7 %

@@ -21,13 +21,6 @@
 
 #include "vr_native.h"
 
-/* A matrix where it lies, as vr_rows.c reads it: ggml type, n_rows rows of row_bytes bytes, n_cols values. */
-typedef struct {
-    int32_t type;
-    const void *data;
-    int64_t n_rows, row_bytes, n_cols;
-} vr_matrix;
-
 /* The threads for a product of `values` weights: one below a million (a hand-off costs more than it saves
  * there), as tail_weights.GGUFMatrix.SERIAL. */
 static int32_t team(int64_t values, int32_t threads) { return values < (1 << 20) ? 1 : threads; }
@@ -75,14 +68,17 @@ static float dot(const float *a, const float *b, int32_t n) {
  * a type vr_rows.c does not read, -3 for a head_dim above VR_MAX_HEAD_DIM, -4 for shapes that do not fit
  * together (checked before anything is read: every length below is trusted from them): gate and up
  * [n_ff rows, n_embd], o [n_embd rows, n_head·head_dim], n_head a positive multiple of n_kv, head_dim
- * positive, probs_ld at least n_rows.
+ * positive, probs_ld at least n_rows. The names are the fields of `args` (vr_native.h's vr_grad_dv_args): one
+ * struct, filled once per tail by Python, where 23 positional arguments were easy to misplace.
  */
-VR_API int32_t vr_tail_grad_dv(const vr_matrix *down, const vr_matrix *gate, const vr_matrix *up, const vr_matrix *o,
-                               const float *y, const float *out_norm, const float *ffn_inp, const float *ffn_norm,
-                               const float *gate_act, const float *up_act, float eps, const float *grad_h,
-                               const float *probs, int64_t probs_ld, const float *v_base, const float *dv,
-                               const float *v_norm, int32_t n_head, int32_t n_kv, int32_t head_dim, int64_t n_rows,
-                               float *grad_dv, int32_t threads) {
+VR_API int32_t vr_tail_grad_dv(const vr_grad_dv_args *args) {
+    const vr_matrix *down = args->down, *gate = args->gate, *up = args->up, *o = args->o;
+    const float *y = args->y, *out_norm = args->out_norm, *ffn_inp = args->ffn_inp, *ffn_norm = args->ffn_norm;
+    const float *gate_act = args->gate_act, *up_act = args->up_act, *grad_h = args->grad_h, *probs = args->probs;
+    const float *v_base = args->v_base, *dv = args->dv, *v_norm = args->v_norm, eps = args->eps;
+    const int64_t probs_ld = args->probs_ld, n_rows = args->n_rows;
+    const int32_t n_head = args->n_head, n_kv = args->n_kv, head_dim = args->head_dim, threads = args->threads;
+    float *grad_dv = args->grad_dv;
     const int64_t n_embd = down->n_rows, n_ff = down->n_cols, n_q = (int64_t)n_head * head_dim;
     if (head_dim > VR_MAX_HEAD_DIM) return -3;
     if (n_embd < 1 || n_ff < 1 || n_kv < 1 || n_head < n_kv || n_head % n_kv || head_dim < 1 || n_rows < 0 ||

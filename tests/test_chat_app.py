@@ -28,6 +28,7 @@ from vreason_local.chat.store import ChatStore
 from vreason_local.chat.telemetry_view import TelemetryPanel, downsample
 from vreason_local.chat.widgets import AnswerView, CompareView, QuestionView
 from vreason_local.clips import make_clip
+from vreason_local.decoding import decoding_for
 from vreason_local.engine import AnswerHandle, Engine, EngineSettings, GenerationSettings
 from vreason_local.events import Event, TokenEvent
 from vreason_local.media import load_video
@@ -94,10 +95,10 @@ def reference(tiny, clip, question: str, mode: str = "base", follow: str | None 
     with Engine(tiny.model_path, tiny.mmproj_path) as engine:
         media = load_video(clip, FRAMES, engine.projector.patch_size).media
         enc = engine.encode(media).result()
-        first = engine.ask(enc, question, GEN, mode, VR if mode != "base" else None).result()
+        first = engine.ask(enc, question, GEN, decoding_for(mode, VR)).result()
         if follow is None:
             return first.tokens
-        return engine.ask(enc, follow, GEN, mode, VR if mode != "base" else None, follow_up=first).result().tokens
+        return engine.ask(enc, follow, GEN, decoding_for(mode, VR), follow_up=first).result().tokens
 
 
 async def test_ask_streams_the_engines_answer_with_telemetry_and_saves_it(options, store, tiny, clip):

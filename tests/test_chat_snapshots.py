@@ -36,10 +36,10 @@ from vreason_local.chat.screens import ModelScreen
 from vreason_local.chat.store import ChatStore
 from vreason_local.chat.telemetry_view import TelemetryPanel
 from vreason_local.clips import make_clip
+from vreason_local.decoding import Decoding, VReasonDecoding
 from vreason_local.engine import Encoding, Engine, EngineSettings, GenerationSettings
 from vreason_local.events import Answer, ControlState, Encoded, Event, Finished, Notice, Prefilled, Progress, TokenEvent
 from vreason_local.media import load_video
-from vreason_local.vreason import VReasonSettings
 
 RECORDING = Path(__file__).parent / "data" / "chat_answer_vreason.json"
 QUESTION = "What happens?"
@@ -76,7 +76,7 @@ def _control(fields: dict | None) -> ControlState | None:
 
 def answer_live(engine: Engine, encoding: Encoding) -> list[Event]:
     """The events of the answer the pictures show, from the engine (what `RECORDING` holds, made on some CPU)."""
-    return list(engine.ask(encoding, QUESTION, GEN, "vreason", VR))
+    return list(engine.ask(encoding, QUESTION, GEN, VReasonDecoding(VR)))
 
 
 class Replay:
@@ -85,7 +85,7 @@ class Replay:
 
     def __init__(self, events: list[Event]) -> None:
         self.events = events
-        self.asked: list[tuple[Encoding, str, GenerationSettings, str, VReasonSettings | None, Answer | None]] = []
+        self.asked: list[tuple[Encoding, str, GenerationSettings, Decoding, Answer | None]] = []
 
     def __call__(
         self,
@@ -93,12 +93,11 @@ class Replay:
         encoding: Encoding,
         question: str,
         gen: GenerationSettings,
-        mode: str,
-        vreason: VReasonSettings | None,
+        decoding: Decoding,
         follow_up: Answer | None,
         cancel: threading.Event,
     ) -> Replay:
-        self.asked.append((encoding, question, gen, mode, vreason, follow_up))
+        self.asked.append((encoding, question, gen, decoding, follow_up))
         return self
 
     def __iter__(self) -> Iterator[Event]:
@@ -110,15 +109,15 @@ class Replay:
     def check_asked(self) -> None:
         """The app asked once, and the recording answers that: the question, mode and settings (V-Reason's device:
         the one "auto" ran on), as many frames and media tokens, not a follow-up. Else: record again."""
-        [(encoding, question, gen, mode, vreason, follow_up)] = self.asked
+        [(encoding, question, gen, decoding, follow_up)] = self.asked
         encoded, finished = self.events[0], self.events[-1]
         assert isinstance(encoded, Encoded) and isinstance(finished, Finished)
         answer = finished.answer
-        assert (answer.question, answer.mode, follow_up) == (question, mode, None)
+        assert (answer.question, answer.mode, follow_up) == (question, decoding.mode, None)
         assert (encoded.n_frames, encoded.n_media_tokens) == (encoding.n_frames, encoding.n_media_tokens)
         assert answer.settings["generation"] == asdict(gen), "other settings: record again (--snapshot-update)"
-        assert vreason is not None
-        asked = {k: v for k, v in asdict(vreason).items() if k != "device"}
+        assert isinstance(decoding, VReasonDecoding)
+        asked = {k: v for k, v in asdict(decoding.settings).items() if k != "device"}
         recorded = {k: answer.settings["vreason"].get(k) for k in asked}
         assert recorded == asked, "other V-Reason settings: record again (--snapshot-update)"
 

@@ -25,6 +25,7 @@ import pytest
 from vreason_local.chat.export import export_session, session_json, session_markdown
 from vreason_local.chat.store import ChatStore, default_db_path, video_fingerprint
 from vreason_local.clips import make_clip
+from vreason_local.decoding import VReasonDecoding
 from vreason_local.engine import Encoding, Engine, GenerationSettings
 from vreason_local.errors import UserError
 from vreason_local.events import Answer, TokenEvent
@@ -59,9 +60,9 @@ def run(tiny_model_factory, tmp_path_factory) -> Run:
         media = load_video(clip, FrameSampling(fps=1.0, max_frames=4), engine.projector.patch_size).media
         enc = engine.encode(media).result()
         base = engine.ask(enc, Q1, GEN, "base").result()
-        vreason = engine.ask(enc, Q1, GEN, "vreason", STRONG).result()
+        vreason = engine.ask(enc, Q1, GEN, VReasonDecoding(STRONG)).result()
         follow = engine.ask(enc, Q2, GEN, "base", follow_up=base).result()
-        handle = engine.ask(enc, Q3, GEN, "vreason", STRONG)
+        handle = engine.ask(enc, Q3, GEN, VReasonDecoding(STRONG))
         for ev in handle:
             if isinstance(ev, TokenEvent) and ev.step == 3:
                 handle.cancel()
@@ -260,6 +261,11 @@ def test_a_version_1_file_is_upgraded_in_place_keeping_its_rows(tmp_path, run):
         assert [(m.role, m.text) for m in old] == [("user", "old question"), ("assistant", "<answer>yes</answer>")]
         assert (old[1].answer, old[1].telemetry["entropy"], old[1].reused_encoding) == ("yes", [1.5, 0.25], True)
         assert (old[1].compare_group, old[1].history, old[1].notices) == (None, [], [])  # the new columns
+        # and the old row reads back as an answer: no controller columns then, so no states
+        assert old[1].as_answer("old question") == Answer(
+            "base", "old question", "<answer>yes</answer>", answer="yes", stop_reason="eos", entropy=[1.5, 0.25],
+            control=[None, None], timings={"decode_s": 0.5}, reused_encoding=True, settings={"media_key": "k"},
+        )  # fmt: skip
         store.add_answer(1, run.vreason, compare_group=1)  # and the new columns take values
         assert store.messages(1)[-1].compare_group == 1
     assert sql(path, "PRAGMA user_version") == [(2,)] and sql(path, "PRAGMA integrity_check") == [("ok",)]

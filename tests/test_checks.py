@@ -16,12 +16,13 @@ import pytest
 import torch
 
 from vreason_local import gguf_info
-from vreason_local.checks import check_model_settings, check_options
-from vreason_local.cli import main, render_error
+from vreason_local.checks import check_model_settings
+from vreason_local.cli import main
 from vreason_local.clips import make_clip
 from vreason_local.devices import check_device
 from vreason_local.engine import EngineSettings
 from vreason_local.errors import Remedy, SettingError, UserError
+from vreason_local.settings import render_error
 from vreason_local.video import MIN_PIXELS, FrameSampling, VideoInfo, plan_sampling
 
 
@@ -131,7 +132,7 @@ def test_bad_model_files_are_reported_before_the_video(files, isolated, capsys, 
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
-        (["--gpu-layers", "-2"], ["-2 is not a number of GPU layers", "try --gpu-layers -1 or --gpu-layers 0"]),
+        (["--gpu-layers", "-2"], ["GPU layers must be from -1", "got -2 (-1 for all layers", "try --gpu-layers -1"]),
         (["--ctx", "300000"], ["300,000 tokens", "trained for (8,192 tokens)", "try --ctx 8192"]),
         (["--mode", "vreason", "--device", "gpu"], ["'gpu' is not a device", "try --device auto"]),
         pytest.param(
@@ -163,12 +164,12 @@ def test_help_promises_the_pixel_minimum_that_is_enforced(capsys):
 
 
 def test_gpu_layers_below_minus_one():
-    check_options(EngineSettings(n_gpu_layers=-1))
-    check_options(EngineSettings(n_gpu_layers=0))
+    EngineSettings(n_gpu_layers=-1)
+    EngineSettings(n_gpu_layers=0)
     with pytest.raises(SettingError) as e:
-        check_options(EngineSettings(n_gpu_layers=-5))
+        EngineSettings(n_gpu_layers=-5)
     assert e.value.setting == "engine.n_gpu_layers" and e.value.value == -5
-    assert [r.value for r in e.value.remedies] == [-1, 0]
+    assert [r.value for r in e.value.remedies] == [-1]
 
 
 def test_context_above_the_trained_length(files):
@@ -215,10 +216,10 @@ def test_base_runs_and_bad_names_cost_no_torch_import():
     code = (
         "import sys\n"
         "from vreason_local.checks import check_options\n"
-        "from vreason_local.engine import EngineSettings\n"
         "from vreason_local.errors import SettingError\n"
-        "check_options(EngineSettings())\n"
-        "try:\n    check_options(EngineSettings(), device='gpu')\nexcept SettingError:\n    pass\n"
+        "from vreason_local.settings import RunSettings\n"
+        "check_options(RunSettings.from_values({'device': 'gpu'}))\n"
+        "try:\n    check_options(RunSettings.from_values({'mode': 'vreason', 'device': 'gpu'}))\nexcept SettingError:\n    pass\n"
         "else:\n    raise SystemExit('accepted')\n"
         "print('torch' in sys.modules)\n"
     )

@@ -217,7 +217,10 @@ def _bad_runs(f: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
             [*clip, "--model", spec.name, *q],
             rf"not downloaded.*{re.escape(spec.model_file)}.*{re.escape(spec.mmproj_file)}.*vreason models pull {re.escape(spec.name)}",
         ),
-        "bad_option_value": ([*clip, *model, *q, "--mode", "nope"], r"--mode.*nope"),
+        "bad_option_value": (
+            [*clip, *model, *q, "--mode", "nope"],
+            r"mode must be one of base, vreason, lite, got 'nope'; try --mode base",
+        ),
         "missing_required_option": ([*clip, *model, "--max-tokens", "4"], r"Missing option.*--question"),
         "unknown_option": ([*clip, *model, *q, "--no-such-flag"], r"No such option.*--no-such-flag"),
     }
@@ -354,7 +357,7 @@ def test_run_json_lite_prunes_half(jobs):
     out = jobs["lite"].result().json()
     n = out["n_video_tokens"]
     assert out["mode"] == "lite" and n == 96
-    assert out["n_video_tokens_kept"] == n - n // 2  # engine._prune_lite keeps the larger half
+    assert out["n_video_tokens_kept"] == n - n // 2  # decoding.lite_keep keeps the larger half
     assert out["prompt_tokens"].count(None) == n  # the prompt itself still lists every vision position
     updates = _check_controller_columns(out)
     assert updates == [i for i in range(len(out["tokens"])) if (i + 1) % 2 == 0]  # --every 2 (default): even steps

@@ -130,9 +130,9 @@ def test_bad_inputs_raise_when_asked(tiny):
         with pytest.raises(UserError, match="empty"):
             eng.ask(Media.none(), "   ")
         with pytest.raises(UserError, match="hook"):
-            eng.ask(Media.none(), "q", mode="vreason")
+            eng.ask(Media.none(), "q", decoding="vreason")
         with pytest.raises(UserError, match="unknown mode"):
-            eng.ask(Media.none(), "q", mode="fast")
+            eng.ask(Media.none(), "q", decoding="fast")
     with Engine(tiny.model_path, tiny.mmproj_path, EngineSettings(n_ctx=256)) as small:
         with pytest.raises(ContextTooSmall, match="context size you set holds 256") as err:
             small.ask(Media.none(), "q", GenerationSettings(max_tokens=400))

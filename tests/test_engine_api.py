@@ -10,6 +10,7 @@ import pytest
 
 from vreason_local.channels import ChannelSplitter, split_answer
 from vreason_local.clips import make_clip
+from vreason_local.decoding import VReasonDecoding, decoding_for
 from vreason_local.engine import Engine, EngineSettings, GenerationSettings
 from vreason_local.errors import EngineBusy, UserError
 from vreason_local.events import Encoded, Finished, Prefilled, Progress, TokenEvent
@@ -43,7 +44,7 @@ def engine(tiny):
 
 
 def tokens(engine: Engine, source, question: str = "What happens?", mode: str = "base", **kw) -> list[int]:
-    return engine.ask(source, question, GEN, mode, STRONG if mode != "base" else None, **kw).result().tokens
+    return engine.ask(source, question, GEN, decoding_for(mode, STRONG), **kw).result().tokens
 
 
 def test_one_encoding_serves_every_mode_in_any_order(engine, clips):
@@ -57,7 +58,7 @@ def test_one_encoding_serves_every_mode_in_any_order(engine, clips):
     base = tokens(engine, enc)
     answers = {}
     for mode in ("vreason", "lite", "base", "lite", "vreason", "base"):
-        handle = engine.ask(enc, "What happens?", GEN, mode, STRONG)
+        handle = engine.ask(enc, "What happens?", GEN, decoding_for(mode, STRONG))
         kinds = [type(e) for e in handle]
         assert kinds[:2] == [Encoded, Prefilled] and kinds[-1] is Finished  # no Progress: nothing encoded
         answer = handle.result()
@@ -92,7 +93,7 @@ def test_follow_up_continues_the_conversation_after_other_questions(engine, clip
 def test_an_open_answer_makes_the_engine_busy_and_an_abandoned_one_restores_the_values(engine, clips):
     enc = engine.encode(clips["a"]).result()
     base = tokens(engine, enc)
-    handle = engine.ask(enc, "What happens?", GEN, "vreason", STRONG)
+    handle = engine.ask(enc, "What happens?", GEN, VReasonDecoding(STRONG))
     for ev in handle:
         if isinstance(ev, TokenEvent) and ev.step == 3:
             break
@@ -114,7 +115,7 @@ def test_a_failure_inside_an_answer_leaves_the_cache_clean(engine, clips, monkey
         return real_step(self, k, *args)
 
     monkeypatch.setattr(VReason, "step", failing_step)
-    handle = engine.ask(enc, "A question that will fail half way?", GEN, "vreason", STRONG)
+    handle = engine.ask(enc, "A question that will fail half way?", GEN, VReasonDecoding(STRONG))
     with pytest.raises(RuntimeError, match="injected"):
         list(handle)
     monkeypatch.undo()

@@ -112,12 +112,15 @@ def test_bad_rows_are_reported_with_file_and_line_and_the_rest_load(tmp_path: Pa
             dict(good, id="q11", start=3, end=1),
             "[1, 2]",
             dict(good, id="q13", options=["only one"], answer="A"),
+            {"id": 5, "video": "a.mp4", "question": 42, "answer": ["a"]},  # a new user's row: not "42", "['a']"
+            dict(good, id="q15", answer=["a"]),
+            dict(good, id=16, answer=3),  # a number is a name and an answer: this row loads
         ],
     )
     dataset = load_dataset(path)
-    assert [item.id for item in dataset.items] == ["ok"]
+    assert [item.id for item in dataset.items] == ["ok", "16"]
     reasons = {entry.source: entry.reason for entry in dataset.invalid}
-    assert len(dataset.invalid) == 12  # every bad row reported, none silently dropped
+    assert len(dataset.invalid) == 14  # every bad row reported, none silently dropped
     assert reasons["bad.jsonl:2"] == "missing field 'question'"
     assert "not valid JSON" in reasons["bad.jsonl:3"]
     assert reasons["bad.jsonl:4"].startswith("video not found: ") and "gone.mp4" in reasons["bad.jsonl:4"]
@@ -130,6 +133,8 @@ def test_bad_rows_are_reported_with_file_and_line_and_the_rest_load(tmp_path: Pa
     assert "window" in reasons["bad.jsonl:11"]
     assert "must be an object" in reasons["bad.jsonl:12"]
     assert "at least 2 options" in reasons["bad.jsonl:13"]
+    assert reasons["bad.jsonl:14"] == "field 'question' must be text, got 42"
+    assert reasons["bad.jsonl:15"] == "field 'answer' must be text or a number, got ['a']"
     assert str(dataset.invalid[0]) == "bad.jsonl:2: missing field 'question'"
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vreason_local.decoding import decoding_for
 from vreason_local.engine import Engine, GenerationSettings
 from vreason_local.evaluate.datasets import load_dataset, make_sample
 from vreason_local.evaluate.results import ResultsWriter, read_results
@@ -111,7 +112,7 @@ def test_rows_fields_one_encoding_per_video_and_failures_recorded(engine, tiny, 
     with Engine(tiny.model_path, tiny.mmproj_path) as fresh:
         media = load_video(item.video, FRAMES, fresh.projector.patch_size).media
         for mode in MODES:
-            alone = fresh.ask(media, item.prompt(), SETTINGS.generation, mode, SETTINGS.vreason).result()
+            alone = fresh.ask(media, item.prompt(), SETTINGS.generation, decoding_for(mode, SETTINGS.vreason)).result()
             row = next(r for r in rows if (r["id"], r["mode"]) == (item.id, mode))
             assert row["tokens"] == alone.tokens and row["text"] == alone.text
 

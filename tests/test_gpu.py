@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from vreason_local.clips import make_clip
+from vreason_local.decoding import VReasonDecoding
 from vreason_local.engine import Engine, EngineSettings, GenerationSettings
 from vreason_local.events import TokenEvent
 from vreason_local.llama_backend import supports_gpu_offload
@@ -43,7 +44,7 @@ def test_controller_on_cuda_describes_the_offloaded_model(setup, dtype):
     engine, enc = setup
     gen = GenerationSettings(max_tokens=8, stop_at_answer=False)
     handle = engine.ask(
-        enc, "What happens?", gen, "vreason", VReasonSettings(every=1, lr=0.05, device="cuda", dtype=dtype)
+        enc, "What happens?", gen, VReasonDecoding(VReasonSettings(every=1, lr=0.05, device="cuda", dtype=dtype))
     )
     checks = []
     for ev in handle:
@@ -64,5 +65,5 @@ def test_base_answer_after_vreason_on_gpu_is_unchanged(setup):
     engine, enc = setup
     gen = GenerationSettings(max_tokens=8, stop_at_answer=False)
     before = engine.ask(enc, "What happens?", gen).result().tokens
-    engine.ask(enc, "What happens?", gen, "vreason", VReasonSettings(every=1, lr=0.05, device="cuda")).result()
+    engine.ask(enc, "What happens?", gen, VReasonDecoding(VReasonSettings(every=1, lr=0.05, device="cuda"))).result()
     assert engine.ask(enc, "What happens?", gen).result().tokens == before  # the device rows were restored

@@ -24,12 +24,14 @@ import pytest
 import torch
 
 from vreason_local.clips import make_clip
+from vreason_local.decoding import VReasonDecoding
 from vreason_local.engine import Engine, EngineSettings, GenerationSettings
 from vreason_local.errors import UserError
 from vreason_local.events import Notice, TokenEvent
 from vreason_local.gguf_info import open_gguf, read_model_info
-from vreason_local.llama_backend import default_threads, quantize
+from vreason_local.llama_backend import quantize
 from vreason_local.media import Media, load_video
+from vreason_local.settings import default_threads
 from vreason_local.tail import Tail
 from vreason_local.tail_weights import LMHead, dequantize
 from vreason_local.tiny import TinyModel, file_names, make_tiny
@@ -208,7 +210,7 @@ def video(engine: Engine, clip: Path) -> Media:
 def tail_vs_llama_at_first_update(engine: Engine, media: Media, settings: VReasonSettings) -> float:
     """Largest |tail logit - llama.cpp logit| over the whole vocabulary, relative to the largest |logit|,
     at the first update (every=1, lr=0) with dV = 0: the tail then computes the logits llama.cpp did."""
-    gen = engine.ask(media, "Describe it.", GenerationSettings(max_tokens=2), "vreason", settings)
+    gen = engine.ask(media, "Describe it.", GenerationSettings(max_tokens=2), VReasonDecoding(settings))
     try:
         next(ev for ev in gen if isinstance(ev, TokenEvent))
         c = gen.controller
@@ -221,7 +223,9 @@ def tail_vs_llama_at_first_update(engine: Engine, media: Media, settings: VReaso
 
 def selfchecks(engine: Engine, media: Media, settings: VReasonSettings) -> tuple[list[float], list[str], dict]:
     """A V-Reason answer's self-check at every update, its warnings, and the settings it ran with."""
-    handle = engine.ask(media, "What happens in the video?", GenerationSettings(max_tokens=10), "vreason", settings)
+    handle = engine.ask(
+        media, "What happens in the video?", GenerationSettings(max_tokens=10), VReasonDecoding(settings)
+    )
     events = list(handle)
     answer = handle.result()
     checks = [c.selfcheck for c in answer.control if c.alpha is not None]

@@ -631,7 +631,7 @@ def test_cpu_only_run_is_checked_against_system_memory():
 
 
 def test_fit_advice_renders_as_flags():
-    from vreason_local.cli import render_error
+    from vreason_local.settings import render_error
 
     use = _video_use(64, 560)
     report = fit.check_fit(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import io
 
-from vreason_local.cli import render_error
 from vreason_local.errors import ContextTooSmall, Remedy, UserError
 from vreason_local.events import Progress
 from vreason_local.report import ProgressView
+from vreason_local.settings import render_error
 
 
 class Terminal(io.StringIO):

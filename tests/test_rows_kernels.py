@@ -14,12 +14,13 @@ import torch
 from llama_cpp._ctypes_extensions import load_shared_library
 from llama_cpp.llama_cpp import _base_path
 
-from vreason_local.tail_weights import GGUFMatrix, _kernels, dequantize
+from vreason_local.native import library
+from vreason_local.tail_weights import GGUFMatrix, dequantize
 
 Q = gguf.GGMLQuantizationType
 TYPES = [Q.F32, Q.F16, Q.Q8_0, Q.Q4_K, Q.Q6_K]
-LANES = [n for n in (1, 4, 8, 16) if _kernels().vr_rows_use(n) == n]  # the kernels this build and CPU run
-_kernels().vr_rows_use(0)
+LANES = [n for n in (1, 4, 8, 16) if library().vr_rows_use(n) == n]  # the kernels this build and CPU run
+library().vr_rows_use(0)
 
 
 def quantised(t: Q, n_rows: int, n_cols: int, seed: int = 0) -> np.ndarray:
@@ -43,9 +44,9 @@ def rel(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(params=LANES, ids=[f"{n}-lanes" for n in LANES])
 def lanes(request):
-    assert _kernels().vr_rows_use(request.param) == request.param
+    assert library().vr_rows_use(request.param) == request.param
     yield request.param
-    _kernels().vr_rows_use(0)
+    library().vr_rows_use(0)
 
 
 # rows of one block, of several, and (F32, F16) of a length that is no multiple of the kernels' 256-value chunks
@@ -74,7 +75,7 @@ def test_products_equal_float64_with_ggmls_dequantisation(lanes, t, n_cols):
 def test_threads_share_the_work_and_agree_exactly(t, shape):
     """Two threads (OpenMP's, in this build) take W·x by ranges of rows and Wᵀ·g by ranges of columns:
     every output is summed in the same order as on one thread, so the results are the same bits."""
-    assert _kernels().vr_rows_openmp() == 1  # Linux builds share the work (setup.py)
+    assert library().vr_rows_openmp() == 1  # Linux builds share the work (setup.py)
     n_rows, n_cols = shape
     raw = quantised(t, n_rows, n_cols, seed=2)
     w = dequantize(raw, t).double().numpy()
@@ -95,5 +96,5 @@ def test_other_types_are_refused():
     raw = np.zeros((2, 176), np.uint8)
     out = np.zeros(256, np.float32)
     coef = np.ones(2, np.float32)
-    rc = _kernels().vr_rows_axpy(int(Q.Q5_K), raw.ctypes.data, 176, 256, None, 2, coef.ctypes.data, out.ctypes.data, 1)
+    rc = library().vr_rows_axpy(int(Q.Q5_K), raw.ctypes.data, 176, 256, None, 2, coef.ctypes.data, out.ctypes.data, 1)
     assert rc == -1

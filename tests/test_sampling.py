@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-from vreason_local import sampling
+from vreason_local.native import library
 from vreason_local.sampling import ENTROPY_ABS_ERROR, ENTROPY_REL_ERROR, Sampler, TokenSampling, entropy
 
 QWEN_VOCAB = 151_936
 
 
 def _runnable_lanes() -> list[int]:
-    lib = sampling._native()
+    lib = library()
     lanes = [n for n in (16, 8, 4, 1) if lib.vr_sampling_use(n) == n]
     lib.vr_sampling_use(0)
     return lanes
@@ -32,7 +32,7 @@ def _runnable_lanes() -> list[int]:
 @pytest.fixture(params=_runnable_lanes(), ids=lambda n: f"{n}-lane")
 def kernels(request: pytest.FixtureRequest) -> Iterator[int]:
     """Run the test on the kernels of this many lanes, then hand back the CPU's best."""
-    lib = sampling._native()
+    lib = library()
     assert lib.vr_sampling_use(request.param) == request.param
     yield request.param
     lib.vr_sampling_use(0)

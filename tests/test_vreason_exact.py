@@ -20,19 +20,22 @@ import numpy as np
 import pytest
 import torch
 
-from vreason_local import sampling
 from vreason_local.clips import make_clip
+from vreason_local.decoding import VReasonDecoding
 from vreason_local.engine import AnswerHandle, Engine, EngineSettings, GenerationSettings
 from vreason_local.events import Notice, Prefilled, TokenEvent
-from vreason_local.llama_backend import default_threads, quantize
+from vreason_local.llama_backend import quantize
 from vreason_local.media import Media, load_video
+from vreason_local.native import library
 from vreason_local.optim import Optimizer
 from vreason_local.sampling import entropy
+from vreason_local.settings import default_threads
 from vreason_local.tail import (
     AnchorWeights,
     HeldWeights,
     RestrictedHead,
     TailInputs,
+    head_terms,
     norm_preserving,
     norm_preserving_vjp,
 )
@@ -184,7 +187,7 @@ def first_update(
     """Run to the first token (every=1: step 1 updates) and pause there. Returns the handle, the token's
     event, each optimiser step's (dV before it, gradient it used) and the notices so far."""
     vr = VReasonSettings(every=1, **settings)
-    handle = engine.ask(media, "Describe it.", GenerationSettings(max_tokens=4), "vreason", vr)
+    handle = engine.ask(media, "Describe it.", GenerationSettings(max_tokens=4), VReasonDecoding(vr))
     steps: list[tuple[torch.Tensor, torch.Tensor]] = []
     notices: list[str] = []
     for ev in handle:
@@ -278,7 +281,7 @@ def test_anchor_weights_equal_the_float64_ones(lanes):
     vocabulary (AnchorWeights), and rows are added without another: the weights, the bound and the ranked
     candidates equal those of HeldWeights' float64 computation (R = 0) afresh for each set of rows, on a
     vocabulary with a token of probability 0, ties and rows of every weight."""
-    if sampling._native().vr_sampling_use(lanes) < 0:
+    if library().vr_sampling_use(lanes) < 0:
         pytest.skip(f"this CPU has no {lanes}-lane kernels")
     try:
         rng = np.random.default_rng(3)
@@ -288,7 +291,7 @@ def test_anchor_weights_equal_the_float64_ones(lanes):
         norms = rng.uniform(0.5, 2, n)
         norms32 = norms.astype(np.float32)
         norms32 = np.where(norms32 < norms, np.nextafter(norms32, np.float32(np.inf)), norms32)
-        terms = sampling.head_terms(z0, norms32, 600)
+        terms = head_terms(z0, norms32, 600)
         z64 = z0.astype(np.float64)
         first = rng.permutation(n)[:100]
         anchor = AnchorWeights(terms, z0, first)
@@ -307,7 +310,7 @@ def test_anchor_weights_equal_the_float64_ones(lanes):
             assert getattr(anchor, name) == pytest.approx(getattr(fresh, name), rel=1e-5), name
         assert (anchor.scale, anchor.kept_part) == (fresh.scale, fresh.kept_part) == (1.0, 0.0)
     finally:
-        sampling._native().vr_sampling_use(0)
+        library().vr_sampling_use(0)
 
 
 def test_head_terms_rank_every_row():
@@ -325,7 +328,7 @@ def test_head_terms_rank_every_row():
     h = -(p * np.where(p > 0, zd - log_total, 0)).sum()
     t = norms * p * np.abs(np.where(p > 0, zd - log_total, 0) + h)
     for k in (1, 2048, 30000, n):
-        r = sampling.head_terms(z, norms, k)
+        r = head_terms(z, norms, k)
         assert r.log_total == pytest.approx(log_total, rel=1e-7) and r.entropy == pytest.approx(h, rel=1e-6)
         assert r.total == pytest.approx(t.sum(), rel=1e-6)
         assert np.all(np.abs(r.terms - t) <= 2e-6 * t + 1e-5 * norms * p)  # l_v in float32: within 1e-5 nats
@@ -547,8 +550,7 @@ def test_one_adam_state_per_answer(engine, media):
         media,
         "Describe it.",
         GenerationSettings(max_tokens=6),
-        "vreason",
-        VReasonSettings(every=1, steps=2, head_max=ALL),
+        VReasonDecoding(VReasonSettings(every=1, steps=2, head_max=ALL)),
     )
     opts = []
     for ev in handle:

@@ -21,12 +21,14 @@ import pytest
 import torch
 
 from vreason_local.clips import make_clip
+from vreason_local.decoding import VReasonDecoding
 from vreason_local.engine import AnswerHandle, Engine, EngineSettings, GenerationSettings
 from vreason_local.events import Answer, ControlState, Notice, TokenEvent
 from vreason_local.gguf_info import read_model_info
 from vreason_local.media import Media, load_video
-from vreason_local.tail import Tail, TailInputs, _Matrix, _NativeGradDV, norm_preserving_vjp, value_write
-from vreason_local.tail_weights import GGUFMatrix, _kernels
+from vreason_local.native import GradDVArgs, library
+from vreason_local.tail import Tail, TailInputs, _NativeGradDV, norm_preserving_vjp, value_write
+from vreason_local.tail_weights import GGUFMatrix
 from vreason_local.telemetry import per_token, summarize
 from vreason_local.tiny import make_tiny
 from vreason_local.video import FrameSampling
@@ -63,7 +65,10 @@ def first_tokens(
     the notices, the value rows the cache held before the first update and after each token's, and dV
     after each token's update."""
     handle = engine.ask(
-        media, "Describe it.", GenerationSettings(max_tokens=n + 2), "vreason", VReasonSettings(every=1, **settings)
+        media,
+        "Describe it.",
+        GenerationSettings(max_tokens=n + 2),
+        VReasonDecoding(VReasonSettings(every=1, **settings)),
     )
     tokens, notices, cache, dvs = [], [], [], []
     for ev in handle:
@@ -169,7 +174,7 @@ def test_value_write_measure_against_numpy(f16c):
     """value_write's written and intended (native/vr_tail.c, F16C and the portable conversion) against numpy
     float64 on the same F16 rows, subnormal, zero and large values among them: a change of many F16 steps
     (written/intended ~1) and one far below a step (nothing written: 0)."""
-    lib = _kernels()
+    lib = library()
     if lib.vr_tail_use_f16c(f16c) != f16c:
         pytest.skip("this CPU has no F16C")
     try:
@@ -204,7 +209,7 @@ def test_every_half_is_read_back_exactly(f16c):
     exponent and sign (1,024 values within a factor of 2, so that float32 sums hold them to ~1e-7), the
     distance to new values of 0 is numpy's float64 sqrt(Σ h²); to new values of 1, sqrt(Σ (1 - h)²) over
     all of them (the sign)."""
-    lib = _kernels()
+    lib = library()
     if lib.vr_tail_use_f16c(f16c) != f16c:
         pytest.skip("this CPU has no F16C")
     try:
@@ -399,28 +404,31 @@ def test_vr_tail_grad_dv_refuses_dimensions_that_do_not_fit(tail):
     """vr_tail_grad_dv itself: 0 on the tail's own shapes; -4 (nothing read) for matrices that do not fit one
     another or the heads, n_head not a multiple of n_kv, a row stride below the rows; -3 for a head_dim above
     its buffer. Python raises a ValueError naming the shapes on -4 (matrices given in the wrong order)."""
-    info, fn = tail.info, _kernels().vr_tail_grad_dv
+    info, fn = tail.info, library().vr_tail_grad_dv
     inp, grad_h, v, dv = tail_inputs(tail, 9)
     norm, out = v.norm(dim=-1, keepdim=True), torch.empty_like(v)
     mats = {
-        k: _Matrix.of(m) for k, m in (("down", tail.w_down), ("gate", tail.w_gate), ("up", tail.w_up), ("o", tail.w_o))
+        k: m.as_native() for k, m in (("down", tail.w_down), ("gate", tail.w_gate), ("up", tail.w_up), ("o", tail.w_o))
     }
-    vecs = [t.contiguous() for t in (inp.y, tail.out_norm, inp.ffn_inp, tail.ffn_norm, inp.gate, inp.up)]
+    names = ("y", "out_norm", "ffn_inp", "ffn_norm", "gate_act", "up_act")
+    vecs = {
+        k: t.contiguous() for k, t in zip(names, (inp.y, tail.out_norm, inp.ffn_inp, tail.ffn_norm, inp.gate, inp.up))
+    }
 
     def call(down=None, gate=None, up=None, o=None, n_head=info.n_head, n_kv=info.n_head_kv, d=info.head_dim, ld=9):
         ms = [m if m is not None else mats[k] for k, m in zip(("down", "gate", "up", "o"), (down, gate, up, o))]
-        return fn(
-            *(ctypes.byref(m) for m in ms), *(t.data_ptr() for t in vecs), tail.eps, grad_h.data_ptr(),
-            inp.probs.data_ptr(), ld, v.data_ptr(), dv.data_ptr(), norm.data_ptr(), n_head, n_kv, d, 9,
-            out.data_ptr(), 1,
-        )  # fmt: skip
+        args = GradDVArgs(*(ctypes.pointer(m) for m in ms), **{k: t.data_ptr() for k, t in vecs.items()})
+        args.eps, args.grad_h, args.probs, args.probs_ld = tail.eps, grad_h.data_ptr(), inp.probs.data_ptr(), ld
+        args.v_base, args.dv, args.v_norm, args.grad_dv = v.data_ptr(), dv.data_ptr(), norm.data_ptr(), out.data_ptr()
+        args.n_head, args.n_kv, args.head_dim, args.n_rows, args.threads = n_head, n_kv, d, 9, 1
+        return fn(ctypes.byref(args))
 
     assert call() == 0
-    o_short = _Matrix.of(tail.w_o)
+    o_short = tail.w_o.as_native()
     o_short.n_cols -= info.head_dim  # one head fewer than n_head
     assert call(gate=mats["o"]) == -4 and call(up=mats["down"]) == -4 and call(o=o_short) == -4
     assert call(n_kv=info.n_head + 1) == -4 and call(ld=8) == -4 and call(n_kv=0) == -4
-    o_more = _Matrix.of(tail.w_o)
+    o_more = tail.w_o.as_native()
     o_more.n_cols += info.head_dim  # o as for n_head + 1 query heads: only their grouping in kv heads is wrong
     assert info.n_head >= 2 and call(o=o_more, n_head=info.n_head + 1, n_kv=info.n_head) == -4
     assert call(d=2048) == -3

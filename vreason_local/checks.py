@@ -2,9 +2,9 @@
 
 Two stages, because some limits are the model's: `check_options` needs nothing but the settings and runs
 before the model is resolved; `check_model_settings` needs the model's metadata (read from the GGUF
-header in milliseconds) and runs before any video is decoded. Frame sampling limits (frame counts, pixel
-budget, clip window) are checked where they are made, in `video.FrameSampling`, so every front end gets
-them the moment it builds its settings.
+header in milliseconds) and runs before any video is decoded. Each setting's own range, and the frame
+limits together, are checked where the settings are made (`settings.py`), so every front end gets them
+the moment it builds its settings.
 """
 
 from __future__ import annotations
@@ -15,27 +15,18 @@ from .devices import check_device
 from .errors import Remedy, SettingError
 from .native import library
 
-if TYPE_CHECKING:  # engine imports llama.cpp; these checks run before anything is loaded
-    from .engine import EngineSettings
+if TYPE_CHECKING:
     from .gguf_info import ModelInfo
+    from .settings import RunSettings
 
 
-def check_options(engine: EngineSettings, device: str | None = None) -> None:
-    """Reject settings that cannot work on any model: GPU layers below -1, a controller device this
-    PyTorch cannot use, a VREASON_SIMD level this CPU lacks (the native library applies it as it loads).
-    `device` is the V-Reason controller's (None for base runs, which never import torch).
-    """
+def check_options(settings: RunSettings) -> None:
+    """Reject what the settings types cannot check alone: a V-Reason controller device this PyTorch cannot
+    use (only where the hook is loaded: base runs never import torch), a VREASON_SIMD level this CPU lacks
+    (the native library applies it as it loads). Ranges and choices were checked as the settings were made."""
     library()
-    if engine.n_gpu_layers < -1:
-        raise SettingError(
-            "engine.n_gpu_layers",
-            engine.n_gpu_layers,
-            f"{engine.n_gpu_layers} is not a number of GPU layers: use -1 for all layers, 0 for none, "
-            "or how many layers to put on the GPU",
-            [Remedy("all layers", "engine.n_gpu_layers", -1), Remedy("none", "engine.n_gpu_layers", 0)],
-        )
-    if device is not None:
-        check_device(device)
+    if settings.engine.hook:
+        check_device(settings.vreason.device)
 
 
 def check_model_settings(info: ModelInfo, n_ctx: int | None) -> None:

@@ -2,7 +2,7 @@
 
     engine = Engine(model_path, mmproj_path)           # loads once; any mode can be asked per answer
     encoding = engine.encode(media).result()           # optional: encode the video up front (progress events)
-    answer = engine.ask(encoding, "What happens?", mode="vreason")   # checked now, runs when iterated
+    answer = engine.ask(encoding, "What happens?", decoding="vreason")   # checked now, runs when iterated
     for event in answer: ...                           # Progress, Encoded, Prefilled, TokenEvent, Notice, Finished
     follow = engine.ask(encoding, "And then?", follow_up=answer.result())
 
@@ -10,6 +10,9 @@ Steps of one answer, in order (gpt-fast style, one small method each):
     resident - the media's prefix (system prompt + frames) in the KV cache: encoded, kept, or restored
     prefill  - the conversation's tokens after the prefix; only what the cache does not already hold
     decode   - token by token: logits -> token + entropy -> (V-Reason update) -> decode
+
+The mode is a `decoding.Decoding` (base, V-Reason, Lite): the engine calls its few hooks at fixed points
+of these steps (decoding.py says which, in order) and knows nothing else of any mode.
 
 The cache is described exactly at all times (`_Cache`): which encoding is resident, whether Lite pruned
 it, and which tokens follow it. Each answer starts by bringing the cache to the state it needs, so
@@ -22,7 +25,6 @@ and neither finished, cancelled, closed nor garbage-collected) asking another ra
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import hashlib
 import threading
@@ -36,44 +38,21 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 import numpy as np
 
 from . import gguf_info
-from .channels import ChannelSplitter, split_answer
-from .errors import ContextTooSmall, EngineBusy, Remedy, UserError
-from .events import MODES, Answer, ControlState, Encoded, Event, Finished, Mode, Notice, Prefilled, Progress, TokenEvent
-from .fit import context_size, round_up_context
+from .channels import split_answer
+from .decoding import Controller, Decoding, TextStream, decoding_for, stop_reason
+from .errors import EngineBusy, Remedy, UserError
+from .events import Answer, Encoded, Event, Finished, Mode, Notice, Prefilled, Progress, TokenEvent
+from .fit import check_context, context_size
 from .kv_state import prune_cells
-from .llama_backend import Aborted, CancelFlag, Context, MediaPrompt, Model, Vision, default_threads
+from .llama_backend import Aborted, CancelFlag, Context, MediaPrompt, Model, Vision
 from .media import Media
 from .prompt import prefix_parts, question_text, require_question
 from .repack import repack_allowed
-from .sampling import Sampler, TokenSampling
+from .sampling import Sampler
+from .settings import EngineSettings, GenerationSettings
 
 if TYPE_CHECKING:
-    from .vreason import VReason, VReasonSettings
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    """How llama.cpp runs. `n_ctx=None` sizes the context from the real prompt and grows it when a
-    conversation needs more; a number fixes it. `hook=False` leaves the value-cache hook out
-    (base answers only)."""
-
-    n_ctx: int | None = None
-    n_batch: int = 512
-    n_threads: int = field(default_factory=default_threads)
-    n_gpu_layers: int = -1
-    repack: str = "auto"
-    flash_attn: str = "auto"
-    hook: bool = True
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """One answer's decoding settings."""
-
-    max_tokens: int = 1024
-    sampling: TokenSampling = TokenSampling()
-    reasoning: bool = True  # ask for <think>...</think><answer>...</answer>
-    stop_at_answer: bool = True  # stop once </answer> is written
+    from .tail import Tail
 
 
 def media_key(media: Media) -> str:
@@ -156,7 +135,7 @@ class _Control:
         self.flag = flag  # stops llama.cpp part way through a batch or a frame pair
         self.result: object | None = None
         self.encoding: Encoding | None = None
-        self.controller: VReason | None = None
+        self.controller: Controller | None = None  # the decoding's, once it started one
         self.done = False
 
     def cancelled(self) -> bool:
@@ -242,8 +221,9 @@ class AnswerHandle(_Job[Answer]):
         return self._ctl.encoding
 
     @property
-    def controller(self) -> VReason | None:
-        """The V-Reason controller while the answer runs (None in base mode): its state, for inspection."""
+    def controller(self) -> Controller | None:
+        """The answer's controller once it started (None in base mode): V-Reason's is a `vreason.VReason`,
+        whose state is there for inspection."""
         return self._ctl.controller
 
 
@@ -330,21 +310,22 @@ class Engine:
         source: Media | Encoding,
         question: str,
         gen: GenerationSettings = GenerationSettings(),
-        mode: Mode = "base",
-        vreason: VReasonSettings | None = None,
+        decoding: Decoding | Mode = "base",
         follow_up: Answer | None = None,
         cancel: threading.Event | None = None,
     ) -> AnswerHandle:
-        """Ask one question about `source` (media, or an `Encoding` of it). `follow_up`: an earlier answer
-        about the same media whose conversation this question continues. Checked now; runs when iterated."""
+        """Ask one question about `source` (media, or an `Encoding` of it). `decoding`: the mode with its
+        settings (`decoding.decoding_for`), or a mode's name for its default settings. `follow_up`: an earlier
+        answer about the same media whose conversation this question continues. Checked now; runs when
+        iterated."""
         require_question(question)
         self._check_idle()
-        if mode not in MODES:
+        if isinstance(decoding, str):
+            decoding = decoding_for(decoding)
+        if decoding.needs_hook and self.hook is None:
             raise UserError(
-                f"unknown mode '{mode}'; the modes are {', '.join(MODES)}", [Remedy("a known mode", "mode", "vreason")]
+                f"the {decoding.mode} mode needs the engine loaded with the value-cache hook (EngineSettings.hook)"
             )
-        if mode != "base" and self.hook is None:
-            raise UserError(f"the {mode} mode needs the engine loaded with the value-cache hook (EngineSettings.hook)")
         if isinstance(source, Encoding) and source._engine() is not self:
             raise UserError("this encoding belongs to another engine; encode the media with this one")
         key = source.key if isinstance(source, Encoding) else media_key(source)
@@ -362,7 +343,7 @@ class Engine:
         else:
             prompt = self._prepare_media(source, key, extra)
         handle = AnswerHandle(cancel, self._abort)
-        self._start(handle, self._answer_steps(handle._ctl, source, prompt, key, question, wanted, gen, mode, vreason))
+        self._start(handle, self._answer_steps(handle._ctl, source, prompt, key, question, wanted, gen, decoding))
         return handle
 
     def _check_idle(self) -> None:
@@ -546,12 +527,10 @@ class Engine:
         question: str,
         wanted: list[int],
         gen: GenerationSettings,
-        mode: Mode,
-        vreason: VReasonSettings | None,
+        decoding: Decoding,
     ) -> Iterator[Event]:
-        answer = Answer(mode=mode, question=question, settings={"media_key": key, "generation": asdict(gen)})
+        answer = Answer(mode=decoding.mode, question=question, settings={"media_key": key, "generation": asdict(gen)})
         answer.timings["load_s"] = round(self.load_s, 4)
-        controller = None
         if self.hook:
             self.hook.prepare(False)  # counts start with the answer; no node capture unless V-Reason asks
         try:
@@ -561,13 +540,13 @@ class Engine:
             answer.n_media_tokens = encoding.n_media_tokens
             answer.timings.update(encode_s=round(encoded.encode_s, 4), prefill_media_s=round(encoded.prefill_s, 4))
             yield encoded
-            controller = yield from self._prefill(answer, encoding, wanted, gen, mode, vreason, ctl)
-            yield from self._decode(answer, gen, controller, ctl)
+            yield from self._prefill(answer, encoding, wanted, gen, decoding, ctl)
+            yield from self._decode(answer, gen, ctl)
         except (_Cancelled, Aborted):
             answer.stop_reason = "cancelled"
         finally:
-            if controller is not None:
-                controller.restore()
+            if ctl.controller is not None:
+                ctl.controller.restore()
             if self.hook:
                 self.hook.stop_capture()  # no node capture (nor its graph splits) in later answers
             if prompt:
@@ -583,20 +562,40 @@ class Engine:
         encoding: Encoding,
         wanted: list[int],
         gen: GenerationSettings,
-        mode: Mode,
-        vreason: VReasonSettings | None,
+        decoding: Decoding,
         ctl: _Control,
     ) -> Iterator[Event]:
-        """Bring the cache from what it holds to prefix + `wanted`, all but the last token, then set up
-        the controller and decode the last token (capturing its step when the controller needs it)."""
+        """Bring the cache from what it holds to prefix + `wanted`, all but the last token; then the
+        decoding's `prefilled` hook, the last token (whose step it may capture), and its `start` hook."""
         t0 = time.perf_counter()
         self._ensure_context(encoding.n_tokens + len(wanted) + gen.max_tokens)
+        c = self._continue_from(encoding, wanted, decoding.prunes)
+        done = len(c.turns)
+        yield from self._prefill_text(wanted[done:-1], encoding.n_past + done, ctl, c.turns.extend)
+        yield from _say(answer, "info", decoding.prefilled(self, answer))
+        self._stop_if_cancelled(ctl)
+        self.ctx.decode_tokens(wanted[-1:], encoding.n_past + len(c.turns))
+        c.turns.append(wanted[-1])
+        prefill_s = time.perf_counter() - t0
+        ctl.controller, notice = decoding.start(self, answer)
+        yield from _say(answer, "info", notice)
+        answer.timings["prefill_question_s"] = round(prefill_s, 4)
+        answer.settings["n_ctx"] = self.ctx.n_ctx
+        answer.prompt_tokens = list(encoding.tokens) + wanted
+        yield Prefilled(len(wanted), prefill_s, answer.n_video_tokens_kept)
+
+    def _continue_from(self, encoding: Encoding, wanted: list[int], keep_pruned: bool) -> _Cache:
+        """The cache on the prefix this answer needs, holding the longest start of `wanted[:-1]` it can.
+
+        A pruning decoding (Lite) continuing its own conversation keeps the pruned prefix; any other answer
+        gets the whole prefix back. Before a prefix is first pruned, the whole one is saved to come back to.
+        """
         c = self._cache
-        lite_continues = mode == "lite" and c.pruned and wanted[: len(c.turns)] == c.turns
-        if c.pruned and not lite_continues:  # Lite removed media rows: back to the whole prefix
+        continues = keep_pruned and c.pruned and wanted[: len(c.turns)] == c.turns
+        if c.pruned and not continues:  # Lite removed media rows: back to the whole prefix
             self.ctx.state_set(encoding.snapshot)
             c = self._cache = _Cache(encoding, False, encoding.media_cells, encoding.n_tokens)
-        if mode == "lite" and not c.pruned and encoding.snapshot is None:
+        if keep_pruned and not c.pruned and encoding.snapshot is None:
             self.ctx.remove_from(encoding.n_past)  # the prefix alone is what an independent question returns to
             c.turns = []
             encoding.snapshot = self.ctx.state_get()
@@ -604,143 +603,31 @@ class Engine:
         if common < len(c.turns):
             self.ctx.remove_from(encoding.n_past + common)
             del c.turns[common:]
-        yield from self._prefill_text(wanted[common:-1], encoding.n_past + common, ctl, c.turns.extend)
-        if mode == "lite":
-            if not c.pruned and len(c.media_cells):
-                self._prune_lite()
-            if len(c.media_cells) == 0:
-                answer.notices.append("no video or image tokens: Lite has nothing to prune")
-                yield Notice("info", answer.notices[-1])
-            elif c.pruned:
-                answer.n_video_tokens_kept = len(c.media_cells)
-        controller = None
-        vr = None
-        if mode != "base":
-            from .vreason import VReasonSettings
+        return c
 
-            vr = vreason or VReasonSettings()
-            self.hook.prepare(1 % vr.every == 0)  # step 1's update needs the last prompt token's nodes
-        self._stop_if_cancelled(ctl)
-        self.ctx.decode_tokens(wanted[-1:], encoding.n_past + len(c.turns))
-        c.turns.append(wanted[-1])
-        prefill_s = time.perf_counter() - t0
-        if vr is not None:
-            tc = time.perf_counter()
-            controller, notice = self._start_controller(vr, answer)
-            ctl.controller = controller
-            answer.timings["controller_setup_s"] = round(time.perf_counter() - tc, 4)
-            if notice:
-                answer.notices.append(notice)
-                yield Notice("info", notice)
-        answer.timings["prefill_question_s"] = round(prefill_s, 4)
-        answer.settings["n_ctx"] = self.ctx.n_ctx
-        answer.prompt_tokens = list(encoding.tokens) + wanted
-        yield Prefilled(len(wanted), prefill_s, answer.n_video_tokens_kept)
-        return controller
-
-    def _prune_lite(self) -> None:
-        """Lite: drop the half of the media rows with the lowest last-layer value norm, in every layer.
-
-        Runs once the question is prefilled, so the question's own rows saw the whole video (the method).
-        The unpruned prefix was saved first, so an independent question gets the whole video back.
-        """
-        c = self._cache
-        rows = c.media_cells
-        values = self.hook.read_values(rows, self.v_transposed)
-        v = values.reshape(len(rows), self.info.n_head_kv, self.info.head_dim).astype(np.float32)
-        score = np.linalg.norm(v, axis=2).sum(axis=1)  # the method: norm per kv head, summed over heads
-        keep_rows = np.sort(np.argsort(-score, kind="stable")[: len(rows) - len(rows) // 2])
-        keep = np.ones(c.n_cells, bool)
-        keep[np.delete(rows, keep_rows)] = False
-        self.ctx.state_set(prune_cells(self.ctx.state_get(), keep, has_ext=True))
-        new_index = np.cumsum(keep) - 1  # the reload packs the kept cells in order
-        c.n_prefix_cells -= len(rows) - len(keep_rows)
-        c.media_cells = new_index[rows[keep_rows]]
-        c.pruned = True
-
-    def _start_controller(self, settings: VReasonSettings, answer: Answer) -> tuple[VReason, str | None]:
-        from .vreason import VReason
-
-        c = self._cache
-        notice = None
-        if len(c.media_cells):
-            rows = c.media_cells
-        else:  # no media: the controller spans all prompt rows, the last one included (our choice; README)
-            rows = np.arange(c.n_cells)
-            notice = f"no video or image tokens: V-Reason acts on all {len(rows)} prompt rows"
-        if self._tail is None or self._tail_key != (settings.device, settings.dtype):
-            from .tail import Tail
-
-            if self._tail is not None:
-                self._tail.head.close()
-            self._tail = Tail.from_gguf(
-                self.info, settings.device, settings.dtype, self.hook.weight_view, self.settings.n_threads
-            )
-            self._tail_key = (settings.device, settings.dtype)
-        controller = VReason(self._tail, self.hook, rows, self.v_transposed, settings)
-        answer.settings["vreason"] = {
-            **asdict(settings),
-            "device": str(self._tail.device),
-            "tail_dtype": self._tail.kind,
-            "n_rows": len(rows),
-        }
-        return controller, notice
-
-    def _decode(
-        self, answer: Answer, gen: GenerationSettings, controller: VReason | None, ctl: _Control
-    ) -> Iterator[Event]:
+    def _decode(self, answer: Answer, gen: GenerationSettings, ctl: _Control) -> Iterator[Event]:
         """The decode loop. The token of step k comes from p_k before that step's update (the method)."""
-        c, pos0 = self._cache, self._cache.encoding.n_past
-        sampler = Sampler(gen.sampling, self.model.n_vocab)
-        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        splitter = ChannelSplitter()
-        text: list[str] = []
-        recent = ""  # the end of the text, where a closing </answer> would show
+        controller, sampler, text = ctl.controller, Sampler(gen.sampling, self.model.n_vocab), TextStream()
         t0 = time.perf_counter()
-        control_s = 0.0
-        step = 0
-        while True:
+        control_s, step = 0.0, 0
+        while not answer.stop_reason:
             step += 1
             logits = self.ctx.logits()
             tok, h = sampler(logits)
-            state: ControlState | None = None
-            if controller:
-                tc = time.perf_counter()
-                state = controller.step(step, logits, h, c.n_cells)
-                control_s += time.perf_counter() - tc
-                if controller.warning:
-                    answer.notices.append(controller.warning)
-                    yield Notice("warning", controller.warning)
-                    controller.warning = None
+            state, seconds = yield from _control(controller, step, logits, h, self.n_cells, answer)
+            control_s += seconds
             raw, eog = self.model.piece(tok)
-            piece = "" if eog else utf8.decode(raw)
+            piece, parts = text.feed(raw, eog)
             answer.tokens.append(tok)
             answer.token_text.append(piece)
             answer.entropy.append(h)
             answer.control.append(state)
-            text.append(piece)
-            recent = (recent + piece)[-16:]
-            yield TokenEvent(step, tok, piece, h, time.perf_counter() - t0, state, splitter.feed(piece))
-            if eog:
-                answer.stop_reason = "eos"
-            elif gen.stop_at_answer and "</answer>" in recent:
-                answer.stop_reason = "answer"
-            elif step >= gen.max_tokens:
-                answer.stop_reason = "max_tokens"
-            elif ctl.cancelled():
-                answer.stop_reason = "cancelled"
-            if answer.stop_reason:
-                break
-            if controller:
-                controller.prepare(step + 1)
-            try:
-                self.ctx.decode_one(tok, pos0 + len(c.turns))
-            except Aborted:  # cancelled while llama.cpp computed the next step: this token stays the last
-                answer.stop_reason = "cancelled"
-                break
-            c.turns.append(tok)
-        answer.text = "".join(text)
-        answer.history = tuple(c.turns) + (() if eog else (tok,))
+            yield TokenEvent(step, tok, piece, h, time.perf_counter() - t0, state, parts)
+            answer.stop_reason = stop_reason(gen, step, eog, text.recent, ctl.cancelled())
+            if not answer.stop_reason and not self._decode_next(tok, step + 1, controller):
+                answer.stop_reason = "cancelled"  # cancelled while llama.cpp computed the next step
+        answer.text = text.text
+        answer.history = tuple(self._cache.turns) + (() if eog else (tok,))
         decode_s = time.perf_counter() - t0
         answer.timings.update(
             decode_s=round(decode_s, 4),
@@ -748,30 +635,84 @@ class Engine:
             tokens_per_s=round(len(answer.tokens) / decode_s, 3) if decode_s > 0 else 0.0,
         )
 
+    def _decode_next(self, tok: int, next_step: int, controller: Controller | None) -> bool:
+        """Put `tok` in the cache, computing step `next_step`'s logits; False if cancelled part way
+        (the token then stays out of the cache: the answer's last)."""
+        if controller is not None:
+            controller.prepare(next_step)
+        c = self._cache
+        try:
+            self.ctx.decode_one(tok, c.encoding.n_past + len(c.turns))
+        except Aborted:
+            return False
+        c.turns.append(tok)
+        return True
+
+    # -- what a decoding's hooks use (decoding.Host) -------------------------------------------------
+    @property
+    def media_rows(self) -> np.ndarray:
+        """KV cells of the media's rows as the cache holds them now (after any pruning), in order."""
+        return self._cache.media_cells
+
+    @property
+    def media_pruned(self) -> bool:
+        return self._cache.pruned
+
+    @property
+    def n_cells(self) -> int:
+        """KV cells in use: the prefix, then the conversation's tokens."""
+        return self._cache.n_cells
+
+    def keep_media_rows(self, keep: np.ndarray) -> None:
+        """Drop the media rows not in `keep` (indices into `media_rows`) from the cache, in every layer:
+        Lite's pruning, from its `prefilled` hook. Only a decoding that `prunes` may: the engine saved the
+        unpruned prefix for it first, so an independent question gets the whole video back."""
+        c = self._cache
+        rows = c.media_cells
+        cells = np.ones(c.n_cells, bool)
+        cells[np.delete(rows, keep)] = False
+        self.ctx.state_set(prune_cells(self.ctx.state_get(), cells, has_ext=True))
+        new_index = np.cumsum(cells) - 1  # the reload packs the kept cells in order
+        c.n_prefix_cells -= len(rows) - len(keep)
+        c.media_cells = new_index[rows[keep]]
+        c.pruned = True
+
+    def tail(self, device: str, dtype: str) -> Tail:
+        """The model's PyTorch tail for V-Reason: loaded at the first V-Reason answer and kept (loaded again
+        only for another device or dtype)."""
+        if self._tail is None or self._tail_key != (device, dtype):
+            from .tail import Tail
+
+            if self._tail is not None:
+                self._tail.head.close()
+            self._tail = Tail.from_gguf(self.info, device, dtype, self.hook.weight_view, self.settings.n_threads)
+            self._tail_key = (device, dtype)
+        return self._tail
+
+
+def _control(
+    controller: Controller | None, step: int, logits: np.ndarray, h: float, n_cells: int, answer: Answer
+) -> Iterator[Event]:
+    """The controller's step `step`, if there is a controller: returns (its ControlState, the seconds it
+    took), after showing its warning if it has one."""
+    if controller is None:
+        return None, 0.0
+    t0 = time.perf_counter()
+    state = controller.step(step, logits, h, n_cells)
+    seconds = time.perf_counter() - t0
+    yield from _say(answer, "warning", controller.warning)
+    controller.warning = None
+    return state, seconds
+
+
+def _say(answer: Answer, level: str, notice: str | None) -> Iterator[Event]:
+    """A decoding's notice, if it has one: kept with the answer and shown."""
+    if notice:
+        answer.notices.append(notice)
+        yield Notice(level, notice)
+
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
     return int(diff[0]) if len(diff) else n
-
-
-def check_context(needed: int, n_ctx: int | None, n_ctx_train: int) -> None:
-    """`needed` tokens must fit a context the user fixed (`n_ctx`), or else the model's trained context,
-    up to which an automatic context grows."""
-    limit = n_ctx or n_ctx_train
-    if needed <= limit:
-        return
-    if n_ctx is not None and needed <= n_ctx_train:
-        raise ContextTooSmall(
-            needed, limit, True, [Remedy("a larger context", "engine.n_ctx", round_up_context(needed))]
-        )
-    raise ContextTooSmall(
-        needed,
-        limit,
-        n_ctx is not None,
-        [
-            Remedy("fewer frames", "frames.max_frames"),
-            Remedy("a lower frame resolution", "frames.max_pixels"),
-            Remedy("a shorter answer", "generation.max_tokens"),
-        ],
-    )

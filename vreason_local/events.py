@@ -8,8 +8,12 @@ Front ends only render or store them; nothing here is recomputed downstream.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal, get_args
+import copy
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, Literal, get_args
+
+from .errors import UserError
 
 Channel = Literal["reasoning", "answer"]
 Mode = Literal["base", "vreason", "lite"]  # plain decoding, V-Reason, V-Reason Lite (README)
@@ -128,6 +132,134 @@ class Answer:
     settings: dict[str, object] = field(default_factory=dict)  # generation and (V-Reason modes) vreason
     notices: list[str] = field(default_factory=list)
     history: tuple[int, ...] = ()  # the conversation's token ids after the media, through this answer
+
+    def to_dict(self) -> dict:
+        """The answer as one JSON-able record (schema `ANSWER_SCHEMA`): every field under its own name, `control`
+        as one dict per token (None where the controller did not run), `history` as a list. Every output that
+        writes an answer (`run --json`, eval rows, the chat store) is built from this record, so a field has one
+        name and one form everywhere; `from_dict` gives the same Answer back."""
+        return {
+            "schema": ANSWER_SCHEMA,
+            "mode": self.mode,
+            "question": self.question,
+            "text": self.text,
+            "reasoning": self.reasoning,
+            "answer": self.answer,
+            "stop_reason": self.stop_reason,
+            "tokens": list(self.tokens),
+            "token_text": list(self.token_text),
+            "entropy": list(self.entropy),
+            "control": [None if c is None else asdict(c) for c in self.control],
+            "timings": dict(self.timings),
+            "prompt_tokens": list(self.prompt_tokens),
+            "n_media_tokens": self.n_media_tokens,
+            "n_video_tokens_kept": self.n_video_tokens_kept,
+            "reused_encoding": self.reused_encoding,
+            "settings": copy.deepcopy(self.settings),
+            "notices": list(self.notices),
+            "history": list(self.history),
+        }
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> Answer:
+        """The Answer a record describes: a `to_dict()` record (exactly), or one written before the schema was
+        numbered, as `run --json`, eval rows and chat messages are: `n_video_tokens` is read as `n_media_tokens`,
+        the controller's per-token columns (`ema`, `alpha`, ..., at the top or under `telemetry`) as `control`,
+        and a field the record lacks (or holds as null) takes its default. Unknown keys are ignored, so an
+        output's own fields may sit beside the answer's. A record of a newer schema is refused, not misread."""
+        schema = record.get("schema") or 0
+        if not isinstance(schema, int) or schema > ANSWER_SCHEMA:
+            raise UserError(
+                f"this answer was written with answer schema {schema!r}, newer than this vreason reads "
+                f"({ANSWER_SCHEMA}): update vreason"
+            )
+        inner = record.get("telemetry")
+        columns = inner if isinstance(inner, Mapping) else {}
+
+        def get(name: str, default: object = None) -> Any:
+            """A field at the top of the record, else among the per-token columns under `telemetry`."""
+            value = record.get(name, columns.get(name))
+            return default if value is None else value
+
+        entropy = list(get("entropy", []))
+        if record.get("control") is not None:
+            control = [None if c is None else _control_state(c.get) for c in record["control"]]
+        else:
+            control = _control_from_columns(get, len(entropy))
+        return cls(
+            mode=get("mode", "base"),
+            question=get("question", ""),
+            text=get("text", ""),
+            reasoning=get("reasoning", ""),
+            answer=get("answer", ""),
+            stop_reason=get("stop_reason", ""),
+            tokens=list(get("tokens", [])),
+            token_text=list(get("token_text", [])),
+            entropy=entropy,
+            control=control,
+            timings=dict(get("timings", {})),
+            prompt_tokens=list(get("prompt_tokens", [])),
+            n_media_tokens=get("n_media_tokens", get("n_video_tokens", 0)),
+            n_video_tokens_kept=get("n_video_tokens_kept"),
+            reused_encoding=bool(get("reused_encoding", False)),
+            settings=copy.deepcopy(dict(get("settings", {}))),
+            notices=list(get("notices", [])),
+            history=tuple(get("history", ())),
+        )
+
+
+# Answer.to_dict's "schema": raised when a field changes its meaning or form or goes away (from_dict then reads
+# the old form too); a new field with a default keeps the number, since older records simply lack it.
+ANSWER_SCHEMA = 1
+CONTROL_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ControlState))
+# The per-token columns: one value per generated token each (chat messages keep them under "telemetry").
+PER_TOKEN_FIELDS: tuple[str, ...] = ("tokens", "token_text", "entropy", *CONTROL_FIELDS)
+# Entropies in the files written for reading and plotting (`run --json`, eval rows): a millionth of a nat is far
+# below any difference that matters, and it keeps the lines short. The chat store keeps them exact.
+ENTROPY_DIGITS = 6
+_CONTROL_DEFAULTS = {f.name: None if f.default is MISSING else f.default for f in fields(ControlState)}
+_DERIVED: dict[str, Callable[[Mapping[str, Any]], object]] = {
+    "n_tokens": lambda r: len(r["tokens"]),
+    "n_prompt_tokens": lambda r: len(r["prompt_tokens"]),
+    # the name `run --json` and eval rows have always written for the media's vision tokens (images included)
+    "n_video_tokens": lambda r: r["n_media_tokens"],
+}
+
+
+def answer_fields(record: Mapping[str, Any], names: Iterable[str], entropy_digits: int | None = None) -> dict:
+    """The flat view of an answer record (`Answer.to_dict()`) that the JSON outputs write, by field name:
+    any record field; `n_tokens` and `n_prompt_tokens` (counts); `n_video_tokens` (`n_media_tokens` under the
+    name those outputs use); each `ControlState` field as a per-token column (None where the controller did not
+    run). `entropy` is rounded to `entropy_digits` places where given. `from_dict` reads every one of them back."""
+    out: dict[str, object] = {}
+    for name in names:
+        if name in _DERIVED:
+            out[name] = _DERIVED[name](record)
+        elif name in CONTROL_FIELDS:
+            out[name] = [None if c is None else c[name] for c in record["control"]]
+        elif name == "entropy" and entropy_digits is not None:
+            out[name] = [round(h, entropy_digits) for h in record["entropy"]]
+        else:
+            out[name] = record[name]
+    return out
+
+
+def _control_state(get: Callable[[str], Any]) -> ControlState:
+    """A ControlState from its fields as `get` finds them; one a record lacks (written before the field existed)
+    takes its default, or None where it has none."""
+    values = {f.name: get(f.name) for f in fields(ControlState)}
+    return ControlState(**{name: _CONTROL_DEFAULTS[name] if v is None else v for name, v in values.items()})
+
+
+def _control_from_columns(get: Callable[[str, object], Any], n: int) -> list[ControlState | None]:
+    """`control` from per-token columns (`answer_fields`' form): a None `ema` marks a token without a state;
+    with no `ema` column at all, none of the `n` tokens had one."""
+    ema = get("ema", None)
+    if ema is None:
+        return [None] * n
+    columns = [get(name, None) or [None] * len(ema) for name in CONTROL_FIELDS]
+    rows = [dict(zip(CONTROL_FIELDS, values)) for values in zip(*columns)]
+    return [None if row["ema"] is None else _control_state(row.get) for row in rows]
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DoesNotFit, Remedy, UserError
+from .errors import ContextTooSmall, DoesNotFit, Remedy, UserError
 
 GiB = 1 << 30
 
@@ -421,6 +421,24 @@ def check_fit(
     )
 
 
+def check_context(needed: int, n_ctx: int | None, n_ctx_train: int, use: ContextUse | None = None) -> None:
+    """`needed` tokens must fit a context the user fixed (`n_ctx`), or else the model's trained context,
+    up to which an automatic context grows. The remedies name values that fit where `use` says what fills
+    the context (fewer frames, a shorter answer), else a shorter question: never a change that cannot help."""
+    limit = n_ctx or n_ctx_train
+    if needed <= limit:
+        return
+    if n_ctx is not None and needed <= n_ctx_train:
+        raise ContextTooSmall(
+            needed, limit, True, [Remedy("a larger context", "engine.n_ctx", round_up_context(needed))]
+        )
+    use = ContextUse(needed) if use is None else use
+    remedies = _smaller_settings(ContextUse(needed, use.answer, use.frames, use.video_tokens, use.min_frames), limit, limit, lambda n: n)
+    if not remedies:
+        remedies = [Remedy("a shorter question")]
+    raise ContextTooSmall(needed, limit, n_ctx is not None, remedies)
+
+
 def _smaller_settings(use: ContextUse, n_ctx: int, max_ctx: int, context_for: Callable[[int], int]) -> list[Remedy]:
     """The largest frame limit, context size and answer length that bring the context down to ``max_ctx``
     tokens, each alone, each a value the settings accept; none of a kind when no such value fits."""
@@ -475,6 +493,7 @@ __all__ = [
     "MemoryInfo",
     "apple_gpu_limit",
     "available_memory",
+    "check_context",
     "check_fit",
     "context_size",
     "format_bytes",

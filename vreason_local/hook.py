@@ -8,98 +8,33 @@ steps with `ggml_backend_tensor_set` (valid for CPU, CUDA and Metal buffers alik
 from __future__ import annotations
 
 import ctypes
+import functools
+from typing import Any
 
 import llama_cpp as L
 import numpy as np
-from llama_cpp._ctypes_extensions import load_shared_library
-from llama_cpp.llama_cpp import _base_path
 
+from . import native
 from .errors import UserError
 from .gguf_info import ModelInfo, release_pages
-from .native import library
 
 GGML_TYPE_F16 = 1
-_c = ctypes
-_lib: ctypes.CDLL | None = None
-_ggml: ctypes.CDLL | None = None
 
 
-def native() -> ctypes.CDLL:
-    """The hook library (for its helpers, e.g. `vr_read_rows`)."""
-    return _load()[0]
+@functools.cache
+def check_layout() -> None:
+    """`verify_layout` on the running library and ggml-base, once per process (again after a refusal)."""
+    verify_layout(native.library(), native.ggml())
 
 
-def _load() -> tuple[ctypes.CDLL, ctypes.CDLL]:
-    """Declare the hook's signatures on the native library, load ggml-base, verify the tensor layout (once)."""
-    global _lib, _ggml
-    if _lib is not None:
-        return _lib, _ggml
-    lib = library()
-    ggml = load_shared_library("ggml-base", _base_path)
-    vp, sz, i64 = _c.c_void_p, _c.c_size_t, _c.c_int64
-    sigs = {
-        "vr_tensor_size": ([], sz),
-        "vr_name_offset": ([], sz),
-        "vr_view_src_offset": ([], sz),
-        "vr_tensor_type": ([vp], _c.c_int32),
-        "vr_tensor_ne": ([vp, _c.c_int], i64),
-        "vr_tensor_nb": ([vp, _c.c_int], sz),
-        "vr_tensor_view_src": ([vp], vp),
-        "vr_hook_new": ([vp], vp),
-        "vr_hook_free": ([vp], None),
-        "vr_hook_add_capture": ([vp, _c.c_char_p, sz], _c.c_int),
-        "vr_hook_set_cache_names": ([vp, _c.c_char_p, _c.c_char_p], None),
-        "vr_hook_enable": ([vp, _c.c_int], None),
-        "vr_hook_reset": ([vp], None),
-        "vr_hook_capture": (
-            [vp, _c.c_int, _c.POINTER(i64), _c.POINTER(sz), _c.POINTER(i64), _c.POINTER(_c.c_int32)],
-            vp,
-        ),
-        "vr_hook_cache": ([vp, _c.c_int], vp),
-        "vr_hook_n_asked": ([vp], i64),
-        "vr_hook_add_weight": ([vp, _c.c_char_p], _c.c_int),
-        "vr_hook_weight": ([vp, _c.c_int], vp),
-        "vr_tensor_data": ([vp], vp),
-        "vr_tensor_buffer": ([vp], vp),
-        "vr_hook_n_observed": ([vp], i64),
-    }
-    for name, (args, res) in sigs.items():
-        fn = getattr(lib, name)
-        fn.argtypes, fn.restype = args, res
-    if hasattr(lib, "vr_read_rows"):  # POSIX only
-        lib.vr_read_rows.argtypes = [_c.c_int, i64, i64, vp, i64, vp]
-        lib.vr_read_rows.restype = i64
-    ggml.ggml_backend_tensor_get.argtypes = [vp, vp, sz, sz]
-    ggml.ggml_backend_tensor_set.argtypes = [vp, vp, sz, sz]
-    ggml.ggml_backend_tensor_get.restype = ggml.ggml_backend_tensor_set.restype = None
-    ggml.ggml_backend_buffer_is_host.argtypes, ggml.ggml_backend_buffer_is_host.restype = [vp], _c.c_bool
-    verify_layout(lib, ggml)
-    _lib, _ggml = lib, ggml
-    return lib, ggml
-
-
-class _InitParams(ctypes.Structure):
-    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
-
-
-def verify_layout(lib: ctypes.CDLL, ggml: ctypes.CDLL) -> None:
-    """Check the C mirror of `struct ggml_tensor` against the running ggml; refuse if they differ.
+def verify_layout(lib: Any, ggml: Any) -> None:
+    """Check the C mirror of `struct ggml_tensor` against the running ggml; refuse if they differ. `lib`: the
+    native library (native.library(), or in tests a stand-in that changes one of its answers), `ggml`: ggml-base.
 
     Builds real tensors with ggml itself and reads them back through the mirror: size (ggml's tensor
     overhead minus its 32-byte object header), the name's offset, ne/nb/type and a view's source.
     """
-    vp = ctypes.c_void_p
-    ggml.ggml_init.argtypes, ggml.ggml_init.restype = [_InitParams], vp
-    ggml.ggml_new_tensor_2d.argtypes, ggml.ggml_new_tensor_2d.restype = (
-        [vp, ctypes.c_int, ctypes.c_int64, ctypes.c_int64],
-        vp,
-    )
-    ggml.ggml_view_1d.argtypes, ggml.ggml_view_1d.restype = [vp, vp, ctypes.c_int64, ctypes.c_size_t], vp
-    ggml.ggml_set_name.argtypes, ggml.ggml_set_name.restype = [vp, ctypes.c_char_p], vp
-    ggml.ggml_get_name.argtypes, ggml.ggml_get_name.restype = [vp], vp
-    ggml.ggml_tensor_overhead.restype = ctypes.c_size_t
-    ggml.ggml_free.argtypes = [vp]
-    ctx = ggml.ggml_init(_InitParams(1 << 16, None, True))
+    ctx = ggml.ggml_init(native.GGMLInitParams(1 << 16, None, True))
     try:
         t = ggml.ggml_new_tensor_2d(ctx, GGML_TYPE_F16, 6, 5)
         ggml.ggml_set_name(t, b"vr_probe")
@@ -129,7 +64,8 @@ class ValueHook:
     only the tail's backward, `tail.Tail.backward_at_llama_state`), and owns reading K/V rows and writing V rows."""
 
     def __init__(self, info: ModelInfo) -> None:
-        self.lib, self.ggml = _load()
+        self.lib, self.ggml = native.library(), native.ggml()
+        check_layout()
         self.info = info
         last = info.n_layer - 1
         self.h = self.lib.vr_hook_new(ctypes.cast(self.ggml.ggml_backend_tensor_get, ctypes.c_void_p))

@@ -57,9 +57,9 @@ class CancelFlag(ctypes.Structure):
 
     def __init__(self) -> None:
         super().__init__(0, 64, 0)  # the vision encoder runs in pieces of 64 graph nodes
-        from .hook import native
+        from .native import library
 
-        lib = native()
+        lib = library()
         self.abort_callback = L.ggml_abort_callback(ctypes.cast(lib.vr_abort_requested, ctypes.c_void_p).value)
         self.eval_callback = L.ggml_backend_sched_eval_callback(ctypes.cast(lib.vr_cancel_eval, ctypes.c_void_p).value)
 
@@ -77,10 +77,6 @@ class CancelFlag(ctypes.Structure):
 def supports_gpu_offload() -> bool:
     """This build of llama.cpp can put layers on a GPU (CUDA, Metal, Vulkan, ...)."""
     return bool(L.llama_supports_gpu_offload())
-
-
-def default_threads() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
 
 
 class Model:

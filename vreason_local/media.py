@@ -40,6 +40,10 @@ class Media:
     def none() -> Media:
         return Media("none")
 
+    def frame_times(self) -> list[dict]:
+        """Each frame's index in the video and when it was shown (to the millisecond), as the JSON outputs list them."""
+        return [{"index": f.index, "timestamp_s": round(f.timestamp_s, 3)} for f in self.frames]
+
 
 @dataclass(frozen=True)
 class LoadedMedia:
@@ -54,18 +58,53 @@ class LoadedMedia:
     # the answer is still given, but covers less than they may think.
     warnings: tuple[str, ...] = ()
 
+    def summary(self, requested: FrameSampling, token_budget: int | None) -> dict | None:
+        """The frames as asked for and as sampled, for `run --json` and eval rows alike: a video's requested
+        settings (`requested_frames`) with the count, size and window sampled; an image's size; None without
+        media. The window is the one sampled (a clip's end clamped to the video), to the millisecond."""
+        if self.media.kind == "none":
+            return None
+        if self.media.kind == "image":
+            h, w = self.media.frames[0].rgb.shape[:2]
+            return {"count": 1, "width": w, "height": h, "max_pixels": requested.max_pixels}
+        out = requested_frames(requested, token_budget)
+        if self.plan is not None:
+            p = self.plan
+            out.update(count=len(self.media.frames), width=p.width, height=p.height)
+            out.update(start_s=round(p.start_s, 3), end_s=round(p.end_s, 3))
+        return out
+
+
+def requested_frames(requested: FrameSampling, token_budget: int | None) -> dict:
+    """The frame settings a user sets (rate, frame limits, window, pixel budget) and the token budget: what a
+    video's frames were asked to be, also where they never were sampled (an eval row whose video failed)."""
+    keys = ("fps", "min_frames", "max_frames", "start_s", "end_s", "max_pixels")
+    return {**{k: getattr(requested, k) for k in keys}, "token_budget": token_budget}
+
 
 def load_video(path: Path, settings: FrameSampling, patch: int, token_budget: int | None = None) -> LoadedMedia:
     """Probe, plan (fitting `token_budget` if given) and decode the frames of a video."""
     t0 = time.perf_counter()
+    info, plan = _plan(path, settings, patch, token_budget)
+    frames = sample_frames(path, plan)
+    n = video_tokens(len(frames), plan.height, plan.width, patch=patch)
+    return LoadedMedia(Media("video", frames, str(path)), n, info, plan, time.perf_counter() - t0, info.warnings)
+
+
+def plan_video_tokens(
+    path: Path, settings: FrameSampling, patch: int, token_budget: int | None = None
+) -> tuple[int, int]:
+    """The frames and vision tokens `load_video` will take, planned from the video's header, not decoded."""
+    _, plan = _plan(path, settings, patch, token_budget)
+    return len(plan.indices), video_tokens(len(plan.indices), plan.height, plan.width, patch=patch)
+
+
+def _plan(path: Path, settings: FrameSampling, patch: int, token_budget: int | None) -> tuple[VideoInfo, SamplingPlan]:
     info = probe(path)
     settings = replace(settings, factor=patch * 2)
     if token_budget:
         settings = fit_token_budget(info, settings, token_budget, patch=patch)
-    plan = plan_sampling(info, settings)
-    frames = sample_frames(path, plan)
-    n = video_tokens(len(frames), plan.height, plan.width, patch=patch)
-    return LoadedMedia(Media("video", frames, str(path)), n, info, plan, time.perf_counter() - t0, info.warnings)
+    return info, plan_sampling(info, settings)
 
 
 def check_image_file(path: Path) -> None:

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .tail_weights import _kernels
+from . import native
 
 
 class Optimizer:
@@ -43,8 +43,7 @@ class Optimizer:
         if p.device.type == "cpu" and p.dtype == torch.float32 and p.is_contiguous():
             g = g.contiguous()
             args = (p, g, self.exp_avg, self.exp_avg_sq)
-            lib = _kernels()
-            return lib.vr_tail_adam(
+            return native.library().vr_tail_adam(
                 *(t.data_ptr() for t in args), p.numel(), self.lr, beta1, beta2, self.eps, self.steps
             )
         self.exp_avg.lerp_(g, 1 - beta1)

@@ -8,20 +8,22 @@ it all fits, and returns an `Estimate` the front end shows the user *before* the
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import gguf_info
 from .cache import cache_dir
 from .checks import check_model_settings
-from .engine import Engine, EngineSettings, GenerationSettings, check_context
-from .errors import UserError
-from .fit import ContextUse, check_fit, context_size, format_bytes
+from .engine import Engine
+from .errors import Remedy, UserError
+from .fit import ContextUse, check_context, check_fit, context_size, format_bytes
 from .hub import resolve_model
 from .llama_backend import supports_gpu_offload
-from .media import LoadedMedia, Media, check_image_file, load_image, load_video
+from .media import LoadedMedia, Media, check_image_file, load_image, load_video, plan_video_tokens
 from .prompt import prefix_parts, question_text, text_token_bound
-from .video import FrameSampling, check_video_file
+from .settings import EngineSettings, FrameSampling, RunSettings
+from .video import check_video_file
 
 QUESTION_ALLOWANCE = 512  # bytes of question (and the reasoning instruction) assumed when none is given yet
 
@@ -104,20 +106,12 @@ def _prefill_speed(info: gguf_info.ModelInfo, settings: EngineSettings) -> tuple
 
 
 def plan_run(
-    model: str,
-    mmproj: str | None,
-    video: Path | None,
-    image: Path | None,
-    sampling: FrameSampling,
-    gen: GenerationSettings,
-    engine: EngineSettings,
-    token_budget: int | None = None,
-    n_ctx: int | None = None,
-    question: str | None = None,
+    settings: RunSettings, video: Path | None = None, image: Path | None = None, question: str | None = None
 ) -> Plan:
     """Resolve, sample and size a run; raise `UserError` with remedies when it cannot work.
 
-    `n_ctx`: the user's context size (None: automatic). `question`, when known, sizes the estimate.
+    `settings.engine.n_ctx` is the user's context size (None: automatic). `question`, when known, sizes
+    the estimate. The CLI, the chat and (per video, through `plan_videos`' check) the evaluator plan here.
     """
     if video and image:
         raise UserError("a run takes a video or an image, not both")
@@ -125,46 +119,113 @@ def plan_run(
         check_video_file(video)
     if image:
         check_image_file(image)
-    model_path, mmproj_path = resolve_files(model, mmproj, needs_vision=bool(video or image))
-    info, projector = gguf_info.read_pair(model_path, mmproj_path)
-    check_model_settings(info, n_ctx)  # before the video is sampled
+    info, projector = _model(settings, needs_vision=bool(video or image))
     patch = projector.patch_size if projector else 14
     if video:
-        loaded = load_video(video, sampling, patch, token_budget)
+        loaded = load_video(video, settings.frames, patch, settings.token_budget)
     elif image:
-        loaded = load_image(image, sampling.max_pixels, patch)
+        loaded = load_image(image, settings.frames.max_pixels, patch)
     else:
         loaded = LoadedMedia(Media.none(), 0)
-    # An upper bound of the prompt (the engine counts it exactly before encoding, and sizes an automatic
-    # context from that): what the fit check and the estimate use, so neither is ever too small.
-    text, _ = prefix_parts(loaded.media, "")
+    n_frames = len(loaded.media.frames) if loaded.plan else 0
+    ctx, n_prompt = _check_size(
+        settings, info, projector, loaded.media, loaded.n_tokens, n_frames, loaded.n_tokens if loaded.plan else 0, question
+    )
+    speed, measured = _prefill_speed(info, settings.engine)
+    est = Estimate(loaded.n_tokens, ctx, ctx * info.kv_bytes_per_token, n_prompt / speed, measured)
+    return Plan(
+        info.path,
+        projector.path if projector else None,
+        info,
+        projector,
+        loaded,
+        settings.engine,
+        est,
+        settings.frames,
+        settings.token_budget,
+    )
+
+
+@dataclass(frozen=True)
+class VideosPlan:
+    """An evaluation's model and the largest of its videos' prompts, known to fit before the first answer."""
+
+    info: gguf_info.ModelInfo
+    projector: gguf_info.ProjectorInfo
+    largest: Path | None  # the video whose frames cost the most tokens (None: no video could be probed)
+    n_media_tokens: int
+    n_ctx: int
+
+
+def plan_videos(
+    settings: RunSettings, videos: Sequence[tuple[Path, float | None, float | None]], questions: Sequence[str]
+) -> VideosPlan:
+    """Check once, before any answer, that the model and the largest prompt among `videos` (path, clip start
+    and end: each item's own window) with the longest of `questions` fit, as `plan_run` checks one video.
+
+    Each video is probed and its frames planned, not decoded (milliseconds each). A video that cannot be
+    probed is left to fail as its own items' error rows: it does not stop the run here."""
+    info, projector = _model(settings, needs_vision=True)
+    if projector is None:
+        raise UserError(f"{info.path.name} needs its vision projector for video questions", [Remedy("its projector", "mmproj")])
+    patch = projector.patch_size
+    largest: tuple[int, int, Path | None] = (0, 0, None)
+    for path, start, end in dict.fromkeys(videos):
+        frames = settings.frames if start is None and end is None else replace(settings.frames, start_s=start, end_s=end)
+        try:
+            n_frames, n_tokens = plan_video_tokens(path, frames, patch, settings.token_budget)
+        except UserError:
+            continue
+        largest = max(largest, (n_tokens, n_frames, path), key=lambda t: t[0])
+    n_tokens, n_frames, path = largest
+    question = max(questions, key=len, default=None)
+    media = Media("video", [], str(path)) if path else Media.none()
+    ctx, _ = _check_size(settings, info, projector, media, n_tokens, n_frames, n_tokens, question)
+    return VideosPlan(info, projector, path, n_tokens, ctx)
+
+
+def _model(settings: RunSettings, needs_vision: bool) -> tuple[gguf_info.ModelInfo, gguf_info.ProjectorInfo | None]:
+    """The model's and projector's metadata, read from their headers, and the settings that depend on them."""
+    model_path, mmproj_path = resolve_files(settings.model, settings.mmproj, needs_vision)
+    info, projector = gguf_info.read_pair(model_path, mmproj_path)
+    check_model_settings(info, settings.engine.n_ctx)  # before the video is sampled
+    return info, projector
+
+
+def _check_size(
+    settings: RunSettings,
+    info: gguf_info.ModelInfo,
+    projector: gguf_info.ProjectorInfo | None,
+    media: Media,
+    n_media_tokens: int,
+    n_frames: int,
+    n_video_tokens: int,
+    question: str | None,
+) -> tuple[int, int]:
+    """The context a prompt of this media and question needs, checked against the model's context and the
+    memory there is (`UserError` with remedies naming values that fit); returns (context, prompt tokens).
+
+    The prompt is an upper bound (the engine counts it exactly before encoding, and sizes an automatic
+    context from that): what the fit check and the estimate use, so neither is ever too small."""
+    gen, n_ctx = settings.generation, settings.engine.n_ctx
+    text, _ = prefix_parts(media, "")
     asked = question_text(question, gen.reasoning, follow_up=False) if question else QUESTION_ALLOWANCE * "x"
-    n_prompt = loaded.n_tokens + text_token_bound(text) + text_token_bound(asked)
-    check_context(loaded.n_tokens + gen.max_tokens, n_ctx, info.n_ctx_train)  # certainly needed
+    n_prompt = n_media_tokens + text_token_bound(text) + text_token_bound(asked)
     needed = n_prompt + gen.max_tokens
+    use = ContextUse(
+        needed, gen.max_tokens, n_frames, n_video_tokens, settings.frames.min_frames, user_set=n_ctx is not None
+    )
+    check_context(needed, n_ctx, info.n_ctx_train, use)
     ctx = n_ctx or min(info.n_ctx_train, context_size(needed))
-    settings = replace(engine, n_ctx=n_ctx)  # None: the engine sizes it from the real prompt
-    kv = ctx * info.kv_bytes_per_token
     check_fit(
         info.file_bytes,
         projector.file_bytes if projector else 0,
         ctx,
         info.kv_bytes_per_token,
-        cpu_only=engine.n_gpu_layers == 0 or not supports_gpu_offload(),
-        use=ContextUse(
-            needed,
-            gen.max_tokens,
-            len(loaded.media.frames) if loaded.plan else 0,
-            loaded.n_tokens if loaded.plan else 0,
-            sampling.min_frames,
-            user_set=n_ctx is not None,
-        ),
+        cpu_only=settings.engine.n_gpu_layers == 0 or not supports_gpu_offload(),
+        use=use,
     ).require()
-    speed, measured = _prefill_speed(info, settings)
-    est = Estimate(loaded.n_tokens, ctx, kv, n_prompt / speed, measured)
-    return Plan(
-        info.path, projector.path if projector else None, info, projector, loaded, settings, est, sampling, token_budget
-    )
+    return ctx, n_prompt
 
 
 def resolve_files(model: str, mmproj: str | None, needs_vision: bool) -> tuple[Path, Path | None]:

@@ -14,9 +14,20 @@ from dataclasses import asdict
 
 import click
 
-from .events import Answer, Encoded, Event, Finished, Notice, Progress, TokenEvent
+from .events import (
+    CONTROL_FIELDS,
+    ENTROPY_DIGITS,
+    Answer,
+    Encoded,
+    Event,
+    Finished,
+    Notice,
+    Progress,
+    TokenEvent,
+    answer_fields,
+)
 from .planning import Plan, record_prefill_speed
-from .telemetry import per_token, summarize
+from .telemetry import summarize
 
 
 class StatusLine:
@@ -127,37 +138,28 @@ def _rows(plan: Plan) -> str:
 
 def run_settings(plan: Plan, answer: Answer) -> dict:
     """Every setting the run used, so that it can be reproduced from its JSON."""
-    media = plan.media
-    frames = None
-    if media.plan:
-        p = media.plan
-        frames = {
-            "count": len(media.media.frames),
-            "width": p.width,
-            "height": p.height,
-            "fps": plan.frame_settings.fps,
-            "min_frames": plan.frame_settings.min_frames,
-            "max_frames": plan.frame_settings.max_frames,
-            "max_pixels": plan.frame_settings.max_pixels,
-            "start_s": round(p.start_s, 3),
-            "end_s": round(p.end_s, 3),
-            "token_budget": plan.token_budget,
-        }
-    elif media.media.kind == "image":
-        h, w = media.media.frames[0].rgb.shape[:2]
-        frames = {"count": 1, "width": w, "height": h, "max_pixels": plan.frame_settings.max_pixels}
     engine = {**asdict(plan.engine), "n_ctx_used": answer.settings.get("n_ctx")}
     return {
-        "frames": frames,
+        "frames": plan.media.summary(plan.frame_settings, plan.token_budget),
         "generation": answer.settings.get("generation"),
         "engine": engine,
         "vreason": answer.settings.get("vreason"),
     }
 
 
+# What `run --json` writes of the answer's record (Answer.to_dict), in two runs around the frames list: all of it
+# but `reused_encoding` and `history` (for one answer on fresh media: false, and its own tokens), with `control` as
+# per-token columns (events.answer_fields), `n_media_tokens` under its old name `n_video_tokens`, and `settings`
+# and `timings` in the run's fuller forms below.
+_PROMPT_FIELDS = ("mode", "question", "prompt_tokens", "n_prompt_tokens", "n_video_tokens", "n_video_tokens_kept")
+_ANSWER_FIELDS = ("text", "reasoning", "answer", "stop_reason", "n_tokens", "tokens", "token_text", "entropy")
+
+
 def answer_json(plan: Plan, events: Iterable[Event]) -> dict:
-    """The `vreason run --json` object (field list in README.md)."""
+    """The `vreason run --json` object (field list in README.md): the answer's record, plus the run's own
+    fields (the model, the media and its frames, the controller's summary, the settings, warnings, timings)."""
     answer, encoded = consume(plan, events, lambda ev: None)
+    record = answer.to_dict()
     media = plan.media
     t = answer.timings
     timings = {
@@ -167,44 +169,19 @@ def answer_json(plan: Plan, events: Iterable[Event]) -> dict:
         "prefill_s": round(t.get("prefill_media_s", 0.0) + t.get("prefill_question_s", 0.0), 4),
         **{k: v for k, v in t.items() if k not in ("load_s", "encode_s", "prefill_media_s")},
     }
-    updates = [c for c in answer.control if c is not None and c.alpha is not None]
-    columns = per_token(answer)
     summary = summarize(answer)
-
     return {
         "model": plan.info.name,
         "model_path": str(plan.model_path),
         "random_weights": plan.info.random_weights,
-        "mode": answer.mode,
-        "question": answer.question,
         "media": media.media.kind,
-        "prompt_tokens": answer.prompt_tokens,  # null marks a media (vision) token position
-        "n_prompt_tokens": len(answer.prompt_tokens),
-        "n_video_tokens": answer.n_media_tokens,
-        "n_video_tokens_kept": answer.n_video_tokens_kept,
-        "frames": [{"index": f.index, "timestamp_s": round(f.timestamp_s, 3)} for f in media.media.frames],
-        "text": answer.text,
-        "reasoning": answer.reasoning,
-        "answer": answer.answer,
-        "stop_reason": answer.stop_reason,
-        "n_tokens": len(answer.tokens),
-        "tokens": answer.tokens,
-        "token_text": answer.token_text,
-        "entropy": [round(h, 6) for h in answer.entropy],
-        "ema": columns["ema"],
-        "peak": columns["peak"],
-        "alpha": columns["alpha"],
-        "dv_norm": columns["dv_norm"],
-        "update_ms": columns["update_ms"],
-        "selfcheck": columns["selfcheck"],
-        "head_rows": columns["head_rows"],
-        "head_bound": columns["head_bound"],
-        "written_ratio": columns["written_ratio"],
-        "skipped": columns["skipped"],
+        **answer_fields(record, _PROMPT_FIELDS),  # prompt_tokens: null marks a media (vision) token position
+        "frames": media.media.frame_times(),
+        **answer_fields(record, (*_ANSWER_FIELDS, *CONTROL_FIELDS), ENTROPY_DIGITS),
         "controller": {
-            "n_updates": len(updates),
+            "n_updates": summary.n_updates,
             "controller_s": t.get("controller_s", 0.0),
-            "max_selfcheck": max((u.selfcheck for u in updates), default=None),
+            "max_selfcheck": summary.max_selfcheck,
             "n_skipped": summary.n_skipped,
             "median_written_ratio": summary.median_written_ratio,
             "max_head_bound": summary.max_head_bound,
@@ -213,6 +190,6 @@ def answer_json(plan: Plan, events: Iterable[Event]) -> dict:
         else None,
         "settings": run_settings(plan, answer),
         "warnings": list(media.warnings),
-        "notices": answer.notices,
+        "notices": record["notices"],
         "timings": timings,
     }

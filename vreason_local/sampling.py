@@ -48,43 +48,20 @@ top_p's boundary may fall on the other side of it than in a float64 computation.
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
 
 import numpy as np
 
 from . import native
+from .settings import TokenSampling
 
 #: Guaranteed accuracy of `entropy` and of `Sampler`'s entropy (module docstring): relative, absolute (nats).
 ENTROPY_REL_ERROR = 1e-5
 ENTROPY_ABS_ERROR = 1e-30
 
-_lib: ctypes.CDLL | None = None
-
-
-def _native() -> ctypes.CDLL:
-    """The kernels of native/vr_sampling.c, declared once on the package's native library."""
-    global _lib
-    if _lib is None:
-        lib = native.library()
-        vp, i64, f32, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_double
-        sigs = {
-            "vr_argmax_entropy": ([vp, i64, ctypes.POINTER(f64)], i64),
-            "vr_softmax": ([vp, i64, f32, f32, vp], f64),
-            "vr_nucleus_cut": ([vp, i64, f64, f64, vp, vp], f32),
-            "vr_nucleus_hist_size": ([], i64),
-            "vr_draw": ([vp, i64, f32, f64], i64),
-            "vr_head_terms": ([vp, vp, i64, i64, vp, vp, vp], i64),
-        }
-        for name, (args, res) in sigs.items():
-            fn = getattr(lib, name)
-            fn.argtypes, fn.restype = args, res
-        _lib = lib
-    return _lib
-
 
 def kernel_lanes() -> int:
     """Vector lanes of the kernels this CPU runs (16 AVX-512, 8 AVX2, 4 SSE2/NEON, 1 scalar build)."""
-    return int(_native().vr_sampling_lanes())
+    return int(native.library().vr_sampling_lanes())
 
 
 def _float32(logits: np.ndarray, n: int) -> np.ndarray:
@@ -100,51 +77,8 @@ def entropy(logits: np.ndarray) -> float:
     """Entropy in nats of softmax(logits) at temperature 1, within the module's stated error bound."""
     x = _float32(logits, logits.size)
     h = ctypes.c_double()
-    _native().vr_argmax_entropy(x.ctypes.data, x.size, ctypes.byref(h))
+    native.library().vr_argmax_entropy(x.ctypes.data, x.size, ctypes.byref(h))
     return h.value
-
-
-@dataclass(frozen=True)
-class HeadTerms:
-    """Every LM-head row's term in V-Reason's bound at llama.cpp's logits (`head_terms`)."""
-
-    log_total: float  # ln Σ e^z: ln p_v = z_v - log_total
-    entropy: float  # H of p, nats
-    total: float  # Σ_v t_v
-    terms: np.ndarray  # t_v = norms_v·p_v·|ln p_v + H|, float32 [n_vocab]
-    ranked: np.ndarray  # ids of the k largest terms, decreasing (ties: the lower id first), int64
-
-
-def head_terms(logits: np.ndarray, norms: np.ndarray, k: int) -> HeadTerms:
-    """The terms t_v = norms_v·p_v·|ln p_v + H| of p = softmax(logits) and the k largest, in one native
-    call (three vectorised passes and a radix select: ~0.25 ms at 151,936 tokens and k = 2,048, 0.3 in an
-    update, where numpy's float64 passes and argpartition took ~1.4 ms). This is V-Reason's per-update
-    pass over the logits (tail.AnchorWeights). The terms are float32 arithmetic (vexp: ~1 ulp; l_v within
-    1e-5 nats), their sum, ln Σ e^z and H good to ~1e-6 relative (tested against float64), against the
-    bounds of 1e-2 they serve. `norms`: float32, one per logit."""
-    x = _float32(logits, logits.size)
-    w = _float32(norms, x.size)
-    t, ids, stats = np.empty(x.size, np.float32), np.empty(min(max(k, 0), x.size), np.int64), np.empty(3)
-    n = _native().vr_head_terms(
-        x.ctypes.data, w.ctypes.data, x.size, len(ids), t.ctypes.data, ids.ctypes.data, stats.ctypes.data
-    )
-    if n < 0:
-        raise MemoryError("no memory to rank the LM head's rows")
-    return HeadTerms(float(stats[0]), float(stats[1]), float(stats[2]), t, ids[:n])
-
-
-@dataclass(frozen=True)
-class TokenSampling:
-    """How the next token is chosen. Greedy (temperature 0) by default, as the method specifies.
-
-    With temperature > 0, top-p and min-p both apply to softmax(logits / temperature) and the kept
-    sets intersect (module docstring).
-    """
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    min_p: float = 0.0
-    seed: int = 0
 
 
 class Sampler:
@@ -156,7 +90,7 @@ class Sampler:
     def __init__(self, settings: TokenSampling, n_vocab: int) -> None:
         self.settings = settings
         self.n_vocab = n_vocab
-        self._lib = _native()
+        self._lib = native.library()
         self._h = ctypes.c_double()
         self._h_ref = ctypes.byref(self._h)
         self._greedy = settings.temperature <= 0

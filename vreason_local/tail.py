@@ -34,14 +34,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import native
 from .gguf_info import ModelInfo
-from .sampling import HeadTerms, head_terms
 from .tail_weights import (
     GGUFMatrix,
     LMHead,
     Matrix,
     WeightView,
-    _kernels,
     load_tail_weights,
     mv,
     mv_t,
@@ -123,7 +122,7 @@ def value_write(
         previous = np.ascontiguousarray(previous, np.float16)
         if previous.shape != v16.shape:
             raise ValueError(f"the value rows before the write have shape {previous.shape}, not {v16.shape}")
-    dv_norm = _kernels().vr_tail_norm_preserving_change(
+    dv_norm = native.library().vr_tail_norm_preserving_change(
         base.data_ptr(), d.data_ptr(), norm.data_ptr(), n, dim, v16.ctypes.data,
         None if previous is None else previous.ctypes.data, change.ctypes.data,
     )  # fmt: skip
@@ -191,8 +190,8 @@ class Tail:
         self.head = head
         self.verified = False  # its own forward has given llama.cpp's logits (vreason.VReason._selfcheck)
         mats = (self.w_down, self.w_gate, self.w_up, self.w_o)
-        native = device.type == "cpu" and all(isinstance(m, GGUFMatrix) for m in mats)
-        self._native = _NativeGradDV(*mats) if native else None  # grad_dv in one call (native/vr_tail.c)
+        in_place = device.type == "cpu" and all(isinstance(m, GGUFMatrix) for m in mats)
+        self._native = _NativeGradDV(*mats) if in_place else None  # grad_dv in one call (native/vr_tail.c)
 
     @staticmethod
     def from_gguf(
@@ -213,7 +212,7 @@ class Tail:
             return rms_norm(inp.y, self.out_norm, self.eps)
         y, w = inp.y.contiguous(), self.out_norm.contiguous()
         out = torch.empty_like(y)
-        _kernels().vr_tail_rms_norm(y.data_ptr(), w.data_ptr(), y.numel(), self.eps, out.data_ptr())
+        native.library().vr_tail_rms_norm(y.data_ptr(), w.data_ptr(), y.numel(), self.eps, out.data_ptr())
         return out
 
     def backward_at_llama_state(self, inp: TailInputs, grad_h: torch.Tensor) -> torch.Tensor:
@@ -271,30 +270,16 @@ class Tail:
         return rms_norm(y, self.out_norm, self.eps)
 
 
-class _Matrix(ctypes.Structure):
-    """native/vr_tail.c's vr_matrix: a GGUFMatrix where it lies."""
-
-    _fields_ = [
-        ("type", ctypes.c_int32),
-        ("data", ctypes.c_void_p),
-        ("n_rows", ctypes.c_int64),
-        ("row_bytes", ctypes.c_int64),
-        ("n_cols", ctypes.c_int64),
-    ]
-
-    @classmethod
-    def of(cls, m: GGUFMatrix) -> _Matrix:
-        return cls(m.ggml_type, m.raw.ctypes.data, m.n_rows, m.row_bytes, m.n_cols)
-
-
 class _NativeGradDV:
-    """Tail.grad_dv on the CPU for the last FFN and attention output read in place: vr_tail_grad_dv."""
+    """Tail.grad_dv on the CPU for the last FFN and attention output read in place: vr_tail_grad_dv, whose
+    arguments (native.GradDVArgs) are made once here and its vectors' addresses set per call (they hold
+    the last call's afterwards, never read again)."""
 
     def __init__(self, *mats: GGUFMatrix) -> None:  # down, gate, up, o
-        self.mats = [_Matrix.of(m) for m in mats]
-        self.refs = [ctypes.byref(m) for m in self.mats]
-        self.threads = mats[0].threads
-        self.fn = _kernels().vr_tail_grad_dv
+        self.mats = [m.as_native() for m in mats]
+        self.args = native.GradDVArgs(*(ctypes.pointer(m) for m in self.mats), threads=mats[0].threads)
+        self.ref = ctypes.byref(self.args)
+        self.fn = native.library().vr_tail_grad_dv
 
     def __call__(
         self,
@@ -311,11 +296,12 @@ class _NativeGradDV:
         info = tail.info
         self._check(f32, probs, base, d, norm, info)
         out = torch.empty_like(base)
-        err = self.fn(
-            *self.refs, *(t.data_ptr() for t in f32[:6]), tail.eps, f32[6].data_ptr(), probs.data_ptr(),
-            probs.stride(0), base.data_ptr(), d.data_ptr(), norm.data_ptr(), info.n_head, info.n_head_kv,
-            info.head_dim, base.shape[0], out.data_ptr(), self.threads,
-        )  # fmt: skip
+        a = self.args
+        a.y, a.out_norm, a.ffn_inp, a.ffn_norm, a.gate_act, a.up_act, a.grad_h = (t.data_ptr() for t in f32)
+        a.eps, a.probs, a.probs_ld = tail.eps, probs.data_ptr(), probs.stride(0)
+        a.v_base, a.dv, a.v_norm, a.grad_dv = base.data_ptr(), d.data_ptr(), norm.data_ptr(), out.data_ptr()
+        a.n_head, a.n_kv, a.head_dim, a.n_rows = info.n_head, info.n_head_kv, info.head_dim, base.shape[0]
+        err = self.fn(self.ref)
         if err == -1:
             raise MemoryError("no memory for the V-Reason tail's backward")
         if err == -4:
@@ -469,9 +455,9 @@ class RestrictedHead:
         """max |W_v·h_A - z0_v| / max(1, max |z0_v|) at the k kept rows of largest z0, for a head read in place,
         in one native call (vreason.VReason._selfcheck's comparison: ~0.3 ms of numpy and torch in an update)."""
         m = self.head.in_place
-        matrix = _Matrix.of(m)
+        matrix = m.as_native()
         z, h, ids = np.ascontiguousarray(z0, np.float32), self.h_anchor.contiguous(), np.ascontiguousarray(self.ids)
-        error = _kernels().vr_tail_selfcheck(
+        error = native.library().vr_tail_selfcheck(
             ctypes.byref(matrix), ids.ctypes.data, len(ids), z.ctypes.data, h.data_ptr(), k
         )
         if error < 0:
@@ -559,8 +545,8 @@ class RestrictedHead:
             np.empty(2),
             ctypes.c_double(self.ratio),
         )
-        matrix = _Matrix.of(m)
-        n = _kernels().vr_tail_head_anchor(
+        matrix = m.as_native()
+        n = native.library().vr_tail_head_anchor(
             ctypes.byref(matrix), z.ctypes.data, terms.terms.ctypes.data, terms.ranked.ctypes.data, len(terms.ranked),
             terms.total, terms.log_total, terms.entropy, alpha, self.error, ctypes.byref(ratio), grad.ctypes.data,
             ids.ctypes.data, out.ctypes.data, m.threads,
@@ -603,11 +589,41 @@ class RestrictedHead:
         return top[: max(n, 16, len(self.ids) // 4)]
 
 
+@dataclass(frozen=True)
+class HeadTerms:
+    """Every LM-head row's term in V-Reason's bound at llama.cpp's logits (`head_terms`)."""
+
+    log_total: float  # ln Σ e^z: ln p_v = z_v - log_total
+    entropy: float  # H of p, nats
+    total: float  # Σ_v t_v
+    terms: np.ndarray  # t_v = norms_v·p_v·|ln p_v + H|, float32 [n_vocab]
+    ranked: np.ndarray  # ids of the k largest terms, decreasing (ties: the lower id first), int64
+
+
+def head_terms(logits: np.ndarray, norms: np.ndarray, k: int) -> HeadTerms:
+    """The terms t_v = norms_v·p_v·|ln p_v + H| of p = softmax(logits) and the k largest, in one native
+    call (native/vr_sampling.c: three vectorised passes and a radix select: ~0.25 ms at 151,936 tokens and
+    k = 2,048, 0.3 in an update, where numpy's float64 passes and argpartition took ~1.4 ms). This is
+    V-Reason's per-update pass over the logits (AnchorWeights). The terms are float32 arithmetic (vexp: ~1 ulp;
+    l_v within 1e-5 nats), their sum, ln Σ e^z and H good to ~1e-6 relative (tested against float64), against
+    the bounds of 1e-2 they serve. `norms`: float32, one per logit."""
+    x, w = np.ascontiguousarray(logits, np.float32), np.ascontiguousarray(norms, np.float32)
+    if w.size != x.size:
+        raise ValueError(f"expected {x.size} norms, one per logit, got {w.size}")
+    t, ids, stats = np.empty(x.size, np.float32), np.empty(min(max(k, 0), x.size), np.int64), np.empty(3)
+    n = native.library().vr_head_terms(
+        x.ctypes.data, w.ctypes.data, x.size, len(ids), t.ctypes.data, ids.ctypes.data, stats.ctypes.data
+    )
+    if n < 0:
+        raise MemoryError("no memory to rank the LM head's rows")
+    return HeadTerms(float(stats[0]), float(stats[1]), float(stats[2]), t, ids[:n])
+
+
 class AnchorWeights:
     """The loss weights and the bound B at the anchor (R = 0: no held logit has moved). There the held
     distribution is llama.cpp's own whatever is kept (p~ = p), so B = U_D = Σ_{v∉K} t_v with
     t_v = ||W_v||·p_v·|l_v|, and keeping a row only moves its term from D to K: one native pass over the
-    vocabulary (`sampling.head_terms`: ~0.25 ms at 151,936 tokens, where HeldWeights' float64 passes and
+    vocabulary (`head_terms`: ~0.25 ms at 151,936 tokens, where HeldWeights' float64 passes and
     row choice took ~1.4 ms) gives every t_v, H and the rows ranked by t_v; keeping rows touches only
     theirs. The same weights and bound as HeldWeights with R = 0 (tested), to float32's rounding of the
     terms: l_v to ~1e-5 nats, their sum B to ~1e-6 relative."""

@@ -20,6 +20,7 @@ import gguf
 import numpy as np
 import torch
 
+from . import native
 from .errors import Remedy, SettingError
 from .gguf_info import ModelInfo, TensorInfo, open_gguf, release_pages
 
@@ -33,8 +34,6 @@ def dequantize(raw: np.ndarray, ggml_type: int) -> torch.Tensor:
     which an update paid per read, and the int8 tail of a 3B (7B) Q4_K_M file loads in 0.6 s (1.2 s)
     against 1.5 s (2.7 s), the file in the page cache. Types ggml has no such function for (BF16) go
     through `gguf.quants` (numpy)."""
-    from .hook import _load
-
     t = gguf.GGMLQuantizationType(ggml_type)
     if t == gguf.GGMLQuantizationType.Q8_0:  # blocks of (f16 scale, 32 x int8)
         blocks = np.array(raw).reshape(raw.shape[0], -1, 34)  # a private, writable copy of just these rows
@@ -45,7 +44,7 @@ def dequantize(raw: np.ndarray, ggml_type: int) -> torch.Tensor:
     if t == gguf.GGMLQuantizationType.F16:
         return torch.from_numpy(np.array(raw).view(np.float16)).float()
     # ggml's names: dequantize_row_q4_0, ..._q4_K, ..._iq2_xxs (the K of the K-quants upper case)
-    row = getattr(_load()[1], "dequantize_row_" + t.name.lower().replace("_k", "_K"), None)
+    row = getattr(native.ggml(), "dequantize_row_" + t.name.lower().replace("_k", "_K"), None)
     if row is None:
         return torch.from_numpy(gguf.quants.dequantize(np.array(raw), t))
     src = np.ascontiguousarray(raw)  # memory-mapped rows are read in place
@@ -93,13 +92,11 @@ class LMHead:
         if self.in_place is None:  # the ring: which token each slot holds and where each token is kept
             self._owner = np.full(keep, -1, np.int64)
             self._slot = np.full(raw.shape[0], -1, np.int64)  # -1: not kept
-            from .hook import native
-
-            self._read = getattr(native(), "vr_read_rows", None)
+            self._read = getattr(native.library(), "vr_read_rows", None)  # POSIX only
             self._fd = os.open(raw.filename, os.O_RDONLY | getattr(os, "O_BINARY", 0)) if self._read else None
         self.norms = self._row_norms()
         self.max_norm = float(self.norms.max())
-        # in float32 for the native pass over the vocabulary (sampling.head_terms), rounded up: a bound
+        # in float32 for the native pass over the vocabulary (tail.head_terms), rounded up: a bound
         # computed with them is never below the one with the exact norms
         n32 = self.norms.astype(np.float32)
         self.norms32 = np.where(n32 < self.norms, np.nextafter(n32, np.float32(np.inf)), n32)
@@ -233,34 +230,6 @@ class Int8Matrix:
         return Int8Matrix(q, scale.bfloat16(), qt, scale_t.bfloat16())
 
 
-def _kernels() -> ctypes.CDLL:
-    """native/vr_rows.c's products and native/vr_tail.c's steps, from the package's native library."""
-    from .sampling import _native
-
-    lib = _native()
-    if not hasattr(lib, "vr_rows_ready"):
-        vp, i64 = ctypes.c_void_p, ctypes.c_int64
-        for fn in (lib.vr_rows_axpy, lib.vr_rows_dot):
-            fn.argtypes, fn.restype = [ctypes.c_int32, vp, i64, i64, vp, i64, vp, vp, ctypes.c_int32], ctypes.c_int32
-        lib.vr_rows_openmp.argtypes, lib.vr_rows_openmp.restype = [], ctypes.c_int32
-        lib.vr_rows_block.argtypes, lib.vr_rows_block.restype = [ctypes.c_int32], ctypes.c_int32
-        i32, f32 = ctypes.c_int32, ctypes.c_float  # native/vr_tail.c, for tail.py
-        lib.vr_tail_grad_dv.argtypes = [vp] * 10 + [f32, vp, vp, i64, vp, vp, vp, i32, i32, i32, i64, vp, i32]
-        lib.vr_tail_grad_dv.restype = i32
-        lib.vr_tail_rms_norm.argtypes, lib.vr_tail_rms_norm.restype = [vp, vp, i64, f32, vp], None
-        lib.vr_tail_norm_preserving_change.argtypes = [vp, vp, vp, i64, i32, vp, vp, vp]
-        lib.vr_tail_norm_preserving_change.restype = ctypes.c_double
-        lib.vr_tail_head_anchor.argtypes = [vp, vp, vp, vp, i64] + [ctypes.c_double] * 3 + [i32, ctypes.c_double]
-        lib.vr_tail_head_anchor.argtypes += [vp, vp, vp, vp, i32]
-        lib.vr_tail_head_anchor.restype = i64
-        lib.vr_tail_selfcheck.argtypes, lib.vr_tail_selfcheck.restype = [vp, vp, i64, vp, vp, i32], ctypes.c_double
-        lib.vr_tail_adam.argtypes = [vp, vp, vp, vp, i64] + [ctypes.c_double] * 4 + [i64]
-        lib.vr_tail_adam.restype = ctypes.c_double
-        lib.vr_tail_halves.argtypes, lib.vr_tail_halves.restype = [vp, vp, i32], None
-        lib.vr_rows_ready = True
-    return lib
-
-
 class GGUFMatrix:
     """A matrix multiplied where it lies in the GGUF file, in the file's own quantisation (native/vr_rows.c):
     no copy at all, where int8 copies of a 3B model's last FFN in both orientations take 183 MB. Rows are
@@ -293,13 +262,17 @@ class GGUFMatrix:
         self.shared = shared is not None
         self.ggml_type, self.n_cols = ggml_type, n_cols
         self.n_rows, self.row_bytes = raw.shape
-        self._lib = _kernels()
+        self._lib = native.library()
 
     @staticmethod
     def readable(ggml_type: int, n_cols: int) -> bool:
         """Whether the kernels read this type at this row length."""
-        block = _kernels().vr_rows_block(ggml_type)
+        block = native.library().vr_rows_block(ggml_type)
         return block > 0 and n_cols % block == 0
+
+    def as_native(self) -> native.Matrix:
+        """The matrix as native/vr_tail.c reads it (vr_matrix): valid while this object is."""
+        return native.Matrix(self.ggml_type, self.raw.ctypes.data, self.n_rows, self.row_bytes, self.n_cols)
 
     def _threads(self, n_rows: int) -> int:
         return 1 if n_rows * self.n_cols < self.SERIAL else self.threads
@@ -410,11 +383,7 @@ def return_freed_memory() -> None:
     """Hand freed temporaries back to the OS: glibc keeps freed heap blocks (its mmap threshold grows
     with each large free), which would stay resident for the whole answer (~100 MB after loading the
     tail, ~15 MB of update temporaries on a 3B). Costs ~0.1 ms."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc (musl): nothing to trim
-            pass
+    native.malloc_trim()
 
 
 def release_torch_pages() -> None:
@@ -424,15 +393,13 @@ def release_torch_pages() -> None:
     fault ~16 MB back on first use (from the page cache, or from disk if nothing else maps them)."""
     if not sys.platform.startswith("linux"):
         return
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     lib_dir = os.path.join(os.path.dirname(torch.__file__), "lib") + os.sep
     with open("/proc/self/maps") as maps:
         for line in maps:
             parts = line.split()
             if len(parts) >= 6 and parts[5].startswith(lib_dir) and "w" not in parts[1]:
                 start, end = (int(x, 16) for x in parts[0].split("-"))
-                if libc.madvise(start, end - start, 21) != 0:  # MADV_PAGEOUT; EINVAL before Linux 5.4
+                if not native.madvise_pageout(start, end - start):  # refused before Linux 5.4
                     return
 
 

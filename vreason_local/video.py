@@ -17,7 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vreason_local.errors import Remedy, SettingError, UserError
+from vreason_local.errors import Remedy, UserError
+from vreason_local.settings import MIN_PIXELS, QWEN2_FACTOR, FrameSampling, even_frame_range
 
 # FFmpeg prints decoder complaints ("moov atom not found", "No JPEG data found") straight to
 # stderr, ahead of our own one-line error. OpenCV reads this variable when it first starts
@@ -25,11 +26,6 @@ from vreason_local.errors import Remedy, SettingError, UserError
 # messages back on (OPENCV_FFMPEG_LOGLEVEL=32) when debugging a file.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
-QWEN2_FACTOR = 28  # Qwen2/2.5-VL: 14 px patches, 2x2 merged -> one token per 28x28 px
-# The smallest frame the model is given (qwen-vl-utils' floor: 2x2 tokens of 28 px, 56x56): smaller
-# frames are scaled up to it, and the pixel budget may not go below it. It is above one token of every
-# family's grid (28x28, and 32x32 for Qwen3-VL), so `smart_resize` honours any budget from here up.
-MIN_PIXELS = 4 * 28 * 28
 MAX_ASPECT_RATIO = 200  # qwen-vl-utils rejects frames more elongated than this
 MAX_PLAUSIBLE_FPS = 1000.0  # high-speed cameras stay below; larger values are header garbage
 # fit_token_budget never shrinks frames below this: at 224x224 a frame is an 8x8 token grid,
@@ -59,76 +55,6 @@ class VideoInfo:
     # What the user should know before trusting the answer, e.g. that the file ends before its header
     # says (one line each; front ends print them).
     warnings: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class FrameSampling:
-    """How many frames to take and how large, before any model-specific budget fitting.
-
-    Defaults are for a laptop. At most 336*336 px a frame, a pair of frames (one temporal
-    patch) is 144 tokens, a 12x12 grid for a square video or 9x16 for 16:9. So a clip of up
-    to 4 s (the 4-frame minimum) costs 288 video tokens, 10 s at 1 fps costs 720, and even
-    the 32-frame cap (2304) leaves room in a 4k context for the prompt and the answer.
-    448*448 would cost 4096 at the cap; qwen-vl-utils' default allows 768 tokens a pair.
-    """
-
-    fps: float = 1.0
-    min_frames: int = 4
-    max_frames: int = 32
-    start_s: float | None = None
-    end_s: float | None = None
-    max_pixels: int = 336 * 336
-    min_pixels: int = MIN_PIXELS  # only tiny videos get upscaled; not a user setting
-    factor: int = QWEN2_FACTOR  # patch * merge of the target model (32 for Qwen3-VL)
-
-    def __post_init__(self) -> None:
-        """Check the user's limits as soon as they are set, so a front end reports them before any work."""
-        if not self.fps > 0:
-            raise SettingError("frames.fps", self.fps, f"sampling fps must be positive, got {self.fps}")
-        self._check_frame_limits()
-        if self.min_pixels < 1:
-            raise ValueError(f"min_pixels must be positive, got {self.min_pixels}")
-        if self.max_pixels < self.min_pixels:
-            raise SettingError(
-                "frames.max_pixels",
-                self.max_pixels,
-                f"a pixel budget of {self.max_pixels:,} per frame is below the smallest frame size the model "
-                f"is given ({self.min_pixels:,} pixels)",
-                [Remedy("the smallest frame size", "frames.max_pixels", self.min_pixels)],
-            )
-        for name, setting, value in (("start", "frames.start_s", self.start_s), ("end", "frames.end_s", self.end_s)):
-            if value is not None and not value >= 0:
-                raise SettingError(setting, value, f"clip {name} must be a time >= 0 seconds, got {value}")
-        if self.start_s is not None and self.end_s is not None and self.start_s >= self.end_s:
-            raise SettingError(
-                "frames.end_s", self.end_s, f"clip start ({self.start_s} s) must be before clip end ({self.end_s} s)"
-            )
-
-    def _check_frame_limits(self) -> None:
-        """Qwen takes frames in pairs, so the limits must leave room for an even count of at least 2;
-        the remedies are values that make them do so when changed alone."""
-        low, high = _even_frame_range(self.min_frames, self.max_frames)
-        if low <= high:
-            return
-        if self.max_frames < 2:
-            problem = (
-                f"frame limits allow at most {self.max_frames} frame{'' if self.max_frames == 1 else 's'}, "
-                "but a video is given to the model as an even number of frames, at least 2"
-            )
-        else:
-            problem = (
-                f"frame limits of at least {self.min_frames} and at most {self.max_frames} frames leave "
-                "no even frame count (a video is given to the model in pairs of frames)"
-            )
-        remedies = [Remedy("more frames", "frames.max_frames", low)]
-        if high >= 2:
-            remedies.append(Remedy("a lower minimum", "frames.min_frames", high))
-        raise SettingError("frames.max_frames", self.max_frames, problem, remedies)
-
-
-def _even_frame_range(min_frames: int, max_frames: int) -> tuple[int, int]:
-    """Bounds of the even frame counts the limits allow: min rounded up (to 2 at least), max down."""
-    return max(2, min_frames + min_frames % 2), max_frames - max_frames % 2
 
 
 @dataclass(frozen=True)
@@ -406,7 +332,7 @@ def _window_frames(info: VideoInfo, start_s: float, end_s: float) -> tuple[int, 
 
 def _frame_count_for(window_s: float, settings: FrameSampling, available: int) -> int:
     """Even frame count for a window: target fps, clamped to the limits and to the frames there."""
-    low, high = _even_frame_range(settings.min_frames, settings.max_frames)
+    low, high = even_frame_range(settings.min_frames, settings.max_frames)
     wanted = 2 * math.floor(window_s * settings.fps / 2 + 0.5)
     count = min(high, max(low, wanted))
     return max(2, min(count, available - available % 2))

@@ -30,6 +30,7 @@ import torch
 from .events import ControlState
 from .hook import ValueHook
 from .optim import Optimizer
+from .settings import VReasonSettings
 from .tail import RestrictedHead, Tail, TailInputs, loss_at, norm_preserving, value_write
 from .tail_weights import return_freed_memory
 
@@ -40,30 +41,6 @@ from .tail_weights import return_freed_memory
 # size of the logits themselves, far beyond this.
 SELFCHECK_TOL = 2e-2
 SELFCHECK_ROWS = 64  # the self-check compares the logits of the kept rows' most probable tokens
-
-
-@dataclass(frozen=True)
-class VReasonSettings:
-    """The method's settings; those marked [ours] are not published by the paper: our defaults."""
-
-    beta: float = 0.9  # EMA factor [ours]
-    every: int = 2  # update every k-th token (the paper's best)
-    steps: int = 1  # optimiser steps per update [ours]
-    lr: float = 1e-3  # [ours]
-    optimizer: str = "adam"  # adam | sgd [ours]
-    head_error: float = 0.01  # the LM-head rows kept bound the gradient's relative error at h by this [ours]
-    head_max: int = 2048  # ...with at most this many rows: a safety cap; a notice says when it binds [ours]
-    # Where the cap binds, an optimiser step whose gradient bound (HeadStep.bound: ||G - G_K|| <= bound·||G||
-    # at the final hidden state) is above this is skipped, and the rest of its update with it [ours]. Below 1
-    # the computed gradient G_K is within arcsin(bound) of the exact G, so a step along it still changes the
-    # loss in the intended direction (G·G_K >= (1 - bound)·||G||²); at 1 or above (inf: unknown) it may be
-    # orthogonal or opposite, and the step could raise the entropy it was meant to lower. Shrinking the step
-    # would not help: its direction is what is unknown, and Adam's step is ~lr whatever the gradient's size
-    # (its first is exactly lr per value). 0.5 keeps the direction within 30° (cosine >= 0.87) and lets the
-    # capped bound measured on random-weight models (~0.25) through.
-    head_skip: float = 0.5
-    device: str = "auto"  # where the tail runs: auto (cuda, mps, cpu), or one of them
-    dtype: str = "auto"  # the tail's matrices: auto (tail_weights.pick_dtype), gguf (in place), float32, ..., int8
 
 
 @dataclass

@@ -27,25 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../vr_native.h"
-
-/* The library's entry points this driver calls beyond vr_native.h's (vreason_local declares them through ctypes). */
-int64_t vr_argmax_entropy(const float *logits, int64_t n, double *entropy);
-double vr_softmax(const float *logits, int64_t n, float max, float inv_t, float *e);
-int64_t vr_draw(const float *e, int64_t n, float c, double u);
-int64_t vr_nucleus_hist_size(void);
-float vr_nucleus_cut(const float *e, int64_t n, double total, double target, int32_t *ids, double *hist);
-int64_t vr_head_terms(const float *logits, const float *norms, int64_t n, int64_t k, float *t, int64_t *ids,
-                      double *stats);
-int32_t vr_sampling_lanes(void);
-int32_t vr_rows_lanes(void);
-int32_t vr_rows_openmp(void);
-int32_t vr_tail_adam_lanes(void);
-double vr_tail_adam(float *p, const float *g, float *m, float *v, int64_t n, double lr, double b1, double b2,
-                    double eps, int64_t t);
-double vr_tail_norm_preserving_change(const float *v_base, const float *dv, const float *v_norm, int64_t n,
-                                      int32_t d, uint16_t *v16, const uint16_t *old, double *out);
-void vr_tail_halves(const float *x, uint16_t *y, int32_t n);
+#include "../vr_native.h" /* every entry point of the library, with its prototype */
 
 static void fail(const char *what, const char *arg) {
     fprintf(stderr, "kernel_driver: %s: %s\n", what, arg);

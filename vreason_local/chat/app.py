@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
@@ -24,11 +24,13 @@ from textual.widgets import Footer, Header, Input, ProgressBar, Static
 from textual.worker import Worker, get_current_worker
 from textual_image.widget import Image
 
+from ..decoding import Decoding, decoding_for
 from ..engine import Encoding, Engine, GenerationSettings
 from ..errors import UserError
-from ..events import MODES, Answer, Encoded, Event, Finished, Mode, Notice, Prefilled, Progress, TokenEvent
+from ..events import MODES, Answer, Encoded, Event, Finished, Notice, Prefilled, Progress, TokenEvent
 from ..hub import resolve_model
 from ..planning import Plan, open_engine, plan_run, record_prefill_speed
+from ..settings import render_error
 from ..telemetry import summarize
 from .config import ChatConfig
 from .export import export_session
@@ -39,9 +41,6 @@ from .store import ChatStore, MessageRecord
 from .telemetry_view import TelemetryPanel
 from .video_panel import VideoPanel
 from .widgets import MODE_LABELS, AnswerView, CompareView, QuestionView, seconds_text
-
-if TYPE_CHECKING:
-    from ..vreason import VReasonSettings
 
 WELCOME = (
     "Ask a question about the video below and press Enter. "
@@ -59,7 +58,7 @@ class AnswerStream(Protocol):
 
 
 StartAnswer = Callable[
-    [Engine, Encoding, str, GenerationSettings, Mode, "VReasonSettings | None", "Answer | None", threading.Event],
+    [Engine, Encoding, str, GenerationSettings, Decoding, "Answer | None", threading.Event],
     AnswerStream,
 ]
 """How the chat starts an answer: `Engine.ask`, with its arguments in that order (the default). Tests pass one that
@@ -317,9 +316,9 @@ class ChatApp(App):
                 for mode in job.modes:
                     if cancel.is_set():
                         break
-                    vr = options.vreason if mode != "base" else None
+                    decoding = decoding_for(mode, options.vreason)
                     handle = self.start_answer(
-                        self.engine, encoding, job.question, options.gen, mode, vr, job.follow_up, cancel
+                        self.engine, encoding, job.question, options.gen, decoding, job.follow_up, cancel
                     )
                     self._handle = handle
                     forward_events(self.post_message, job.id, mode, handle)
@@ -617,17 +616,7 @@ async def render_messages(parent: VerticalScroll, messages: list[MessageRecord])
 
 
 def _plan(options: ChatOptions) -> Plan:
-    return plan_run(
-        options.model,
-        options.mmproj,
-        options.video,
-        None,
-        options.frames,
-        options.gen,
-        options.engine,
-        options.token_budget,
-        options.n_ctx,
-    )
+    return plan_run(options.settings, options.video)
 
 
 def _video_str(video: Path | None) -> str | None:
@@ -641,9 +630,7 @@ def _model_problem(error: UserError) -> bool:
 
 
 def describe_error(error: BaseException | None) -> str:
-    """One line: a `UserError` as the CLI words it (message and remedies), anything else as a bug."""
-    from ..cli import render_error
-
+    """One line: a `UserError` with its remedies worded as this app's settings, anything else as a bug."""
     if isinstance(error, UserError):
-        return render_error(error)
+        return render_error(error, "label")
     return f"internal error: {type(error).__name__}: {error}"

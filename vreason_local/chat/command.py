@@ -3,20 +3,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import click
 
+from ..options import read_settings, run_options
 
-def chat_command(engine_options: Callable[[Callable], Callable]) -> click.Command:
-    """The command, decorated with `vreason run`'s model/frame/generation/V-Reason options (handed in by
-    cli.py, which this module cannot import at its own import time: cli.py imports it)."""
+
+def chat_command() -> click.Command:
+    """The command, with `vreason run`'s model/frame/generation/V-Reason options."""
 
     @click.command("chat")
     @click.argument("video", required=False, type=click.Path(path_type=Path))
     @click.option("--resume", is_flag=True, help="Reopen the latest saved session (its video, model and settings).")
-    @engine_options
+    @run_options
     def chat(video: Path | None, resume: bool, **o) -> None:
         """Chat about a video in the terminal: the model loads once, the video is encoded once, and every
         question (in base, V-Reason or Lite mode, or all compared) is answered on that encoding. Sessions
@@ -33,8 +33,8 @@ def chat_command(engine_options: Callable[[Callable], Callable]) -> click.Comman
         from .options import ChatOptions
         from .store import ChatStore
 
-        options = ChatOptions.from_cli(video, o)
-        check_options(options.engine, options.vreason.device)
+        options = ChatOptions.from_settings(read_settings(o, hook=True), video)
+        check_options(options.settings)
         config = load_config()
         with ChatStore() as store:
             app = ChatApp(options, store, resume=resume, config=config)

@@ -1,7 +1,7 @@
 """What one chat runs with: model, frame sampling, generation, engine and V-Reason settings, and the mode.
 
-The chat takes the same options as `vreason run` (parsed by the same click decorators and turned into
-settings by the same `cli.settings_from_options`); this module holds them as one value the app can change
+The chat takes the same options as `vreason run` (the same click options, read and checked by the same
+`options.read_settings`); this module holds them as one value the app can change
 (settings screen, video panel) and store with each session, so a resumed session encodes the video the
 same way and its follow-ups continue the stored conversation.
 """
@@ -10,16 +10,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from ..engine import EngineSettings, GenerationSettings
 from ..events import Mode
-from ..registry import DEFAULT_MODEL
-from ..sampling import TokenSampling
-from ..video import FrameSampling
-
-if TYPE_CHECKING:
-    from ..vreason import VReasonSettings
+from ..settings import EngineSettings, FrameSampling, GenerationSettings, RunSettings, TokenSampling, VReasonSettings
 
 
 @dataclass(frozen=True)
@@ -39,22 +32,33 @@ class ChatOptions:
     n_ctx: int | None = None
 
     @classmethod
-    def from_cli(cls, video: Path | None, o: dict) -> ChatOptions:
-        """From `vreason chat`'s parsed options (those of `vreason run`); `--mode` is the starting mode."""
-        from ..cli import settings_from_options
-
-        gen, frames, eng, vr = settings_from_options({**o, "mode": "vreason"})  # V-Reason settings and the hook always
+    def from_settings(cls, settings: RunSettings, video: Path | None) -> ChatOptions:
+        """From the run settings (`--mode` is the starting mode); the engine always loads the hook."""
         return cls(
-            model=o["model"] or DEFAULT_MODEL,
-            mmproj=o["mmproj"],
+            model=settings.model,
+            mmproj=settings.mmproj,
             video=video,
-            frames=frames,
-            gen=gen,
-            engine=eng,
-            vreason=vr,
-            mode=o["mode"],
-            token_budget=o["token_budget"],
-            n_ctx=o["ctx"],
+            frames=settings.frames,
+            gen=settings.generation,
+            engine=replace(settings.engine, n_ctx=None, hook=True),
+            vreason=settings.vreason,
+            mode=settings.mode,
+            token_budget=settings.token_budget,
+            n_ctx=settings.engine.n_ctx,
+        )
+
+    @property
+    def settings(self) -> RunSettings:
+        """The run settings these options plan with (`planning.plan_run`)."""
+        return RunSettings(
+            model=self.model,
+            mmproj=self.mmproj,
+            mode=self.mode,
+            generation=self.gen,
+            frames=self.frames,
+            engine=replace(self.engine, n_ctx=self.n_ctx),
+            vreason=self.vreason,
+            token_budget=self.token_budget,
         )
 
     def as_dict(self) -> dict:
@@ -73,8 +77,6 @@ class ChatOptions:
     def with_stored(self, settings: dict) -> ChatOptions:
         """These options with a stored session's frame, generation and V-Reason settings, so its video is
         sampled (and so keyed) as before; engine settings (threads, GPU layers) stay this machine's."""
-        from ..vreason import VReasonSettings
-
         gen = dict(settings.get("generation") or asdict(self.gen))
         gen["sampling"] = TokenSampling(**gen["sampling"])
         return replace(

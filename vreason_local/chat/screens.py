@@ -32,7 +32,7 @@ CLOSE = [Binding("escape", "dismiss", "Close", id="screen.close")]
 
 
 class ErrorScreen(ModalScreen[None]):
-    """A problem the user can fix: the one-line error with its remedy (`cli.render_error`'s wording)."""
+    """A problem the user can fix: the one-line error with its remedies (`settings.render_error`, in labels)."""
 
     AUTO_FOCUS = "#ok"
     BINDINGS = CLOSE
@@ -280,21 +280,9 @@ class SettingsScreen(ModalScreen[SettingsResult | None]):
         self.dismiss(result)
 
     def read(self) -> SettingsResult:
-        """The settings typed in, checked (a value out of range: `UserError`)."""
+        """The settings typed in, checked by the settings types themselves (a value out of range: `SettingError`)."""
         v = {k: self._value(k, float) for k in ("temperature", "top_p", "min_p", "beta", "lr")}
         n = {k: self._value(k, int) for k in ("max_tokens", "seed", "every", "steps")}
-        checks = [
-            (n["max_tokens"] >= 1, "max tokens must be at least 1"),
-            (v["temperature"] >= 0, "temperature must be >= 0"),
-            (0 < v["top_p"] <= 1, "top-p must be in (0, 1]"),
-            (0 <= v["min_p"] <= 1, "min-p must be in [0, 1]"),
-            (0 <= v["beta"] < 1, "beta must be in [0, 1)"),
-            (n["every"] >= 1 and n["steps"] >= 1, "every and steps must be at least 1"),
-            (v["lr"] >= 0, "the learning rate must be >= 0"),
-        ]
-        for ok, problem in checks:
-            if not ok:
-                raise UserError(problem)
         reasoning = self.query_one("#s-reasoning", Switch).value
         gen = replace(
             self.gen,

@@ -21,7 +21,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import EllipsisType
 from typing import Literal
@@ -29,8 +29,8 @@ from typing import Literal
 import platformdirs
 
 from ..errors import UserError
-from ..events import Answer, ControlState
-from ..telemetry import per_token, summarize
+from ..events import PER_TOKEN_FIELDS, Answer, answer_fields
+from ..telemetry import summarize
 
 APPLICATION_ID = 0x56524348  # "VRCH": this file is a vreason chat database
 _CHUNK = 1 << 20  # bytes hashed at each end of a video
@@ -157,33 +157,34 @@ class MessageRecord:
 
     def as_answer(self, question: str) -> Answer:
         """The `Answer` this row was saved from (`question`: the user message it answers), so that a
-        resumed conversation can pass it to `Engine.ask(follow_up=...)` and `telemetry.summarize`."""
-        t = self.telemetry
-        entropy = t.get("entropy", [])
-        columns = [t.get(f.name, [None] * len(entropy)) for f in fields(ControlState)]
-        control = [None if values[0] is None else ControlState(*values) for values in zip(*columns)]
-        return Answer(
-            mode=self.mode or "base",
-            question=question,
-            text=self.text,
-            reasoning=self.reasoning,
-            answer=self.answer,
-            stop_reason=self.stop_reason,
-            tokens=list(t.get("tokens", [])),
-            token_text=list(t.get("token_text", [])),
-            entropy=list(entropy),
-            control=control,
-            timings=dict(self.timings),
-            reused_encoding=self.reused_encoding,
-            settings=dict(self.settings),
-            notices=list(self.notices),
-            history=tuple(self.history),
-        )
+        resumed conversation can pass it to `Engine.ask(follow_up=...)` and `telemetry.summarize`: the
+        message read as an answer record (Answer.from_dict), whose per-token columns sit under `telemetry`."""
+        return Answer.from_dict({**asdict(self), "mode": self.mode or "base", "question": question})
+
+
+# What a message keeps of an answer's record (Answer.to_dict): these fields as columns (the dicts and lists as
+# JSON text), `n_tokens`, and the per-token lists in `telemetry` (`token_telemetry`). Not kept: the question (the
+# user message before the answer) and what describes the prompt rather than the answer (`prompt_tokens`,
+# `n_media_tokens`, `n_video_tokens_kept`); `as_answer` gives them their defaults.
+_TEXT_COLUMNS = ("text", "mode", "reasoning", "answer", "stop_reason")
+_JSON_COLUMNS = ("timings", "history", "settings", "notices")
 
 
 def token_telemetry(answer: Answer) -> dict:
-    """What a message keeps of an answer's telemetry: the per-token lists and the summary."""
-    return {**per_token(answer), "summary": summarize(answer).as_dict()}
+    """What a message keeps of an answer's telemetry: the per-token lists (exact) and the summary."""
+    return {**answer_fields(answer.to_dict(), PER_TOKEN_FIELDS), "summary": summarize(answer).as_dict()}
+
+
+def _answer_columns(answer: Answer) -> dict[str, object]:
+    """The message columns of an answer (the projection above)."""
+    record = answer.to_dict()
+    return {
+        **{name: record[name] for name in _TEXT_COLUMNS},
+        **{name: _dumps(record[name]) for name in _JSON_COLUMNS},
+        "n_tokens": len(record["tokens"]),
+        "reused_encoding": int(record["reused_encoding"]),
+        "telemetry": _dumps(token_telemetry(answer)),
+    }
 
 
 def _dumps(value: object) -> str:
@@ -319,21 +320,7 @@ class ChatStore:
         """Save a finished (or cancelled, partial) answer with its per-token telemetry."""
         with self._transaction():
             message_id = self._insert(
-                session_id,
-                role="assistant",
-                text=answer.text,
-                mode=answer.mode,
-                reasoning=answer.reasoning,
-                answer=answer.answer,
-                stop_reason=answer.stop_reason,
-                compare_group=compare_group,
-                n_tokens=len(answer.tokens),
-                timings=_dumps(answer.timings),
-                reused_encoding=int(answer.reused_encoding),
-                telemetry=_dumps(token_telemetry(answer)),
-                history=_dumps(list(answer.history)),
-                settings=_dumps(answer.settings),
-                notices=_dumps(answer.notices),
+                session_id, role="assistant", compare_group=compare_group, **_answer_columns(answer)
             )
         return self._message(message_id)
 

@@ -9,8 +9,9 @@
 
 Only the command line lives here (options, messages, Ctrl-C, progress); the work is in runner.py,
 results.py, report.py and compare.py, imported when a command needs them (llama.cpp, matplotlib).
-The command is built by `make_eval_command(engine_options)` because it takes `vreason run`'s options from
-cli.py, which imports this module to register it.
+It takes `vreason run`'s options (`options.run_options`), read and checked by the same settings layer, and
+plans with the same `planning` module: the model and the largest video's prompt are checked to fit before
+the first answer.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +28,7 @@ from click.core import ParameterSource
 
 from ..errors import UserError
 from ..events import MODES, Event, Progress, TokenEvent
+from ..options import read_settings, run_options
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -50,7 +51,7 @@ def _flag(name: str) -> str:
     return {"dataset": "DATASET", "dataset_format": "--format"}.get(name, "--" + name.replace("_", "-"))
 
 
-def make_eval_command(engine_options: Callable[[Callable], Callable]) -> click.Command:
+def make_eval_command() -> click.Command:
     """The `eval` command, with every engine, frame and V-Reason option `vreason run` takes."""
 
     @click.command("eval")
@@ -95,7 +96,7 @@ def make_eval_command(engine_options: Callable[[Callable], Callable]) -> click.C
     @click.option(
         "--workers", type=click.IntRange(1), default=None, help="Ray workers (default: as many as the cluster holds)."
     )
-    @engine_options
+    @run_options
     def eval_command(**o) -> None:
         """Answer every question of a dataset in each mode, item by item, with one loaded model.
 
@@ -182,6 +183,8 @@ def _stored_options(o: dict, given: set[str]) -> dict:
 def _resume_options(stored: dict, current: dict, given: set[str], run_file: Path) -> dict:
     """The run's own options; any the user gave again must agree (machine options may change)."""
     merged = dict(stored)
+    if "no_reasoning" in merged:  # runs stored before the option became --reasoning/--no-reasoning
+        merged["reasoning"] = not merged.pop("no_reasoning")
     for name in sorted(given & set(current)):
         if name in MACHINE_OPTIONS:
             merged[name] = current[name]
@@ -209,11 +212,8 @@ def _show_invalid(dataset: Dataset) -> None:
 
 
 def _run(o: dict, given: set[str]) -> None:
-    from ..checks import check_model_settings, check_options
-    from ..cli import settings_from_options
-    from ..gguf_info import read_pair
-    from ..planning import resolve_files
-    from ..registry import DEFAULT_MODEL
+    from ..checks import check_options
+    from ..planning import plan_videos
     from .datasets import load_dataset
     from .results import RunDir, read_results
     from .runner import EvalSettings, select_items
@@ -239,6 +239,10 @@ def _run(o: dict, given: set[str]) -> None:
     else:
         run_dir.require_new()
         opts = current
+    modes = opts["modes"]
+    settings = read_settings(opts, hook=any(m != "base" for m in modes))
+    opts["seed"] = settings.generation.sampling.seed  # a drawn seed (-1) is the run's: resumed, it draws no other
+    check_options(settings)
     dataset = load_dataset(
         Path(opts["dataset"]), opts["dataset_format"], opts["media_root"] and Path(opts["media_root"])
     )
@@ -253,15 +257,8 @@ def _run(o: dict, given: set[str]) -> None:
             f"--resume: the dataset {dataset.path} (or the videos it finds) changed since the run started; "
             "start a new run in another --out"
         )
-    modes = opts["modes"]
-    controlled = any(m != "base" for m in modes)
-    gen, frames, eng, vr = settings_from_options({**opts, "mode": "vreason" if controlled else "base"})
-    check_options(eng, vr.device if vr else None)
-    model_path, mmproj_path = resolve_files(opts["model"] or DEFAULT_MODEL, opts["mmproj"], needs_vision=True)
-    info, projector = read_pair(model_path, mmproj_path)
-    if projector is None:
-        raise UserError(f"{model_path.name} needs its vision projector for video questions (--mmproj)")
-    check_model_settings(info, opts["ctx"])
+    plan = plan_videos(settings, [(i.video, i.start, i.end) for i in items], [i.prompt() for i in items])
+    info, projector = plan.info, plan.projector
 
     back = read_results(run_dir.results_file)
     if back.dropped is not None:
@@ -273,7 +270,7 @@ def _run(o: dict, given: set[str]) -> None:
         f"({', '.join(modes)}): {todo} answers to go" + (f", {len(back.rows)} done" if back.rows else ""),
         err=True,
     )
-    settings = EvalSettings(gen, frames, vr, opts["token_budget"])
+    eval_settings = EvalSettings(settings.generation, settings.frames, settings.vreason, settings.token_budget)
     if todo:
         from ..engine import Engine
 
@@ -281,11 +278,9 @@ def _run(o: dict, given: set[str]) -> None:
             from .cluster import WorkerPool
 
             videos = [item.video for item in items]
-            engine = WorkerPool(
-                o["ray"], o["workers"], model_path, mmproj_path, replace(eng, n_ctx=opts["ctx"]), videos
-            )
+            engine = WorkerPool(o["ray"], o["workers"], info.path, projector.path, settings.engine, videos)
         else:
-            engine = Engine(model_path, mmproj_path, replace(eng, n_ctx=opts["ctx"]), infos=(info, projector))
+            engine = Engine(info.path, projector.path, settings.engine, infos=(info, projector))
         if run is None:  # written once the model loads: a run that never started leaves --out as it was
             run_dir.write_run(
                 {
@@ -299,7 +294,7 @@ def _run(o: dict, given: set[str]) -> None:
                 }
             )
         with engine:
-            written, stopped = _drive(engine, items, modes, settings, run_dir, back)
+            written, stopped = _drive(engine, items, modes, eval_settings, run_dir, back)
         if stopped:
             click.echo(
                 f"stopped: {written} answers written this time, {len(back.rows) + written} in all; "
@@ -324,7 +319,7 @@ def _drive(
 ) -> tuple[int, bool]:
     """The runner in a worker thread, so that Ctrl-C is seen at once (cli's pattern: the first cancels the
     answer running now, a second aborts), with the progress line; returns (rows written, stopped)."""
-    from ..cli import until_done
+    from ..interrupt import until_done
     from .cluster import WorkerPool
     from .results import ResultsWriter
     from .runner import Stop, run_eval

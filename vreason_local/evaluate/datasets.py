@@ -84,8 +84,28 @@ def _field(row: _Row, name: str) -> object:
     return value
 
 
+# Fields that name things: a number is a name too (`"id": 5`). Every other text field must be text: a
+# question given as 42 or an answer given as a list is a broken row, not one to run as "42" or "['a']".
+_NAME_FIELDS = frozenset({"id", "video_id", "question_id", "scene_name", "video", "video_path"})
+
+
 def _text(row: _Row, name: str) -> str:
-    return str(_field(row, name)).strip()
+    value = _field(row, name)
+    if not (isinstance(value, str) or name in _NAME_FIELDS and _is_number(value)):
+        raise RowError(f"field '{name}' must be text, got {value!r}")
+    return str(value).strip()
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _answer(row: _Row, name: str = "answer") -> str | int | float:
+    """A reference answer: text (a letter, an option, a phrase) or a number; never a list, object or bool."""
+    value = _field(row, name)
+    if not (isinstance(value, str) or _is_number(value)):
+        raise RowError(f"field '{name}' must be text or a number, got {value!r}")
+    return value  # type: ignore[return-value]
 
 
 def _number(value: object, what: str) -> float:
@@ -167,7 +187,7 @@ _TYPE_ALIASES: dict[str, ItemType] = {t.replace("-", ""): t for t in ITEM_TYPES}
 def _parse_own(row: _Row, stem: str) -> _Parsed:
     video = _text(row, "video")
     question = _text(row, "question")
-    answer = _field(row, "answer")
+    answer = _answer(row)
     options = tuple(_option_list(row.fields["options"], "options")) if row.fields.get("options") else ()
     declared = str(row.fields.get("type") or "").strip().lower()
     kind = _TYPE_ALIASES.get(re.sub(r"[-_ ]", "", declared)) if declared else None
@@ -230,7 +250,7 @@ def _parse_mvbench(row: _Row, stem: str) -> _Parsed:
     item = _choice_item(
         row,
         tuple(candidates),
-        _field(row, "answer"),
+        _answer(row),
         id=f"{stem}-{row.number}",
         video=Path(video),
         question=_text(row, "question"),
@@ -257,7 +277,7 @@ def _parse_tempcompass(row: _Row, stem: str) -> _Parsed:
         question=question,
         dataset="tempcompass",
     )
-    answer = _field(row, "answer")
+    answer = _answer(row)
     item = _choice_item(row, options, answer, **fields) if options else _open_item(row, answer, **fields)
     return _Parsed(item, (f"{video_id}.mp4", f"videos/{video_id}.mp4"))
 
@@ -300,7 +320,7 @@ def _parse_videomme(row: _Row, stem: str) -> _Parsed:
     item = _choice_item(
         row,
         options,
-        _field(row, "answer"),
+        _answer(row),
         id=_text(row, "question_id"),
         video=Path(f"{video_id}.mp4"),
         question=_text(row, "question"),
@@ -322,7 +342,7 @@ def _parse_mmvu(row: _Row, stem: str) -> _Parsed:
     while texts and not texts[-1]:  # unused trailing letters are left empty ("E": "")
         texts.pop()
     fields = dict(id=_text(row, "id"), video=Path(relative), question=_text(row, "question"), dataset="mmvu")
-    answer = _field(row, "answer")
+    answer = _answer(row)
     if str(row.fields.get("question_type", "")).strip() == "multiple-choice" or texts:
         item = _choice_item(row, tuple(texts), answer, **fields)
     else:
@@ -344,7 +364,7 @@ def _parse_vsibench(row: _Row, stem: str) -> _Parsed:
         question=_text(row, "question"),
         dataset="vsibench",
     )
-    answer = _field(row, "ground_truth")
+    answer = _answer(row, "ground_truth")
     if options:  # multiple choice; numeric questions (counts, distances, sizes) have no options
         item = _choice_item(row, _unlettered(_option_list(options, "options")), answer, **fields)
     else:
@@ -358,7 +378,7 @@ def _parse_vsibench(row: _Row, stem: str) -> _Parsed:
 def _parse_videommmu(row: _Row, stem: str) -> _Parsed:
     item_id = _text(row, "id")
     fields = dict(id=item_id, video=Path(f"{item_id}.mp4"), question=_text(row, "question"), dataset="videommmu")
-    answer = _field(row, "answer")
+    answer = _answer(row)
     if str(row.fields.get("question_type", "")).strip() == "multiple-choice":
         item = _choice_item(row, _unlettered(_option_list(_field(row, "options"), "options")), answer, **fields)
     else:

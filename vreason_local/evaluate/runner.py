@@ -19,10 +19,11 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from ..decoding import decoding_for
 from ..engine import AnswerHandle, Encoding, Engine, GenerationSettings
 from ..errors import UserError
-from ..events import Answer, Event, Mode
-from ..media import LoadedMedia, Media, load_video
+from ..events import ENTROPY_DIGITS, Answer, Event, Mode, answer_fields
+from ..media import LoadedMedia, Media, load_video, requested_frames
 from ..telemetry import summarize
 from ..video import FrameSampling
 from .items import Item
@@ -149,8 +150,7 @@ def _ask(
     on_event: OnEvent | None,
 ) -> tuple[Answer, Encoding | None]:
     """One independent answer, cancellable through `stop`; also the encoding it left, to reuse."""
-    vr = settings.vreason if mode != "base" else None
-    handle = engine.ask(source, item.prompt(), settings.generation, mode, vr)
+    handle = engine.ask(source, item.prompt(), settings.generation, decoding_for(mode, settings.vreason))
     stop._running(handle)
     try:
         for event in handle:
@@ -184,17 +184,31 @@ def _item_fields(item: Item, mode: str) -> dict:
     }
 
 
+# What a row writes of the answer's record (Answer.to_dict), under the names rows have always had (`n_media_tokens`
+# as `n_video_tokens`; events.answer_fields). The row's own fields: the item's (question: the item's, not the
+# prompt built from it), the score, the frames, telemetry's summary, warnings and error.
+_ANSWER_FIELDS = (
+    "answer", "text", "stop_reason", "n_tokens", "tokens", "entropy", "reused_encoding", "n_video_tokens",
+    "n_video_tokens_kept", "notices",
+)  # fmt: skip
+_SCORE_FIELDS = ("extracted", "correct", "score")
+
+
+def _frames(settings: EvalSettings, loaded: LoadedMedia | None = None) -> dict:
+    """The frames as requested and, once sampled, as sampled (media.LoadedMedia.summary), with the two sampling
+    constants rows have always carried."""
+    summary = loaded.summary(settings.frames, settings.token_budget) if loaded is not None else None
+    out = summary or requested_frames(settings.frames, settings.token_budget)
+    return {**out, "min_pixels": settings.frames.min_pixels, "factor": settings.frames.factor}
+
+
 def _requested_settings(settings: EvalSettings, mode: str) -> dict:
     vr = None
     if mode != "base":
         from ..vreason import VReasonSettings
 
         vr = asdict(settings.vreason or VReasonSettings())
-    return {
-        "frames": {**asdict(settings.frames), "token_budget": settings.token_budget},
-        "generation": asdict(settings.generation),
-        "vreason": vr,
-    }
+    return {"frames": _frames(settings), "generation": asdict(settings.generation), "vreason": vr}
 
 
 def answer_row(
@@ -202,39 +216,20 @@ def answer_row(
 ) -> dict:
     """The results row of a finished answer (README: `vreason eval`, results.jsonl)."""
     scored = score(item, answer.text) if item.answer is not None else None  # scoring reads the <answer> part
-    frames = _requested_settings(settings, answer.mode)["frames"]
-    if loaded.plan is not None:
-        p = loaded.plan
-        frames.update(
-            count=len(loaded.media.frames),
-            width=p.width,
-            height=p.height,
-            start_s=round(p.start_s, 3),
-            end_s=round(p.end_s, 3),
-        )
+    record = answer.to_dict()
+    used = record["settings"]
     return {
         **_item_fields(item, answer.mode),
-        "answer": answer.answer,
-        "text": answer.text,
-        "extracted": scored.extracted if scored else None,
-        "correct": scored.correct if scored else None,
-        "score": scored.score if scored else None,
-        "stop_reason": answer.stop_reason,
-        "n_tokens": len(answer.tokens),
-        "tokens": answer.tokens,
-        "entropy": [round(h, 6) for h in answer.entropy],
-        "reused_encoding": answer.reused_encoding,
-        "n_video_tokens": answer.n_media_tokens,
-        "n_video_tokens_kept": answer.n_video_tokens_kept,
-        "timings": {**answer.timings, "sampling_s": round(sampling_s, 4), "answer_s": round(answer_s, 4)},
+        **answer_fields(record, _ANSWER_FIELDS, ENTROPY_DIGITS),
+        **{name: getattr(scored, name) if scored else None for name in _SCORE_FIELDS},
+        "timings": {**record["timings"], "sampling_s": round(sampling_s, 4), "answer_s": round(answer_s, 4)},
         "telemetry": summarize(answer).as_dict(),
         "settings": {
-            "frames": frames,
-            "generation": answer.settings.get("generation"),
-            "vreason": answer.settings.get("vreason"),
-            "n_ctx": answer.settings.get("n_ctx"),
+            "frames": _frames(settings, loaded),
+            "generation": used.get("generation"),
+            "vreason": used.get("vreason"),
+            "n_ctx": used.get("n_ctx"),
         },
-        "notices": answer.notices,
         "warnings": list(loaded.warnings),
         "error": None,
     }
@@ -248,22 +243,9 @@ def error_row(item: Item, mode: str, settings: EvalSettings, exc: BaseException)
         why = f"{type(exc).__name__}: {exc}"
     return {
         **_item_fields(item, mode),
-        "answer": None,
-        "text": None,
-        "extracted": None,
-        "correct": None,
-        "score": None,
-        "stop_reason": None,
-        "n_tokens": None,
-        "tokens": None,
-        "entropy": None,
-        "reused_encoding": None,
-        "n_video_tokens": None,
-        "n_video_tokens_kept": None,
-        "timings": None,
-        "telemetry": None,
-        "settings": _requested_settings(settings, mode),
+        **dict.fromkeys((*_ANSWER_FIELDS, *_SCORE_FIELDS, "timings", "telemetry")),
         "notices": [],
+        "settings": _requested_settings(settings, mode),
         "warnings": [],
         "error": why,
     }

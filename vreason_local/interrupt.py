@@ -1,0 +1,60 @@
+"""Ctrl-C while llama.cpp computes: the first cancels at the next safe point, a second aborts.
+
+Python only sees a signal between bytecodes of the main thread, and a llama.cpp call holds that thread
+for up to seconds; so the work runs in a worker thread and the main thread waits in short joins, where
+SIGINT is delivered at once. Used by every command-line front end (`run`, `eval`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+import click
+
+T = TypeVar("T")
+
+
+class Cancellable(Protocol):
+    """What Ctrl-C acts on: an `AnswerHandle`, or an evaluation's `Stop`."""
+
+    def cancel(self) -> None: ...
+
+    @property
+    def cancel_requested(self) -> bool: ...
+
+
+def until_done(job: Cancellable, view: Callable[[], T]) -> T:
+    """Run `view` (which consumes the job's events) in a worker thread, so that Ctrl-C is seen at once
+    even while llama.cpp computes: the first Ctrl-C cancels the job at its next safe point (between
+    vision chunks, prefill batches or tokens) and what was generated is still shown; a second aborts now."""
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            result.append(view())
+        except BaseException as exc:  # handed to the main thread, which reports it
+            failure.append(exc)
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if job.cancel_requested:
+            click.echo("\naborted", err=True)
+            os._exit(130)
+        job.cancel()
+        click.echo("\n[stopping at the next safe point; Ctrl-C again to abort]", err=True)
+
+    worker = threading.Thread(target=work, name="vreason-answer", daemon=True)
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if failure:
+        raise failure[0]
+    return result[0]
