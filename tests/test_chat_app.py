@@ -79,7 +79,7 @@ async def until(pilot, condition, timeout: float = 30.0) -> None:
 
 
 async def ready(pilot) -> None:
-    await until(pilot, lambda: pilot.app.encoding is not None and pilot.app.loading is None)
+    await until(pilot, lambda: pilot.app.session.encoding is not None and pilot.app.loading is None)
 
 
 async def ask(pilot, question: str) -> AnswerView:
@@ -117,7 +117,7 @@ async def test_ask_streams_the_engines_answer_with_telemetry_and_saves_it(option
         assert chart.series["EMA"] == [c.ema for c in answer.control]
         assert chart.series["peak"] == [c.peak for c in answer.control]
         assert "updates" in str(app.query_one(TelemetryPanel).summary.content)
-        rows = store.messages(app.session_id)
+        rows = store.messages(app.session.session_id)
         assert [r.role for r in rows] == ["user", "assistant"]
         assert rows[0].text == "What happens?" and rows[1].n_tokens == 12 and rows[1].mode == "vreason"
     app.close_engine()
@@ -152,10 +152,10 @@ async def test_mode_switch_and_compare_side_by_side(options, store, tiny, clip):
         assert set(answers) == {"base", "vreason"} and all(a is not None for a in answers.values())
         assert set(compare.chart.series) == {"base", "V-Reason"}
         assert compare.chart.series["base"] == answers["base"].entropy
-        rows = [r for r in store.messages(app.session_id) if r.role == "assistant"]
+        rows = [r for r in store.messages(app.session.session_id) if r.role == "assistant"]
         assert {r.mode for r in rows} == {"base", "vreason"}
         assert len({r.compare_group for r in rows}) == 1 and rows[0].compare_group is not None
-        assert app.follow_up is answers["vreason"]  # the conversation goes on in the current mode
+        assert app.session.follow_up is answers["vreason"]  # the conversation goes on in the current mode
     app.close_engine()
     assert answers["base"].tokens == reference(tiny, clip, "What happens?")
 
@@ -222,7 +222,7 @@ async def test_escape_cancels_and_keeps_the_partial_answer(options, store):
         assert app.query_one(TelemetryPanel).chart.series["entropy"] == answer.entropy
         assert "cancelled" in str(view.note.content)
         assert "answer cancelled" in str(app.query_one("#status", Static).content)
-        stored = store.messages(app.session_id)[-1]
+        stored = store.messages(app.session.session_id)[-1]
         assert stored.stop_reason == "cancelled" and stored.n_tokens == 3 and stored.text == answer.text
     app.close_engine()
 
@@ -253,7 +253,7 @@ async def test_resume_shows_the_conversation_continues_it_and_exports(options, s
     async with again.run_test(size=(100, 34)) as pilot:
         await ready(pilot)
         assert [q.text for q in again.query(QuestionView)] == ["What happens?"]
-        assert again.follow_up is not None and again.follow_up.history == first.history
+        assert again.session.follow_up is not None and again.session.follow_up.history == first.history
         follow = (await ask(pilot, "And then?")).answer
         assert follow.prompt_tokens[: len(first.prompt_tokens)] == first.prompt_tokens
         for suffix in (".md", ".json"):
@@ -310,7 +310,7 @@ async def test_a_model_not_downloaded_opens_the_model_screen_that_explains_pull(
     async with app.run_test(size=(100, 34)) as pilot:
         await until(pilot, lambda: isinstance(app.screen, ModelScreen) and app.screen.query("#no-model"))
         text = str(app.screen.query_one("#no-model", Static).content)
-        assert "vreason models pull" in text and "--model PATH" in text
+        assert "vreason models pull" in text and "type its path below" in text and "--" not in text
         assert "not downloaded" in str(app.screen.query_one("#model-problem", Static).content)
     app.close_engine()
 
@@ -332,9 +332,12 @@ async def test_video_panel_estimate_follows_the_frame_settings(options, store):
         assert "6 frames" in str(app.query_one("#estimate", Static).content)
         app.query_one("#set-max_frames", Input).value = "4"
         await until(pilot, lambda: "4 frames" in str(app.query_one("#estimate", Static).content))
-        assert len(app.query(".thumb")) == 4 and app.options.frames.max_frames == 6  # an estimate, not applied
+        assert len(app.query(".thumb")) == 4 and app.session.options.frames.max_frames == 6  # an estimate, not applied
         app.query_one("#apply").press()
-        await until(pilot, lambda: app.loading is None and app.encoding is not None and app.encoding.n_frames == 4)
+        await until(
+            pilot,
+            lambda: app.loading is None and app.session.encoding is not None and app.session.encoding.n_frames == 4,
+        )
     app.close_engine()
 
 
@@ -348,7 +351,7 @@ async def test_settings_screen_changes_the_next_answers(options, store):
         app.screen.query_one("#s-lr", Input).value = "0.01"
         app.screen.query_one("#save").press()
         await until(pilot, lambda: not isinstance(app.screen, SettingsScreen))
-        assert app.options.gen.max_tokens == 5 and app.options.vreason.lr == 0.01
+        assert app.session.options.gen.max_tokens == 5 and app.session.options.vreason.lr == 0.01
         view = await ask(pilot, "What happens?")
         assert len(view.answer.tokens) == 5
     app.close_engine()

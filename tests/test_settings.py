@@ -226,3 +226,37 @@ def test_chat_and_the_settings_form_read_the_same_table():
         RunSettings.from_values({"lr": math.inf})
     assert form.value.message == flag.value.message
     assert settings.with_values({"lr": 0.01}).vreason.lr == 0.01
+
+
+def test_the_engine_names_an_answer_length_that_fits(files):
+    """The Python API, which plans nothing, gets the same remedy from the engine's exact count."""
+    from vreason_local.engine import Engine
+    from vreason_local.errors import ContextTooSmall
+    from vreason_local.media import Media
+
+    with Engine(files["model"], None, EngineSettings(hook=False)) as engine:
+        with pytest.raises(ContextTooSmall) as e:
+            engine.ask(Media.none(), "Hi?", GenerationSettings(max_tokens=100_000))
+        (remedy,) = e.value.remedies
+        assert remedy.setting == "generation.max_tokens" and 0 < remedy.value < 100_000
+        answer = engine.ask(Media.none(), "Hi?", GenerationSettings(max_tokens=remedy.value)).result()
+        assert answer.stop_reason in ("eos", "max_tokens", "answer")  # the value named fits: it runs
+
+
+def test_an_eval_folder_from_before_the_settings_layer_resumes(vreason, files, tmp_path):
+    """run.json of older runs holds `no_reasoning` (the flag's old name) and no `head_skip`: --resume reads it."""
+    out = tmp_path / "run"
+    args = ["eval", str(files["dataset"]), "--out", str(out), *_model(files), "--modes", "base", "--limit", "2"]
+    code, _, err = vreason([*args, "--max-tokens", "2"])
+    assert code == 0, err
+    run = json.loads((out / "run.json").read_text())
+    options = run["options"]
+    options["no_reasoning"] = not options.pop("reasoning")
+    del options["head_skip"]
+    (out / "run.json").write_text(json.dumps(run))
+    rows = (out / "results.jsonl").read_text().splitlines()
+    (out / "results.jsonl").write_text(rows[0] + "\n")  # one answer left to do, with the old options
+    code, _, err = vreason(["eval", "--resume", "--out", str(out)])
+    assert code == 0, err
+    again = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(again) == 2 and again[1]["settings"]["generation"]["reasoning"] is True

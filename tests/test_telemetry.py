@@ -1,11 +1,11 @@
-"""telemetry.summarize and per_token on answers whose figures are worked out by hand."""
+"""telemetry.summarize and the per-token columns of answers whose figures are worked out by hand."""
 
 from __future__ import annotations
 
 import pytest
 
-from vreason_local.events import Answer, ControlState
-from vreason_local.telemetry import per_token, summarize
+from vreason_local.events import PER_TOKEN_FIELDS, Answer, ControlState, answer_fields
+from vreason_local.telemetry import summarize
 
 
 def state(ema: float, peak: float, alpha: int | None, dv: float, ms: float | None = None) -> ControlState:
@@ -51,7 +51,7 @@ def test_per_token_columns_line_up_with_the_tokens():
         entropy=[0.5, 0.25],
         control=[None, state(0.2, 0.3, -1, 0.4, 12.0)],
     )
-    cols = per_token(a)
+    cols = answer_fields(a.to_dict(), PER_TOKEN_FIELDS)
     assert cols["tokens"] == [5, 6] and cols["token_text"] == ["a", "b"] and cols["entropy"] == [0.5, 0.25]
     assert cols["alpha"] == [None, -1] and cols["update_ms"] == [None, 12.0] and cols["dv_norm"] == [None, 0.4]
     assert all(len(v) == 2 for v in cols.values())

@@ -414,8 +414,8 @@ def test_window_outside_video(settings, fragment):
 @pytest.mark.parametrize(
     ("settings", "fragment"),
     [
-        (dict(start_s=-1.0), ">= 0"),
-        (dict(end_s=-0.5), ">= 0"),
+        (dict(start_s=-1.0), "clip start must be at least 0"),
+        (dict(end_s=-0.5), "clip end must be at least 0"),
         (dict(start_s=2.0, end_s=2.0), "before clip end"),
         (dict(start_s=3.0, end_s=1.0), "before clip end"),
         (dict(fps=0.0), "fps"),

@@ -23,13 +23,13 @@ import torch
 from vreason_local.clips import make_clip
 from vreason_local.decoding import VReasonDecoding
 from vreason_local.engine import AnswerHandle, Engine, EngineSettings, GenerationSettings
-from vreason_local.events import Answer, ControlState, Notice, TokenEvent
+from vreason_local.events import PER_TOKEN_FIELDS, Answer, ControlState, Notice, TokenEvent, answer_fields
 from vreason_local.gguf_info import read_model_info
 from vreason_local.media import Media, load_video
 from vreason_local.native import GradDVArgs, library
 from vreason_local.tail import Tail, TailInputs, _NativeGradDV, norm_preserving_vjp, value_write
 from vreason_local.tail_weights import GGUFMatrix
-from vreason_local.telemetry import per_token, summarize
+from vreason_local.telemetry import summarize
 from vreason_local.tiny import make_tiny
 from vreason_local.video import FrameSampling
 from vreason_local.vreason import VReasonSettings
@@ -238,7 +238,7 @@ def test_every_half_is_read_back_exactly(f16c):
 
 
 def test_control_state_defaults_and_the_summary():
-    """Old six-field ControlStates still build (the new figures default to none), per_token carries the new
+    """Old six-field ControlStates still build (the new figures default to none), the per-token columns carry the new
     columns, and the summary's skip count, median written/intended and largest bound are the hand-worked
     figures of this answer: updates at steps 1, 2, 4 (ratios 0.5 and 1.0, one skipped; bounds 0.2, 0.7, 0.1)."""
     old = ControlState(0.1, 0.1, None, 0.0, None, None)
@@ -253,7 +253,7 @@ def test_control_state_defaults_and_the_summary():
     s = summarize(a)
     assert s.n_updates == 3 and s.n_skipped == 1
     assert s.median_written_ratio == pytest.approx(0.75) and s.max_head_bound == 0.7
-    cols = per_token(a)
+    cols = answer_fields(a.to_dict(), PER_TOKEN_FIELDS)
     assert cols["head_rows"] == [2048, 2048, None, 512] and cols["skipped"] == [False, True, False, False]
     assert cols["written_ratio"] == [0.5, None, None, 1.0]
     base = summarize(Answer("base", "q", tokens=[1], entropy=[1.0], control=[None]))

@@ -42,7 +42,7 @@ from .channels import split_answer
 from .decoding import Controller, Decoding, TextStream, decoding_for, stop_reason
 from .errors import EngineBusy, Remedy, UserError
 from .events import Answer, Encoded, Event, Finished, Mode, Notice, Prefilled, Progress, TokenEvent
-from .fit import check_context, context_size
+from .fit import ContextUse, check_context, context_size
 from .kv_state import prune_cells
 from .llama_backend import Aborted, CancelFlag, Context, MediaPrompt, Model, Vision
 from .media import Media
@@ -338,10 +338,10 @@ class Engine:
         wanted = list(history) + ids
         extra = len(wanted) + gen.max_tokens
         if isinstance(source, Encoding):
-            self._check_room(source.n_tokens + extra)
+            self._check_room(source.n_tokens + extra, gen.max_tokens)
             prompt = None
         else:
-            prompt = self._prepare_media(source, key, extra)
+            prompt = self._prepare_media(source, key, extra, gen.max_tokens)
         handle = AnswerHandle(cancel, self._abort)
         self._start(handle, self._answer_steps(handle._ctl, source, prompt, key, question, wanted, gen, decoding))
         return handle
@@ -358,12 +358,13 @@ class Engine:
         self._active = weakref.ref(job)
 
     # -- checks made before anything runs ----------------------------------------------------------
-    def _prepare_media(self, media: Media, key: str, extra: int) -> MediaPrompt | None:
+    def _prepare_media(self, media: Media, key: str, extra: int, answer: int = 0) -> MediaPrompt | None:
         """The tokenised prompt prefix (None when the media is already resident, or has no images), once
-        the context is known to hold it and `extra` tokens more; a prompt that cannot be used is freed."""
+        the context is known to hold it and `extra` tokens more (`answer` of them the answer's); a prompt
+        that cannot be used is freed."""
         resident = self._cache.encoding
         if resident is not None and resident.key == key:
-            self._check_room(resident.n_tokens + extra)
+            self._check_room(resident.n_tokens + extra, answer)
             return None
         if media.kind != "none" and self.vision is None:
             raise UserError(
@@ -372,19 +373,20 @@ class Engine:
             )
         text, frames = prefix_parts(media, self.vision.marker if self.vision else "<__media__>")
         if not frames:
-            self._check_room(len(self.model.tokenize(text)) + extra)
+            self._check_room(len(self.model.tokenize(text)) + extra, answer)
             return None
         prompt = self.vision.tokenize(text, [f.rgb for f in frames], mergeable=len(frames) > 1)
         try:
-            self._check_room(prompt.n_tokens + extra)
+            self._check_room(prompt.n_tokens + extra, answer)
         except BaseException:
             prompt.close()
             raise
         return prompt
 
-    def _check_room(self, needed: int) -> None:
-        """Checked before anything is encoded, with the real prompt's token count."""
-        check_context(needed, self.settings.n_ctx, self.info.n_ctx_train)
+    def _check_room(self, needed: int, answer: int = 0) -> None:
+        """Checked before anything is encoded, with the real prompt's token count; of `needed`, `answer`
+        tokens are the answer's, so a shorter answer that fits can be named."""
+        check_context(needed, self.settings.n_ctx, self.info.n_ctx_train, ContextUse(needed, answer))
 
     def _ensure_context(self, needed: int) -> None:
         """An automatic context grows (its cache carried over) when a conversation outgrows it; a fixed

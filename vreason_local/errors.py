@@ -57,6 +57,12 @@ class ContextTooSmall(UserError):
         self.user_set = user_set
 
 
+class ModelMissing(UserError):
+    """The model asked for is not there to load: a registry name that is unknown or not downloaded, or no
+    usable model file at the path given. A front end can offer what fixes it (the chat: its model screen,
+    which downloads or picks another) instead of only saying it."""
+
+
 class DoesNotFit(UserError):
     """Not enough memory for the weights, the projector and the KV cache (see `fit.FitReport`)."""
 

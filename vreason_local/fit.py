@@ -433,7 +433,9 @@ def check_context(needed: int, n_ctx: int | None, n_ctx_train: int, use: Context
             needed, limit, True, [Remedy("a larger context", "engine.n_ctx", round_up_context(needed))]
         )
     use = ContextUse(needed) if use is None else use
-    remedies = _smaller_settings(ContextUse(needed, use.answer, use.frames, use.video_tokens, use.min_frames), limit, limit, lambda n: n)
+    remedies = _smaller_settings(
+        ContextUse(needed, use.answer, use.frames, use.video_tokens, use.min_frames), limit, limit, lambda n: n
+    )
     if not remedies:
         remedies = [Remedy("a shorter question")]
     raise ContextTooSmall(needed, limit, n_ctx is not None, remedies)

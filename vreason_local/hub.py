@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import Remedy, UserError
+from .errors import ModelMissing, Remedy, UserError
 from .registry import ModelSpec, get_spec, load_registry
 
 _TRUE = {"1", "on", "yes", "true"}
@@ -152,14 +152,15 @@ def _is_projector_name(path: Path) -> bool:
     return "mmproj" in path.name.lower()
 
 
-def _existing_gguf(path_str: str, what: str) -> Path:
+def _existing_gguf(path_str: str, what: str, error: type[UserError] = UserError) -> Path:
+    """`path_str` as an existing .gguf file, else `error` (`ModelMissing` for the model: another is the remedy)."""
     path = Path(path_str).expanduser()
     if not path.exists():
-        raise UserError(f"{what} not found: {path}")
+        raise error(f"{what} not found: {path}")
     if not path.is_file():
-        raise UserError(f"{what} is not a file: {path}")
+        raise error(f"{what} is not a file: {path}")
     if path.suffix.lower() != ".gguf":
-        raise UserError(f"{what} must be a .gguf file: {path}")
+        raise error(f"{what} must be a .gguf file: {path}")
     return path
 
 
@@ -188,7 +189,7 @@ def resolve_model(model: str, mmproj: str | None = None, *, cache_dir: str | Pat
     mmproj_path = _existing_gguf(mmproj, "projector") if mmproj else None
 
     if _looks_like_path(model) or Path(model).expanduser().is_file():
-        model_path = _existing_gguf(model, "model file")
+        model_path = _existing_gguf(model, "model file", ModelMissing)
         if _is_projector_name(model_path) and mmproj_path is None:
             raise UserError(
                 f"{model_path.name} looks like a vision projector (mmproj), not a language model",
@@ -206,7 +207,7 @@ def resolve_model(model: str, mmproj: str | None = None, *, cache_dir: str | Pat
     missing = [f for f, p in ((spec.model_file, found_model), (spec.mmproj_file, found_mmproj)) if p is None]
     if missing:
         offline = "; HF_HUB_OFFLINE is set, unset it for the download" if offline_mode() else ""
-        raise UserError(
+        raise ModelMissing(
             f"model {spec.name} is not downloaded: missing {' and '.join(missing)} from {spec.repo_id}"
             f" in {cache}; run `vreason models pull {spec.name}`{offline}"
         )

@@ -129,7 +129,14 @@ def plan_run(
         loaded = LoadedMedia(Media.none(), 0)
     n_frames = len(loaded.media.frames) if loaded.plan else 0
     ctx, n_prompt = _check_size(
-        settings, info, projector, loaded.media, loaded.n_tokens, n_frames, loaded.n_tokens if loaded.plan else 0, question
+        settings,
+        info,
+        projector,
+        loaded.media,
+        loaded.n_tokens,
+        n_frames,
+        loaded.n_tokens if loaded.plan else 0,
+        question,
     )
     speed, measured = _prefill_speed(info, settings.engine)
     est = Estimate(loaded.n_tokens, ctx, ctx * info.kv_bytes_per_token, n_prompt / speed, measured)
@@ -167,11 +174,15 @@ def plan_videos(
     probed is left to fail as its own items' error rows: it does not stop the run here."""
     info, projector = _model(settings, needs_vision=True)
     if projector is None:
-        raise UserError(f"{info.path.name} needs its vision projector for video questions", [Remedy("its projector", "mmproj")])
+        raise UserError(
+            f"{info.path.name} needs its vision projector for video questions", [Remedy("its projector", "mmproj")]
+        )
     patch = projector.patch_size
     largest: tuple[int, int, Path | None] = (0, 0, None)
     for path, start, end in dict.fromkeys(videos):
-        frames = settings.frames if start is None and end is None else replace(settings.frames, start_s=start, end_s=end)
+        frames = (
+            settings.frames if start is None and end is None else replace(settings.frames, start_s=start, end_s=end)
+        )
         try:
             n_frames, n_tokens = plan_video_tokens(path, frames, patch, settings.token_budget)
         except UserError:

@@ -14,7 +14,7 @@ from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
 
-from .errors import UserError
+from .errors import ModelMissing
 from .families import FAMILIES
 from .fit import kv_bytes_per_token
 
@@ -120,7 +120,7 @@ def load_registry() -> dict[str, ModelSpec]:
 
 
 def get_spec(name: str) -> ModelSpec:
-    """The model called ``name`` (case-insensitive); `UserError` listing the known names otherwise."""
+    """The model called ``name`` (case-insensitive); `ModelMissing` listing the known names otherwise."""
     specs = load_registry()
     key = name.strip().lower()
     if key in specs:
@@ -130,7 +130,7 @@ def get_spec(name: str) -> ModelSpec:
         return specs[key[: -len("-instruct")]]
     close = difflib.get_close_matches(key, list(specs), n=1, cutoff=0.6)
     hint = f"did you mean {close[0]}? " if close else ""
-    raise UserError(
+    raise ModelMissing(
         f"unknown model {name!r}; {hint}known models: {', '.join(specs)} (or pass the path to a .gguf file)"
     )
 

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 from .events import Answer, ControlState
 
@@ -83,16 +83,3 @@ def summarize(answer: Answer) -> Summary:
         median_written_ratio=statistics.median(ratios) if ratios else None,
         max_head_bound=max(bounds) if bounds else None,
     )
-
-
-def per_token(answer: Answer) -> dict[str, list]:
-    """The answer's per-token lists, aligned with its tokens: the tokens, their text, the entropy, and
-    every `ControlState` field (None where the controller did not run)."""
-    columns: dict[str, list] = {
-        "tokens": list(answer.tokens),
-        "token_text": list(answer.token_text),
-        "entropy": list(answer.entropy),
-    }
-    for f in fields(ControlState):
-        columns[f.name] = [None if c is None else getattr(c, f.name) for c in answer.control]
-    return columns

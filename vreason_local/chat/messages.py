@@ -1,5 +1,6 @@
-"""Messages the engine's worker thread posts to the UI (`post_message` is thread-safe, ordered and does not
-block the engine). The UI only renders and stores what these carry; nothing is generated twice."""
+"""Messages the app's worker threads post to the UI (`post_message` is thread-safe, ordered and does not
+block the engine): the `ChatSession`'s events, as it yields them. The UI only renders them (and hands each
+finished answer back to the session to store); nothing is generated twice."""
 
 from __future__ import annotations
 
@@ -12,38 +13,24 @@ from textual.message import Message
 from ..events import TokenEvent
 
 if TYPE_CHECKING:
-    from ..engine import Encoding, Engine
-    from ..events import Event
     from ..planning import Plan
-    from .options import ChatOptions
+    from .session import LoadEvent
 
 
-class PlanReady(Message):
-    """Frames sampled and the run sized (`estimate_only`: for the video panel's live estimate, not loaded)."""
+class PlanPreview(Message):
+    """Frames sampled and the run sized for the video panel's live estimate (nothing is loaded)."""
 
-    def __init__(self, plan: Plan, options: ChatOptions, estimate_only: bool = False) -> None:
+    def __init__(self, plan: Plan) -> None:
         super().__init__()
-        self.plan, self.options, self.estimate_only = plan, options, estimate_only
-
-
-class EngineReady(Message):
-    def __init__(self, engine: Engine) -> None:
-        super().__init__()
-        self.engine = engine
-
-
-class EncodingReady(Message):
-    def __init__(self, encoding: Encoding, options: ChatOptions) -> None:
-        super().__init__()
-        self.encoding, self.options = encoding, options
+        self.plan = plan
 
 
 class EngineEvents(Message):
-    """Events of an engine operation, in order; `job` names it (0: the encoding, else an ask job's id) and
-    `mode` which of a compare's answers they belong to. Tokens come in batches (`forward_events`): one
+    """A session's events, in order; `job` names the work (0: loading, else the id of the question's `Turn`)
+    and `mode` which of a compare's answers they belong to. Tokens come in batches (`forward_events`): one
     message per token made the UI thread compete with decoding for the CPU and the GIL."""
 
-    def __init__(self, job: int, mode: str, events: list[Event]) -> None:
+    def __init__(self, job: int, mode: str, events: list[LoadEvent]) -> None:
         super().__init__()
         self.job, self.mode, self.events = job, mode, events
 
@@ -51,18 +38,24 @@ class EngineEvents(Message):
 BATCH_S = 0.5  # tokens are forwarded at most this long after they are made (2 updates a second)
 
 
-def forward_events(post: Callable[[Message], object], job: int, mode: str, events: Iterable[Event]) -> None:
-    """Post `events` as they come, batching tokens for up to `BATCH_S`; any other event is posted at once."""
-    batch: list[Event] = []
+def forward_events(post: Callable[[Message], object], job: int, events: Iterable[tuple[str, LoadEvent]]) -> None:
+    """Post (mode, event)s as they come, batching a mode's tokens for up to `BATCH_S`; any other event is
+    posted at once."""
+    batch: list[LoadEvent] = []
+    batch_mode = ""
     last = time.perf_counter()
-    for ev in events:
+    for mode, ev in events:
+        if batch and mode != batch_mode:
+            post(EngineEvents(job, batch_mode, batch))
+            batch = []
+        batch_mode = mode
         batch.append(ev)
         now = time.perf_counter()
         if not isinstance(ev, TokenEvent) or now - last >= BATCH_S:
             post(EngineEvents(job, mode, batch))
             batch, last = [], now
     if batch:
-        post(EngineEvents(job, mode, batch))
+        post(EngineEvents(job, batch_mode, batch))
 
 
 class WorkDone(Message):

@@ -26,6 +26,7 @@ from ..errors import UserError
 from ..fit import format_bytes
 from ..hub import ModelStatus, list_models
 from ..sampling import TokenSampling
+from ..settings import render_error
 from .store import SessionRecord
 
 CLOSE = [Binding("escape", "dismiss", "Close", id="screen.close")]
@@ -61,9 +62,8 @@ class ModelChoice:
 NO_MODEL_TEXT = (
     "No model is downloaded yet. Download one below (qwen2.5-vl-3b is about 2.8 GB), or in another terminal:\n\n"
     "    vreason models pull qwen2.5-vl-3b\n\n"
-    "then choose it here, or start with a GGUF file you already have:\n\n"
-    "    vreason chat --model PATH/model.gguf --mmproj PATH/mmproj.gguf VIDEO\n\n"
-    "or type the path of a model file below. `vreason models list` shows what is known and downloaded."
+    "then choose it here, or use a GGUF file you already have: type its path below (and its projector's, "
+    "if that is not beside it). `vreason models list` shows what is known and downloaded."
 )
 
 
@@ -177,7 +177,9 @@ class ModelScreen(ModalScreen[ModelChoice | None]):
         status = self.query_one("#download-status", Static)
         if event.state == WorkerState.ERROR:
             error = event.worker.error
-            message = error.message if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
+            message = (
+                render_error(error, "label") if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
+            )
             status.update(f"[$error]{escape(message)}[/]")
             return
         registry = self.query_one("#registry", OptionList)
@@ -275,7 +277,7 @@ class SettingsScreen(ModalScreen[SettingsResult | None]):
         try:
             result = self.read()
         except UserError as exc:
-            self.app.notify(exc.message, severity="error")
+            self.app.notify(render_error(exc, "label"), severity="error")
             return
         self.dismiss(result)
 

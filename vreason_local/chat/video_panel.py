@@ -21,6 +21,7 @@ from textual.widgets import Button, Collapsible, Input, Label, Static
 from ..errors import UserError
 from ..fit import format_bytes
 from ..planning import Plan
+from ..settings import render_error
 from ..video import FrameSampling
 from .widgets import seconds_text
 
@@ -128,14 +129,14 @@ class VideoPanel(Vertical):
         try:
             self.post_message(self.Preview(self.read_settings()))
         except (ValueError, UserError) as exc:
-            self.query_one("#estimate", Static).update(f"[$error]{getattr(exc, 'message', exc)}[/]")
+            self.query_one("#estimate", Static).update(f"[$error]{_problem(exc)}[/]")
 
     @on(Button.Pressed, "#apply")
     def _apply(self) -> None:
         try:
             self.post_message(self.Apply(self.read_settings()))
         except (ValueError, UserError) as exc:
-            self.app.notify(str(getattr(exc, "message", exc)), severity="error")
+            self.app.notify(_problem(exc), severity="error")
 
     @on(Input.Submitted, "#video-path")
     def _open(self, event: Input.Submitted) -> None:
@@ -163,6 +164,12 @@ class VideoPanel(Vertical):
             await thumbs.mount_all(cells)
         thumbs.display = bool(cells)
         self.query_one("#estimate", Static).update(estimate_text(self.app, plan))
+
+
+def _problem(exc: ValueError | UserError) -> str:
+    """A value typed in that cannot work: a `UserError` with its remedy in the panel's words, or what Python
+    could not read as a number."""
+    return render_error(exc, "label") if isinstance(exc, UserError) else str(exc)
 
 
 def estimate_text(app: object, plan: Plan) -> str:

@@ -1,19 +1,25 @@
 """The conversation's widgets: a question, an answer that streams (reasoning folded away once the answer
-starts), and a side-by-side group for compare. They render engine events and finished `Answer`s only."""
+starts), a side-by-side group for compare, the conversation that holds them (a stored one as it was), and
+the status bar. They render engine events and finished `Answer`s only; errors are worded here, in the
+app's words."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
-from textual.containers import Horizontal, Vertical
-from textual.widgets import Collapsible, Markdown, Static
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import Collapsible, Markdown, ProgressBar, Static
 
-from ..events import TokenEvent
+from ..errors import UserError
+from ..events import Encoded, Notice, Prefilled, Progress, TokenEvent
+from ..settings import render_error
 from ..telemetry import summarize
 from .telemetry_view import EntropyChart, summary_line
 
 if TYPE_CHECKING:
+    from textual.widget import Widget
+
     from ..events import Answer
     from .store import MessageRecord
 
@@ -26,6 +32,14 @@ def seconds_text(app: object, seconds: float | None) -> str:
     if seconds is None or not getattr(app, "show_timings", True):
         return "–"
     return f"{seconds:.2f} s" if seconds < 10 else f"{seconds:.0f} s"
+
+
+def describe_error(error: BaseException | None) -> str:
+    """One line: a `UserError` with its remedies worded as the app's settings (their labels, never a command-line
+    flag), anything else as a bug."""
+    if isinstance(error, UserError):
+        return render_error(error, "label")
+    return f"internal error: {type(error).__name__}: {error}"
 
 
 def rate_text(app: object, rate: float | None) -> str:
@@ -128,6 +142,20 @@ class AnswerView(Vertical):
         current = str(self.note.content)
         self.note.update(f"{current}\n{text}" if current else text)
 
+    def show_event(self, ev: object, encode_s: float) -> None:
+        """A note for what an engine event says about this answer: the video's encoding reused (saving
+        `encode_s`, what encoding it took) or made again, what Lite kept, the engine's notices."""
+        if isinstance(ev, Encoded) and ev.n_media_tokens:
+            if ev.reused:
+                saved = seconds_text(self.app, encode_s)
+                self.add_note(f"[dim]reused the encoded video ({ev.n_frames} frames): saved {saved}[/]")
+            else:
+                self.add_note(f"[dim]encoded the video again ({seconds_text(self.app, ev.encode_s + ev.prefill_s)})[/]")
+        elif isinstance(ev, Prefilled) and ev.n_video_tokens_kept is not None:
+            self.add_note(f"[dim]Lite kept {ev.n_video_tokens_kept:,} video tokens[/]")
+        elif isinstance(ev, Notice):
+            self.add_note(f"[$warning]{ev.message}[/]" if ev.level == "warning" else f"[dim]{ev.message}[/]")
+
     async def feed(self, events: list[TokenEvent]) -> None:
         """Append tokens' visible text to the reasoning or the answer (runs of one channel written at once)."""
         runs: list[list[str]] = []  # [channel, text]
@@ -169,7 +197,7 @@ class AnswerView(Vertical):
         self.stats.update(f"{MODE_LABELS.get(self.mode, self.mode)} · failed")
 
     @classmethod
-    async def from_record(cls, parent: Vertical | Horizontal, record: MessageRecord) -> AnswerView:
+    async def from_record(cls, parent: Widget, record: MessageRecord) -> AnswerView:
         """A stored answer, shown as it was (a resumed session)."""
         view = cls(record.mode or "base")
         await parent.mount(view)
@@ -226,3 +254,91 @@ def _escape(text: str) -> str:
     from rich.markup import escape
 
     return escape(text)
+
+
+class Conversation(VerticalScroll):
+    """The questions and answers, newest at the bottom (kept in view while answers stream)."""
+
+    def __init__(self, welcome: str) -> None:
+        super().__init__(id="conversation")
+        self.welcome = welcome
+
+    def compose(self) -> ComposeResult:
+        yield Static(self.welcome, id="welcome")
+
+    def on_mount(self) -> None:
+        self.anchor()
+
+    async def add_question(
+        self, question: str, modes: tuple[str, ...]
+    ) -> tuple[dict[str, AnswerView], CompareView | None]:
+        """The question, and a view for its answer in each mode (several: side by side, with their chart)."""
+        await self.mount(QuestionView(question))
+        if len(modes) > 1:
+            compare = CompareView(modes)
+            await self.mount(compare)
+            return compare.views, compare
+        view = AnswerView(modes[0])
+        await self.mount(view)
+        return {modes[0]: view}, None
+
+    def last_question(self) -> str:
+        views = list(self.query(QuestionView))
+        return views[-1].text if views else ""
+
+    async def clear(self) -> None:
+        await self.remove_children()
+        await self.mount(Static(self.welcome, id="welcome"))
+
+    async def show_stored(self, messages: list[MessageRecord]) -> None:
+        """A stored conversation in place of this one: questions, answers, and compare groups side by side."""
+        await self.remove_children()
+        i = 0
+        while i < len(messages):
+            m = messages[i]
+            if m.role == "user":
+                await self.mount(QuestionView(m.text))
+                i += 1
+                continue
+            if m.compare_group is None:
+                await AnswerView.from_record(self, m)
+                i += 1
+                continue
+            row = Horizontal(classes="compare-row")
+            await self.mount(Vertical(row, classes="compare"))
+            group = m.compare_group
+            while i < len(messages) and messages[i].role == "assistant" and messages[i].compare_group == group:
+                await AnswerView.from_record(row, messages[i])
+                i += 1
+
+
+class StatusBar(Horizontal):
+    """The line above the prompt: the mode, a progress bar while a video is encoded or a prompt read, and
+    what the app is doing."""
+
+    def __init__(self) -> None:
+        super().__init__(id="statusbar")
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="mode-indicator")
+        bar = ProgressBar(id="progress", show_eta=False)
+        bar.display = False
+        yield bar
+        yield Static("starting…", id="status")
+
+    def show_mode(self, mode: str) -> None:
+        self.query_one("#mode-indicator", Static).update(f"[b]{MODE_LABELS[mode]}[/b]")
+
+    def say(self, text: str) -> None:
+        self.query_one("#status", Static).update(text)
+
+    def progress(self, ev: Progress) -> None:
+        bar = self.query_one(ProgressBar)
+        bar.display = True
+        bar.update(total=max(1, ev.total), progress=ev.done)
+        stage = "encoding video" if ev.stage == "encode" else "reading the prompt"
+        rate = f", {ev.rate:.0f} tokens/s" if getattr(self.app, "show_timings", True) else ""
+        self.say(f"{stage}: {ev.done:,}/{ev.total:,} tokens{rate} · Esc cancels")
+
+    def progress_done(self) -> None:
+        self.query_one(ProgressBar).display = False
