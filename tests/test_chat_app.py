@@ -347,6 +347,12 @@ async def test_settings_screen_changes_the_next_answers(options, store):
         await ready(pilot)
         await pilot.press("ctrl+g")
         await until(pilot, lambda: isinstance(app.screen, SettingsScreen) and app.screen.query(Input))
+        app.screen.query_one("#s-lr", Input).value = "nan"  # refused by the settings layer, as `--lr nan` is
+        app.screen.query_one("#save").press()
+        await until(pilot, lambda: any("learning rate" in n.message for n in app._notifications))
+        (note,) = [n.message for n in app._notifications if "learning rate" in n.message]
+        assert note.startswith("learning rate must be a finite number") and "setting learning rate to 0.001" in note
+        assert isinstance(app.screen, SettingsScreen) and "--" not in note  # still open; no CLI flag in the TUI
         app.screen.query_one("#s-max_tokens", Input).value = "5"
         app.screen.query_one("#s-lr", Input).value = "0.01"
         app.screen.query_one("#save").press()

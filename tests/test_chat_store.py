@@ -411,3 +411,13 @@ def test_json_export_round_trips_with_per_token_telemetry(store, run, tmp_path):
     with pytest.raises(UserError, match="cannot write .*missing-dir"):
         export_session(store, s.id, tmp_path / "missing-dir" / "chat.md")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".chat")) == []  # no temporary left
+
+
+def test_every_summary_figure_has_an_export_label():
+    """A figure added to telemetry.Summary is exported with a label, not silently left out."""
+    from dataclasses import fields
+
+    from vreason_local.chat.export import SUMMARY_LABELS
+    from vreason_local.telemetry import Summary
+
+    assert set(SUMMARY_LABELS) == {f.name for f in fields(Summary)} - {"n_tokens"}

@@ -26,6 +26,7 @@ from textual_image.widget import Image
 from ..engine import Engine
 from ..errors import ModelMissing, UserError
 from ..events import MODES, Answer, Encoded, Finished, Progress, TokenEvent
+from ..settings import RunSettings
 from ..telemetry import summarize
 from .config import ChatConfig
 from .messages import EngineEvents, PlanPreview, WorkDone, forward_events
@@ -385,11 +386,11 @@ class ChatApp(App):
 
     def action_settings(self) -> None:
         options = self.session.options
-        self.push_screen(SettingsScreen(options.gen, options.vreason), self._settings_saved)
+        self.push_screen(SettingsScreen(options.settings), self._settings_saved)
 
-    def _settings_saved(self, result) -> None:
+    def _settings_saved(self, result: RunSettings | None) -> None:
         if result is not None:
-            self.session.options = replace(self.session.options, gen=result.gen, vreason=result.vreason)
+            self.session.options = replace(self.session.options, gen=result.generation, vreason=result.vreason)
             self.notify("settings saved for the next questions", timeout=3)
 
     def action_model(self) -> None:

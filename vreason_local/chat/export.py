@@ -17,8 +17,8 @@ from pathlib import Path
 from ..errors import UserError
 from .store import ChatStore, MessageRecord, SessionRecord
 
-# telemetry.Summary's fields as shown: label and format (None values are left out or shown as "-")
-_SUMMARY = {
+# telemetry.Summary's figures as shown (all but n_tokens, shown on its own): label and format (None: left out or "-")
+SUMMARY_LABELS = {
     "mean_entropy": ("mean entropy", "{:.3f} nats"),
     "max_entropy": ("max entropy", "{:.3f} nats"),
     "final_ema": ("final EMA", "{:.3f} nats"),
@@ -29,6 +29,9 @@ _SUMMARY = {
     "max_dv_norm": ("max dV norm", "{:.4g}"),
     "max_selfcheck": ("max self-check error", "{:.2e}"),
     "controller_s": ("controller time", "{:.2f} s"),
+    "n_skipped": ("updates skipped", "{}"),
+    "median_written_ratio": ("written / intended change (median)", "{:.2f}"),
+    "max_head_bound": ("max LM-head gradient bound", "{:.3g}"),
 }
 _VIDEO_STATUS = {
     "ok": "unchanged",
@@ -136,7 +139,8 @@ def _facts(m: MessageRecord) -> dict[str, str]:
 def _summary(m: MessageRecord) -> dict[str, str | None]:
     summary = m.telemetry.get("summary", {})
     return {
-        label: None if summary.get(key) is None else fmt.format(summary[key]) for key, (label, fmt) in _SUMMARY.items()
+        label: None if summary.get(key) is None else fmt.format(summary[key])
+        for key, (label, fmt) in SUMMARY_LABELS.items()
     }
 
 

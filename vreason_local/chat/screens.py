@@ -5,7 +5,7 @@ earlier sessions, and export."""
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -21,12 +21,10 @@ from textual.widgets.option_list import Option
 from textual.worker import Worker, WorkerState
 
 from ..download import pull
-from ..engine import GenerationSettings
 from ..errors import UserError
 from ..fit import format_bytes
 from ..hub import ModelStatus, list_models
-from ..sampling import TokenSampling
-from ..settings import render_error
+from ..settings import BY_NAME, RunSettings, render_error
 from .store import SessionRecord
 
 CLOSE = [Binding("escape", "dismiss", "Close", id="screen.close")]
@@ -220,57 +218,53 @@ class ModelScreen(ModalScreen[ModelChoice | None]):
         self.dismiss(None)
 
 
-@dataclass(frozen=True)
-class SettingsResult:
-    gen: GenerationSettings
-    vreason: object  # VReasonSettings
+# The settings the form offers, by their names in the settings table (settings.SETTINGS), which gives each its
+# label, type, choices and help; the frame settings are the video panel's, the model the model screen's.
+FORM_SETTINGS = ("max_tokens", "temperature", "top_p", "min_p", "seed", "reasoning", "beta", "every", "steps", "lr",
+                 "optimizer", "head_error", "head_max", "head_skip")  # fmt: skip
 
 
-class SettingsScreen(ModalScreen[SettingsResult | None]):
-    """Sampling and V-Reason settings for the next questions."""
+class SettingsScreen(ModalScreen[RunSettings | None]):
+    """Sampling and V-Reason settings for the next questions: a form made from the settings table, read and
+    checked by the same `RunSettings.with_values` as the command line's options (a bad value: its error)."""
 
     AUTO_FOCUS = "Input"
     BINDINGS = CLOSE
 
-    def __init__(self, gen: GenerationSettings, vreason: object) -> None:
+    def __init__(self, settings: RunSettings) -> None:
         super().__init__()
-        self.gen, self.vreason = gen, vreason
+        self.settings = settings
 
     def compose(self) -> ComposeResult:
-        g, s, v = self.gen, self.gen.sampling, self.vreason
-        fields = [
-            ("max_tokens", "max tokens", g.max_tokens),
-            ("temperature", "temperature (0 = greedy)", s.temperature),
-            ("top_p", "top-p", s.top_p),
-            ("min_p", "min-p", s.min_p),
-            ("seed", "seed", s.seed),
-            ("beta", "V-Reason beta (EMA)", v.beta),
-            ("every", "update every k tokens", v.every),
-            ("steps", "optimiser steps", v.steps),
-            ("lr", "learning rate", v.lr),
-        ]
+        values = self.settings.values()
         with VerticalScroll(classes="box"):
             yield Static("[b]Settings[/b] (next questions)", classes="heading")
-            for key, label, value in fields:
+            for name in FORM_SETTINGS:
+                setting, value = BY_NAME[name], values[name]
                 with Horizontal(classes="field"):
-                    yield Label(label)
-                    yield Input(f"{value:g}" if isinstance(value, float) else str(value), id=f"s-{key}")
-            with Horizontal(classes="field"):
-                yield Label("optimizer")
-                yield Select([("adam", "adam"), ("sgd", "sgd")], value=v.optimizer, allow_blank=False, id="s-optimizer")
-            with Horizontal(classes="field"):
-                yield Label("ask for <think>/<answer>")
-                yield Switch(value=g.reasoning, id="s-reasoning")
+                    yield Label(setting.words)
+                    if setting.kind is bool:
+                        yield Switch(value=bool(value), id=f"s-{name}", tooltip=setting.help)
+                    elif setting.choices:
+                        options = [(c, c) for c in setting.choices]
+                        yield Select(options, value=value, allow_blank=False, id=f"s-{name}", tooltip=setting.help)
+                    else:
+                        text = f"{value:g}" if isinstance(value, float) else str(value)
+                        yield Input(text, id=f"s-{name}", tooltip=setting.help)
             with Horizontal(classes="buttons"):
                 yield Button("Save", id="save", variant="primary")
                 yield Button("Cancel", id="cancel")
 
-    def _value(self, key: str, kind: type) -> object:
-        text = self.query_one(f"#s-{key}", Input).value
+    def _value(self, name: str) -> object:
+        setting, widget = BY_NAME[name], self.query_one(f"#s-{name}")
+        if isinstance(widget, Switch | Select):
+            return widget.value
+        text = widget.value.strip()  # type: ignore[attr-defined]
         try:
-            return kind(text)
+            return setting.kind(text)
         except ValueError:
-            raise UserError(f"{key.replace('_', ' ')}: {text!r} is not a number") from None
+            kind = "a whole number" if setting.kind is int else "a number"
+            raise UserError(f"{setting.words} must be {kind}, got {text!r}") from None
 
     @on(Button.Pressed, "#save")
     def _save(self) -> None:
@@ -281,27 +275,9 @@ class SettingsScreen(ModalScreen[SettingsResult | None]):
             return
         self.dismiss(result)
 
-    def read(self) -> SettingsResult:
-        """The settings typed in, checked by the settings types themselves (a value out of range: `SettingError`)."""
-        v = {k: self._value(k, float) for k in ("temperature", "top_p", "min_p", "beta", "lr")}
-        n = {k: self._value(k, int) for k in ("max_tokens", "seed", "every", "steps")}
-        reasoning = self.query_one("#s-reasoning", Switch).value
-        gen = replace(
-            self.gen,
-            max_tokens=n["max_tokens"],
-            sampling=TokenSampling(v["temperature"], v["top_p"], v["min_p"], n["seed"]),
-            reasoning=reasoning,
-            stop_at_answer=reasoning,
-        )
-        vr = replace(
-            self.vreason,
-            beta=v["beta"],
-            every=n["every"],
-            steps=n["steps"],
-            lr=v["lr"],
-            optimizer=str(self.query_one("#s-optimizer", Select).value),
-        )
-        return SettingsResult(gen, vr)
+    def read(self) -> RunSettings:
+        """The settings with the values typed in (a value out of range: `SettingError`)."""
+        return self.settings.with_values({name: self._value(name) for name in FORM_SETTINGS})
 
     @on(Button.Pressed, "#cancel")
     def _cancel(self) -> None:
