@@ -16,11 +16,10 @@ import time
 from pathlib import Path
 
 from vreason_local.decoding import decoding_for
-from vreason_local.engine import Engine, GenerationSettings
+from vreason_local.engine import Engine
 from vreason_local.events import Progress, TokenEvent
 from vreason_local.media import load_video
-from vreason_local.video import FrameSampling
-from vreason_local.vreason import VReasonSettings
+from vreason_local.settings import FrameSampling, GenerationSettings, VReasonSettings
 
 
 def main() -> None:
