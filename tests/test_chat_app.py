@@ -7,17 +7,24 @@ since `wait_for_complete` can return before a worker exists or with its messages
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import pytest
-from textual.widgets import Input, Static
+from textual.widgets import Footer, Input, Static
+from textual.widgets._footer import FooterKey
+from textual.widgets._toast import Toast
 from textual_image.widget import HalfcellImage
 
 from vreason_local.chat.app import ChatApp
@@ -25,13 +32,14 @@ from vreason_local.chat.config import ChatConfig, load_config
 from vreason_local.chat.options import ChatOptions
 from vreason_local.chat.screens import ErrorScreen, ExportScreen, ModelScreen, SettingsScreen
 from vreason_local.chat.store import ChatStore
-from vreason_local.chat.telemetry_view import TelemetryPanel, downsample
-from vreason_local.chat.widgets import AnswerView, CompareView, QuestionView
+from vreason_local.chat.telemetry_view import TelemetryPanel, downsample, summary_line
+from vreason_local.chat.widgets import MODE_LABELS, AnswerView, CompareView, QuestionView
 from vreason_local.clips import make_clip
 from vreason_local.decoding import decoding_for
 from vreason_local.engine import AnswerHandle, Engine, EngineSettings, GenerationSettings
 from vreason_local.events import Event, TokenEvent
-from vreason_local.media import load_video
+from vreason_local.media import Media, load_image, load_video
+from vreason_local.telemetry import summarize
 from vreason_local.video import FrameSampling
 from vreason_local.vreason import VReasonSettings
 
@@ -111,7 +119,8 @@ async def test_ask_streams_the_engines_answer_with_telemetry_and_saves_it(option
         assert answer is not None and answer.mode == "vreason" and len(answer.tokens) == 12
         assert view.answer_md.source.strip() == answer.answer.strip()  # streamed text = the engine's answer
         assert "12 tokens" in str(view.stats.content) and "max_tokens" in str(view.stats.content)
-        assert "reused the encoded video" in str(view.note.content)  # encoded once, up front
+        # encoded once, up front, and waited for: the first answer saved nothing, so no "reused … saved" note
+        assert answer.reused_encoding and "reused the encoded video" not in str(view.note.content)
         chart = app.query_one(TelemetryPanel).chart
         assert chart.series["entropy"] == answer.entropy
         assert chart.series["EMA"] == [c.ema for c in answer.control]
@@ -128,10 +137,12 @@ async def test_follow_up_reuses_the_encoding_and_continues_the_conversation(opti
     app = make_app(options, store)
     async with app.run_test(size=(100, 34)) as pilot:
         await ready(pilot)
-        first = (await ask(pilot, "What happens?")).answer
+        first_view = await ask(pilot, "What happens?")
+        first = first_view.answer
         second_view = await ask(pilot, "And then?")
         second = second_view.answer
         assert second.reused_encoding and "reused the encoded video" in str(second_view.note.content)
+        assert "reused" not in str(first_view.note.content)
         assert second.prompt_tokens[: len(first.prompt_tokens)] == first.prompt_tokens  # it continued the first
     app.close_engine()
     assert second.tokens == reference(tiny, clip, "What happens?", follow="And then?")
@@ -384,3 +395,196 @@ def test_downsample_keeps_the_peaks():
     xs, ys = downsample([0.0, 5.0, 1.0, 0.0, 2.0, 0.0], 3)
     assert ys == [5.0, 1.0, 2.0] and xs == [2.0, 4.0, 6.0]
     assert downsample([1.0, 2.0], 8) == ([1.0, 2.0], [1.0, 2.0])
+
+
+async def test_a_damaged_database_is_set_aside_with_one_message_and_resume_starts_afresh(options, tmp_path):
+    path = tmp_path / "chats.db"
+    with ChatStore(path) as first:
+        s = first.create_session(options.video, options.model, {}, [])
+        first.add_question(s.id, "What happens?")
+    with closing(sqlite3.connect(path)) as raw, raw:  # a JSON column broken by hand
+        raw.execute("UPDATE sessions SET frames = '[{\"index\": 3' WHERE id = ?", (s.id,))
+    with ChatStore(path) as store:
+        app = make_app(options, store, resume=True)
+        async with app.run_test(size=(100, 34)) as pilot:
+            await ready(pilot)  # no stored session to resume: the video is loaded as given
+            (note,) = [n for n in app._notifications if n.title == "Damaged chat database"]
+            assert "moved to" in note.message and "JSON that does not parse" in note.message
+            assert not app.query(QuestionView) and app.session.session_id is None
+            view = await ask(pilot, "What happens?")
+            assert view.answer is not None and len(store.messages(app.session.session_id)) == 2
+        app.close_engine()
+    assert len(list(tmp_path.glob("chats.db.damaged-*"))) == 1
+
+
+async def test_resume_restores_the_mode_the_answers_figures_and_the_compare_chart(options, store):
+    app = make_app(options, store)  # base on the command line; switched to V-Reason, then a compare
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        await pilot.press("ctrl+t")
+        first = (await ask(pilot, "What happens?")).answer
+        app.query_one("#prompt", Input).value = "And then?"
+        await pilot.press("ctrl+b")
+        await until(pilot, lambda: app.job is None and app.query(CompareView))
+        shown = {m: str(v.stats.content) for m, v in app.query_one(CompareView).views.items()}
+        notes = {m: str(v.note.content) for m, v in app.query_one(CompareView).views.items()}
+        assert "reused the encoded video" in notes["base"] and "reused" not in notes["vreason"]  # once per compare
+        compared = {m: v.answer for m, v in app.query_one(CompareView).views.items()}
+    app.close_engine()
+
+    again = make_app(options, store, resume=True)
+    async with again.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        assert again.mode == again.session.mode == "vreason"
+        assert "V-Reason" in str(again.query_one("#mode-indicator", Static).content)
+        single = again.query(AnswerView).first()
+        assert single.answer.tokens == first.tokens and "stored" not in str(single.stats.content)
+        assert summary_line(summarize(first)) in str(single.stats.content)
+        compare = again.query_one(CompareView)
+        assert {m: str(v.stats.content) for m, v in compare.views.items()} == shown  # as they were shown live
+        assert compare.chart.series == {MODE_LABELS[m]: a.entropy for m, a in compared.items()}
+        panel = again.query_one(TelemetryPanel)  # the last answer's telemetry (the compare's V-Reason one)
+        assert panel.chart.series["entropy"] == compared["vreason"].entropy
+        assert panel.chart.series["EMA"] == [c.ema for c in compared["vreason"].control]
+        assert summary_line(summarize(compared["vreason"])) == str(panel.summary.content)
+    again.close_engine()
+
+
+def text_only_reference(tiny, question: str) -> list[int]:
+    """The tokens a plain engine gives for `question` with no video (what `vreason run -q` answers)."""
+    with Engine(tiny.model_path, tiny.mmproj_path) as engine:
+        return engine.ask(engine.encode(Media.none()).result(), question, GEN, "base").result().tokens
+
+
+async def test_a_question_without_a_video_is_answered_text_only(options, store, tiny, tmp_path):
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("not a video")
+    app = make_app(replace(options, video=bad), store)  # the video fails: nothing is encoded
+    async with app.run_test(size=(100, 34)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, ErrorScreen) and app.loading is None)
+        await pilot.press("escape")
+        assert not app.session.ready
+        view = await ask(pilot, "Explain entropy.")
+        assert any("answering text only" in n.message for n in app._notifications)
+        answer = view.answer
+        assert answer is not None and answer.n_media_tokens == 0 and len(answer.tokens) == 12
+        assert store.session(app.session.session_id).video_path is None  # stored as a text-only conversation
+    app.close_engine()
+    assert answer.tokens == text_only_reference(tiny, "Explain entropy.")
+
+
+async def test_a_question_asked_while_the_model_loads_is_answered_once_it_is_ready(options, store, tiny):
+    app = make_app(replace(options, video=None), store)
+    app.session.lock.acquire()  # the load waits for the engine's lock: the question comes first
+    async with app.run_test(size=(100, 34)) as pilot:
+        await until(pilot, lambda: app.loading is not None)
+        app.query_one("#prompt", Input).value = "Explain entropy."
+        await pilot.press("enter")
+        assert app.pending == ("Explain entropy.", ("base",)) and not app.query(AnswerView)
+        assert any("asked once the model" in n.message for n in app._notifications)
+        app.session.lock.release()
+        await until(pilot, lambda: app.job is None and app.query(AnswerView) and app.query_one(AnswerView).answer)
+        answer = app.query_one(AnswerView).answer
+        assert app.query_one("#prompt", Input).value == ""
+    app.close_engine()
+    assert answer.tokens == text_only_reference(tiny, "Explain entropy.")
+
+
+async def test_at_80x24_the_footer_shows_every_shown_key_and_toasts_never_cover_the_prompt(options, store):
+    app = make_app(options, store)
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await ready(pilot)
+        await pilot.press("ctrl+t")  # "mode: V-Reason (next questions)"
+        for i in range(6):  # more than fit: the rack stays above the prompt
+            app.notify(f"exported to /a/rather/long/path/number/{i}/vreason-chat-1.md", timeout=30)
+        await until(pilot, lambda: len(app.screen.query(Toast)) >= 4)
+        await pilot.pause(0.2)
+        on_top = {  # what is drawn in each cell, toasts included
+            (x, y): app.screen.get_widget_at(x, y)[0] for x in range(80) for y in range(24)
+        }
+        assert any(isinstance(w, Toast) for w in on_top.values())  # the toasts are on the screen
+        for region in (app.query_one("#prompt", Input).region, app.query_one(Footer).region):
+            covered = [xy for xy, w in on_top.items() if region.contains(*xy) and isinstance(w, Toast)]
+            assert not covered, covered[:3]
+        keys = list(app.query(FooterKey))
+        shown = {b.action for b in ChatApp.BINDINGS if b.show}
+        assert {k.action for k in keys} >= shown and len(shown) >= 6
+        for key in keys:  # each whole on the screen and on its own
+            assert key.region.right <= 80 and key.region.width > len(key.description), key.description
+        assert all(a.region.right <= b.region.x for a, b in zip(keys, keys[1:], strict=False))
+    app.close_engine()
+
+
+async def test_regenerate_edit_and_resend_and_copy(options, store, tiny, clip):
+    app = make_app(options, store)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await ready(pilot)
+        first = (await ask(pilot, "What happens?")).answer
+        second = (await ask(pilot, "And then?")).answer
+        original = app.session.session_id
+
+        writes: list[str] = []  # what the app sends the terminal: the copy is an OSC 52 sequence
+        app._driver.write = lambda data, write=app._driver.write: (writes.append(data), write(data))[1]
+        await pilot.press("ctrl+y")
+        (osc,) = [w for w in writes if w.startswith("\x1b]52;c;")]
+        assert base64.b64decode(osc[len("\x1b]52;c;") : -1]).decode() == second.answer == app.clipboard
+
+        await app.action_regenerate("vreason")  # the palette's "Regenerate in V-Reason"
+        await until(pilot, lambda: app.job is None and app.query(AnswerView).last().answer is not None)
+        again = app.query(AnswerView).last().answer
+        assert [q.text for q in app.query(QuestionView)] == ["What happens?", "And then?"]
+        assert again.mode == "vreason" and len(app.query(AnswerView)) == 2
+        assert again.prompt_tokens[: len(first.prompt_tokens)] == first.prompt_tokens  # continues the first
+        await pilot.press("f5")  # again, in the current mode (base): greedy, so the first answer comes back
+        await until(pilot, lambda: app.job is None and app.query(AnswerView).last().answer is not again)
+        assert app.query(AnswerView).last().answer.tokens == second.tokens
+
+        prompt = app.query_one("#prompt", Input)
+        await pilot.press("up")
+        assert prompt.value == "And then?"
+        await pilot.press("up")
+        assert prompt.value == "What happens?" and app.editing.text == "What happens?"
+        prompt.value = "What moves?"
+        await pilot.press("enter")
+        await until(pilot, lambda: app.job is None and app.query(AnswerView).last().answer is not None)
+        edited = app.query(AnswerView).last().answer
+        assert [q.text for q in app.query(QuestionView)] == ["What moves?"] and app.editing is None
+        rows = store.messages(app.session.session_id)
+        assert [(m.role, m.text) for m in rows] == [("user", "What moves?"), ("assistant", edited.text)]
+        assert [m.text for m in store.messages(original) if m.role == "user"] == ["What happens?", "And then?"]
+        assert len(store.sessions()) == 4  # the original and three branches, each kept
+    app.close_engine()
+    with Engine(tiny.model_path, tiny.mmproj_path) as engine:  # the same on a plain engine
+        enc = engine.encode(load_video(clip, FRAMES, engine.projector.patch_size).media).result()
+        plain_first = engine.ask(enc, "What happens?", GEN, "base").result()
+        plain_again = engine.ask(enc, "And then?", GEN, decoding_for("vreason", VR), follow_up=plain_first).result()
+        plain_edited = engine.ask(enc, "What moves?", GEN, "base").result()
+    assert (again.tokens, edited.tokens) == (plain_again.tokens, plain_edited.tokens)
+
+
+async def test_a_still_image_is_asked_about_and_the_clip_before_it_is_not_encoded_again(options, store, tiny, tmp_path):
+    image = tmp_path / "still.png"
+    rng = np.random.default_rng(3)
+    cv2.imwrite(str(image), rng.integers(0, 255, (120, 160, 3), dtype=np.uint8))
+    app = make_app(options, store)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await ready(pilot)
+        clip_encoding = app.session.encoding
+        app.query_one("#video-path", Input).value = str(image)
+        app.query_one("#video-path", Input).focus()
+        await pilot.press("enter")
+        await until(pilot, lambda: app.loading is None and app.session.encoding is not clip_encoding)
+        assert "image · " in str(app.query_one("#video-info", Static).content) and len(app.query(".thumb")) == 1
+        answer = (await ask(pilot, "What is in the picture?")).answer
+        assert answer.n_media_tokens > 0 and store.session(app.session.session_id).video_path == str(image)
+        app.query_one("#video-path", Input).value = str(options.video)  # back to the clip: kept, not encoded
+        app.query_one("#video-path", Input).focus()
+        await pilot.press("enter")
+        await until(pilot, lambda: app.loading is None and app.session.encoding is clip_encoding)
+        assert "encoded earlier, used again" in str(app.query_one("#status", Static).content)
+    app.close_engine()
+    with Engine(tiny.model_path, tiny.mmproj_path) as engine:  # what `vreason run --image` answers
+        media = load_image(image, FRAMES.max_pixels, engine.projector.patch_size).media
+        assert engine.ask(engine.encode(media).result(), "What is in the picture?", GEN, "base").result().tokens == (
+            answer.tokens
+        )

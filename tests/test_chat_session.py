@@ -20,11 +20,13 @@ from test_chat_app import FRAMES, GEN, LONG, LONG_QUESTION, VR, clip, options, s
 from vreason_local.chat.options import ChatOptions
 from vreason_local.chat.session import ChatSession, ModelLoaded, Planned, Ready
 from vreason_local.chat.store import ChatStore
+from vreason_local.clips import make_clip
 from vreason_local.decoding import decoding_for
 from vreason_local.engine import Engine
 from vreason_local.errors import ModelMissing, UserError
 from vreason_local.events import Answer, Encoded, Event, Finished, TokenEvent
 from vreason_local.media import load_video
+from vreason_local.telemetry import summarize
 
 
 def answered(events: list[tuple[str, Event]]) -> dict[str, Answer]:
@@ -191,3 +193,92 @@ def test_the_session_imports_no_textual():
     code = "import sys, vreason_local.chat.session; print(sorted(m for m in sys.modules if m.startswith('textual')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_restored_session_comes_back_in_its_mode_with_each_answers_telemetry(options, store):
+    session, _ = loaded(options, store)  # started in base, switched to V-Reason, then a compare
+    base = answered(list(session.ask("What happens?")))["base"]
+    session.mode = "vreason"
+    compared = answered(list(session.ask("And then?", ("base", "vreason"))))
+    session_id = session.session_id
+    session.close()
+
+    again = ChatSession(options, store)  # `--resume` with the command line's mode: base
+    restored = again.restore(session_id)
+    assert again.mode == restored.options.mode == "vreason"
+    rows = [m for m in restored.messages if m.role == "assistant"]
+    for row, original in zip(rows, (base, compared["base"], compared["vreason"]), strict=True):
+        back = restored.answers[row.id]
+        assert (back.mode, back.tokens, back.entropy, back.control) == (
+            original.mode,
+            original.tokens,
+            original.entropy,
+            original.control,
+        )
+        assert back.question == original.question and summarize(back) == summarize(original)
+    list(again.load(restored.options, restored.new_engine))
+    again.close()
+    assert again.follow_up.tokens == compared["vreason"].tokens  # the compare's answer in the restored mode
+
+
+def asked(session: ChatSession, question: str, modes: tuple[str, ...]) -> dict[str, Answer]:
+    """Answer `question` as begun after a `branch` (the app's regenerate and edit-and-resend)."""
+    turn = session.begin(question, modes)
+    out = {}
+    for mode, ev in session.answer(turn):
+        if isinstance(ev, Finished):
+            session.finish(turn, mode, ev.answer)
+            out[mode] = ev.answer
+    return out
+
+
+def test_regenerate_and_edit_continue_from_before_the_question_in_a_branch(options, store, tiny, clip):
+    session, _ = loaded(options, store)
+    first = answered(list(session.ask("What happens?")))["base"]
+    answered(list(session.ask("And then?")))
+    original = session.session_id
+    original_rows = store.messages(original)
+    last_q = session.questions()[-1]
+    kept, answers = session.branch(last_q.id)  # regenerate the last answer, in V-Reason this time
+    assert [(m.role, m.text) for m in kept] == [("user", "What happens?"), ("assistant", first.text)]
+    assert answers[kept[1].id].tokens == first.tokens and session.session_id != original
+    again = asked(session, last_q.text, ("vreason",))["vreason"]
+    branch = session.session_id
+    first_q = session.questions()[0]
+    kept, _ = session.branch(first_q.id)  # edit the first question and resend it
+    assert kept == [] and session.follow_up is None
+    edited = answered(list(session.ask("What moves?")))["base"]
+    then = answered(list(session.ask("And then?")))["base"]
+    session.close()
+
+    assert store.messages(original) == original_rows  # the original conversation is kept as it was
+    assert [m.text for m in store.messages(branch) if m.role == "user"] == ["What happens?", "And then?"]
+    assert [m.mode for m in store.messages(branch) if m.role == "assistant"] == ["base", "vreason"]
+    assert [m.text for m in store.messages(session.session_id) if m.role == "user"] == ["What moves?", "And then?"]
+    with Engine(tiny.model_path, tiny.mmproj_path) as engine:  # the same conversations on a plain engine
+        enc = engine.encode(load_video(clip, FRAMES, engine.projector.patch_size).media).result()
+        plain_first = engine.ask(enc, "What happens?", GEN, "base").result()
+        plain_again = engine.ask(enc, "And then?", GEN, decoding_for("vreason", VR), follow_up=plain_first).result()
+        plain_edited = engine.ask(enc, "What moves?", GEN, "base").result()
+        plain_then = engine.ask(enc, "And then?", GEN, "base", follow_up=plain_edited).result()
+    assert again.tokens == plain_again.tokens and edited.tokens == plain_edited.tokens
+    assert then.tokens == plain_then.tokens and then.prompt_tokens[: len(edited.prompt_tokens)] == edited.prompt_tokens
+
+
+def test_going_back_to_a_video_encoded_earlier_uses_its_encoding_again(options, store, tiny, clip, tmp_path):
+    other = make_clip(tmp_path / "other.mp4", seconds=3.0, fps=10.0, size=(168, 224))
+    session, _ = loaded(options, store)
+    first_encoding = session.encoding
+    list(session.ask("What happens?"))
+    list(session.load(replace(options, video=other)))  # a second clip, encoded: it takes the engine's cache
+    on_other = answered(list(session.ask("What moves?")))["base"]
+    assert session.encoding is not first_encoding
+    back = list(session.load(options))  # the first clip again: nothing encoded
+    assert [type(ev).__name__ for ev in back] == ["Planned", "Ready"] and back[-1].reused
+    assert session.encoding is first_encoding
+    again = answered(list(session.ask("What happens?")))["base"]
+    session.close()
+    with Engine(tiny.model_path, tiny.mmproj_path) as engine:  # each clip on a fresh engine
+        for path, question, answer in ((other, "What moves?", on_other), (clip, "What happens?", again)):
+            enc = engine.encode(load_video(path, FRAMES, engine.projector.patch_size).media).result()
+            assert engine.ask(enc, question, GEN, "base").result().tokens == answer.tokens

@@ -421,3 +421,67 @@ def test_every_summary_figure_has_an_export_label():
     from vreason_local.telemetry import Summary
 
     assert set(SUMMARY_LABELS) == {f.name for f in fields(Summary)} - {"n_tokens"}
+
+
+def _set_aside(tmp_path: Path) -> list[Path]:
+    return sorted(tmp_path.glob("chats.db.damaged-*"))
+
+
+def test_a_file_with_damaged_pages_is_moved_aside_and_a_new_one_started(tmp_path, run):
+    path = tmp_path / "chats.db"
+    with ChatStore(path) as store:
+        for _ in range(6):  # several pages of messages, so that the middle ones are b-tree pages of rows
+            s = conversation(store, run)
+    page = sql(path, "PRAGMA page_size")[0][0]
+    n_pages = path.stat().st_size // page
+    assert n_pages > 8 and sql(path, "PRAGMA quick_check") == [("ok",)]
+    with open(path, "r+b") as f:  # overwrite pages in the middle of the file, as a failing disk would
+        f.seek(n_pages // 2 * page)
+        f.write(bytes(range(256)) * (3 * page // 256))
+    damaged = path.read_bytes()
+    with pytest.raises(sqlite3.DatabaseError, match="malformed"):  # SQLite itself sees the damage
+        sql(path, "SELECT count(*), sum(length(telemetry)) FROM messages")
+
+    with ChatStore(path) as store:
+        (kept,) = _set_aside(tmp_path)
+        assert kept.read_bytes() == damaged  # moved, byte for byte: nothing deleted, nothing rewritten
+        assert store.damaged is not None and "\n" not in store.damaged
+        assert f"moved to {kept}" in store.damaged and "kept, not deleted" in store.damaged
+        assert store.sessions() == []  # a new, working file at the old path
+        store.add_question(store.create_session(None, "m", {}, []).id, "Still works?")
+        assert sql(path, "PRAGMA quick_check") == [("ok",)] and s.id > 1
+    with ChatStore(path) as store:  # the new file is sound: nothing more is moved aside
+        assert store.damaged is None and len(_set_aside(tmp_path)) == 1 and len(store.sessions()) == 1
+
+
+@pytest.mark.parametrize(("table", "column"), [("messages", "telemetry"), ("sessions", "settings")])
+def test_a_json_column_that_does_not_parse_is_found_at_open(tmp_path, run, table, column):
+    path = tmp_path / "chats.db"
+    with ChatStore(path) as store:
+        s = conversation(store, run)
+        assert json.loads(sql(path, f"SELECT {column} FROM {table} LIMIT 1")[0][0]) is not None
+        sql(path, f"UPDATE {table} SET {column} = '{{\"entropy\": [0.5, ' WHERE id = (SELECT max(id) FROM {table})")
+        # damaged while open: reading it is one clear error naming the row, not a JSONDecodeError
+        with pytest.raises(UserError, match=f"damaged {column} in row"):
+            store.messages(s.id) if table == "messages" else store.sessions()
+    with ChatStore(path) as store:
+        (kept,) = _set_aside(tmp_path)
+        assert f"a {table[:-1]} (" in store.damaged and "JSON that does not parse" in store.damaged
+        assert store.sessions() == [] and sql(kept, f"SELECT count(*) FROM {table}")[0][0] >= 1
+
+
+def test_a_branch_copies_the_messages_before_a_question_with_their_compare_group(store, run):
+    s = conversation(store, run)
+    rows = store.messages(s.id)
+    q3 = [m for m in rows if m.role == "user"][2]
+    branch = store.branch_session(s.id, q3.id)
+    copied = store.messages(branch.id)
+    assert branch.id != s.id and branch.title.endswith("(branch)") and branch.video_hash == s.video_hash
+    assert branch.frames == s.frames and branch.settings == s.settings and branch.model == s.model
+    assert len(copied) == 5 and [m.seq for m in copied] == [1, 2, 3, 4, 5]
+    strip = {"id", "session_id", "created_at", "compare_group"}
+    assert [{k: v for k, v in vars(m).items() if k not in strip} for m in copied] == [
+        {k: v for k, v in vars(m).items() if k not in strip} for m in rows[:5]
+    ]
+    assert copied[1].compare_group == copied[2].compare_group == copied[0].id  # the copy's own question
+    assert copied[4].compare_group is None and store.messages(s.id) == rows  # the original is untouched

@@ -28,6 +28,7 @@ from vreason_local import gguf_info
 from vreason_local.clips import make_clip, make_image
 from vreason_local.registry import get_spec
 from vreason_local.vreason import SELFCHECK_TOL
+from vreason_local.wording import count
 
 MAX_TOKENS = "6"
 CLIP_FRAMES = 4  # --fps 2 on a 4 s clip gives 8 frames; --max-frames 4 keeps 4
@@ -212,6 +213,8 @@ def _bad_runs(f: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
             r"needs [\d,]+ tokens of context but the context size you set holds 1,024; try --ctx \d+$",
         ),
         "empty_question": ([*clip, *model, "-q", "  "], r"question is empty"),
+        "missing_question_file": ([*clip, *model, "-q", "@nosuch.txt"], r"question file nosuch\.txt was not found"),
+        "missing_system_file": ([*clip, *model, *q, "--system", "@nosuch.txt"], r"system prompt file nosuch\.txt"),
         "unknown_registry_model": ([*clip, "--model", "nosuch", *q], r"unknown model 'nosuch'.*qwen2\.5-vl-3b"),
         "registry_model_not_downloaded": (
             [*clip, "--model", spec.name, *q],
@@ -299,8 +302,10 @@ def test_run_json_base_video(jobs, files):
     assert all(out[k] == [None] * len(toks) for k in ("alpha", "ema", "peak", "dv_norm", "update_ms", "selfcheck"))
 
     t = out["timings"]
-    for key in ("load_s", "sampling_s", "encode_s", "prefill_s", "decode_s", "tokens_per_s"):
+    assert set(t) == RUN_TIMINGS and set(t) <= _readme_timings(), t  # the API's names, each one in the README
+    for key in t:
         assert isinstance(t[key], (int, float)) and t[key] >= 0, key
+    assert t["prefill_s"] == pytest.approx(t["prefill_media_s"] + t["prefill_question_s"], abs=2e-4)
     assert t["tokens_per_s"] > 0 and t["load_s"] > 0
 
     # every setting used, so that the run can be reproduced from its JSON; each token's text
@@ -317,6 +322,32 @@ def test_run_json_base_video(jobs, files):
     # the estimate line is printed (to stderr) before encoding
     assert "vision tokens" in r.stderr and "KV cache" in r.stderr and "96 vision tokens" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+RUN_TIMINGS = {"load_s", "sampling_s", "encode_s", "prefill_media_s", "prefill_question_s", "prefill_s", "decode_s"}
+RUN_TIMINGS |= {"controller_s", "tokens_per_s"}
+
+
+def _readme_timings() -> set[str]:
+    """The timing names README.md's `--json` fields section lists."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### `--json` fields", 1)[1].split("\n#", 1)[0]
+    listed = re.search(r"`timings` \((.*?)\)\.\n", section, re.S)
+    assert listed, "README lists no timings"
+    return set(re.findall(r"`(\w+_s)`", listed.group(1)))
+
+
+def test_readme_set_up_is_what_ci_runs():
+    """README's two set-up lines are labelled alternatives, and its development line is CI's own (.ci/run)."""
+    root = Path(__file__).resolve().parents[1]
+    readme, ci = (root / "README.md").read_text(), (root / ".ci" / "run").read_text()
+    setup = readme.split("```bash", 1)[1].split("```", 1)[0]
+    lines = [ln for ln in setup.splitlines() if ln.startswith("python3 -m venv .venv")]
+    assert len(lines) == 2 and "# or," in setup and "pick one" in readme.split("```bash", 1)[0], setup
+    dev = lines[1].split(" && ")
+    assert dev[2] in ci.splitlines()[ci.splitlines().index("rm -rf .venv .venv-avx2") + 1], dev  # the same install
+    assert dev[3] == "python -m pytest" and "\npython -m pytest\n" in ci
+    assert "--index-url https://download.pytorch.org/whl/cpu" in readme  # the CPU build, said plainly
 
 
 def _check_controller_columns(out: dict) -> list:
@@ -407,10 +438,11 @@ def test_run_streaming(jobs):
     assert r.stdout == base["text"] + "\n"
     lines = r.stderr.splitlines()
     assert "vision tokens" in lines[0] and "KV cache" in lines[0]
-    assert any(re.fullmatch(r"encoded 96 vision tokens in [\d.]+ s", ln) for ln in lines), r.stderr
+    encoded = r"encoded 96 vision tokens in [\d.]+ s \(vision encoder [\d.]+ s, prefill [\d.]+ s\)"
+    assert any(re.fullmatch(encoded, ln) for ln in lines), r.stderr
     assert f"answer: {base['answer']}" in r.stderr
     assert re.fullmatch(
-        rf"\[base\] {len(base['tokens'])} tokens, [\d.]+ tok/s, stop: {base['stop_reason']}, controller [\d.]+ s",
+        rf"\[base\] {count(len(base['tokens']), 'token')}, [\d.]+ tok/s, stop: {base['stop_reason']}, controller [\d.]+ s",
         lines[-1],
     ), lines[-1]
 
@@ -503,7 +535,7 @@ def test_first_ctrl_c_keeps_the_answer(files):
     err = err.decode()
     assert p.returncode == 130, err
     assert first and "Traceback" not in err
-    summary = re.search(r"\[base\] (\d+) tokens, .* stop: cancelled", err)
+    summary = re.search(r"\[base\] (\d+) tokens?, .* stop: cancelled", err)
     assert summary and 0 < int(summary.group(1)) < 7000, err
 
 
@@ -537,6 +569,7 @@ def test_ctrl_c_while_encoding_stops_and_still_prints_json(files):
     assert p.returncode == 130, err.decode()
     answer = json.loads(out)
     assert answer["stop_reason"] == "cancelled" and answer["n_tokens"] < 4000
+    assert {"load_s", "sampling_s", "encode_s", "prefill_s"} <= set(answer["timings"])  # always written
     assert answer["n_tokens"] == len(answer["tokens"]) == len(answer["entropy"])
 
 
@@ -550,6 +583,91 @@ def test_second_ctrl_c_aborts(files):
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=TIMEOUT_S)
     assert p.returncode == 130 and "Traceback" not in err.decode(), err.decode()
+
+
+def test_two_quick_ctrl_cs_leave_no_shutdown_noise(files):
+    """A second Ctrl-C 50 ms after the first, as real users press it: exit 130, our own lines only."""
+    import signal
+    import time
+
+    args = ["run", "--model", str(files["model"]), "-q", "Tell me a long story.", "--max-tokens", "7000"]
+    p = _start(files, "sigint-twice", args)
+    assert p.stdout.read(1)
+    p.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=TIMEOUT_S)
+    err = err.decode()
+    assert p.returncode == 130, err
+    assert "Exception ignored" not in err and "KeyboardInterrupt" not in err and "Traceback" not in err, err
+
+
+def test_second_ctrl_c_while_the_interpreter_exits_aborts_quietly(files):
+    """The second Ctrl-C landing while Python shuts down (it joins the threads still running, here one a library
+    might leave) aborts with "aborted", never Python's "Exception ignored in: <module 'threading'> ...
+    KeyboardInterrupt"; the first Ctrl-C's answer summary is already out."""
+    import signal
+    import time
+
+    wrapper = (
+        "import sys, threading, time; threading.Thread(target=time.sleep, args=(60,)).start(); "
+        "from vreason_local.cli import main; main(sys.argv[1:])"
+    )
+    args = ["run", "--model", str(files["model"]), "-q", "Tell me a long story.", "--max-tokens", "7000"]
+    p = subprocess.Popen(
+        [sys.executable, "-c", wrapper, *args],
+        env=_env(files["root"], "sigint-exit"),
+        cwd=files["root"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert p.stdout.read(1)
+    p.send_signal(signal.SIGINT)
+    while "stop: cancelled" not in (line := p.stderr.readline().decode()):
+        assert line, "no summary line before the end of stderr"
+    time.sleep(0.05)  # the command has returned; the interpreter waits for the sleeping thread
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=30)
+    err = err.decode()
+    assert p.returncode == 130 and time.monotonic() - t0 < 10, err
+    assert err.strip().splitlines() == ["aborted"], err
+
+
+def test_question_from_stdin_or_a_file_and_a_system_prompt(files):
+    """llama.cpp's ways: `-q -` reads standard input, `-q @FILE` and `--system @FILE` read files (the last
+    newline dropped); the system prompt is the run's, recorded in its settings."""
+    root = files["root"]
+    (root / "system.txt").write_text("You are a pirate.\nAnswer in one word.\n")
+    (root / "question.txt").write_text("What colour is the sea?\n")
+    model = ["--model", str(files["model"]), "--max-tokens", "2", "--threads", "1", "--json"]
+    runs = {
+        "stdin": (["-q", "-", "--system", "@system.txt"], b"Who are you?\n"),
+        "file": (["-q", "@question.txt"], b""),
+    }
+    out = {}
+    for name, (args, given) in runs.items():
+        p = subprocess.run(
+            [sys.executable, "-m", "vreason_local.cli", "run", *model, *args],
+            input=given,
+            env=_env(root, f"text-from-{name}"),
+            cwd=root,
+            capture_output=True,
+            timeout=TIMEOUT_S,
+        )
+        out[name] = Result(tuple(args), p.returncode, p.stdout.decode(), p.stderr.decode()).json()
+    assert out["stdin"]["question"] == "Who are you?"
+    assert out["stdin"]["settings"]["engine"]["system"] == "You are a pirate.\nAnswer in one word."
+    assert out["file"]["question"] == "What colour is the sea?"
+    assert out["file"]["settings"]["engine"]["system"] == "You are a helpful assistant."
+
+
+def test_verbose_shows_llama_cpps_log(files):
+    args = ["run", "--model", str(files["model"]), "-q", "Hi", "--max-tokens", "2", "--threads", "1"]
+    quiet, verbose = _run(files["root"], "quiet", args), _run(files["root"], "verbose", [*args, "--verbose"])
+    assert quiet.rc == verbose.rc == 0, str(verbose)
+    assert "llama_model_loader" in verbose.stderr and "llama_model_loader" not in quiet.stderr
+    assert quiet.stdout == verbose.stdout  # the log goes to stderr and changes no answer
 
 
 def test_the_python_api_example_runs(files):

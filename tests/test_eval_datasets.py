@@ -91,6 +91,43 @@ def test_own_csv_reads_pipe_and_json_options_and_a_media_root(tmp_path: Path, cl
     assert dataset.items[0].source == "mine.csv:2"  # the header is line 1
 
 
+def test_a_quote_left_open_in_a_csv_is_reported_not_read_into_one_question(tmp_path: Path, clip: Path) -> None:
+    """The csv module reads the lines after an unterminated quote into one field without a word; here the rows it
+    swallowed are reported, naming the line where the quote opened, and a real multi-line question still loads."""
+    _place(clip, tmp_path, "a.mp4")
+    header = "id,video,question,options,answer,type,start,end\n"
+    path = tmp_path / "open.csv"
+    path.write_text(
+        header + "c1,a.mp4,Colour?,red|green|blue,C,,,\n"
+        'c2,a.mp4,"Colour?,red|green,B,,,\n'  # line 3: the quote is never closed on its line
+        "c3,a.mp4,How many?,,4,numeric,,\n"
+        "c4,a.mp4,How many?,,4,numeric,,\n"
+        'c5,a.mp4,"Which, of the two?",red|green,A,,,\n'  # line 6: its first quote closes line 3's
+        "c6,a.mp4,Last?,,2,numeric,,\n"
+    )
+    dataset = load_dataset(path)
+    reasons = {entry.source: entry.reason for entry in dataset.invalid}
+    assert reasons["open.csv:3"] == "a quote opened on line 3 is left open (lines 3-6 read as one row); close it"
+    for line in (4, 5, 6):
+        assert reasons[f"open.csv:{line}"] == "read into the row of line 3 by the quote left open there"
+    assert [item.id for item in dataset.items][0] == "c1" and "c2" not in {i.id for i in dataset.items}
+    assert all("\n" not in item.question for item in dataset.items)
+
+    at_end = tmp_path / "end.csv"  # the last row's quote runs to the end of the file
+    at_end.write_text(header + "c1,a.mp4,Colour?,red|green,A,,,\n" + 'c2,a.mp4,"Colour?,red|green,A,,,\n')
+    dataset = load_dataset(at_end)
+    assert [item.id for item in dataset.items] == ["c1"]
+    assert [str(e) for e in dataset.invalid] == [
+        "end.csv:3: a quote opened on line 3 is left open (it runs to the end of the file); close it"
+    ]
+
+    fine = tmp_path / "fine.csv"  # a quoted question with a line break is a question, not a quote left open
+    fine.write_text(header + 'c1,a.mp4,"Which colour\nis the square?",red|green,A,,,\nc2,a.mp4,Again?,red|green,B,,,\n')
+    dataset = load_dataset(fine)
+    assert dataset.invalid == [] and dataset.items[0].question == "Which colour\nis the square?"
+    assert dataset.items[1].source == "fine.csv:4"  # named by the physical line it starts on
+
+
 def test_bad_rows_are_reported_with_file_and_line_and_the_rest_load(tmp_path: Path, clip: Path) -> None:
     _place(clip, tmp_path, "a.mp4")
     (tmp_path / "folder.mp4").mkdir()

@@ -25,7 +25,7 @@ ray = pytest.importorskip("ray")
 from vreason_local.cli import main  # noqa: E402
 from vreason_local.engine import Engine, EngineSettings, GenerationSettings  # noqa: E402
 from vreason_local.errors import UserError  # noqa: E402
-from vreason_local.evaluate.cluster import Demand, WorkerPool, connect  # noqa: E402
+from vreason_local.evaluate.cluster import Demand, WorkerPool, connect, split_threads  # noqa: E402
 from vreason_local.evaluate.datasets import load_dataset, make_sample  # noqa: E402
 from vreason_local.evaluate.results import ResultsWriter, read_results  # noqa: E402
 from vreason_local.evaluate.runner import EvalSettings, evaluate_group, group_by_video  # noqa: E402
@@ -187,6 +187,40 @@ def test_a_cluster_too_small_or_an_address_without_one_is_refused(ray_local, tin
         connect("127.0.0.1:1")
     with pytest.raises(UserError, match="give auto, local or HOST:PORT"):
         connect("nowhere")
+    with pytest.raises(UserError, match=r"'127.0.0.1:99999' is not a Ray cluster address: port 99999 is not between"):
+        connect("127.0.0.1:99999")
+
+
+def test_two_workers_of_two_threads_on_two_cpus_are_refused_with_both_remedies(ray_local, tiny):
+    from vreason_local.settings import render_error
+
+    with pytest.raises(UserError) as exc:
+        WorkerPool("local", 2, tiny.model_path, tiny.mmproj_path, EngineSettings(n_threads=2))
+    assert render_error(exc.value, "flag") == (
+        "the Ray cluster holds 1 worker of 2 CPUs (one per thread) each, not 2; try --workers 1 or --threads 1"
+    )
+
+
+def test_without_threads_the_workers_share_each_nodes_cpus():
+    nodes = [{"Resources": {"CPU": 2.0}}, {"Resources": {"CPU": 8.0}}]
+    assert split_threads(nodes, 2, 8) == 4  # 0 + 2 workers of 4 threads: the most that still holds 2
+    assert split_threads(nodes, 5, 8) == 2  # 1 + 4
+    assert split_threads(nodes, 1, 8) == 8 and split_threads(nodes, 1, 4) == 4  # never more than asked
+    assert split_threads(nodes, 40, 8) == 1  # too many for any split: 1 each, and the pool says it is too small
+
+
+def test_a_two_worker_run_on_a_two_cpu_machine_without_threads_runs_and_shows_no_ray_notice(tiny, tmp_path):
+    """The issue's case, as a user types it: --ray local --workers 2 on this machine (2 CPUs in CI), no
+    --threads: each worker gets its share of the CPUs. Ray's token-authentication notice is not printed."""
+    data = make_sample(tmp_path / "data", n_videos=2, questions_per_video=1)
+    args = _eval(tiny, data, tmp_path / "run", "--ray", "local", "--workers", "2")
+    args = [a for i, a in enumerate(args) if a != "--threads" and args[i - 1] != "--threads"]
+    args[args.index("--modes") + 1] = "base"
+    p = subprocess.run(args, capture_output=True, timeout=TIMEOUT_S)
+    err = p.stderr.decode()
+    assert p.returncode == 0, err
+    assert len(read_results(tmp_path / "run" / "results.jsonl").rows) == 2
+    assert "Token authentication" not in err and "2 questions about 2 videos x 1 mode (base)" in err
 
 
 def test_a_worker_asks_for_a_gpu_where_the_cluster_has_them_else_a_cpu_per_thread():

@@ -217,6 +217,14 @@ def test_bad_input_is_refused_and_invalid_rows_are_listed(tiny, data, tmp_path, 
     assert rc == 0, err
     assert "7 rows of" in err and "mixed.jsonl:3: missing field 'video'" in err and "... and 2 more" in err
     assert _lines(out / "results.jsonl") == 2 and "| base |" in stdout
+    # every skipped row is kept with its reason, and the report quotes its accuracy over 2 items, saying why not 9
+    run = json.loads((out / "run.json").read_text())
+    assert run["skipped"] == [{"source": f"mixed.jsonl:{n}", "reason": "missing field 'video'"} for n in range(3, 10)]
+    summary = json.loads((out / "summary.json").read_text())["run"]
+    assert summary["n_skipped"] == 7 and summary["skipped_reasons"] == {"missing field 'video'": 7}
+    report = (out / "report.md").read_text()
+    assert "2 items (7 rows of the dataset skipped: missing field 'video' (7))" in report
+    assert "## Skipped rows of the dataset (7)" in report and "- mixed.jsonl:9: missing field 'video'" in report
 
     rc, _, err = vreason(_args(tiny, bad, out, "--modes", "base"))
     assert rc == 2 and "is not empty; add --resume" in err
@@ -233,3 +241,103 @@ def test_bad_input_is_refused_and_invalid_rows_are_listed(tiny, data, tmp_path, 
     # a resumed run with nothing left to do only rewrites the report; a machine option may change
     rc, _, err = vreason(["eval", "--resume", "--out", str(out), "--threads", "2"])
     assert rc == 0 and "0 answers to go" in err and _lines(out / "results.jsonl") == 2
+    assert "warning: --threads 2 differs from the run's 1: V-Reason answers can differ" in err
+    # a run folder from before skipped rows were recorded still reports, without the claim
+    old = {k: v for k, v in json.loads((out / "run.json").read_text()).items() if k not in ("skipped", "model_files")}
+    (out / "run.json").write_text(json.dumps(old))
+    rc, _, err = vreason(["eval", "--report", str(out)])
+    assert rc == 0, err
+    assert json.loads((out / "summary.json").read_text())["run"]["n_skipped"] is None
+    assert "), 2 items\n" in (out / "report.md").read_text()
+    rc, _, err = vreason(["eval", "--resume", "--out", str(out)])  # and resumes, unchecked, as before
+    assert rc == 0 and "0 answers to go" in err, err
+
+
+def test_the_writer_cuts_off_only_a_half_written_line_never_a_complete_row(tmp_path):
+    from vreason_local.errors import UserError
+
+    path = tmp_path / "results.jsonl"
+    with ResultsWriter(path) as writer:
+        writer.append({"id": "a", "mode": "base"})
+    back = read_results(path)
+    with ResultsWriter(path, back.good_bytes) as other:  # written after `back` was read, by someone else
+        other.append({"id": "b", "mode": "base"})
+    before = path.read_bytes()
+    with pytest.raises(UserError, match="grew since it was read"):
+        ResultsWriter(path, back.good_bytes)
+    assert path.read_bytes() == before
+    path.write_bytes(before + b'{"id": "c", "mo')  # a half-written last line: that one goes
+    ResultsWriter(path, len(before)).close()
+    assert path.read_bytes() == before
+
+
+def test_a_new_run_in_an_empty_folder_that_fails_leaves_no_lock_file(tiny, data, tmp_path, vreason):
+    rc, _, err = vreason(_args(tiny, data, tmp_path / "new", "--media-root", str(tmp_path / "none")))
+    assert rc == 2 and "media folder not found" in err and not (tmp_path / "new").exists(), err
+
+
+def test_the_run_folder_is_locked_and_a_changed_model_file_is_refused(tiny, data, tmp_path, vreason):
+    """A second process on the same folder (resume or new run) is refused while the lock is held; the model
+    file a run started with is checked on resume by its fingerprint, not its path."""
+    import fcntl
+    import shutil
+
+    model = tmp_path / "model.gguf"
+    shutil.copy(tiny.model_path, model)
+    args = ["eval", str(data), "--out", str(tmp_path / "run"), "--model", str(model), "--mmproj",
+            str(tiny.mmproj_path), "--fps", "2", "--max-frames", "4", "--threads", "1", "--modes", "base",
+            "--max-tokens", "2", "--limit", "1"]  # fmt: skip
+    rc, _, err = vreason(args)
+    assert rc == 0, err
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["model_files"]["model"]["fingerprint"]["size"] == model.stat().st_size
+
+    with open(tmp_path / "run" / "run.lock", "a+b") as held:  # another process's lock: a separate open file
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        rc, _, err = vreason(["eval", "--resume", "--out", str(tmp_path / "run")])
+        assert rc == 2 and f"{tmp_path / 'run'} is in use by another vreason eval" in err, err
+        fcntl.flock(held.fileno(), fcntl.LOCK_UN)
+    rc, _, err = vreason(["eval", "--resume", "--out", str(tmp_path / "run")])
+    assert rc == 0 and "0 answers to go" in err, err
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with open(empty / "run.lock", "a+b") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        rc, _, err = vreason([*args[:2], "--out", str(empty), *args[4:]])
+        assert rc == 2 and "is in use by another vreason eval" in err, err
+
+    data_bytes = bytearray(model.read_bytes())  # the same path, another file: one byte of its last tensor
+    data_bytes[-3] ^= 0xFF
+    model.write_bytes(bytes(data_bytes))
+    rc, _, err = vreason(["eval", "--resume", "--out", str(tmp_path / "run")])
+    assert rc == 2 and f"the model file {model} is not the one the run started with" in err, err
+    assert "Traceback" not in err and err.count("\n") <= 2
+
+
+def test_retry_errors_asks_failed_answers_again_and_the_new_row_wins(tiny, data, tmp_path, vreason):
+    import shutil
+
+    shutil.copytree(data.parent, tmp_path / "d")
+    dataset = tmp_path / "d" / data.name
+    out = tmp_path / "run"
+    args = _args(tiny, dataset, out, "--modes", "base", "--max-tokens", "3")
+    rc, _, err = vreason(args)
+    assert rc == 0, err
+    failed = {r["id"] for r in read_results(out / "results.jsonl").rows if r["error"] is not None}
+    assert failed == {"broken-1", "broken-2"}
+    rc, _, err = vreason(["eval", "--retry-errors", "--out", str(out), str(dataset)])
+    assert rc == 2 and "give --resume too" in err
+    rc, _, err = vreason(["eval", "--resume", "--out", str(out)])  # without the flag: errors stay done
+    assert rc == 0 and "0 answers to go" in err, err
+
+    good_video = next(p for p in (tmp_path / "d" / "videos").iterdir() if p.name != "broken.mp4")
+    shutil.copy(good_video, tmp_path / "d" / "videos" / "broken.mp4")  # the user fixed the video
+    rc, _, err = vreason(["eval", "--resume", "--retry-errors", "--out", str(out)])
+    assert rc == 0 and "2 answers to go" in err, err
+    rows = read_results(out / "results.jsonl").rows
+    n_items = len(load_dataset(dataset).items)
+    assert len(rows) == n_items + 2  # append-only: the error rows stay in the file ...
+    summary = json.loads((out / "summary.json").read_text())["modes"]["base"]
+    assert summary["n_rows"] == n_items and summary["n_errors"] == 0  # ... and the later rows replace them
+    assert "Failed answers" not in (out / "report.md").read_text()

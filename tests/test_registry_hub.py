@@ -240,6 +240,16 @@ def test_unknown_model_suggests_a_close_name():
     assert registry.get_spec("Qwen3-VL-4B-Instruct").name == "qwen3-vl-4b"
 
 
+def test_unknown_model_offers_a_path_only_where_the_command_takes_one(hf_env, vreason):
+    """`--model` takes a name or a .gguf path; `models pull` takes names only, so its error offers no path."""
+    rc, out, err = vreason(["models", "pull", "nosuch"])
+    assert rc == 2 and out == "" and err.count("\n") == 1, err
+    assert err.startswith("error: unknown model 'nosuch'; known models: qwen") and ".gguf" not in err, err
+    with pytest.raises(UserError) as e:
+        hub.resolve_model("nosuch")
+    assert _one_line(e).endswith("(or pass the path to a .gguf file)")
+
+
 def test_spec_kv_matches_published_figures():
     # Published llama.cpp catalogue figure for Qwen3-VL-8B: 150_994_944 bytes of f16 KV per 1024 tokens.
     assert registry.get_spec("qwen3-vl-8b").kv_bytes_per_token() * 1024 == 150_994_944

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 from vreason_local.errors import ContextTooSmall, Remedy, UserError
 from vreason_local.events import Progress
@@ -46,3 +47,17 @@ def test_remedies_are_worded_as_flags():
     two = UserError("too big", [Remedy("fewer frames", "frames.max_frames", 16), Remedy("a lower fps", "frames.fps")])
     assert render_error(two) == "too big; try --max-frames 16 or a lower fps (--fps)"
     assert render_error(UserError("plain", [Remedy("close other programs")])) == "plain; try close other programs"
+
+
+def test_a_one_token_answer_is_one_token_in_the_summary(vreason, tiny_model_factory, tmp_path):
+    """Real llama.cpp, one token asked for: "[base] 1 token, ...", never "1 tokens" (issue 18)."""
+    from vreason_local.clips import make_image
+
+    tiny = tiny_model_factory("qwen25vl")
+    image = make_image(tmp_path / "still.png", (64, 48))
+    model = ["--model", str(tiny.model_path), "--mmproj", str(tiny.mmproj_path), "--threads", "1"]
+    code, out, err = vreason(["run", "--image", str(image), *model, "-q", "Hi", "--max-tokens", "1"])
+    assert code == 0, err
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("[base] 1 token, "), err
+    assert re.search(r"-> \d+ vision tokens;", lines[0]) and not re.search(r"\b1 tokens\b", err), err

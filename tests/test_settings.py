@@ -10,6 +10,7 @@ import json
 import math
 from pathlib import Path
 
+import click
 import pytest
 
 from vreason_local import fit, gguf_info
@@ -27,6 +28,7 @@ from vreason_local.settings import (
     cpu_count,
     render_error,
 )
+from vreason_local.wording import count
 
 # What a new user typed (issue 17): each must be one line and exit 2, whatever the command.
 BAD = [
@@ -90,6 +92,39 @@ def test_every_setting_has_one_option_in_every_command(vreason):
             flag = f"{s.option} / --no-{s.option[2:]}" if s.kind is bool else s.option
             assert flag in text or s.option in text, (command, s.option)
     assert len({s.name for s in SETTINGS}) == len(SETTINGS) == len({s.path for s in SETTINGS})
+
+
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
+    found = []
+    for name, cmd in group.commands.items():
+        found.append(((*prefix, name), cmd))
+        if isinstance(cmd, click.Group):
+            found += _commands(cmd, (*prefix, name))
+    return found
+
+
+def test_every_option_of_every_command_says_what_it_does(vreason):
+    """No option shows only its type in --help (issue 18: --max-tokens, --top-p ... had none)."""
+    from vreason_local.cli import cli
+
+    commands = _commands(cli)
+    assert {("run",), ("eval",), ("chat",), ("demo",), ("models", "pull"), ("models", "make-tiny")} <= {
+        path for path, _ in commands
+    }
+    for path, cmd in commands:
+        for p in cmd.params:
+            if isinstance(p, click.Option) and not p.hidden:
+                assert p.help and p.help.strip(), (path, p.opts)
+    code, out, _ = vreason(["run", "--help"])
+    text = " ".join(out.split())
+    assert "--max-pixels" in text and "[default: 112896 (336x336)]" in text, text
+    assert "[default: qwen2.5-vl-3b]" in text
+
+
+def test_counts_are_worded_in_the_singular_for_one():
+    assert count(1, "token") == "1 token" and count(2, "token") == "2 tokens" and count(0, "frame") == "0 frames"
+    assert count(1_024, "vision token") == "1,024 vision tokens" and count(1, "query", "queries") == "1 query"
+    assert count(3, "query", "queries") == "3 queries"
 
 
 def test_every_setting_is_a_field_of_the_types_and_its_default_is_theirs():

@@ -8,6 +8,7 @@ generated files, because OpenCV can only write well-formed ones.
 
 from __future__ import annotations
 
+import json
 import math
 import struct
 from dataclasses import replace
@@ -660,6 +661,7 @@ def test_make_image_writes_png(tmp_path):
         dict(fps=0.0),
         dict(codec="avc1", size=(161, 120)),  # H.264's yuv420p needs even sides
         dict(codec="XXXX"),
+        dict(codec="mp4v", faststart=True),  # OpenCV's writer cannot move the index
         dict(codec="h264x"),
     ],
 )
@@ -687,3 +689,107 @@ def test_whole_files_have_no_warnings(long_avi, media):
     assert probe(long_avi).warnings == ()
     nocount = avi_without_frame_count(make_clip(media / "count-src.avi", seconds=1, codec="MJPG"), media / "nc.avi")
     assert probe(nocount).warnings == ()  # no count in the header promises nothing to fall short of
+
+
+def frames_ffmpeg_decodes(path: Path) -> int:
+    """How many frames FFmpeg's own decoder (through PyAV) gets out of `path` before its data ends:
+    the independent count a probe of a truncated file must arrive at."""
+    import av
+
+    count = 0
+    with av.open(str(path)) as container:
+        try:
+            for _ in container.decode(video=0):
+                count += 1
+        except av.error.InvalidDataError:  # the cut: a packet the index lists runs past the end of the file
+            pass
+    return count
+
+
+def cut_h264_clip(media: Path, name: str) -> tuple[Path, int]:
+    """A 30 s, 10 fps H.264 clip cut to a third of its bytes, and the frames FFmpeg decodes from it.
+
+    The MP4 has its index (moov) in front, as web and phone exports do, so the cut file still opens
+    and the index still lists all 300 frames; the MKV's header states the full duration.
+    """
+    source = make_clip(media / f"whole-{name}", seconds=30, fps=10, codec="avc1", faststart=name.endswith(".mp4"))
+    if name.endswith(".mp4"):
+        data = source.read_bytes()
+        assert data.index(b"moov") < data.index(b"mdat")  # premise: the index comes first
+    path = truncate(source, media / f"cut-{name}", 1 / 3)
+    decodable = frames_ffmpeg_decodes(path)
+    assert 60 < decodable < 150  # premise: about a third decodes
+    return path, decodable
+
+
+@pytest.fixture(scope="module", params=["faststart.mp4", "h264.mkv"])
+def cut_h264(request: pytest.FixtureRequest, media: Path) -> tuple[Path, int]:
+    return cut_h264_clip(media, request.param)
+
+
+@pytest.fixture(scope="module")
+def cut_mp4(media: Path) -> tuple[Path, int]:
+    """The case of issue 18: the cut MP4 with its index in front, which used to give no warning."""
+    return cut_h264_clip(media, "front.mp4")
+
+
+def test_cut_h264_warns_with_the_length_that_decodes(cut_h264):
+    from vreason_local.media import load_video
+
+    path, decodable = cut_h264
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    assert cap.get(cv2.CAP_PROP_FRAME_COUNT) == 300  # the header still promises every frame
+    cap.release()
+    info = probe(path)
+    assert info.frame_count == decodable
+    assert info.duration_s == pytest.approx(decodable / 10)
+    assert len(info.warnings) == 1 and "\n" not in info.warnings[0]
+    for words in (path.name, "30.0 s (300 frames)", f"{decodable / 10:.1f} s ({decodable} frames)"):
+        assert words in info.warnings[0], info.warnings[0]
+    assert load_video(path, FrameSampling(max_frames=4), patch=14).warnings == info.warnings
+
+
+def test_cut_h264_samples_distinct_frames_from_what_decodes(cut_h264):
+    path, decodable = cut_h264
+    plan = plan_sampling(probe(path), FrameSampling(fps=3.0, max_frames=32))
+    # made from the decodable length (9-12 s at 3 fps, rounded to even), not the header's 30 s (32 frames)
+    assert len(plan.indices) == 2 * math.floor(decodable / 10 * 3 / 2 + 0.5) < 32
+    assert plan.indices[-1] >= decodable - decodable / len(plan.indices)  # spread to the end of what decodes
+    frames = sample_frames(path, plan)
+    assert [f.index for f in frames] == list(plan.indices)
+    assert markers(frames) == list(plan.indices)  # the pixels, too: distinct frames, all inside the decodable part
+    assert len(set(plan.indices)) == len(plan.indices) and plan.indices[-1] < decodable
+
+
+def test_seek_past_the_data_of_a_cut_mp4_still_grabs(cut_mp4):
+    """Why the cut MP4 used to slip through: its index lists every frame, so a seek past the data stops at
+    the last frame that decodes and grab() succeeds there. Only the frame's timestamp tells."""
+    path, decodable = cut_mp4
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    cap.set(cv2.CAP_PROP_POS_FRAMES, 299)
+    assert cap.grab()
+    assert cap.get(cv2.CAP_PROP_POS_MSEC) / 100 < decodable + 1  # landed at the end of the data, not at 299
+    cap.release()
+
+
+def test_run_json_on_a_cut_mp4_warns_and_repeats_no_frame(cut_mp4, tiny_model_factory, vreason):
+    path, decodable = cut_mp4
+    tiny = tiny_model_factory()
+    model = ["--model", str(tiny.model_path), "--mmproj", str(tiny.mmproj_path), "--threads", "1"]
+    rc, out, err = vreason(["run", "--json", "--video", str(path), *model, "--max-tokens", "2", "-q", "What happens?"])
+    assert rc == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and f"{decodable / 10:.1f} s ({decodable} frames)" in warnings[0], err
+    frames = json.loads(out)["frames"]
+    indices = [f["index"] for f in frames]
+    assert len(frames) >= 8 and len(set(indices)) == len(indices)
+    assert indices == sorted(indices) and indices[-1] < decodable
+    assert all(f["timestamp_s"] < decodable / 10 for f in frames)
+
+
+def test_whole_h264_files_have_no_warnings(media):
+    """The healthy counterparts of the cut clips: one seek to the last frame, and it is there."""
+    for name in ("ok-faststart.mp4", "ok.mp4", "ok.mkv"):
+        path = make_clip(media / name, seconds=5, fps=10, codec="avc1", faststart=name == "ok-faststart.mp4")
+        info = probe(path)
+        assert (info.frame_count, info.warnings) == (50, ()), name

@@ -14,8 +14,8 @@ import click
 
 from .errors import UserError
 from .events import MODES
-from .interrupt import until_done
-from .options import read_settings, run_options
+from .interrupt import abort_on_next_ctrl_c, until_done
+from .options import read_settings, read_text, run_options
 from .settings import render_error
 
 
@@ -28,7 +28,13 @@ def cli() -> None:
 @cli.command()
 @click.option("--video", "-v", type=click.Path(path_type=Path), default=None, help="Video file.")
 @click.option("--image", "-i", type=click.Path(path_type=Path), default=None, help="Still image instead of a video.")
-@click.option("--question", "-q", required=True, help="What to ask.")
+@click.option(
+    "--question",
+    "-q",
+    required=True,
+    help="What to ask; - reads it from standard input, @FILE from a file.",
+    callback=lambda ctx, param, value: read_text(value, "question"),
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming text.")
 @run_options
 def run(video: Path | None, image: Path | None, question: str, as_json: bool, **o) -> None:
@@ -37,6 +43,7 @@ def run(video: Path | None, image: Path | None, question: str, as_json: bool, **
     \b
     vreason run --video clip.mp4 -q "What happens after the door opens?"
     vreason run --video clip.mp4 -q "How many people?" --mode vreason --json
+    vreason run --video clip.mp4 -q @question.txt --system @system.txt
     """
     from .checks import check_options
     from .decoding import decoding_for
@@ -52,9 +59,8 @@ def run(video: Path | None, image: Path | None, question: str, as_json: bool, **
     for warning in plan.media.warnings:
         click.echo(f"warning: {warning}", err=True)
     with open_engine(plan) as engine:
-        handle = engine.ask(
-            plan.media.media, question, settings.generation, decoding_for(settings.mode, settings.vreason)
-        )
+        decoding = decoding_for(settings.mode, settings.vreason)
+        handle = engine.ask(plan.media.media, question, settings.generation, decoding)
         if as_json:
             out = until_done(handle, lambda: answer_json(plan, handle))
             click.echo(json.dumps(out, ensure_ascii=False))
@@ -73,8 +79,10 @@ def run(video: Path | None, image: Path | None, question: str, as_json: bool, **
     default=None,
     help="Where to write the generated model and clip (default: a cache folder).",
 )
-@click.option("--mode", type=click.Choice(MODES), default="vreason", show_default=True)
-@click.option("--max-tokens", type=click.IntRange(1), default=48, show_default=True)
+@click.option(
+    "--mode", type=click.Choice(MODES), default="vreason", show_default=True, help="Decoding mode of the demo's answer."
+)
+@click.option("--max-tokens", type=click.IntRange(1), default=48, show_default=True, help="Most tokens in the answer.")
 def demo(out_dir: Path | None, mode: str, max_tokens: int) -> None:
     """Check an install end to end, with no download: a generated tiny model and a generated clip.
 
@@ -153,10 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         click.echo(f"error: {render_error(exc, 'flag')}", err=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        abort_on_next_ctrl_c()  # exiting now: a second Ctrl-C must not interrupt the interpreter's shutdown
         click.echo("interrupted", err=True)
         sys.exit(130)
     except _NO_ARGS_IS_HELP as exc:  # bare `vreason` / `vreason models`: the help, not an "error: Usage: ..." block

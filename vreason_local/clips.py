@@ -35,6 +35,7 @@ def make_clip(
     size: tuple[int, int] = (160, 120),
     codec: str = "mp4v",
     seed: int = 0,
+    faststart: bool = False,
 ) -> Path:
     """Write a clip of round(seconds * fps) frames and return its path.
 
@@ -44,7 +45,8 @@ def make_clip(
     give the same pixels. `codec` is a FourCC that OpenCV's bundled FFmpeg can encode: "mp4v"
     for .mp4, "MJPG" for .avi; or one of `H264_CODECS` for H.264 with libx264's defaults (B-frames,
     keyframes up to 250 frames apart), which needs PyAV (`pip install av`, in the test extra) and an
-    even width and height.
+    even width and height. `faststart` (H.264 in MP4/MOV only) puts the index (moov) before the frames,
+    as web and phone exports do: such a file cut short still opens, its index promising every frame.
     """
     path = Path(path)
     width, height = _checked_size(size)
@@ -52,11 +54,17 @@ def make_clip(
     if fps <= 0 or n_frames < 1:
         raise UserError(f"make_clip: need fps > 0 and at least one frame, got {seconds} s at {fps} fps")
     style = _ClipStyle(np.random.default_rng(seed), width, height)
-    return write_clip(path, (style.frame(index) for index in range(n_frames)), fps, (width, height), codec)
+    frames = (style.frame(index) for index in range(n_frames))
+    return write_clip(path, frames, fps, (width, height), codec, faststart=faststart)
 
 
 def write_clip(
-    path: str | Path, frames: Iterable[np.ndarray], fps: float, size: tuple[int, int], codec: str = "mp4v"
+    path: str | Path,
+    frames: Iterable[np.ndarray],
+    fps: float,
+    size: tuple[int, int],
+    codec: str = "mp4v",
+    faststart: bool = False,
 ) -> Path:
     """Encode BGR `frames` of `size` (width, height) as a video at `path` with `codec` (see `make_clip`).
 
@@ -68,8 +76,10 @@ def write_clip(
     if len(codec) != 4:
         raise UserError(f"make_clip: codec must be a four-character code such as 'mp4v', got {codec!r}")
     if codec in H264_CODECS:
-        _write_h264(path, iter(frames), fps, width, height)
+        _write_h264(path, iter(frames), fps, width, height, faststart)
         return path
+    if faststart:  # OpenCV's writer has no way to move the index
+        raise UserError(f"make_clip: faststart needs an H.264 codec ({', '.join(H264_CODECS)}), got {codec!r}")
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, (width, height))
     if not writer.isOpened():
         raise UserError(
@@ -84,16 +94,19 @@ def write_clip(
     return path
 
 
-def _write_h264(path: Path, frames: Iterator[np.ndarray], fps: float, width: int, height: int) -> None:
+def _write_h264(path: Path, frames: Iterator[np.ndarray], fps: float, width: int, height: int, faststart: bool) -> None:
     """Encode BGR `frames` as H.264 (yuv420p) with libx264 through PyAV, in the container `path`'s suffix names."""
     if width % 2 or height % 2:
         raise UserError(f"make_clip: H.264 (yuv420p) needs an even width and height, got {width}x{height}")
+    if faststart and path.suffix.lower() not in (".mp4", ".mov", ".m4v"):
+        raise UserError(f"make_clip: faststart moves the index of an MP4/MOV file, not of {path.name}")
     try:
         import av
     except ImportError:
         raise UserError("make_clip: H.264 clips are written with PyAV; install it with `pip install av`") from None
     try:
-        container = av.open(str(path), "w")
+        # The MP4 muxer writes the frames, then rewrites the file with the index in front.
+        container = av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {})
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot write {path}: {exc}") from None
     try:

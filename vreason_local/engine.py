@@ -49,18 +49,21 @@ from .media import Media
 from .prompt import prefix_parts, question_text, require_question
 from .repack import repack_allowed
 from .sampling import Sampler
-from .settings import EngineSettings, GenerationSettings
+from .settings import DEFAULT_SYSTEM, EngineSettings, GenerationSettings
 
 if TYPE_CHECKING:
     from .tail import Tail
 
 
-def media_key(media: Media) -> str:
-    """Identity of the media content: same frames -> same encoding, reusable."""
+def media_key(media: Media, system: str = DEFAULT_SYSTEM) -> str:
+    """Identity of an encoded prefix: the media content and the system prompt before it. Same frames and
+    prompt -> same encoding, reusable; another system prompt is another prefix, never the same encoding."""
     h = hashlib.sha1(media.kind.encode())
     for f in media.frames:
         h.update(np.ascontiguousarray(f.rgb).tobytes())
         h.update(f"{f.timestamp_s:.3f}".encode())
+    if system != DEFAULT_SYSTEM:  # the default's keys stay those stored before there was a choice (chat databases)
+        h.update(b"\0system\0" + system.encode())
     return h.hexdigest()
 
 
@@ -79,9 +82,11 @@ class Encoding:
         media_cells: np.ndarray,
         encode_s: float,
         prefill_s: float,
+        system: str = DEFAULT_SYSTEM,
     ) -> None:
         self.media = media
         self.key = key
+        self.system = system  # the system prompt the prefix begins with
         self.tokens = tokens  # the prefix's token ids, None at media positions
         self.n_past = n_past  # the next M-RoPE position after the prefix
         self.media_cells = media_cells  # KV cells of the media tokens, in order (the prefix fills cells from 0)
@@ -296,13 +301,15 @@ class Engine:
         return self.ctx.n_ctx if self.ctx else 0
 
     # -- the public operations -------------------------------------------------------------------
-    def encode(self, media: Media, cancel: threading.Event | None = None) -> EncodeJob:
-        """Encode `media` now (progress events while it runs), to ask about it later."""
+    def encode(self, media: Media, cancel: threading.Event | None = None, system: str | None = None) -> EncodeJob:
+        """Encode `media` now (progress events while it runs), to ask about it later; `system`: the system
+        prompt before it (default: the engine's, `EngineSettings.system`), which every answer about it has."""
         self._check_idle()
-        key = media_key(media)
-        prompt = self._prepare_media(media, key, 1)
+        system = self.settings.system if system is None else system
+        key = media_key(media, system)
+        prompt = self._prepare_media(media, key, 1, system=system)
         job = EncodeJob(cancel, self._abort)
-        self._start(job, self._encode_steps(job._ctl, media, key, prompt))
+        self._start(job, self._encode_steps(job._ctl, media, key, prompt, system))
         return job
 
     def ask(
@@ -313,11 +320,14 @@ class Engine:
         decoding: Decoding | Mode = "base",
         follow_up: Answer | None = None,
         cancel: threading.Event | None = None,
+        system: str | None = None,
     ) -> AnswerHandle:
         """Ask one question about `source` (media, or an `Encoding` of it). `decoding`: the mode with its
         settings (`decoding.decoding_for`), or a mode's name for its default settings. `follow_up`: an earlier
         answer about the same media whose conversation this question continues. Checked now; runs when
-        iterated."""
+        iterated. `system`: the system prompt for `Media` (default: the engine's, `EngineSettings.system`); an
+        `Encoding` has its own, and another one given with it is refused (another prefix: encode the media
+        with it)."""
         require_question(question)
         self._check_idle()
         if isinstance(decoding, str):
@@ -328,7 +338,15 @@ class Engine:
             )
         if isinstance(source, Encoding) and source._engine() is not self:
             raise UserError("this encoding belongs to another engine; encode the media with this one")
-        key = source.key if isinstance(source, Encoding) else media_key(source)
+        if isinstance(source, Encoding):
+            if system is not None and system != source.system:
+                raise UserError(
+                    "this encoding was made with another system prompt; encode the media with this one "
+                    "(Engine.encode(media, system=...)) or ask about the media itself"
+                )
+            system = source.system
+        system = self.settings.system if system is None else system
+        key = source.key if isinstance(source, Encoding) else media_key(source, system)
         history: tuple[int, ...] = ()
         if follow_up is not None:
             if follow_up.settings.get("media_key") != key:
@@ -341,9 +359,10 @@ class Engine:
             self._check_room(source.n_tokens + extra, gen.max_tokens)
             prompt = None
         else:
-            prompt = self._prepare_media(source, key, extra, gen.max_tokens)
+            prompt = self._prepare_media(source, key, extra, gen.max_tokens, system)
         handle = AnswerHandle(cancel, self._abort)
-        self._start(handle, self._answer_steps(handle._ctl, source, prompt, key, question, wanted, gen, decoding))
+        steps = self._answer_steps(handle._ctl, source, prompt, key, question, wanted, gen, decoding, system)
+        self._start(handle, steps)
         return handle
 
     def _check_idle(self) -> None:
@@ -358,7 +377,9 @@ class Engine:
         self._active = weakref.ref(job)
 
     # -- checks made before anything runs ----------------------------------------------------------
-    def _prepare_media(self, media: Media, key: str, extra: int, answer: int = 0) -> MediaPrompt | None:
+    def _prepare_media(
+        self, media: Media, key: str, extra: int, answer: int = 0, system: str = DEFAULT_SYSTEM
+    ) -> MediaPrompt | None:
         """The tokenised prompt prefix (None when the media is already resident, or has no images), once
         the context is known to hold it and `extra` tokens more (`answer` of them the answer's); a prompt
         that cannot be used is freed."""
@@ -371,7 +392,7 @@ class Engine:
                 "this model was loaded without a vision projector, which images and video need",
                 [Remedy("the projector file of this model", "mmproj")],
             )
-        text, frames = prefix_parts(media, self.vision.marker if self.vision else "<__media__>")
+        text, frames = prefix_parts(media, self.vision.marker if self.vision else "<__media__>", system)
         if not frames:
             self._check_room(len(self.model.tokenize(text)) + extra, answer)
             return None
@@ -417,9 +438,11 @@ class Engine:
         )
 
     # -- resident: the media's prefix in the cache -------------------------------------------------
-    def _encode_steps(self, ctl: _Control, media: Media, key: str, prompt: MediaPrompt | None) -> Iterator[Event]:
+    def _encode_steps(
+        self, ctl: _Control, media: Media, key: str, prompt: MediaPrompt | None, system: str
+    ) -> Iterator[Event]:
         try:
-            encoding, event = yield from self._resident(media, key, prompt, ctl)
+            encoding, event = yield from self._resident(media, key, prompt, ctl, system)
         except (_Cancelled, Aborted):
             return
         finally:
@@ -430,7 +453,7 @@ class Engine:
         yield event
 
     def _resident(
-        self, source: Media | Encoding, key: str, prompt: MediaPrompt | None, ctl: _Control
+        self, source: Media | Encoding, key: str, prompt: MediaPrompt | None, ctl: _Control, system: str
     ) -> Iterator[Event]:
         """Make `source`'s prefix the cache's; returns (encoding, Encoded event)."""
         c = self._cache
@@ -444,7 +467,7 @@ class Engine:
         if c.encoding is not None and c.encoding.key == key:
             e = c.encoding
             return e, Encoded(e.n_tokens, e.n_media_tokens, e.n_frames, 0.0, 0.0, True)
-        encoding = yield from self._encode(source, key, prompt, ctl)
+        encoding = yield from self._encode(source, key, prompt, ctl, system)
         return encoding, Encoded(
             encoding.n_tokens, encoding.n_media_tokens, encoding.n_frames, encoding.encode_s, encoding.prefill_s, False
         )
@@ -459,10 +482,12 @@ class Engine:
             self.ctx.clear()
         self._cache = _Cache()
 
-    def _encode(self, media: Media, key: str, prompt: MediaPrompt | None, ctl: _Control) -> Iterator[Event]:
+    def _encode(
+        self, media: Media, key: str, prompt: MediaPrompt | None, ctl: _Control, system: str
+    ) -> Iterator[Event]:
         """System prompt + media into an empty cache, chunk by chunk, stoppable between chunks."""
         n_total = prompt.n_tokens if prompt else 0
-        text, _ = prefix_parts(media, "")
+        text, _ = prefix_parts(media, "", system)
         ids = None if prompt else self.model.tokenize(text)
         self._ensure_context((n_total or len(ids)) + 1)
         self._evict()
@@ -496,7 +521,7 @@ class Engine:
             self.ctx.clear()  # a partial prefix is of no use to anyone
             raise
         cells = np.concatenate(media_cells) if media_cells else np.zeros(0, np.int64)
-        encoding = Encoding(self, media, key, tokens, n_past, cells, encode_s, prefill_s)
+        encoding = Encoding(self, media, key, tokens, n_past, cells, encode_s, prefill_s, system)
         self._cache = _Cache(encoding, False, cells, len(tokens))
         return encoding
 
@@ -530,13 +555,15 @@ class Engine:
         wanted: list[int],
         gen: GenerationSettings,
         decoding: Decoding,
+        system: str,
     ) -> Iterator[Event]:
-        answer = Answer(mode=decoding.mode, question=question, settings={"media_key": key, "generation": asdict(gen)})
+        settings = {"media_key": key, "system": system, "generation": asdict(gen)}
+        answer = Answer(mode=decoding.mode, question=question, settings=settings)
         answer.timings["load_s"] = round(self.load_s, 4)
         if self.hook:
             self.hook.prepare(False)  # counts start with the answer; no node capture unless V-Reason asks
         try:
-            encoding, encoded = yield from self._resident(source, key, prompt, ctl)
+            encoding, encoded = yield from self._resident(source, key, prompt, ctl, system)
             ctl.encoding = encoding
             answer.reused_encoding = encoded.reused
             answer.n_media_tokens = encoding.n_media_tokens
@@ -582,6 +609,8 @@ class Engine:
         ctl.controller, notice = decoding.start(self, answer)
         yield from _say(answer, "info", notice)
         answer.timings["prefill_question_s"] = round(prefill_s, 4)
+        # the whole prefill, media prefix and question: the one figure `run --json` always had
+        answer.timings["prefill_s"] = round(answer.timings["prefill_media_s"] + prefill_s, 4)
         answer.settings["n_ctx"] = self.ctx.n_ctx
         answer.prompt_tokens = list(encoding.tokens) + wanted
         yield Prefilled(len(wanted), prefill_s, answer.n_video_tokens_kept)

@@ -200,7 +200,7 @@ def resolve_model(model: str, mmproj: str | None = None, *, cache_dir: str | Pat
             )
         return ResolvedModel(model_path, mmproj_path or _projector_beside(model_path), None)
 
-    spec = get_spec(model)
+    spec = get_spec(model, or_else="pass the path to a .gguf file")
     cache = cache_root(cache_dir)
     found_model = cached_file(spec, spec.model_file, cache)
     found_mmproj = mmproj_path or cached_file(spec, spec.mmproj_file, cache)

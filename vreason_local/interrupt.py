@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from typing import Protocol, TypeVar
@@ -27,6 +28,24 @@ class Cancellable(Protocol):
     def cancel_requested(self) -> bool: ...
 
 
+def _abort(signum: int, frame: object) -> None:
+    """Ctrl-C after one was already seen: stop now, with what was written so far flushed."""
+    click.echo("\naborted", err=True)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream has nothing more to say
+            pass
+    os._exit(130)
+
+
+def abort_on_next_ctrl_c() -> None:
+    """Once a Ctrl-C was seen, a second one must abort wherever the process is, never raise a
+    KeyboardInterrupt: the process may be exiting, where Python reports one as "Exception ignored in:
+    <module 'threading'>" (it joins threads at exit) instead of stopping."""
+    signal.signal(signal.SIGINT, _abort)
+
+
 def until_done(job: Cancellable, view: Callable[[], T]) -> T:
     """Run `view` (which consumes the job's events) in a worker thread, so that Ctrl-C is seen at once
     even while llama.cpp computes: the first Ctrl-C cancels the job at its next safe point (between
@@ -42,8 +61,7 @@ def until_done(job: Cancellable, view: Callable[[], T]) -> T:
 
     def on_sigint(signum: int, frame: object) -> None:
         if job.cancel_requested:
-            click.echo("\naborted", err=True)
-            os._exit(130)
+            _abort(signum, frame)
         job.cancel()
         click.echo("\n[stopping at the next safe point; Ctrl-C again to abort]", err=True)
 
@@ -54,7 +72,8 @@ def until_done(job: Cancellable, view: Callable[[], T]) -> T:
         while worker.is_alive():
             worker.join(0.1)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        # after a first Ctrl-C the process is on its way out: the next one aborts, whenever it comes
+        signal.signal(signal.SIGINT, _abort if job.cancel_requested else previous)
     if failure:
         raise failure[0]
     return result[0]

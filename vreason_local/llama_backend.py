@@ -28,17 +28,24 @@ FLASH_ATTN = {
 
 @ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
 def _quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    """llama.cpp logs pages per load; show them only with VREASON_LLAMA_LOG=1."""
+    """llama.cpp logs pages per load; show them only with --verbose or VREASON_LLAMA_LOG=1."""
 
 
 _backend_ready = False
+_show_log = False
+
+
+def show_log() -> None:
+    """Let llama.cpp and mtmd write their own log to stderr (`--verbose`); before the first model loads."""
+    global _show_log
+    _show_log = True
 
 
 def init_backend() -> None:
     global _backend_ready
     if _backend_ready:
         return
-    if os.environ.get("VREASON_LLAMA_LOG") != "1":
+    if not _show_log and os.environ.get("VREASON_LLAMA_LOG") != "1":
         L.llama_log_set(_quiet_log, ctypes.c_void_p())
         M.mtmd_helper_log_set(_quiet_log, ctypes.c_void_p())
     L.llama_backend_init()
@@ -90,7 +97,7 @@ class Model:
         self.ptr = L.llama_model_load_from_file(str(path).encode(), params)
         if not self.ptr:
             raise UserError(
-                f"llama.cpp could not load {path} (corrupt file or unsupported build; run with VREASON_LLAMA_LOG=1 for details)"
+                f"llama.cpp could not load {path} (corrupt file or unsupported build; run with --verbose for llama.cpp's log)"
             )
         self.vocab = L.llama_model_get_vocab(self.ptr)
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)

@@ -121,7 +121,13 @@ def pull_cmd(name: str, endpoint: str | None, progress: bool) -> None:
 
 @models.command("make-tiny")
 @click.argument("out_dir", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--arch", type=click.Choice(FAMILY_NAMES), default="qwen25vl", show_default=True)
+@click.option(
+    "--arch",
+    type=click.Choice(FAMILY_NAMES),
+    default="qwen25vl",
+    show_default=True,
+    help="Model family: Qwen2-VL, Qwen2.5-VL or Qwen3-VL.",
+)
 @click.option(
     "--shape",
     type=click.Choice(["tiny", "k256", "fast", "mid", "3b", "7b"]),

@@ -24,6 +24,7 @@ from .media import LoadedMedia, Media, check_image_file, load_image, load_video,
 from .prompt import prefix_parts, question_text, text_token_bound
 from .settings import EngineSettings, FrameSampling, RunSettings
 from .video import check_video_file
+from .wording import count
 
 QUESTION_ALLOWANCE = 512  # bytes of question (and the reasoning instruction) assumed when none is given yet
 
@@ -42,7 +43,8 @@ class Estimate:
         what = "no media"
         if media.plan:
             p = media.plan
-            what = f"{len(media.media.frames)} frames {p.width}x{p.height} from {p.start_s:.1f}-{p.end_s:.1f} s"
+            frames = count(len(media.media.frames), "frame")
+            what = f"{frames} {p.width}x{p.height} from {p.start_s:.1f}-{p.end_s:.1f} s"
         elif media.media.kind == "image":
             h, w = media.media.frames[0].rgb.shape[:2]
             what = f"image {w}x{h}"
@@ -54,7 +56,7 @@ class Estimate:
                 f"prefill ~{seconds} s{guess}"
             )
         return (
-            f"{what} -> {self.n_media_tokens:,} vision tokens; context {self.n_ctx:,} tokens, "
+            f"{what} -> {count(self.n_media_tokens, 'vision token')}; context {self.n_ctx:,} tokens, "
             f"KV cache {format_bytes(self.kv_bytes)}; encode + prefill ~{seconds} s{guess}"
         )
 
@@ -219,7 +221,7 @@ def _check_size(
     The prompt is an upper bound (the engine counts it exactly before encoding, and sizes an automatic
     context from that): what the fit check and the estimate use, so neither is ever too small."""
     gen, n_ctx = settings.generation, settings.engine.n_ctx
-    text, _ = prefix_parts(media, "")
+    text, _ = prefix_parts(media, "", settings.engine.system)
     asked = question_text(question, gen.reasoning, follow_up=False) if question else QUESTION_ALLOWANCE * "x"
     n_prompt = n_media_tokens + text_token_bound(text) + text_token_bound(asked)
     needed = n_prompt + gen.max_tokens

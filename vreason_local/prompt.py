@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from .errors import UserError
 from .media import Media
+from .settings import DEFAULT_SYSTEM
 from .video import Frame
 
-DEFAULT_SYSTEM = "You are a helpful assistant."
 # Video-R1's instruction (which the paper's evaluation follows), shortened: think, then answer in tags.
 REASONING_INSTRUCTION = (
     "Think about the question step by step as a careful human would, reflecting and checking your "
@@ -21,7 +21,8 @@ REASONING_INSTRUCTION = (
 
 
 def prefix_parts(media: Media, marker: str, system: str = DEFAULT_SYSTEM) -> tuple[str, list[Frame]]:
-    """Prompt text up to and including the media, with one `marker` per frame.
+    """Prompt text up to and including the media, with one `marker` per frame, after the `system` turn
+    (so a system prompt belongs to the media's encoding: `engine.media_key` counts it).
 
     Video frames go in consecutive pairs with no text between them, so mtmd merges each pair into one
     Qwen temporal patch; each pair is preceded by its timestamp (`<1.5 s>`), since mtmd positions each

@@ -119,8 +119,12 @@ def load_registry() -> dict[str, ModelSpec]:
     return specs
 
 
-def get_spec(name: str) -> ModelSpec:
-    """The model called ``name`` (case-insensitive); `ModelMissing` listing the known names otherwise."""
+def get_spec(name: str, or_else: str = "") -> ModelSpec:
+    """The model called ``name`` (case-insensitive); `ModelMissing` listing the known names otherwise.
+
+    `or_else`: what else the command takes in the name's place, said in the error ("pass the path to a .gguf
+    file" for `--model`); commands that take names only (`models pull`) leave it out, so it never offers a
+    path they cannot take."""
     specs = load_registry()
     key = name.strip().lower()
     if key in specs:
@@ -130,9 +134,8 @@ def get_spec(name: str) -> ModelSpec:
         return specs[key[: -len("-instruct")]]
     close = difflib.get_close_matches(key, list(specs), n=1, cutoff=0.6)
     hint = f"did you mean {close[0]}? " if close else ""
-    raise ModelMissing(
-        f"unknown model {name!r}; {hint}known models: {', '.join(specs)} (or pass the path to a .gguf file)"
-    )
+    alternative = f" (or {or_else})" if or_else else ""
+    raise ModelMissing(f"unknown model {name!r}; {hint}known models: {', '.join(specs)}{alternative}")
 
 
 __all__ = ["DEFAULT_MODEL", "ModelSpec", "get_spec", "load_registry", "registry_resource"]

@@ -28,6 +28,7 @@ from .events import (
 )
 from .planning import Plan, record_prefill_speed
 from .telemetry import summarize
+from .wording import count
 
 
 class StatusLine:
@@ -116,8 +117,14 @@ def stream_text(plan: Plan, events: Iterable[Event]) -> Answer:
         elif isinstance(ev, Notice):
             click.echo(f"\n[{ev.level}] {ev.message}", err=True)
         elif isinstance(ev, Encoded) and ev.n_media_tokens:
-            what = "reused the encoded media" if ev.reused else f"encoded {ev.n_media_tokens:,} vision tokens"
-            click.echo(f"{what} in {ev.encode_s + ev.prefill_s:.2f} s", err=True)
+            if ev.reused:
+                click.echo("reused the encoded media", err=True)
+            else:
+                click.echo(
+                    f"encoded {count(ev.n_media_tokens, 'vision token')} in {ev.encode_s + ev.prefill_s:.2f} s "
+                    f"(vision encoder {ev.encode_s:.2f} s, prefill {ev.prefill_s:.2f} s)",
+                    err=True,
+                )
 
     answer, _ = consume(plan, events, show)
     sys.stdout.write("\n")
@@ -125,7 +132,7 @@ def stream_text(plan: Plan, events: Iterable[Event]) -> Answer:
     kept = f", {_rows(plan)} kept {answer.n_video_tokens_kept}" if answer.n_video_tokens_kept is not None else ""
     click.echo(f"answer: {answer.answer}", err=True)
     click.echo(
-        f"[{answer.mode}] {len(answer.tokens)} tokens, {t.get('tokens_per_s', 0):.1f} tok/s, "
+        f"[{answer.mode}] {count(len(answer.tokens), 'token')}, {t.get('tokens_per_s', 0):.1f} tok/s, "
         f"stop: {answer.stop_reason}, controller {t.get('controller_s', 0):.2f} s{kept}",
         err=True,
     )
@@ -162,13 +169,9 @@ def answer_json(plan: Plan, events: Iterable[Event]) -> dict:
     record = answer.to_dict()
     media = plan.media
     t = answer.timings
-    timings = {
-        "load_s": t.get("load_s", 0.0),
-        "sampling_s": round(media.sampling_s, 4),
-        "encode_s": t.get("encode_s", 0.0),
-        "prefill_s": round(t.get("prefill_media_s", 0.0) + t.get("prefill_question_s", 0.0), 4),
-        **{k: v for k, v in t.items() if k not in ("load_s", "encode_s", "prefill_media_s")},
-    }
+    # the answer's own timings under the answer's own names (README "timings"), plus the frames' sampling; the
+    # first four are there even when a Ctrl-C stopped the answer before it timed them (0: not spent)
+    timings = {"load_s": 0.0, "sampling_s": round(media.sampling_s, 4), "encode_s": 0.0, "prefill_s": 0.0, **t}
     summary = summarize(answer)
     return {
         "model": plan.info.name,

@@ -64,6 +64,7 @@ class Setting:
     flag: str = ""  # the command line's (default: --name with dashes)
     hint: str = ""  # what the values mean, added to the error of a bad one
     finite: bool = True  # a float that must be finite (else +-inf pass where the range holds them; NaN never)
+    default_text: str = ""  # the default as help shows it, where the bare value says less ("112896 (336x336)")
 
     @property
     def words(self) -> str:
@@ -122,6 +123,8 @@ def _num(x: float) -> str:
     return f"{x:g}" if isinstance(x, float) else f"{x:,}"
 
 
+DEFAULT_SYSTEM = "You are a helpful assistant."  # Qwen's own chat template's system turn
+
 _S = Setting
 SETTINGS: tuple[Setting, ...] = (
     _S("model", "model", str, None, "Registry name (see `vreason models list`) or path to a GGUF file.", optional=True),
@@ -140,6 +143,15 @@ SETTINGS: tuple[Setting, ...] = (
         "base",
         "Decoding: plain, V-Reason, or V-Reason Lite (prunes half the video tokens).",
         choices=MODES,
+    ),
+    _S(
+        "engine.system",
+        "system",
+        str,
+        DEFAULT_SYSTEM,
+        "System prompt: the instructions before the media and every question (-: from standard input, @FILE: "
+        "from a file).",
+        label="system prompt",
     ),
     _S("generation.max_tokens", "max_tokens", int, 1024, "Most tokens in the answer.", 1, 1 << 20),
     _S("generation.sampling.temperature", "temperature", float, 0.0, "0 = greedy.", 0, 100),
@@ -212,6 +224,7 @@ SETTINGS: tuple[Setting, ...] = (
         f"Pixel budget per frame, at least {MIN_PIXELS} (56x56).",
         MIN_PIXELS,
         1 << 28,
+        default_text=f"{336 * 336} (336x336)",
     ),
     _S(
         "frames.token_budget",
@@ -400,7 +413,8 @@ class GenerationSettings:
 class EngineSettings:
     """How llama.cpp runs. `n_ctx=None` sizes the context from the real prompt and grows it when a
     conversation needs more; a number fixes it. `hook=False` leaves the value-cache hook out
-    (base answers only)."""
+    (base answers only). `system`: the system prompt the engine puts before media where a call names
+    none (an engine setting so that every front end that opens an engine from the run's settings has it)."""
 
     n_ctx: int | None = None
     n_batch: int = 512
@@ -409,6 +423,7 @@ class EngineSettings:
     repack: str = "auto"
     flash_attn: str = "auto"
     hook: bool = True
+    system: str = DEFAULT_SYSTEM
 
     def __post_init__(self) -> None:
         check_fields(self, "engine")
@@ -567,6 +582,7 @@ class RunSettings:
                 n_gpu_layers=v["gpu_layers"],
                 repack=v["repack"],
                 hook=v["mode"] != "base" if hook is None else hook,
+                system=v["system"],
             ),
             vreason=VReasonSettings(
                 beta=v["beta"],

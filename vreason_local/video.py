@@ -103,7 +103,7 @@ def probe(path: str | Path) -> VideoInfo:
     with _capture(path) as cap:
         first = _first_frame(cap, path)
         fps = _checked_fps(cap, path)
-        count, promised = _verified_frame_count(cap, path)
+        count, promised = _verified_frame_count(cap, path, fps)
         rotation = int(cap.get(cv2.CAP_PROP_ORIENTATION_META)) % 360
         codec = _fourcc(cap)
     height, width = first.shape[:2]
@@ -196,17 +196,20 @@ def _checked_fps(cap: cv2.VideoCapture, path: Path) -> float:
     return fps
 
 
-def _verified_frame_count(cap: cv2.VideoCapture, path: Path) -> tuple[int, int]:
+def _verified_frame_count(cap: cv2.VideoCapture, path: Path, fps: float) -> tuple[int, int]:
     """(frames that decode, frames the header promises): the header's count when its last frame
-    decodes, else measured (the promise is then the measured count when the header has none)."""
+    decodes, else measured (the promise is then the measured count when the header has none).
+
+    A healthy file costs one seek to its last frame; only a file that fails it pays for the search.
+    """
     reported = cap.get(cv2.CAP_PROP_FRAME_COUNT)
     if not 1 <= reported < 2**40:  # 0, negative or absurd: some containers do not store it
         count = _count_by_reading(path)
         return count, count
     promised = int(reported)
-    if _decodes_at(cap, promised - 1):
+    if _decodes_at(cap, promised - 1, fps):
         return promised, promised
-    return _last_decodable(cap, promised - 1) + 1, promised
+    return _last_decodable(cap, promised - 1, fps) + 1, promised
 
 
 def _count_by_reading(path: Path) -> int:
@@ -218,13 +221,24 @@ def _count_by_reading(path: Path) -> int:
     return count
 
 
-def _decodes_at(cap: cv2.VideoCapture, index: int) -> bool:
-    """Whether a seek to `index` yields a frame (False past the real end of a truncated file)."""
+def _decodes_at(cap: cv2.VideoCapture, index: int, fps: float) -> bool:
+    """Whether a seek to `index` yields that frame (False past the real end of a truncated file).
+
+    A successful grab is not enough: in an MP4 whose index (moov) comes first and lists every
+    frame, a seek past the end of the data stops at the last frame it could decode and grab()
+    still succeeds there. The frame's timestamp says where the seek really landed.
+    """
     cap.set(cv2.CAP_PROP_POS_FRAMES, index)
-    return cap.grab()
+    return cap.grab() and _grabbed_index(cap, fps, index) >= index
 
 
-def _last_decodable(cap: cv2.VideoCapture, bad: int) -> int:
+def _grabbed_index(cap: cv2.VideoCapture, fps: float, expected: int) -> int:
+    """Index of the frame just grabbed, from its timestamp; `expected` if it has none (0 ms)."""
+    msec = cap.get(cv2.CAP_PROP_POS_MSEC)
+    return round(msec * fps / 1000) if msec > 0 else expected
+
+
+def _last_decodable(cap: cv2.VideoCapture, bad: int, fps: float) -> int:
     """Binary search for the last index that decodes, given 0 does and `bad` does not.
 
     A truncated file keeps its full header, so this finds where the data really ends in
@@ -233,7 +247,7 @@ def _last_decodable(cap: cv2.VideoCapture, bad: int) -> int:
     good = 0
     while bad - good > 1:
         middle = (good + bad) // 2
-        if _decodes_at(cap, middle):
+        if _decodes_at(cap, middle, fps):
             good = middle
         else:
             bad = middle
@@ -404,15 +418,10 @@ class _FrameReader:
         self.next_index += 1
         if not self._cap.grab():
             return None
-        index = self._index_from_timestamp(expected)
+        index = _grabbed_index(self._cap, self._fps, expected)
         self.next_index = index + 1
         ok, bgr = self._cap.retrieve()
         return (index, bgr) if ok else None
-
-    def _index_from_timestamp(self, expected: int) -> int:
-        """Index of the frame just grabbed, from its timestamp; `expected` if it has none (0 ms)."""
-        msec = self._cap.get(cv2.CAP_PROP_POS_MSEC)
-        return round(msec * self._fps / 1000) if msec > 0 else expected
 
 
 def _to_rgb(bgr: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -33,14 +33,15 @@ from .messages import EngineEvents, PlanPreview, WorkDone, forward_events
 from .options import ChatOptions
 from .screens import ErrorScreen, ExportScreen, ModelChoice, ModelScreen, SessionsScreen, SettingsScreen
 from .session import ChatSession, LoadEvent, ModelLoaded, Planned, Ready, StartAnswer, Turn
-from .store import ChatStore
+from .store import ChatStore, MessageRecord
 from .telemetry_view import TelemetryPanel
 from .video_panel import VideoPanel
 from .widgets import MODE_LABELS, AnswerView, CompareView, Conversation, StatusBar, describe_error, seconds_text
 
 WELCOME = (
     "Ask a question about the video below and press Enter. "
-    "[b]ctrl+t[/b] switches the mode, [b]ctrl+b[/b] compares base and V-Reason, [b]Esc[/b] stops an answer."
+    "[b]ctrl+t[/b] switches the mode, [b]ctrl+b[/b] compares base and V-Reason, [b]Esc[/b] stops an answer, "
+    "[b]Up[/b] edits an earlier question, [b]ctrl+p[/b] lists every command."
 )
 
 
@@ -62,16 +63,21 @@ class ChatApp(App):
     CSS_PATH = "chat.tcss"
     TITLE = "vreason chat"
     AUTO_FOCUS = "#prompt"
+    # The footer shows the keys used at every question; it fits 80 columns (test_chat_app). The rest are in the
+    # command palette (ctrl+p) and the README, and work all the same.
     BINDINGS = [
         Binding("escape", "stop", "Stop", id="chat.stop"),
         Binding("ctrl+t", "cycle_mode", "Mode", id="chat.mode"),
         Binding("ctrl+b", "compare", "Compare", id="chat.compare"),
+        Binding("f5", "regenerate", "Again", id="chat.regenerate"),
+        Binding("up", "edit_question", "Edit", id="chat.edit", show=False),
+        Binding("ctrl+y", "copy_answer", "Copy", id="chat.copy"),
         Binding("ctrl+o", "open_video", "Video", id="chat.open"),
-        Binding("ctrl+s", "sessions", "Sessions", id="chat.sessions"),
-        Binding("ctrl+r", "export", "Export", id="chat.export"),
-        Binding("ctrl+g", "settings", "Settings", id="chat.settings"),
-        Binding("ctrl+l", "model", "Model", id="chat.model"),
-        Binding("ctrl+n", "new_session", "New", id="chat.new"),
+        Binding("ctrl+s", "sessions", "Sessions", id="chat.sessions", show=False),
+        Binding("ctrl+r", "export", "Export", id="chat.export", show=False),
+        Binding("ctrl+g", "settings", "Settings", id="chat.settings", show=False),
+        Binding("ctrl+l", "model", "Model", id="chat.model", show=False),
+        Binding("ctrl+n", "new_session", "New", id="chat.new", show=False),
         # Ctrl+C quits like ctrl+q (the answer is stopped and saved first), also while the prompt has focus
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True, id="chat.interrupt"),
     ]
@@ -97,6 +103,8 @@ class ChatApp(App):
         self.image_class = image_class
         self.job: AskJob | None = None
         self.loading: Worker | None = None
+        self.pending: tuple[str, tuple[str, ...]] | None = None  # a question asked while loading: asked when Ready
+        self.editing: MessageRecord | None = None  # the earlier question the prompt holds (Up), resent on Enter
         self._quitting = False
         self.set_reactive(ChatApp.mode, options.mode)
 
@@ -118,6 +126,8 @@ class ChatApp(App):
             self.set_keymap(self.config.keys)
         self.query_one(StatusBar).show_mode(self.mode)
         self.query_one(VideoPanel).show_settings(self.session.options.frames)
+        if self.session.store.damaged is not None:
+            self.notify(self.session.store.damaged, title="Damaged chat database", severity="error", timeout=30)
         if self.resume and (latest := self.session.store.latest()) is not None:
             self.call_after_refresh(self.open_session, latest.id)
         else:
@@ -183,7 +193,7 @@ class ChatApp(App):
             for ev in tokens:
                 telemetry.add(ev)
                 if job.compare is not None:
-                    job.compare.record(message.mode, ev)
+                    job.compare.record(message.mode, ev.entropy)
             telemetry.flush()  # one redraw per batch, in the frame that shows its text
             if job.compare is not None:
                 job.compare.chart.redraw()
@@ -210,7 +220,16 @@ class ChatApp(App):
                 self.notify(warning, severity="warning", timeout=10)
             enc = ev.encoding
             what = f"{enc.n_frames} frames, {enc.n_media_tokens:,} vision tokens" if enc.n_media_tokens else "no video"
-            self.status(f"ready · {what} · encoded in {seconds_text(self, enc.encode_s + enc.prefill_s)}")
+            took = (
+                "encoded earlier, used again"
+                if ev.reused
+                else f"encoded in {seconds_text(self, self.session.encode_s)}"
+            )
+            self.status(f"ready · {what} · {took}")
+            if self.pending is not None:
+                question, modes = self.pending
+                self.pending = None
+                self.call_later(self.ask, question, modes)
 
     async def _answer_event(self, job: AskJob, mode: str, ev: object) -> None:
         if isinstance(ev, Finished):
@@ -219,7 +238,8 @@ class ChatApp(App):
         if isinstance(ev, Encoded):
             self.query_one(StatusBar).progress_done()
             self.query_one(TelemetryPanel).start(MODE_LABELS[mode])
-        job.views[mode].show_event(ev, self.session.encode_s)
+        saved = job.turn.saves_encoding and mode == job.turn.modes[0]  # said once, on the first of a compare
+        job.views[mode].show_event(ev, self.session.encode_s, saved)
 
     async def _finished(self, job: AskJob, mode: str, answer: Answer) -> None:
         self.session.finish(job.turn, mode, answer)  # stored; the conversation goes on from it
@@ -234,6 +254,9 @@ class ChatApp(App):
         elif message.kind == "load":
             self.loading = None
             self.query_one(StatusBar).progress_done()
+            if self.pending is not None and not self.session.ready:  # failed or stopped: say what was not asked
+                self.notify(f"not asked: {self.pending[0]}", severity="warning")
+                self.pending = None
             if message.error is None and self.session.encoding is None:
                 self.status("encoding stopped · Apply in the video panel or ctrl+o to encode again")
         if self._quitting and self.job is None and self.loading is None:
@@ -280,10 +303,14 @@ class ChatApp(App):
             self.notify("an answer is still being written: Esc stops it", severity="warning")
             return False
         if not self.session.ready:
-            self.notify("the video is not encoded yet (see the status line)", severity="warning")
-            return False
+            return self._ask_when_loaded(question, modes)
+        conversation = self.query_one(Conversation)
+        editing, self.editing = self.editing, None
+        if editing is not None and editing.session_id == self.session.session_id:  # still that conversation's
+            kept, answers = self.session.branch(editing.id)  # the conversation goes on from before that question
+            await conversation.show_stored(kept, answers)
         turn = self.session.begin(question, modes)
-        views, compare = await self.query_one(Conversation).add_question(question, modes)
+        views, compare = await conversation.add_question(question, modes)
         self.job = job = AskJob(turn, views, compare)
         # a blinking cursor redraws the screen twice a second, each frame UI time taken from llama.cpp
         prompt = self.query_one("#prompt", Input)
@@ -292,9 +319,28 @@ class ChatApp(App):
         self._answer_worker(turn)
         return True
 
+    def _ask_when_loaded(self, question: str, modes: tuple[str, ...]) -> bool:
+        """Nothing to answer on yet: ask once the running load is done; with none running (no video was given,
+        or it failed or was stopped), load no video and answer text only, as `vreason run` does."""
+        if self.pending is not None:
+            self.notify("a question is already waiting for the model", severity="warning")
+            return False
+        self.pending = (question, modes)
+        if self.loading is not None:
+            self.notify("asked once the model and video are loaded", timeout=3)
+        else:
+            self.notify("no video is encoded: answering text only (ctrl+o opens a video)", timeout=5)
+            self.start_load(replace(self.session.options, video=None), new_engine=self.session.engine is None)
+        return True
+
     # -- actions -------------------------------------------------------------------------------------------
     def action_stop(self) -> None:
-        """Esc: stop the answer (or the encoding) now; the partial answer is kept and marked cancelled."""
+        """Esc: stop the answer (or the encoding) now; the partial answer is kept and marked cancelled. With
+        nothing running, stop editing an earlier question."""
+        if self.editing is not None and self.job is None and self.loading is None:
+            self.editing = None
+            self.query_one("#prompt", Input).value = ""
+            return
         self.session.cancel()
         self.workers.cancel_group(self, "engine")
 
@@ -325,6 +371,48 @@ class ChatApp(App):
         if await self.ask(question, ("base", "vreason", "lite") if lite else ("base", "vreason")):
             prompt.value = ""
 
+    async def action_regenerate(self, mode: str | None = None) -> None:
+        """Answer the last question again (in `mode`, else the current one), continuing from the answer before
+        it; the new answer goes on in a branch, the conversation with the old one is kept (Sessions)."""
+        questions = self.session.questions()
+        if not questions:
+            self.notify("nothing to regenerate yet: ask a question first", severity="warning")
+            return
+        self.editing = questions[-1]
+        if not await self.ask(questions[-1].text, (mode or self.mode,)):
+            self.editing = None
+
+    def action_edit_question(self) -> None:
+        """Up in the prompt: put the question before the one being edited (at first the last one) in the prompt;
+        Enter resends it, edited, and the conversation goes on from there. A typed draft is never replaced."""
+        prompt = self.query_one("#prompt", Input)
+        if self.focused is not prompt or (prompt.value and (self.editing is None or prompt.value != self.editing.text)):
+            return
+        questions = self.session.questions()
+        if self.editing is not None:
+            questions = [q for q in questions if q.seq < self.editing.seq]
+        if not questions:
+            return
+        self.editing = questions[-1]
+        prompt.value = self.editing.text
+        self.status("editing an earlier question · Enter resends it (the answers after it stay in the old session)")
+
+    @on(Input.Changed, "#prompt")
+    def _prompt_changed(self, event: Input.Changed) -> None:
+        if not event.value and self.editing is not None:  # the prompt emptied: no longer editing
+            self.editing = None
+            self.status("ready")
+
+    def action_copy_answer(self) -> None:
+        """Copy the last answer's text to the clipboard (OSC 52: the terminal's clipboard, over SSH too)."""
+        views = [v for v in self.query(AnswerView) if v.answer is not None]
+        if not views:
+            self.notify("no answer to copy yet", severity="warning")
+            return
+        answer = views[-1].answer
+        self.copy_to_clipboard(answer.answer or answer.text)
+        self.notify(f"copied the {MODE_LABELS[answer.mode]} answer ({len(answer.answer or answer.text)} characters)")
+
     def action_open_video(self) -> None:
         self.query_one("#video-path", Input).focus()
 
@@ -348,7 +436,11 @@ class ChatApp(App):
     async def open_session(self, session_id: int) -> None:
         """Show a stored conversation and load its video (and model) to continue it."""
         restored = self.session.restore(session_id)
-        await self.query_one(Conversation).show_stored(restored.messages)
+        self.mode = restored.options.mode  # the mode the conversation was in
+        await self.query_one(Conversation).show_stored(restored.messages, restored.answers)
+        last = [restored.answers[m.id] for m in restored.messages if m.role == "assistant"]
+        if last:
+            self.query_one(TelemetryPanel).show_answer(MODE_LABELS[last[-1].mode], last[-1])
         video = restored.record.video_path
         if restored.video == "missing":
             self.notify(
@@ -415,6 +507,16 @@ class ChatApp(App):
         )
         for mode in MODES:
             yield SystemCommand(f"Mode: {MODE_LABELS[mode]}", "For the next questions", lambda m=mode: self.set_mode(m))
+        for mode in MODES:
+            yield SystemCommand(
+                f"Regenerate in {MODE_LABELS[mode]}",
+                "Answer the last question again (the old answer stays in its session)",
+                lambda m=mode: self.call_later(self.action_regenerate, m),
+            )
+        yield SystemCommand(
+            "Edit the last question", "Put it in the prompt: Enter resends it", self.action_edit_question
+        )
+        yield SystemCommand("Copy the last answer", "To the clipboard (OSC 52)", self.action_copy_answer)
         yield SystemCommand("Sessions", "Open an earlier conversation", self.action_sessions)
         yield SystemCommand("New session", "Start a new conversation about this video", self.action_new_session)
         yield SystemCommand("Model", "Choose the model", self.action_model)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..decoding import Decoding, decoding_for
-from ..engine import EncodeJob, Encoding, Engine
+from ..engine import EncodeJob, Encoding, Engine, media_key
 from ..errors import UserError
 from ..events import Answer, Event, Finished
 from ..gguf_info import ModelInfo
@@ -68,10 +68,12 @@ class ModelLoaded:
 
 @dataclass(frozen=True)
 class Ready:
-    """The video is encoded: questions are answered on `encoding`. `warnings`: what the user should know."""
+    """The video is encoded: questions are answered on `encoding`. `warnings`: what the user should know;
+    `reused`: the encoding was kept from an earlier load (nothing was encoded now)."""
 
     encoding: Encoding
     warnings: tuple[str, ...] = ()
+    reused: bool = False
 
 
 LoadEvent = Planned | ModelLoaded | Ready | Event
@@ -90,6 +92,7 @@ class Turn:
     follow_up: Answer | None
     session_id: int  # where the question was saved, and so its answers
     group: int | None  # the question's message id when the answers are compared
+    saves_encoding: bool = False  # an earlier question was answered on this encoding: this one saves encoding again
     answers: dict[str, Answer] = field(default_factory=dict)
 
 
@@ -99,9 +102,17 @@ class Restored:
 
     record: SessionRecord
     messages: list[MessageRecord]
+    answers: dict[int, Answer]  # each answer's message id -> the `Answer` stored (text, figures, per-token telemetry)
     video: VideoStatus
     options: ChatOptions
     new_engine: bool
+
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})  # what OpenCV reads
+KEEP = 4
+"""Encodings a session keeps (the newest): going back to a video (or frames) encoded earlier costs nothing. The
+engine keeps an encoding that other media replaced in its cache as the prefix's KV rows in host memory (about
+`n_tokens` x the model's KV bytes per token each: a few MB for a tiny clip, ~100 MB for 4k tokens on 3B)."""
 
 
 class ChatSession:
@@ -120,9 +131,12 @@ class ChatSession:
         self.follow_up: Answer | None = None
         self.lock = threading.Lock()
         self._session_video: str | None = None  # the stored session's video path (absolute)
+        self._stored_mode: str | None = None  # the mode the stored session records (what `--resume` goes on in)
         self._stored_follow_up: Answer | None = None  # a restored conversation's last answer, until encoded
         self._handle: EncodeJob | AnswerStream | None = None  # the engine operation running now
         self._turns = 0
+        self._answered_on: set[str] = set()  # the keys of the encodings questions were asked on
+        self._kept: dict[str, Encoding] = {}  # the engine's latest encodings by key, the newest last (`KEEP`)
 
     @property
     def ready(self) -> bool:
@@ -136,7 +150,10 @@ class ChatSession:
 
     # -- loading: plan, engine, encoding -------------------------------------------------------------------
     def plan(self, options: ChatOptions) -> Plan:
-        """Sample the frames and size the run for `options`, loading nothing (also the video panel's estimate)."""
+        """Sample the frames and size the run for `options`, loading nothing (also the video panel's estimate).
+        A still image (by its suffix) is planned as `vreason run --image` plans it."""
+        if options.video is not None and options.video.suffix.lower() in IMAGE_SUFFIXES:
+            return plan_run(options.settings, image=options.video)
         return plan_run(options.settings, options.video)
 
     def load(
@@ -164,16 +181,27 @@ class ChatSession:
             if self.engine is not None:
                 self.engine.close()
                 self.engine = None
+            self._kept.clear()  # an encoding is its engine's
             self.engine = open_engine(plan)
             yield ModelLoaded(self.engine.info)
+        kept = self._kept.pop(media_key(plan.media.media), None)
+        if kept is not None:  # encoded before (another video was opened since): use it again
+            self._kept[kept.key] = kept
+            yield self._encoded(kept, options, plan, reused=True)
+            return
         job = self.engine.encode(plan.media.media, cancel=cancel)
         self._handle = job
         yield from job
         if not cancel.is_set() and not job.cancel_requested:
-            yield self._encoded(job.result(), options, plan)
+            encoding = job.result()
+            self._kept[encoding.key] = encoding
+            while len(self._kept) > KEEP:
+                del self._kept[next(iter(self._kept))]
+            yield self._encoded(encoding, options, plan)
 
-    def _encoded(self, encoding: Encoding, options: ChatOptions, plan: Plan) -> Ready:
-        """Questions go to `encoding` now; a restored conversation continues if its frames are these."""
+    def _encoded(self, encoding: Encoding, options: ChatOptions, plan: Plan, reused: bool = False) -> Ready:
+        """Questions go to `encoding` now (`reused`: one kept from earlier); a restored conversation continues
+        if its frames are these."""
         if self.session_id is not None and self._session_video != _video_path(options.video):
             self.session_id = None  # another video: a new conversation (the old one stays in its session)
             self.follow_up = None
@@ -187,9 +215,9 @@ class ChatSession:
                 warnings.append(
                     "the video's frames are not those of the stored conversation: new questions start afresh"
                 )
-        if encoding.n_media_tokens and self.engine is not None:
+        if encoding.n_media_tokens and not reused and self.engine is not None:
             record_prefill_speed(self.engine.info, plan.engine, encoding.n_tokens, self.encode_s)
-        return Ready(encoding, tuple(warnings))
+        return Ready(encoding, tuple(warnings), reused)
 
     # -- asking ---------------------------------------------------------------------------------------------
     def ask(
@@ -207,18 +235,46 @@ class ChatSession:
         """Save the question (the first one opens a stored session) and fix how it is answered: on the current
         encoding, continuing the conversation's last answer where that is about the same frames."""
         if self.encoding is None or self.engine is None:
-            raise UserError("the video is not encoded yet: load it before asking")
+            raise UserError("nothing is loaded yet: load the model (and the video, if any) before asking")
         if self.session_id is None:
             frames = [{"index": f.index, "timestamp_s": f.timestamp_s} for f in self.encoding.media.frames]
-            record = self.store.create_session(self.options.video, self.options.model, self.options.as_dict(), frames)
-            self.session_id, self._session_video = record.id, record.video_path
+            record = self.store.create_session(self.options.video, self.options.model, self._stored_settings(), frames)
+            self.session_id, self._session_video, self._stored_mode = record.id, record.video_path, self.mode
+        elif self._stored_mode != self.mode:  # the mode was switched: a resumed conversation goes on in this one
+            self.store.update_session(self.session_id, settings=self._stored_settings())
+            self._stored_mode = self.mode
         user = self.store.add_question(self.session_id, question)
         follow = self.follow_up
         if follow is not None and follow.settings.get("media_key") != self.encoding.key:
             follow = None
         self._turns += 1
         group = user.id if len(modes) > 1 else None
-        return Turn(self._turns, question, modes, self.encoding, self.options, follow, self.session_id, group)
+        saves = self.encoding.key in self._answered_on
+        self._answered_on.add(self.encoding.key)
+        return Turn(self._turns, question, modes, self.encoding, self.options, follow, self.session_id, group, saves)
+
+    def _stored_settings(self) -> dict:
+        """The settings a session is stored with: the options, with the mode the conversation is in now."""
+        return {**self.options.as_dict(), "mode": self.mode}
+
+    def questions(self) -> list[MessageRecord]:
+        """The questions of the stored conversation going on now (none before the first is asked)."""
+        if self.session_id is None:
+            return []
+        return [m for m in self.store.messages(self.session_id) if m.role == "user"]
+
+    def branch(self, question_id: int) -> tuple[list[MessageRecord], dict[int, Answer]]:
+        """Go back to before question `question_id` of this conversation, to ask it again (regenerate) or
+        edited: a new stored session holds copies of the messages before it (the original is kept as it was),
+        and the next `begin` continues the last answer kept. Returns the kept messages and their answers."""
+        if self.session_id is None:
+            raise UserError("nothing to go back to yet: ask a question first")
+        record = self.store.branch_session(self.session_id, question_id)
+        messages = self.store.messages(record.id)
+        answers = stored_answers(messages)
+        self.session_id, self._session_video, self._stored_mode = record.id, record.video_path, None
+        self.follow_up = _last_answer(messages, answers, self.mode)  # begin drops it if about other frames
+        return messages, answers
 
     def answer(self, turn: Turn, cancel: threading.Event | None = None) -> Iterator[tuple[str, Event]]:
         """Answer `turn` on the engine, mode after mode: (mode, event) for each of the engine's events. Cancelled
@@ -262,17 +318,19 @@ class ChatSession:
         vocabulary). Its last answer is followed up once the video is encoded again with the same frames."""
         record = self.store.session(session_id)
         messages = self.store.messages(session_id)
+        answers = stored_answers(messages)
         video = record.video_status()
         options = replace(
             self.options.with_stored(record.settings),
             model=record.model,
             video=Path(record.video_path) if video in ("ok", "changed") and record.video_path else None,
         )
-        self._stored_follow_up = _last_answer(messages)
+        self.mode = self._stored_mode = options.mode  # the mode the conversation was in
+        self._stored_follow_up = _last_answer(messages, answers, self.mode)
         self.session_id, self._session_video = session_id, record.video_path
         self.follow_up = None
         new_engine = self.engine is None or options.model != self.options.model
-        return Restored(record, messages, video, options, new_engine)
+        return Restored(record, messages, answers, video, options, new_engine)
 
     def new(self) -> None:
         """A new conversation about the same video: the next question opens a new stored session."""
@@ -302,19 +360,36 @@ class ChatSession:
                 self.engine.close()
                 self.engine = None
             self.encoding = None
+            self._kept.clear()
         finally:
             self.lock.release()
 
 
-def _last_answer(messages: list[MessageRecord]) -> Answer | None:
-    """A stored conversation's last answer, as the `Answer` a follow-up continues (with the question it answers)."""
-    answers = [m for m in messages if m.role == "assistant"]
-    if not answers:
+def stored_answers(messages: list[MessageRecord]) -> dict[int, Answer]:
+    """Each stored answer (by message id) as the `Answer` it was saved from, with the question it answers (a
+    compare's: its group's question), so it shows with its figures and telemetry and can be followed up."""
+    questions: dict[int, str] = {}
+    asked = ""
+    answers = {}
+    for m in messages:
+        if m.role == "user":
+            questions[m.id] = asked = m.text
+        else:
+            answers[m.id] = m.as_answer(questions.get(m.compare_group, asked) if m.compare_group else asked)
+    return answers
+
+
+def _last_answer(messages: list[MessageRecord], answers: dict[int, Answer], mode: str) -> Answer | None:
+    """The answer a stored conversation continues from: its last one; of a last compare, the one in `mode`
+    (as `finish` chose while it was asked), else the compare's last."""
+    rows = [m for m in messages if m.role == "assistant"]
+    if not rows:
         return None
-    last = answers[-1]
-    questions = {m.id: m.text for m in messages if m.role == "user"}
-    asked = last.compare_group or max(i for i in questions if i < last.id)
-    return last.as_answer(questions.get(asked, ""))
+    last = rows[-1]
+    if last.compare_group is not None:
+        same = [m for m in rows if m.compare_group == last.compare_group and m.mode == mode]
+        last = same[-1] if same else last
+    return answers[last.id]
 
 
 def _video_path(video: Path | None) -> str | None:

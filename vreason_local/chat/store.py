@@ -168,6 +168,8 @@ class MessageRecord:
 # `n_media_tokens`, `n_video_tokens_kept`); `as_answer` gives them their defaults.
 _TEXT_COLUMNS = ("text", "mode", "reasoning", "answer", "stop_reason")
 _JSON_COLUMNS = ("timings", "history", "settings", "notices")
+_JSON = {"sessions": ("settings", "frames"), "messages": (*_JSON_COLUMNS, "telemetry")}  # checked at open
+_MALFORMED = "malformed"  # in SQLite's error for a damaged file ("database disk image is malformed")
 
 
 def token_telemetry(answer: Answer) -> dict:
@@ -204,25 +206,85 @@ class ChatStore:
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = Path(path).expanduser() if path is not None else default_db_path()
+        self.damaged: str | None = None  # what was wrong with a damaged file, moved aside (`_set_aside`)
+        self._db = self._connect()
+        try:
+            problem = self._damage()
+        except BaseException:
+            self._db.close()
+            raise
+        if problem is not None:
+            self._db.close()
+            kept = self._set_aside()
+            self.damaged = (
+                f"the chat database {self.path} was damaged ({problem}); it was moved to {kept} (kept, not "
+                "deleted) and a new one started"
+            )
+            self._db = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        """Open (create) the file and bring its schema up to date."""
         new = not self.path.exists()
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
             if new:  # conversations are private: readable by the user only (SQLite gives -wal and -shm the same)
                 self.path.chmod(0o600)
         except (sqlite3.Error, OSError) as e:
             raise UserError(f"cannot open the chat database {self.path}: {e}") from e
-        self._db.row_factory = sqlite3.Row
+        db.row_factory = sqlite3.Row
+        self._db = db
         try:
             self._open()
         except sqlite3.OperationalError as e:  # locked, read-only, no space, ...
-            self._db.close()
+            db.close()
             raise UserError(f"cannot open the chat database {self.path}: {e}") from e
-        except sqlite3.DatabaseError as e:  # "file is not a database"
-            self._db.close()
+        except sqlite3.DatabaseError as e:
+            if _MALFORMED in str(e):  # ours, but damaged where the schema is read: checked again by `_damage`
+                return db
+            db.close()  # "file is not a database"
             raise UserError(f"{self.path} is not a vreason chat database ({e})") from e
         except BaseException:
-            self._db.close()
+            db.close()
             raise
+        return db
+
+    def _damage(self) -> str | None:
+        """What is wrong with the file (None: nothing): SQLite's `quick_check` (pages and indexes, in one pass
+        over the file) and JSON columns that do not parse. Checked at open, because a damaged page or
+        column otherwise surfaces later as a crash in the middle of reading a conversation."""
+        try:
+            problem = self._db.execute("PRAGMA quick_check(1)").fetchone()[0]  # the first problem found
+            if problem != "ok":
+                return " ".join(problem.replace("*** in database main ***", "").split())  # one line
+            for table, columns in _JSON.items():
+                invalid = " OR ".join(f"NOT json_valid({c})" for c in columns)
+                row = self._db.execute(f"SELECT id FROM {table} WHERE {invalid} LIMIT 1").fetchone()
+                if row is not None:
+                    return f"a {table[:-1]} ({row[0]}) holds JSON that does not parse"
+        except sqlite3.OperationalError as e:  # locked by another app for 10 s, I/O error
+            raise UserError(f"cannot open the chat database {self.path}: {e}") from e
+        except sqlite3.DatabaseError as e:  # "database disk image is malformed"
+            return str(e)
+        return None
+
+    def _set_aside(self) -> Path:
+        """Move the damaged file (and the -wal and -shm SQLite left beside it) to `<name>.damaged-<time>`:
+        never deleted, since what it still holds may be recovered (`sqlite3 FILE .recover`)."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.path.with_name(f"{self.path.name}.damaged-{stamp}-{n}")
+        try:
+            for suffix in ("-wal", "-shm"):
+                side = Path(f"{self.path}{suffix}")
+                if side.exists():
+                    side.rename(f"{target}{suffix}")
+            self.path.rename(target)
+        except OSError as e:
+            raise UserError(f"the chat database {self.path} is damaged and cannot be moved aside: {e}") from e
+        return target
 
     def _open(self) -> None:
         db = self._db
@@ -339,6 +401,37 @@ class ChatStore:
         self._db.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (now, session_id))
         return cur.lastrowid
 
+    def branch_session(self, session_id: int, before: int) -> SessionRecord:
+        """A new session about the same video, model and frames, holding copies of `session_id`'s messages saved
+        before message `before` (compare groups kept): where an edited or regenerated question continues, so
+        the original conversation stays as it was. Titled like the original, marked as a branch."""
+        with self._transaction() as db:
+            self._require(session_id)
+            row = db.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            now = time.time()
+            cur = db.execute(
+                "INSERT INTO sessions (created_at, updated_at, title, video_path, video_hash, model, settings, frames) "
+                "SELECT ?, ?, ?, video_path, video_hash, model, settings, frames FROM sessions WHERE id = ?",
+                (now, now, _title(f"{row['title']} (branch)") if row["title"] else "", session_id),
+            )
+            new_id = cur.lastrowid
+            ids: dict[int, int] = {}  # old message id -> its copy's (compare groups name a question's id)
+            rows = db.execute(
+                "SELECT * FROM messages WHERE session_id = ? AND seq < (SELECT seq FROM messages WHERE id = ?) "
+                "ORDER BY seq",
+                (session_id, before),
+            ).fetchall()
+            for m in rows:
+                columns = {k: m[k] for k in m.keys() if k not in ("id", "session_id")}
+                columns["compare_group"] = ids.get(m["compare_group"]) if m["compare_group"] is not None else None
+                columns["session_id"] = new_id
+                copy = db.execute(
+                    f"INSERT INTO messages ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                    tuple(columns.values()),
+                )
+                ids[m["id"]] = copy.lastrowid
+        return self.session(new_id)
+
     def delete_session(self, session_id: int) -> None:
         """Delete a session and its messages (nothing happens if there is no such session)."""
         with self._transaction() as db:
@@ -394,6 +487,18 @@ def _video(video: Path | None) -> tuple[str | None, str | None]:
         raise UserError(f"cannot read the video {video}: {e.strerror or e}") from e
 
 
+def _loads(row: sqlite3.Row, column: str) -> object:
+    """A JSON column's value; one that does not parse (damaged after the file was opened and checked) is a
+    `UserError` naming the row, not a JSONDecodeError from the middle of the app."""
+    try:
+        return json.loads(row[column])
+    except (json.JSONDecodeError, TypeError) as e:
+        raise UserError(
+            f"the chat database holds a damaged {column} in row {row['id']}: {e}; the next start moves the file "
+            "aside and starts a new one"
+        ) from e
+
+
 def _session(row: sqlite3.Row) -> SessionRecord:
     return SessionRecord(
         id=row["id"],
@@ -403,8 +508,8 @@ def _session(row: sqlite3.Row) -> SessionRecord:
         video_path=row["video_path"],
         video_hash=row["video_hash"],
         model=row["model"],
-        settings=json.loads(row["settings"]),
-        frames=json.loads(row["frames"]),
+        settings=_loads(row, "settings"),
+        frames=_loads(row, "frames"),
     )
 
 
@@ -422,10 +527,10 @@ def _message(row: sqlite3.Row) -> MessageRecord:
         stop_reason=row["stop_reason"],
         compare_group=row["compare_group"],
         n_tokens=row["n_tokens"],
-        timings=json.loads(row["timings"]),
+        timings=_loads(row, "timings"),
         reused_encoding=bool(row["reused_encoding"]),
-        telemetry=json.loads(row["telemetry"]),
-        history=json.loads(row["history"]),
-        settings=json.loads(row["settings"]),
-        notices=json.loads(row["notices"]),
+        telemetry=_loads(row, "telemetry"),
+        history=_loads(row, "history"),
+        settings=_loads(row, "settings"),
+        notices=_loads(row, "notices"),
     )

@@ -15,8 +15,8 @@ from textual.containers import Vertical
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
-from ..events import ControlState, TokenEvent
-from ..telemetry import Summary, SwitchWatch
+from ..events import Answer, ControlState, TokenEvent
+from ..telemetry import Summary, SwitchWatch, summarize
 
 
 def downsample(ys: list[float], n: int) -> tuple[list[float], list[float]]:
@@ -111,6 +111,19 @@ class TelemetryPanel(Vertical):
     def switch_step(self) -> int | None:
         """The token at which alpha turned from +1 to -1 in the answer being written (None: not yet)."""
         return self._switch.step
+
+    def show_answer(self, label: str, answer: Answer) -> None:
+        """A finished (stored) answer's telemetry, as it looked when that answer ended."""
+        self.start(label)
+        for step, (h, c) in enumerate(zip(answer.entropy, answer.control, strict=True), start=1):
+            self.chart.add("entropy", h)
+            if c is not None:
+                self.chart.add("EMA", c.ema)
+                self.chart.add("peak", c.peak)
+            self._switch.see(step, c)
+        self.now.update("stored answer")
+        self.chart.call_after_refresh(self.chart.redraw)
+        self.summary.update(summary_line(summarize(answer)))
 
     def finish(self, summary: Summary) -> None:
         self.flush()

@@ -10,6 +10,7 @@ can be opened by path without restarting.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import PIL.Image
 from textual import on
@@ -151,11 +152,14 @@ class VideoPanel(Vertical):
             self.query_one("#video-info", Static).update(
                 f"[b]{info.path.name}[/b]\n{info.duration_s:.1f} s · {info.width}x{info.height} · {info.fps:.3g} fps"
             )
+        elif media.media.kind == "image":
+            h, w = media.media.frames[0].rgb.shape[:2]
+            self.query_one("#video-info", Static).update(f"[b]{Path(media.media.source).name}[/b]\nimage · {w}x{h}")
         else:
             self.query_one("#video-info", Static).update("no video: questions are text only")
         thumbs = self.query_one("#thumbs", HorizontalScroll)
         await thumbs.remove_children()
-        frames = list(media.media.frames) if media.media.kind == "video" else []
+        frames = list(media.media.frames) if media.media.kind in ("video", "image") else []
         cells = []
         for frame in frames[:THUMBS_MAX]:
             image = self.image_class(PIL.Image.fromarray(frame.rgb), classes="thumb")

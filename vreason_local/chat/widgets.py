@@ -142,10 +142,13 @@ class AnswerView(Vertical):
         current = str(self.note.content)
         self.note.update(f"{current}\n{text}" if current else text)
 
-    def show_event(self, ev: object, encode_s: float) -> None:
+    def show_event(self, ev: object, encode_s: float, saved: bool = True) -> None:
         """A note for what an engine event says about this answer: the video's encoding reused (saving
-        `encode_s`, what encoding it took) or made again, what Lite kept, the engine's notices."""
+        `encode_s`, what encoding it took; said only where `saved`: not on the first answer after the encoding,
+        which waited for it, and once per compare) or made again, what Lite kept, the engine's notices."""
         if isinstance(ev, Encoded) and ev.n_media_tokens:
+            if ev.reused and not saved:
+                return
             if ev.reused:
                 saved = seconds_text(self.app, encode_s)
                 self.add_note(f"[dim]reused the encoded video ({ev.n_frames} frames): saved {saved}[/]")
@@ -197,24 +200,25 @@ class AnswerView(Vertical):
         self.stats.update(f"{MODE_LABELS.get(self.mode, self.mode)} · failed")
 
     @classmethod
-    async def from_record(cls, parent: Widget, record: MessageRecord) -> AnswerView:
-        """A stored answer, shown as it was (a resumed session)."""
+    async def from_record(cls, parent: Widget, record: MessageRecord, answer: Answer) -> AnswerView:
+        """A stored answer (`answer`: the one `record` was saved from), mounted in `parent` as it was shown."""
         view = cls(record.mode or "base")
         await parent.mount(view)
-        if record.reasoning:
-            view.thinking.display = True
-            view.thinking.title = "Thought (stored)"
-            view.thinking.collapsed = True
-            await view.reasoning_md.update(record.reasoning)
-        await view.answer_md.update(record.answer or record.text)
-        if record.stop_reason == "cancelled":
-            view.add_note("[b $warning]cancelled[/] – the partial answer is kept")
-        tps = record.timings.get("tokens_per_s")
-        view.stats.update(
-            f"{MODE_LABELS.get(view.mode, view.mode)} · {record.n_tokens} tokens · "
-            f"{seconds_text(view.app, record.timings.get('decode_s'))} · {rate_text(view.app, tps)} · stored"
-        )
+        await view.show_stored(record, answer)
         return view
+
+    async def show_stored(self, record: MessageRecord, answer: Answer) -> None:
+        """Show a stored answer with the figures and telemetry summary it had when it was written."""
+        if record.reasoning:
+            self.thinking.display = True
+            self.thinking.title = "Thought (stored)"
+            self.thinking.collapsed = True
+            await self.reasoning_md.update(record.reasoning)
+        await self.answer_md.update(record.answer or record.text)
+        self.answer = answer
+        if record.stop_reason == "cancelled":
+            self.add_note("[b $warning]cancelled[/] – the partial answer is kept")
+        self.stats.update(stats_line(self.app, answer))
 
 
 def stats_line(app: object, answer: Answer) -> str:
@@ -246,8 +250,23 @@ class CompareView(Vertical):
             yield from self.views.values()
         yield self.chart
 
-    def record(self, mode: str, ev: TokenEvent) -> None:
-        self.chart.add(MODE_LABELS.get(mode, mode), ev.entropy)
+    def record(self, mode: str, entropy: float) -> None:
+        self.chart.add(MODE_LABELS.get(mode, mode), entropy)
+
+    @classmethod
+    async def from_records(
+        cls, parent: Widget, records: list[MessageRecord], answers: dict[int, Answer]
+    ) -> CompareView:
+        """A stored compare, mounted in `parent`: its answers side by side and their entropy curves."""
+        view = cls(tuple(r.mode or "base" for r in records))
+        await parent.mount(view)
+        for record in records:
+            answer = answers[record.id]
+            await view.views[answer.mode].show_stored(record, answer)
+            for h in answer.entropy:
+                view.record(answer.mode, h)
+        view.chart.call_after_refresh(view.chart.redraw)  # once laid out: the chart's width sets its points
+        return view
 
 
 def _escape(text: str) -> str:
@@ -290,8 +309,9 @@ class Conversation(VerticalScroll):
         await self.remove_children()
         await self.mount(Static(self.welcome, id="welcome"))
 
-    async def show_stored(self, messages: list[MessageRecord]) -> None:
-        """A stored conversation in place of this one: questions, answers, and compare groups side by side."""
+    async def show_stored(self, messages: list[MessageRecord], answers: dict[int, Answer]) -> None:
+        """A stored conversation in place of this one: questions, answers, and compare groups side by side
+        (`answers`: each answer message's `Answer`, `session.stored_answers`)."""
         await self.remove_children()
         i = 0
         while i < len(messages):
@@ -301,15 +321,16 @@ class Conversation(VerticalScroll):
                 i += 1
                 continue
             if m.compare_group is None:
-                await AnswerView.from_record(self, m)
+                await AnswerView.from_record(self, m, answers[m.id])
                 i += 1
                 continue
-            row = Horizontal(classes="compare-row")
-            await self.mount(Vertical(row, classes="compare"))
-            group = m.compare_group
-            while i < len(messages) and messages[i].role == "assistant" and messages[i].compare_group == group:
-                await AnswerView.from_record(row, messages[i])
+            group = []
+            while (
+                i < len(messages) and messages[i].role == "assistant" and messages[i].compare_group == m.compare_group
+            ):
+                group.append(messages[i])
                 i += 1
+            await CompareView.from_records(self, group, answers)
 
 
 class StatusBar(Horizontal):

@@ -17,17 +17,19 @@ Ray is an optional dependency: it is imported only here, and only when a run ask
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Remedy, UserError
+from ..wording import count
 from .runner import EvalSettings, Stop, error_row, evaluate_group, group_by_video, write_rows
 
 if TYPE_CHECKING:
@@ -41,6 +43,9 @@ START_TIMEOUT_S = 600.0  # a worker loads its model in this time, or it is taken
 MAX_ATTEMPTS = 3  # a video is given to workers at most this many times before its rest become error rows
 MAX_RESTARTS = 3  # Ray restarts a crashed worker (reloading its model) this often
 POLL_S = 0.2  # how often the driver looks at Ctrl-C while it waits for rows
+# Ray (2.5x on) logs a notice about token authentication at every ray.init; it is Ray's cluster set-up, not this
+# run's, and would stand above every run's output. Ray's own documentation says how to set it (RAY_AUTH_MODE).
+_AUTH_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 _ADDRESS = re.compile(r"^(?P<host>[\w.\-]+|\[[0-9a-fA-F:]+\]):(?P<port>\d+)$")
 
 
@@ -62,6 +67,7 @@ def connect(address: str) -> bool:
         _require_listening(address)
     if ray.is_initialized():
         return False
+    logging.getLogger(_AUTH_NOTICE_LOGGER).setLevel(logging.ERROR)
     if address == "local":
         ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="warning")
         return True
@@ -81,6 +87,8 @@ def _require_listening(address: str) -> None:
     if match is None:
         raise UserError(f"'{address}' is not a Ray cluster address: give auto, local or HOST:PORT (the head's GCS)")
     host, port = match["host"].strip("[]"), int(match["port"])
+    if not 1 <= port <= 65535:
+        raise UserError(f"'{address}' is not a Ray cluster address: port {port} is not between 1 and 65535")
     try:
         socket.create_connection((host, port), timeout=5).close()
     except OSError as exc:
@@ -110,6 +118,16 @@ class Demand:
     def __str__(self) -> str:
         cpus = f"{self.cpus:g} CPU{'s' if self.cpus != 1 else ''}"
         return f"1 GPU and {cpus}" if self.gpus else f"{cpus} (one per thread)"
+
+
+def split_threads(nodes: Sequence[dict], workers: int, most: int) -> int:
+    """Threads per worker when the user set none: the most (up to `most`, the single-machine default) with
+    which the nodes' CPUs hold `workers` workers, each node's CPUs shared between the workers it runs; at
+    least 1 (then a cluster with fewer CPUs than workers is refused as too small)."""
+    for threads in range(max(1, most), 1, -1):
+        if sum(int(n["Resources"].get("CPU", 0) // threads) for n in nodes) >= workers:
+            return threads
+    return 1
 
 
 def node_name(node: dict) -> str:
@@ -235,8 +253,12 @@ class WorkerPool:
         settings: EngineSettings,
         files: Sequence[Path] = (),
         start_timeout_s: float = START_TIMEOUT_S,
+        split_cpus: bool = False,
     ) -> None:
-        """`files`: what else each node must hold (the videos)."""
+        """`files`: what else each node must hold (the videos). `split_cpus`: the threads were not chosen by the
+        user, so a given number of workers shares each node's CPUs (`split_threads`) instead of asking each for
+        `settings.n_threads` CPUs."""
+        self.split_cpus = split_cpus
         self._ray = import_ray()
         self._owns = connect(address)
         self.actors: list[Any] = []
@@ -258,7 +280,10 @@ class WorkerPool:
     ) -> None:
         ray = self._ray
         nodes = [n for n in ray.nodes() if n["Alive"]]
-        demand = Demand.for_engine(settings, sum(n["Resources"].get("GPU", 0) for n in nodes))
+        gpus = sum(n["Resources"].get("GPU", 0) for n in nodes)
+        if self.split_cpus and workers is not None and not Demand.for_engine(settings, gpus).gpus:
+            settings = replace(settings, n_threads=split_threads(nodes, workers, settings.n_threads))
+        demand = Demand.for_engine(settings, gpus)
         hosts = [n for n in nodes if demand.fits(n["Resources"])]
         capacity = sum(demand.fits(n["Resources"]) for n in hosts)
         if capacity == 0:
@@ -268,9 +293,17 @@ class WorkerPool:
                 [Remedy("fewer threads per worker", setting="engine.n_threads", value=int(most))] if most >= 1 else [],
             )
         if workers is not None and workers > capacity:
+            threads = split_threads(nodes, workers, int(demand.cpus))
+            fits = sum(int(n["Resources"].get("CPU", 0) // threads) for n in nodes) >= workers
+            fewer_threads = (
+                [Remedy("fewer threads per worker", setting="engine.n_threads", value=threads)]
+                if not demand.gpus and fits and threads < demand.cpus
+                else []
+            )
             raise UserError(
-                f"the Ray cluster holds {capacity} workers of {demand} each, not {workers}",
-                [Remedy(f"at most {capacity} workers", setting="cluster.workers", value=capacity)],
+                f"the Ray cluster holds {count(capacity, 'worker')} of {demand} each, not {workers}",
+                [Remedy(f"at most {count(capacity, 'worker')}", setting="cluster.workers", value=capacity)]
+                + fewer_threads,
             )
         check_files(hosts, [model_path, *([mmproj_path] if mmproj_path else []), *dict.fromkeys(files)])
         actor_class = ray.remote(Worker).options(
@@ -281,7 +314,7 @@ class WorkerPool:
         ready, _ = ray.wait(probes, num_returns=len(probes), timeout=self.start_timeout_s)
         if len(ready) < len(probes):
             raise UserError(
-                f"{len(probes) - len(ready)} of {len(probes)} Ray workers did not start within "
+                f"{len(probes) - len(ready)} of {count(len(probes), 'Ray worker')} did not start within "
                 f"{self.start_timeout_s:.0f} s (the cluster's CPUs or GPUs are taken by other work)",
                 [Remedy("fewer workers", setting="cluster.workers", value=len(ready) or 1)],
             )
@@ -345,7 +378,7 @@ class WorkerPool:
                 pending[actor.evaluate.remote(group.items, modes, settings, group.skip)] = _Call(actor, group)
             if not pending:
                 raise UserError(
-                    f"every Ray worker died; {sum(len(g.left(modes)) for g in todo)} answers are left "
+                    f"every Ray worker died; answers left: {sum(len(g.left(modes)) for g in todo)} "
                     "(the answers received are saved)",
                     [Remedy("resume the run when the cluster has room again")],
                 )

@@ -29,6 +29,7 @@ from click.core import ParameterSource
 from ..errors import UserError
 from ..events import MODES, Event, Progress, TokenEvent
 from ..options import read_settings, run_options
+from ..wording import count
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -44,7 +45,10 @@ SHOW_INVALID = 5  # rows that could not be used: how many are listed (the count 
 MACHINE_OPTIONS = ("threads", "gpu_layers", "repack")
 # Options that are about this invocation, not the run: never stored nor compared.
 # --ray and --workers are where this invocation runs: a run may be resumed on one machine or a cluster.
-ACTIONS = ("out", "resume", "list_formats", "make_sample", "report_dir", "compare", "mode", "ray", "workers")
+ACTIONS = (
+    "out", "resume", "list_formats", "make_sample", "report_dir", "compare", "mode", "ray", "workers", "retry_errors",
+)  # fmt: skip
+FINGERPRINT_CHUNK = 1 << 20  # bytes hashed at the start, middle and end of a model file
 
 
 def _flag(name: str) -> str:
@@ -58,6 +62,11 @@ def make_eval_command() -> click.Command:
     @click.argument("dataset", required=False, type=click.Path(path_type=Path))
     @click.option("--out", "-o", type=click.Path(path_type=Path), help="Folder of the run (results, report).")
     @click.option("--resume", is_flag=True, help="Continue the run in --out, with the settings it started with.")
+    @click.option(
+        "--retry-errors",
+        is_flag=True,
+        help="With --resume: ask the answers that failed again (the new row replaces the old in the report).",
+    )
     @click.option(
         "--modes",
         default="base,vreason,lite",
@@ -187,6 +196,12 @@ def _resume_options(stored: dict, current: dict, given: set[str], run_file: Path
         merged["reasoning"] = not merged.pop("no_reasoning")
     for name in sorted(given & set(current)):
         if name in MACHINE_OPTIONS:
+            if name == "threads" and current[name] != stored.get(name):
+                click.echo(
+                    f"warning: --threads {current[name]} differs from the run's {stored.get(name) or 'default'}: "
+                    "V-Reason answers can differ with the thread count (floating-point sums in another order)",
+                    err=True,
+                )
             merged[name] = current[name]
         elif name in stored and current[name] != stored[name]:
             raise UserError(
@@ -198,6 +213,36 @@ def _resume_options(stored: dict, current: dict, given: set[str], run_file: Path
 
 def _file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def file_fingerprint(path: Path) -> dict:
+    """A model file's identity, cheap on a 5 GB file: its size and a sha256 of its first, middle and last MB.
+    Two different GGUF files agree on all three only by design, not by accident (their headers differ)."""
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for offset in sorted({0, max(0, size // 2 - FINGERPRINT_CHUNK // 2), max(0, size - FINGERPRINT_CHUNK)}):
+            f.seek(offset)
+            digest.update(f.read(FINGERPRINT_CHUNK))
+    return {"size": size, "sha256_sampled": digest.hexdigest()}
+
+
+def _check_same_model(run: dict, files: dict[str, Path], run_file: Path) -> None:
+    """A resumed run answers with the model it started with: runs stored with fingerprints refuse another file
+    (a run stored without them, before they were kept, resumes as it always did)."""
+    stored = run.get("model_files") or {}
+    for role, path in files.items():
+        if role in stored and file_fingerprint(path) != stored[role]["fingerprint"]:
+            flag = "--model" if role == "model" else "--mmproj"
+            raise UserError(
+                f"--resume: the {role} file {path} is not the one the run started with ({stored[role]['path']}, "
+                f"{run_file}); give {flag} with that file, or start a new run in another --out"
+            )
+
+
+def skipped_rows(dataset: Dataset) -> list[dict]:
+    """The rows the load left out, as run.json keeps them, so the report names them."""
+    return [{"source": entry.source, "reason": entry.reason} for entry in dataset.invalid]
 
 
 def _show_invalid(dataset: Dataset) -> None:
@@ -212,11 +257,7 @@ def _show_invalid(dataset: Dataset) -> None:
 
 
 def _run(o: dict, given: set[str]) -> None:
-    from ..checks import check_options
-    from ..planning import plan_videos
-    from .datasets import load_dataset
-    from .results import RunDir, read_results
-    from .runner import EvalSettings, select_items
+    from .results import RunDir
 
     if o["dataset"] is None and not o["resume"]:
         raise UserError("name the dataset file: vreason eval DATASET --out DIR (--make-sample DIR writes one)")
@@ -228,7 +269,23 @@ def _run(o: dict, given: set[str]) -> None:
         import_ray()
     if o["out"] is None:
         raise UserError("--out DIR is needed: the folder that holds the run (results.jsonl, run.json, the report)")
+    if o["retry_errors"] and not o["resume"]:
+        raise UserError("--retry-errors asks a run's failed answers again; give --resume too")
     run_dir = RunDir(o["out"])
+    if o["resume"]:
+        run_dir.read_run()  # a folder that holds no run is said so before anything is locked or made
+    with run_dir.locked():
+        _run_locked(o, given, run_dir)
+
+
+def _run_locked(o: dict, given: set[str], run_dir: RunDir) -> None:
+    """The run, with its folder locked to this process."""
+    from ..checks import check_options
+    from ..planning import plan_videos
+    from .datasets import load_dataset
+    from .results import read_results
+    from .runner import EvalSettings, select_items
+
     if "mode" in given:  # --mode X is --modes X
         given = given | {"modes"}
     current = _stored_options(o, given)
@@ -259,15 +316,20 @@ def _run(o: dict, given: set[str]) -> None:
         )
     plan = plan_videos(settings, [(i.video, i.start, i.end) for i in items], [i.prompt() for i in items])
     info, projector = plan.info, plan.projector
+    model_files = {"model": info.path, "mmproj": projector.path}
+    if run is not None:
+        _check_same_model(run, model_files, run_dir.run_file)
 
     back = read_results(run_dir.results_file)
     if back.dropped is not None:
         click.echo(f"note: the last line of {run_dir.results_file} was half-written; that answer is redone", err=True)
-    done = back.done()
+    done = back.done(o["retry_errors"])
+    kept = [row for row in back.latest() if (row["id"], row["mode"]) in done]
     todo = len(items) * len(modes) - sum(1 for item in items for m in modes if (item.id, m) in done)
     click.echo(
-        f"{len(items)} questions about {len({i.video_key for i in items})} videos x {len(modes)} modes "
-        f"({', '.join(modes)}): {todo} answers to go" + (f", {len(back.rows)} done" if back.rows else ""),
+        f"{count(len(items), 'question')} about {count(len({i.video_key for i in items}), 'video')} x "
+        f"{count(len(modes), 'mode')} ({', '.join(modes)}): {count(todo, 'answer')} to go"
+        + (f", {len(kept)} done" if kept else ""),
         err=True,
     )
     eval_settings = EvalSettings(settings.generation, settings.frames, settings.vreason, settings.token_budget)
@@ -278,7 +340,10 @@ def _run(o: dict, given: set[str]) -> None:
             from .cluster import WorkerPool
 
             videos = [item.video for item in items]
-            engine = WorkerPool(o["ray"], o["workers"], info.path, projector.path, settings.engine, videos)
+            engine = WorkerPool(  # threads the run never set: the workers share each node's CPUs
+                o["ray"], o["workers"], info.path, projector.path, settings.engine, videos,
+                split_cpus=opts.get("threads") is None,
+            )  # fmt: skip
         else:
             engine = Engine(info.path, projector.path, settings.engine, infos=(info, projector))
         if run is None:  # written once the model loads: a run that never started leaves --out as it was
@@ -290,14 +355,19 @@ def _run(o: dict, given: set[str]) -> None:
                     "dataset_sha256": data_hash,
                     "item_ids": ids,
                     "model": {"name": info.name, "path": str(info.path), "random_weights": info.random_weights},
+                    "model_files": {
+                        role: {"path": str(path), "fingerprint": file_fingerprint(path)}
+                        for role, path in model_files.items()
+                    },
+                    "skipped": skipped_rows(dataset),
                     "options": opts,
                 }
             )
         with engine:
-            written, stopped = _drive(engine, items, modes, eval_settings, run_dir, back)
+            written, stopped = _drive(engine, items, modes, eval_settings, run_dir, back, kept, done)
         if stopped:
             click.echo(
-                f"stopped: {written} answers written this time, {len(back.rows) + written} in all; "
+                f"stopped: {count(written, 'answer')} written this time, {len(kept) + written} in all; "
                 f"`vreason eval --resume --out {run_dir.path}` continues the run",
                 err=True,
             )
@@ -316,6 +386,8 @@ def _drive(
     settings: EvalSettings,
     run_dir: RunDir,
     back: ReadBack,
+    kept: Sequence[dict],
+    done: set[tuple[str, str]],
 ) -> tuple[int, bool]:
     """The runner in a worker thread, so that Ctrl-C is seen at once (cli's pattern: the first cancels the
     answer running now, a second aborts), with the progress line; returns (rows written, stopped)."""
@@ -325,15 +397,15 @@ def _drive(
     from .runner import Stop, run_eval
 
     stop = Stop()
-    view = EvalProgress(len(items) * len(modes), back.rows, modes)
+    view = EvalProgress(len(items) * len(modes), kept, modes)
     with ResultsWriter(run_dir.results_file, back.good_bytes) as writer:
         try:
             written = until_done(
                 stop,  # type: ignore[arg-type]  # a Stop cancels like an AnswerHandle
                 lambda: (
-                    engine.run_eval(items, modes, settings, writer, back.done(), stop, view.on_row)
+                    engine.run_eval(items, modes, settings, writer, done, stop, view.on_row)
                     if isinstance(engine, WorkerPool)  # rows only: the workers' events stay on their machines
-                    else run_eval(engine, items, modes, settings, writer, back.done(), stop, view.on_row, view.on_event)
+                    else run_eval(engine, items, modes, settings, writer, done, stop, view.on_row, view.on_event)
                 ),
             )
         finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
+from ..wording import count
 from .report import load_run, markdown_table, mode_stats, number, paired_cells, paired_stats, percent
 
 
@@ -42,8 +43,8 @@ def compare_runs(a: Path, b: Path) -> str:
             "no mode in common to compare"
         )
     lines = [
-        f"# A: {a} ({run_a['model']['name']}, {len(rows_a)} answers)",
-        f"# B: {b} ({run_b['model']['name']}, {len(rows_b)} answers)",
+        f"# A: {a} ({run_a['model']['name']}, {count(len(rows_a), 'answer')})",
+        f"# B: {b} ({run_b['model']['name']}, {count(len(rows_b), 'answer')})",
         "",
     ]
     diffs = setting_differences(run_a, run_b)

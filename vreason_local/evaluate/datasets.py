@@ -12,6 +12,7 @@ first (`pandas.read_parquet(p).to_json(out, orient="records")`).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -506,10 +507,9 @@ def _read_rows(path: Path) -> list[_Row]:
         raise UserError(f"cannot read dataset file {path}: {exc}") from None
     if suffix == ".csv":
         try:
-            rows = list(csv.DictReader(text.splitlines()))
+            return _csv_rows(path, text)
         except csv.Error as exc:
             raise UserError(f"{path} is not a readable CSV file: {exc}") from None
-        return [_Row(f"{path.name}:{n}", n - 1, row) for n, row in enumerate(rows, 2)]
     if suffix == ".jsonl":
         return list(_jsonl_rows(path, text))
     try:
@@ -523,6 +523,43 @@ def _read_rows(path: Path) -> list[_Row]:
     if not isinstance(data, list):
         raise UserError(f"{path}: expected a JSON list of question objects, got a JSON {type(data).__name__}")
     return [_Row(f"{path.name}:#{n}", n, fields) for n, fields in enumerate(data, 1)]
+
+
+def _csv_rows(path: Path, text: str) -> list[_Row]:
+    """One row per CSV record, named by the physical line it starts on. A quote left open makes the csv module
+    read the following lines into one field, silently; a record spanning several lines whose later lines read
+    as whole rows on their own (or that ends the file inside its quote) is that, and it and every line it
+    swallowed are reported, naming the line where the quote opened, instead of becoming one long question."""
+    lines = text.splitlines(keepends=True)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    width = len(reader.fieldnames or [])
+    rows: list[_Row] = []
+    first = reader.line_num + 1
+    for number, fields in enumerate(reader, 1):
+        last = reader.line_num
+        raw = lines[first - 1 : last]
+        if _quote_left_open(raw, width, fields):
+            span = f"lines {first}-{last} read as one row" if last > first else "it runs to the end of the file"
+            why = f"a quote opened on line {first} is left open ({span}); close it"
+            rows.append(_Row(f"{path.name}:{first}", number, RowError(why)))  # type: ignore[arg-type]
+            for n in range(first + 1, last + 1):
+                swallowed = RowError(f"read into the row of line {first} by the quote left open there")
+                rows.append(_Row(f"{path.name}:{n}", number, swallowed))  # type: ignore[arg-type]
+        else:
+            rows.append(_Row(f"{path.name}:{first}", number, fields))
+        first = last + 1
+    return rows
+
+
+def _quote_left_open(raw: list[str], width: int, fields: dict) -> bool:
+    """Whether a record is an unterminated quote rather than a field with line breaks: one physical line whose
+    field holds a line break (its quote ran to the end of the file), or several lines whose quotes never balance
+    (the same) or of which a later line is a whole row by itself."""
+    if len(raw) == 1:
+        return any(isinstance(v, str) and "\n" in v for v in fields.values())
+    if "".join(raw).count('"') % 2:
+        return True
+    return width > 1 and any(len(next(csv.reader([line]), [])) == width for line in raw[1:])
 
 
 def _jsonl_rows(path: Path, text: str) -> Iterator[_Row]:

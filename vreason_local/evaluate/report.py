@@ -12,12 +12,14 @@ answer, and against token index), tokens per answer, and accuracy per mode.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import click
 import numpy as np
 
+from ..wording import count
 from .results import RunDir, read_results
 from .stats import mcnemar_exact, paired_bootstrap
 
@@ -29,13 +31,10 @@ MIN_SHARE_AT_INDEX = 0.1  # the per-index curve stops where fewer answers than t
 
 
 def load_run(path: Path) -> tuple[dict, list[dict]]:
-    """run.json and the complete rows of a run folder, one per (item, mode) (the first, should any repeat)."""
+    """run.json and the complete rows of a run folder, one per (item, mode): the last written, since an answer
+    asked again (`--retry-errors`) is appended after the row it replaces."""
     run_dir = RunDir(Path(path))
-    run = run_dir.read_run()
-    rows: dict[tuple[str, str], dict] = {}
-    for row in read_results(run_dir.results_file).rows:
-        rows.setdefault((row["id"], row["mode"]), row)
-    return run, list(rows.values())
+    return run_dir.read_run(), read_results(run_dir.results_file).latest()
 
 
 def _mean(xs: Iterable[float]) -> float | None:
@@ -118,11 +117,31 @@ def summarize_run(run: dict, rows: Sequence[dict]) -> dict:
             "n_items": len(run["item_ids"]),
             "n_rows": len(rows),
             "n_expected_rows": len(run["item_ids"]) * len(modes),
+            # rows of the dataset file the load left out (None: a run stored before they were recorded)
+            "n_skipped": len(run["skipped"]) if "skipped" in run else None,
+            "skipped_reasons": skipped_reasons(run.get("skipped", [])),
         },
         "modes": _by_mode(rows, modes),
         "datasets": {ds: _by_mode([r for r in rows if r["dataset"] == ds], modes) for ds in datasets},
         "plots": [ENTROPY_PNG, TOKENS_PNG, ACCURACY_PNG],
     }
+
+
+def skipped_reasons(skipped: Sequence[dict]) -> dict[str, int]:
+    """How many skipped rows for each kind of reason ("video not found", "missing field 'video'"): the
+    reason up to its first colon, so that rows failing alike count together, most frequent first."""
+    kinds = Counter(entry["reason"].split(":")[0].strip() for entry in skipped)
+    return dict(kinds.most_common())
+
+
+def items_text(summary_run: dict) -> str:
+    """ "60 items", and beside it the dataset rows left out and why, so no accuracy reads as the whole file's."""
+    text = count(summary_run["n_items"], "item")
+    n_skipped = summary_run.get("n_skipped")
+    if n_skipped:
+        reasons = ", ".join(f"{why} ({n})" for why, n in summary_run["skipped_reasons"].items())
+        text += f" ({count(n_skipped, 'row')} of the dataset skipped: {reasons})"
+    return text
 
 
 # -- text -----------------------------------------------------------------------------------------------
@@ -194,9 +213,9 @@ def report_markdown(run: dict, summary: dict, rows: Sequence[dict]) -> str:
     parts = [
         f"# vreason eval: {Path(r['dataset']).name}",
         "",
-        f"- dataset: `{r['dataset']}` ({run['dataset_format']}), {r['n_items']} items",
+        f"- dataset: `{r['dataset']}` ({run['dataset_format']}), {items_text(r)}",
         f"- model: {model['name']}, `{model['path']}`",
-        f"- modes: {', '.join(r['modes'])}; {r['n_rows']} of {r['n_expected_rows']} answers in results.jsonl",
+        f"- modes: {', '.join(r['modes'])}; {r['n_rows']} of {count(r['n_expected_rows'], 'answer')} in results.jsonl",
         f"- started {r['created']}; settings in run.json",
         "",
         "Accuracy is the share of correct answers and mean score the mean of the per-item score (1/0, or the "
@@ -229,6 +248,12 @@ def report_markdown(run: dict, summary: dict, rows: Sequence[dict]) -> str:
         parts += [f"- `{row['id']}` ({row['mode']}, {row['source']}): {row['error']}" for row in failed[:20]]
         if len(failed) > 20:
             parts.append(f"- ... and {len(failed) - 20} more (field `error` in results.jsonl)")
+    skipped = run.get("skipped", [])
+    if skipped:
+        parts += ["", f"## Skipped rows of the dataset ({len(skipped)})", ""]
+        parts += [f"- {entry['source']}: {entry['reason']}" for entry in skipped[:20]]
+        if len(skipped) > 20:
+            parts.append(f"- ... and {len(skipped) - 20} more (`skipped` in run.json)")
     return "\n".join(parts) + "\n"
 
 

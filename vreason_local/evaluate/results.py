@@ -10,15 +10,23 @@ is refused with its line number rather than guessed at, so no finished row is ev
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+try:  # POSIX: the run folder is locked with flock; Windows has no fcntl and its runs are not locked
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 from ..errors import UserError
 
 RUN_NAME = "run.json"
 RESULTS_NAME = "results.jsonl"
+LOCK_NAME = "run.lock"  # held (flock) by the one process that runs or resumes the run
 
 
 @dataclass
@@ -29,9 +37,14 @@ class ReadBack:
     dropped: str | None = None  # the half-written last line, as text (None: the file ended cleanly)
     good_bytes: int = 0  # length of the complete part: where the next row goes
 
-    def done(self) -> set[tuple[str, str]]:
-        """(item id, mode) of every row written, errors included: those are never asked again."""
-        return {(r["id"], r["mode"]) for r in self.rows}
+    def latest(self) -> list[dict]:
+        """One row per (item id, mode): the last written. The file is append-only, so an answer asked again
+        (`--retry-errors`) is a later row that replaces the earlier one."""
+        return list({(r["id"], r["mode"]): r for r in self.rows}.values())
+
+    def done(self, retry_errors: bool = False) -> set[tuple[str, str]]:
+        """(item id, mode) of every row written; error rows too, unless they are to be asked again."""
+        return {(r["id"], r["mode"]) for r in self.latest() if not (retry_errors and r["error"] is not None)}
 
 
 def read_results(path: Path) -> ReadBack:
@@ -76,7 +89,17 @@ class ResultsWriter:
     def __init__(self, path: Path, good_bytes: int = 0) -> None:
         self.path = path
         self._file = open(path, "ab")  # held for the run; every write goes to the end
-        self._file.truncate(good_bytes)  # a half-written last line goes; its row is redone
+        size = self._file.seek(0, os.SEEK_END)
+        if size > good_bytes:  # only a half-written last line (no newline in it) may go; its row is redone
+            with open(path, "rb") as f:
+                f.seek(good_bytes)
+                tail = f.read()
+            if b"\n" in tail:
+                self._file.close()
+                raise UserError(
+                    f"{path} grew since it was read (another process writing it?); nothing was cut off: resume again"
+                )
+            self._file.truncate(good_bytes)
 
     def append(self, row: dict) -> None:
         """One line, written whole, on disk before the next answer starts."""
@@ -108,11 +131,44 @@ class RunDir:
     def results_file(self) -> Path:
         return self.path / RESULTS_NAME
 
-    def require_new(self) -> None:
-        """A new run must not mix its rows into another run's folder."""
+    @property
+    def lock_file(self) -> Path:
+        return self.path / LOCK_NAME
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """The run folder to this process alone, for the whole run: an exclusive, non-blocking `flock` on
+        run.lock, so a second `vreason eval` (a --resume, or a new run in the same --out) is refused rather
+        than appending to the same results.jsonl. The kernel drops the lock when the process ends, however it
+        ends, so a stale lock file is harmless. A lock file left by a run that never started is removed.
+        On Windows (no fcntl) the folder is not locked."""
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"--out {self.path} is a file, not a folder")
-        if self.path.is_dir() and any(self.path.iterdir()):
+        created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_file, "a+b") as f:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise UserError(
+                        f"{self.path} is in use by another vreason eval (it holds {LOCK_NAME}); "
+                        "wait for it to end, or choose another --out"
+                    ) from None
+            try:
+                yield
+            finally:
+                if not self.run_file.exists():  # the run never started: leave --out as it was
+                    self.lock_file.unlink(missing_ok=True)
+                    if created:
+                        with contextlib.suppress(OSError):
+                            self.path.rmdir()
+
+    def require_new(self) -> None:
+        """A new run must not mix its rows into another run's folder (its own lock file aside)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"--out {self.path} is a file, not a folder")
+        if self.path.is_dir() and any(p.name != LOCK_NAME for p in self.path.iterdir()):
             raise UserError(
                 f"{self.path} is not empty; add --resume to continue the run it holds, or choose another --out"
             )
