@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from .errors import UserError
-from .settings import DEFAULT_MODEL, SETTINGS, RunSettings, Setting, setting_name
+from .settings import BY_NAME, SETTINGS, RunSettings, Setting, setting_name
 
 _SHORT = {"model": "-m"}
 _TEXT_FROM_FILE = {"system"}  # settings whose value may be `@FILE` (and `-`: stdin), as a question may
@@ -29,7 +29,7 @@ def _option(s: Setting) -> Callable:
     decls = [s.option, *([_SHORT[s.name]] if s.name in _SHORT else [])]
     shown = s.range_text() if s.low is not None or s.high is not None else None
     # click writes a default of its own as "[default: VALUE]"; one in words is added to the help the same way
-    default_text = DEFAULT_MODEL if s.name == "model" else s.default_text
+    default_text = s.default_text
     return click.option(
         *decls,
         s.name,
@@ -88,11 +88,8 @@ def run_options(f: Callable) -> Callable:
 def read_settings(o: dict, hook: bool | None = None) -> RunSettings:
     """The run settings in the parsed options `o` (other options of the command are left out), checked;
     what reading changed or drew is said on stderr (`--threads 64 is more than ...; using 2`)."""
-    settings = RunSettings.from_values({k: v for k, v in o.items() if k in _NAMES}, hook=hook)
+    settings = RunSettings.from_values({k: v for k, v in o.items() if k in BY_NAME}, hook=hook)
     for path, text in settings.notes:
         kind = "note" if path in _NOTE_PATHS else "warning"
         click.echo(f"{kind}: {setting_name(path, 'flag')} {text}", err=True)
     return settings
-
-
-_NAMES = frozenset(s.name for s in SETTINGS)

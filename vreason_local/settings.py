@@ -127,7 +127,15 @@ DEFAULT_SYSTEM = "You are a helpful assistant."  # Qwen's own chat template's sy
 
 _S = Setting
 SETTINGS: tuple[Setting, ...] = (
-    _S("model", "model", str, None, "Registry name (see `vreason models list`) or path to a GGUF file.", optional=True),
+    _S(
+        "model",
+        "model",
+        str,
+        None,
+        "Registry name (see `vreason models list`) or path to a GGUF file.",
+        optional=True,
+        default_text=DEFAULT_MODEL,  # None reads as the registry's default model (RunSettings.from_values)
+    ),
     _S(
         "mmproj",
         "mmproj",
