@@ -46,9 +46,24 @@ class Item:
     end: float | None = None
     dataset: str = "custom"
     source: str = ""
+    # The benchmark's own categories, in the order its paper reports them: e.g. (("duration", "short"),
+    # ("domain", "Knowledge"), ("task_type", "Counting Problem")). Reports break accuracy down by each name.
+    categories: tuple[tuple[str, str], ...] = ()
+    # The reference's scoring rule for this item ("<benchmark>:<kind>", evaluate/reference.py); None: the
+    # item has no published reference (own formats), so it is scored leniently.
+    rule: str | None = None
+    # The prompt exactly as the reference's task file builds it; None: the generic prompt below.
+    reference_prompt: str | None = None
+
+    def category(self, name: str) -> str | None:
+        """The item's value of category `name`, None when it has none."""
+        return dict(self.categories).get(name)
 
     def prompt(self) -> str:
-        """The question as the model is asked it: options lettered one per line, then what to answer with."""
+        """The question as the model is asked it: the reference's prompt for a published benchmark, else the
+        question, options lettered one per line, then what to answer with."""
+        if self.reference_prompt is not None:
+            return self.reference_prompt
         lines = [self.question.strip()]
         if self.type == "multiple-choice":
             lines.append("Options:")
