@@ -178,8 +178,8 @@ def test_bad_rows_are_reported_with_file_and_line_and_the_rest_load(tmp_path: Pa
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
-        ("data.txt", "id,video\n", "must be .jsonl, .json, .csv"),
-        ("data.parquet", "PAR1", "export it to JSON"),
+        ("data.txt", "id,video\n", "must be .jsonl, .json, .csv, .parquet"),
+        ("data.parquet", "PAR1", "is not a readable parquet file"),
         ("data.json", "{broken", "is not valid JSON: "),
         ("data.json", '{"a": 1}', "expected a JSON list"),
         ("data.jsonl", "nope\nstill no\n", "is not a JSON Lines file"),
@@ -236,7 +236,8 @@ def test_mvbench(tmp_path: Path, clip: Path) -> None:
     )
     assert item.video == (root / "video/clevrer/video_validation/video_10009.mp4").resolve()
     assert [entry.source for entry in dataset.invalid] == ["moving_direction.json:#2", "moving_direction.json:#3"]
-    assert "'sideways' is neither" in dataset.invalid[0].reason and "video not found" in dataset.invalid[1].reason
+    assert "'sideways' is neither" in dataset.invalid[0].reason
+    assert dataset.invalid[1].reason.startswith("MVBench videos not found: unpack video/clevrer.zip into ")
 
     windowed = root / "json" / "action_sequence.json"
     windowed.write_text(json.dumps([dict(row, video="6H78U.mp4", start=1.5, end=9.0)]))
@@ -273,7 +274,7 @@ def test_tempcompass_nested_json(tmp_path: Path, clip: Path) -> None:
         ("dunking a basketball", "dribbling"),
         "A",
     )
-    assert (second.id, second.answer) == ("1034419625-direction-1", "B")
+    assert (second.id, second.answer) == ("1034419625-multi-choice-direction-1", "B")
     assert first.video == (tmp_path / "videos/1034419625.mp4").resolve()
     assert [entry.source for entry in dataset.invalid] == ["multi-choice.json:1034419625/direction/2"]
 

@@ -152,3 +152,157 @@ def test_compare_two_runs(runs, vreason):
     assert rc == 0 and "same settings" in out and "| 0 / 0 |" in out
     rc, _, err = vreason(["eval", "--compare", str(a), str(a.parent)])
     assert rc == 2 and "holds no run" in err
+
+
+# ---------------------------------------------------------------- benchmarks: categories, reference overall, judged
+# Hand-written runs (run.json + results.jsonl, rows made by the runner's own score_fields from items with the
+# benchmark's categories and rules): the report reads nothing else, so no model is needed.
+
+
+def _bench_rows(outcomes: dict[str, list[bool]]) -> list[dict]:
+    """Video-MME rows for modes base and vreason: item i is right in a mode when outcomes[mode][i]; its
+    categories cycle through two durations and three task types. Plus one VSI-Bench item per question type
+    and a TempCompass captioning item (LLM-judged in the reference)."""
+    from vreason_local.evaluate.items import Item
+
+    rows = []
+    n = len(next(iter(outcomes.values())))
+    for i in range(n):
+        cats = (("duration", ["short", "long"][i % 2]), ("task_type", ["Counting", "OCR", "Action"][i % 3]))
+        item = Item(f"v{i}", Path("v.mp4"), "Q?", "multiple-choice", "C", ("a", "b", "c", "d"), dataset="videomme",
+                    categories=cats, rule="videomme:mc", reference_prompt="Q?\nA. a\nB. b\nC. c\nD. d")  # fmt: skip
+        for mode, right in outcomes.items():
+            rows.append(_row(item, mode, "C" if right[i] else "Answer: C", i))  # "Answer: C" reads A
+    vsi = [("object_counting", 4.0, "5"), ("object_counting", 10.0, "10"), ("object_rel_direction_easy", "A", "A"),
+           ("object_rel_direction_hard", "A", "B")]  # fmt: skip
+    for k, (qtype, truth, reply) in enumerate(vsi):
+        rule = "vsibench:na" if isinstance(truth, float) else "vsibench:mca"
+        kind = "numeric" if isinstance(truth, float) else "multiple-choice"
+        item = Item(f"s{k}", Path("s.mp4"), "Q?", kind, truth, () if kind == "numeric" else ("x", "y"),  # type: ignore[arg-type]
+                    dataset="vsibench", categories=(("question_type", qtype),), rule=rule)  # fmt: skip
+        rows += [_row(item, mode, reply, k) for mode in outcomes]
+    cap = Item("c0", Path("c.mp4"), "Describe.", "free-form", "B. x", dataset="tempcompass",
+               categories=(("dimension", "speed"), ("question_type", "captioning")), rule="tempcompass:captioning")  # fmt: skip
+    rows += [_row(cap, mode, "A caption.", 0) for mode in outcomes]
+    return rows
+
+
+def _row(item, mode: str, reply: str, k: int) -> dict:
+    from vreason_local.evaluate.row_scores import score_fields
+
+    return {
+        "id": item.id, "mode": mode, "dataset": item.dataset, "source": f"f.json:{item.id}", "video": str(item.video),
+        "start": None, "end": None, "type": item.type, "question": item.question, "options": list(item.options),
+        "truth": item.answer, "categories": dict(item.categories), "rule": item.rule, "prompt": item.prompt(),
+        "answer": reply, "text": reply, "stop_reason": "eos", "n_tokens": 3 + k % 4, "tokens": [], "entropy": [0.5, 0.4],
+        "reused_encoding": False, "n_video_tokens": 10, "n_video_tokens_kept": 10, "notices": [],
+        **score_fields(item, reply, "reference"),
+        "timings": {"answer_s": 1.0, "encode_s": 0.1, "prefill_media_s": 0.1}, "telemetry": {}, "settings": {},
+        "warnings": [], "error": None,
+    }  # fmt: skip
+
+
+def _write_run(path: Path, rows: list[dict], scoring: str = "reference") -> Path:
+    path.mkdir(parents=True)
+    ids = list(dict.fromkeys(r["id"] for r in rows))
+    run = {"created": "2026-12-05T00:00:00+0000", "dataset": str(path / "data.json"), "dataset_format": "videomme",
+           "dataset_sha256": "0", "item_ids": ids, "model": {"name": "tiny", "path": "tiny.gguf"}, "skipped": [],
+           "scoring": scoring, "options": {"modes": ["base", "vreason"]}}  # fmt: skip
+    (path / "run.json").write_text(json.dumps(run))
+    (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _outcomes(seed: int, n: int = 24) -> dict[str, list[bool]]:
+    rng = np.random.default_rng(seed)
+    return {"base": list(rng.random(n) < 0.4), "vreason": list(rng.random(n) < 0.6)}
+
+
+def _mcnemar(wins: int, losses: int) -> float:
+    n = wins + losses
+    return min(1.0, 2 * sum(comb(n, k) for k in range(min(wins, losses) + 1)) / 2**n) if n else 1.0
+
+
+def test_report_breaks_benchmarks_down_by_their_categories(tmp_path, vreason):
+    outcomes = _outcomes(seed=4)
+    run = _write_run(tmp_path / "run", _bench_rows(outcomes))
+    rc, _, err = vreason(["eval", "--report", str(run)])
+    assert rc == 0, err
+    summary = json.loads((run / "summary.json").read_text())
+    report = (run / "report.md").read_text()
+    cats = summary["categories"]["videomme"]
+    assert list(cats) == ["duration", "task_type"] and list(cats["duration"]) == ["short", "long"]
+    for name, values in (("duration", ["short", "long"]), ("task_type", ["Counting", "OCR", "Action"])):
+        for j, value in enumerate(values):
+            idx = [i for i in range(24) if i % len(values) == j]  # the items of this value, computed independently
+            base = [outcomes["base"][i] for i in idx]
+            vr = [outcomes["vreason"][i] for i in idx]
+            got = cats[name][value]
+            assert got["base"]["accuracy"] == pytest.approx(np.mean(base))
+            assert got["vreason"]["accuracy"] == pytest.approx(np.mean(vr))
+            wins = sum(v and not b for b, v in zip(base, vr, strict=True))
+            losses = sum(b and not v for b, v in zip(base, vr, strict=True))
+            vs = got["vreason"]["vs_base"]
+            assert (vs["n_pairs"], vs["wins"], vs["losses"]) == (len(idx), wins, losses)
+            assert vs["mcnemar_p"] == pytest.approx(_mcnemar(wins, losses))
+            assert vs["score_diff"] == pytest.approx(np.mean(vr) - np.mean(base))
+            assert f"| {value} | vreason | {len(idx)} | {100 * np.mean(vr):.1f}% |" in report
+    assert "#### videomme by duration" in report and "#### videomme by task_type" in report
+    # Video-MME's overall (lmms-eval: correct / all) is the item mean of the reference scores
+    ref = summary["reference"]["videomme"]
+    assert ref["overall"]["vreason"] == pytest.approx(np.mean(outcomes["vreason"]))
+    assert "lmms_eval/tasks/videomme/utils.py" in ref["source"]
+    # lenient beside reference: "Answer: C" is C to the lenient reader, A to Video-MME's
+    assert summary["datasets"]["videomme"]["base"]["accuracy_lenient"] == 1.0
+    assert summary["datasets"]["videomme"]["base"]["accuracy_reference"] == pytest.approx(np.mean(outcomes["base"]))
+    # VSI-Bench: per type (counting (.6 + 1) / 2 = .8; rel_direction (1 + 0) / 2 = .5), then their mean .65
+    assert summary["reference"]["vsibench"]["overall"]["base"] == pytest.approx((0.8 + 0.5) / 2)
+    assert summary["datasets"]["vsibench"]["base"]["mean_score"] == pytest.approx((0.6 + 1 + 1 + 0) / 4)
+    # TempCompass captioning: judged in the reference, unscored, counted and listed once
+    tc = summary["datasets"]["tempcompass"]["base"]
+    assert (tc["n_answered"], tc["n_scored"], tc["n_judged"], tc["accuracy"]) == (1, 0, 1, None)
+    assert summary["judged"] == [{"dataset": "tempcompass", "id": "c0", "rule": "tempcompass:captioning"}]
+    assert "## Judged by an LLM in the reference: unscored (1)" in report and "`c0` (tempcompass" in report
+
+
+def test_report_of_an_old_run_without_categories_or_scorings(tmp_path, vreason):
+    """Rows written before issue 21 (no categories, rule, reference or lenient) still make a report."""
+    rows = _bench_rows(_outcomes(seed=5, n=6))
+    for r in rows:
+        for key in ("categories", "rule", "prompt", "scoring", "reference", "lenient"):
+            del r[key]
+    run = _write_run(tmp_path / "old", rows)
+    old = json.loads((run / "run.json").read_text())
+    del old["scoring"]
+    (run / "run.json").write_text(json.dumps(old))
+    rc, _, err = vreason(["eval", "--report", str(run)])
+    assert rc == 0, err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["run"]["scoring"] == "lenient" and summary["categories"]["videomme"] == {}
+    assert summary["reference"]["videomme"]["overall"] == {"base": None, "vreason": None}
+    assert summary["datasets"]["videomme"]["base"]["accuracy_reference"] is None
+
+
+def test_compare_breaks_down_by_category(tmp_path, vreason):
+    oa, ob = _outcomes(seed=6), _outcomes(seed=7)
+    a = _write_run(tmp_path / "a", _bench_rows(oa))
+    b = _write_run(tmp_path / "b", _bench_rows(ob))
+    rc, out, err = vreason(["eval", "--compare", str(a), str(b)])
+    assert rc == 0, err
+    assert "## videomme" in out and "## vsibench" in out
+    for mode in ("base", "vreason"):
+        overall = f"- {mode}: overall as the reference computes it: A {100 * np.mean(oa[mode]):.1f}%, "
+        assert overall + f"B {100 * np.mean(ob[mode]):.1f}%" in out
+        idx = [i for i in range(24) if i % 2 == 1]  # duration "long"
+        ra, rb = [oa[mode][i] for i in idx], [ob[mode][i] for i in idx]
+        wins = sum(y and not x for x, y in zip(ra, rb, strict=True))
+        losses = sum(x and not y for x, y in zip(ra, rb, strict=True))
+        line = next(x for x in out.splitlines() if x.startswith(f"| duration | long | {mode} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[3:7] == [
+            str(len(idx)),
+            f"{100 * np.mean(ra):.1f}%",
+            f"{100 * np.mean(rb):.1f}%",
+            f"{wins} / {losses}",
+        ]
+        assert float(cells[7]) == pytest.approx(_mcnemar(wins, losses), rel=1e-2)

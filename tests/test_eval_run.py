@@ -39,7 +39,7 @@ ROW_FIELDS = {
     "id", "mode", "dataset", "source", "video", "start", "end", "type", "question", "options", "truth",
     "answer", "text", "extracted", "correct", "score", "stop_reason", "n_tokens", "tokens", "entropy",
     "reused_encoding", "n_video_tokens", "n_video_tokens_kept", "timings", "telemetry", "settings",
-    "notices", "warnings", "error",
+    "notices", "warnings", "error", "categories", "rule", "prompt", "scoring", "reference", "lenient",
 }  # fmt: skip
 
 
@@ -96,6 +96,9 @@ def test_rows_fields_one_encoding_per_video_and_failures_recorded(engine, tiny, 
             expected.correct,
             expected.score,
         )
+        item = by_id[row["id"]]  # what was asked, and no reference rule for the project's own format: lenient
+        assert (row["prompt"], row["rule"], row["categories"]) == (item.prompt(), None, {})
+        assert (row["scoring"], row["reference"], row["lenient"]["score"]) == ("lenient", None, expected.score)
         assert row["timings"]["answer_s"] > 0 and "decode_s" in row["timings"]
     for row in rows:  # Lite keeps the higher-norm half of the video tokens
         if row["mode"] == "lite" and row["error"] is None:

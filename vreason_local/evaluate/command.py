@@ -4,6 +4,7 @@
     vreason eval --resume --out DIR      continue an interrupted run with the settings in DIR/run.json
     vreason eval --report DIR            (re)write DIR's summary.json, report.md and plots
     vreason eval --compare A B           two runs, item by item
+    vreason eval --rescore DIR [--scoring reference|lenient]   score DIR's stored replies again, then report
     vreason eval --list-formats          the dataset formats read
     vreason eval --make-sample DIR       generated clips and questions with known answers
 
@@ -47,6 +48,7 @@ MACHINE_OPTIONS = ("threads", "gpu_layers", "repack")
 # --ray and --workers are where this invocation runs: a run may be resumed on one machine or a cluster.
 ACTIONS = (
     "out", "resume", "list_formats", "make_sample", "report_dir", "compare", "mode", "ray", "workers", "retry_errors",
+    "rescore",
 )  # fmt: skip
 FINGERPRINT_CHUNK = 1 << 20  # bytes hashed at the start, middle and end of a model file
 
@@ -96,6 +98,21 @@ def make_eval_command() -> click.Command:
     )
     @click.option("--compare", nargs=2, type=click.Path(path_type=Path), default=None, help="Compare runs A and B.")
     @click.option(
+        "--scoring",
+        type=click.Choice(["reference", "lenient"]),
+        default="reference",
+        show_default=True,
+        help="Score a benchmark's questions by its reference's rules, or leniently (the letter, number or phrase "
+        "inside <answer>, with fallbacks); the project's own formats are always scored leniently. Every row keeps both.",
+    )
+    @click.option(
+        "--rescore",
+        metavar="DIR",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Score run DIR's stored replies again with --scoring and rewrite its report (no model is loaded).",
+    )
+    @click.option(
         "--ray",
         metavar="auto|local|ADDRESS",
         default=None,
@@ -114,10 +131,11 @@ def make_eval_command() -> click.Command:
         vreason eval --resume --out runs/a
         vreason eval --report runs/a
         vreason eval --compare runs/a runs/b
+        vreason eval --rescore runs/a --scoring lenient
         """
-        actions = [o["list_formats"], o["make_sample"], o["report_dir"], o["compare"]]
+        actions = [o["list_formats"], o["make_sample"], o["report_dir"], o["compare"], o["rescore"]]
         if sum(bool(a) for a in actions) > 1:
-            raise UserError("--list-formats, --make-sample, --report and --compare each run alone; give one")
+            raise UserError("--list-formats, --make-sample, --report, --compare and --rescore each run alone; give one")
         if o["list_formats"]:
             _list_formats()
         elif o["make_sample"]:
@@ -128,6 +146,8 @@ def make_eval_command() -> click.Command:
             from .compare import compare_runs
 
             click.echo(compare_runs(*o["compare"]))
+        elif o["rescore"]:
+            _rescore(o["rescore"], o["scoring"])
         else:
             _run(o, _given(click.get_current_context()))
 
@@ -165,6 +185,19 @@ def _report(run_dir: Path) -> None:
 
     for path in write_report(run_dir):
         click.echo(path)
+
+
+def _rescore(run_dir: Path, scoring: str) -> None:
+    from .report import print_summary, write_report
+    from .rescore import rescore_run
+
+    result = rescore_run(run_dir, scoring)  # type: ignore[arg-type]
+    if result.note:
+        click.echo(f"note: {result.note}", err=True)
+    click.echo(f"rescored {count(result.n_rows, 'answer')} of {run_dir} ({scoring} scoring)", err=True)
+    paths = write_report(run_dir)
+    print_summary(run_dir)
+    click.echo(f"report: {', '.join(str(p) for p in paths)}", err=True)
 
 
 # -- a run --------------------------------------------------------------------------------------------
@@ -211,10 +244,6 @@ def _resume_options(stored: dict, current: dict, given: set[str], run_file: Path
     return merged
 
 
-def _file_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def file_fingerprint(path: Path) -> dict:
     """A model file's identity, cheap on a 5 GB file: its size and a sha256 of its first, middle and last MB.
     Two different GGUF files agree on all three only by design, not by accident (their headers differ)."""
@@ -243,6 +272,15 @@ def _check_same_model(run: dict, files: dict[str, Path], run_file: Path) -> None
 def skipped_rows(dataset: Dataset) -> list[dict]:
     """The rows the load left out, as run.json keeps them, so the report names them."""
     return [{"source": entry.source, "reason": entry.reason} for entry in dataset.invalid]
+
+
+def prompt_examples(items: Sequence[Item]) -> dict[str, dict[str, str]]:
+    """Per benchmark and reference rule ("generic": the project's own prompt), the prompt of its first item:
+    the template the model was asked with, as run.json keeps it (every row also keeps its own `prompt`)."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        out.setdefault(item.dataset, {}).setdefault(item.rule or "generic", item.prompt())
+    return out
 
 
 def _show_invalid(dataset: Dataset) -> None:
@@ -282,7 +320,7 @@ def _run_locked(o: dict, given: set[str], run_dir: RunDir) -> None:
     """The run, with its folder locked to this process."""
     from ..checks import check_options
     from ..planning import plan_videos
-    from .datasets import load_dataset
+    from .datasets import dataset_sha256, load_dataset
     from .results import read_results
     from .runner import EvalSettings, select_items
 
@@ -308,7 +346,7 @@ def _run_locked(o: dict, given: set[str], run_dir: RunDir) -> None:
         raise UserError(f"nothing to run: no usable question in {dataset.path} (the skipped rows are listed above)")
     items = select_items(dataset.items, opts["sample"], opts["limit"], opts["seed"])
     ids = [item.id for item in items]
-    data_hash = _file_hash(dataset.path)
+    data_hash = dataset_sha256(dataset.path)
     if run is not None and (run["dataset_sha256"] != data_hash or run["item_ids"] != ids):
         raise UserError(
             f"--resume: the dataset {dataset.path} (or the videos it finds) changed since the run started; "
@@ -332,7 +370,8 @@ def _run_locked(o: dict, given: set[str], run_dir: RunDir) -> None:
         + (f", {len(kept)} done" if kept else ""),
         err=True,
     )
-    eval_settings = EvalSettings(settings.generation, settings.frames, settings.vreason, settings.token_budget)
+    scoring = opts.get("scoring") or "lenient"  # a run stored before --scoring existed was scored leniently
+    eval_settings = EvalSettings(settings.generation, settings.frames, settings.vreason, settings.token_budget, scoring)
     if todo:
         from ..engine import Engine
 
@@ -360,6 +399,8 @@ def _run_locked(o: dict, given: set[str], run_dir: RunDir) -> None:
                         for role, path in model_files.items()
                     },
                     "skipped": skipped_rows(dataset),
+                    "scoring": scoring,
+                    "prompts": prompt_examples(items),
                     "options": opts,
                 }
             )
@@ -450,8 +491,12 @@ class EvalProgress:
         self._show(force=self.line.tty or self.done >= self.total)
 
     def on_event(self, item: Item, mode: str, event: Event) -> None:
+        from ..events import Encoded
+
         if isinstance(event, Progress) and event.stage == "encode":
             self.now = f"{item.id}: encoding {event.done}/{event.total}"
+        elif isinstance(event, Encoded) and event.source == "disk":  # the encoding cache spared the encoder
+            self.now = f"{item.id}: encoding loaded from the cache, saved {event.saved_s:.1f} s"
         elif isinstance(event, TokenEvent):
             self.now = f"{item.id} {mode}: {event.step} tokens"
         else:

@@ -11,7 +11,17 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..wording import count
-from .report import load_run, markdown_table, mode_stats, number, paired_cells, paired_stats, percent
+from .report import (
+    category_names,
+    load_run,
+    markdown_table,
+    mode_stats,
+    number,
+    paired_cells,
+    paired_stats,
+    percent,
+    reference_overall,
+)
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, object]:
@@ -85,4 +95,50 @@ def compare_runs(a: Path, b: Path) -> str:
             ]
         )
     lines += ["", markdown_table(header, table)]
+    lines += category_comparison(rows_a, rows_b, modes)
     return "\n".join(lines)
+
+
+def category_comparison(rows_a: list[dict], rows_b: list[dict], modes: list[str]) -> list[str]:
+    """Per benchmark: its overall figure as the reference computes it in A and in B, and B against A in each
+    value of each of its categories (pairs, accuracies, wins/losses, McNemar p, bootstrap), per mode."""
+    lines: list[str] = []
+    for ds in sorted({r["dataset"] for r in rows_a} & {r["dataset"] for r in rows_b}):
+        da = [r for r in rows_a if r["dataset"] == ds]
+        db = [r for r in rows_b if r["dataset"] == ds]
+        overall = [
+            (
+                m,
+                reference_overall(ds, [r for r in da if r["mode"] == m]),
+                reference_overall(ds, [r for r in db if r["mode"] == m]),
+            )
+            for m in modes
+        ]
+        names = category_names(da + db)
+        if not names and all(a is None and b is None for _, a, b in overall):
+            continue
+        lines += ["", f"## {ds}"]
+        if any(a is not None or b is not None for _, a, b in overall):
+            lines += [""] + [
+                f"- {m}: overall as the reference computes it: A {percent(a)}, B {percent(b)}" for m, a, b in overall
+            ]
+        header = [
+            "category", "value", "mode", "paired items", "accuracy A", "accuracy B", "B wins / losses", "McNemar p",
+            "score B - A [95% CI] (bootstrap p)",
+        ]  # fmt: skip
+        table = []
+        for name in names:
+            values = dict.fromkeys((r.get("categories") or {}).get(name) for r in da + db)
+            for value in (v for v in values if v is not None):
+                for mode in modes:
+                    ma = [r for r in da if r["mode"] == mode and (r.get("categories") or {}).get(name) == value]
+                    mb = [r for r in db if r["mode"] == mode and (r.get("categories") or {}).get(name) == value]
+                    p = paired_stats(ma, mb)
+                    sa, sb = mode_stats(ma), mode_stats(mb)
+                    table.append(
+                        [name, value, mode, str(p["n_pairs"]), percent(sa["accuracy"]), percent(sb["accuracy"])]
+                        + paired_cells(p)
+                    )
+        if table:
+            lines += ["", markdown_table(header, table)]
+    return lines

@@ -5,13 +5,15 @@ ships its questions in its own field names and its videos in its own folder layo
 maps one such row to an `Item` and names where the video may lie, relative to the media root (the
 dataset file's folder unless the user names another). Nothing is downloaded. A row that cannot be used
 becomes an `Invalid` entry saying which file, which row and why; only an unreadable file, or one whose
-rows match no known format, is an error for the whole file. Parquet is not read: export it to JSON
-first (`pandas.read_parquet(p).to_json(out, orient="records")`).
+rows match no known format, is an error for the whole file. A benchmark may be given as downloaded: a
+folder (all its annotation files at once; `layouts.py` knows where each keeps what), or any one of its
+files, including the parquet files of its Hugging Face copy (read with pyarrow, an optional dependency).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import re
@@ -21,12 +23,33 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..video import check_video_file
+from ..wording import count
 from .items import ITEM_TYPES, Dataset, Invalid, Item, ItemType, option_letter
+from .layouts import (
+    ANNOTATION_SUFFIXES,
+    MVBENCH_TASKS,
+    VIDEOMMMU_GROUP,
+    VIDEOMMMU_TRACKS,
+    annotation_files,
+    layout_root,
+    mvbench_hint,
+    mvbench_places,
+    videommmu_subject,
+)
+from .prompts import (
+    TEMPCOMPASS_POST_PROMPTS,
+    mmvu_prompt,
+    mvbench_prompt,
+    tempcompass_prompt,
+    videomme_prompt,
+    videommmu_prompt,
+    vsibench_prompt,
+)
 from .sample import make_sample
 
-__all__ = ["FORMATS", "FormatInfo", "load_dataset", "make_sample"]
+__all__ = ["FORMATS", "FormatInfo", "dataset_sha256", "load_dataset", "make_sample"]
 
-SUFFIXES = (".jsonl", ".json", ".csv")
+SUFFIXES = ANNOTATION_SUFFIXES
 # "A. text", "(A) text", "A) text", "A: text", or TempCompass's caption-matching "Option 1: text".
 _LETTERED = re.compile(r"^\s*(?:\(?([A-Z])[.):]|Option\s*(\d+)\s*[:.])\s*(.*)$", re.S)
 
@@ -49,10 +72,14 @@ class _Parsed:
     """A row turned into an item whose video is still relative, plus the places to look for it, in order.
 
     A candidate may hold "*" (a glob below the media root) for benchmarks that spread videos over folders.
+    `hint` says what to unpack where when none is there ("{root}" stands for the benchmark's root folder);
+    a candidate in `cut` holds the clip already cut to the row's window, so start/end are not applied again.
     """
 
     item: Item
     candidates: tuple[str, ...]
+    hint: str | None = None
+    cut: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -70,7 +97,7 @@ class _Loader:
 
     info: FormatInfo
     detect: Callable[[dict], bool]
-    parse: Callable[[_Row, str], _Parsed]  # (row, file stem) -> item; raises RowError
+    parse: Callable[[_Row, Path], _Parsed]  # (row, annotation file) -> item; raises RowError
     expand: Callable[[_Row], list[_Row]] = lambda row: [row]  # rows that nest several questions -> one per question
 
 
@@ -185,7 +212,7 @@ def _open_item(row: _Row, answer: object, **fields: object) -> Item:
 _TYPE_ALIASES: dict[str, ItemType] = {t.replace("-", ""): t for t in ITEM_TYPES} | {"mc": "multiple-choice"}
 
 
-def _parse_own(row: _Row, stem: str) -> _Parsed:
+def _parse_own(row: _Row, file: Path) -> _Parsed:
     video = _text(row, "video")
     question = _text(row, "question")
     answer = _answer(row)
@@ -203,7 +230,7 @@ def _parse_own(row: _Row, stem: str) -> _Parsed:
         question=question,
         start=start,
         end=end,
-        dataset=str(row.fields.get("dataset") or stem),
+        dataset=str(row.fields.get("dataset") or file.stem),
     )
     if kind == "multiple-choice" or (kind is None and options):
         item = _choice_item(row, options, answer, **fields)
@@ -218,69 +245,94 @@ def _parse_own(row: _Row, stem: str) -> _Parsed:
 
 # ---------------------------------------------------------------- MVBench
 
-# Where MVBench's video/ tree keeps each task's clips (its evaluation notebook's table); tried after the
-# plain path, so a flat folder of videos works too. Episodic Reasoning (TVQA) ships frame folders, not
-# videos, so its rows are reported as invalid.
-_MVBENCH_FOLDERS = {
-    "action_sequence": "star/Charades_v1_480",
-    "action_prediction": "star/Charades_v1_480",
-    "action_antonym": "ssv2_video",
-    "fine_grained_action": "Moments_in_Time_Raw/videos",
-    "unexpected_action": "FunQA_test/test",
-    "object_existence": "clevrer/video_validation",
-    "object_interaction": "star/Charades_v1_480",
-    "object_shuffle": "perception/videos",
-    "moving_direction": "clevrer/video_validation",
-    "action_localization": "sta/sta_video",
-    "scene_transition": "scene_qa/video",
-    "action_count": "perception/videos",
-    "moving_count": "clevrer/video_validation",
-    "moving_attribute": "clevrer/video_validation",
-    "state_change": "perception/videos",
-    "fine_grained_pose": "nturgbd",
-    "character_order": "perception/videos",
-    "egocentric_navigation": "vlnqa",
-    "episodic_reasoning": "tvqa/frames_fps3_hq",
-    "counterfactual_inference": "clevrer/video_validation",
-}
 
-
-def _parse_mvbench(row: _Row, stem: str) -> _Parsed:
+def _parse_mvbench(row: _Row, file: Path) -> _Parsed:
     video = _text(row, "video")
     candidates = _option_list(_field(row, "candidates"), "candidates")
+    task = MVBENCH_TASKS.get(file.stem)
     item = _choice_item(
         row,
         tuple(candidates),
         _answer(row),
-        id=f"{stem}-{row.number}",
+        id=f"{file.stem}-{row.number}",
         video=Path(video),
         question=_text(row, "question"),
         start=_optional_number(row, "start"),
         end=_optional_number(row, "end"),
         dataset="mvbench",
+        categories=(("task", task.name if task else file.stem),),
+        rule="mvbench:mc",
+        reference_prompt=mvbench_prompt(str(row.fields["question"]), _raw_list(row.fields["candidates"], candidates)),
     )
-    folder = _MVBENCH_FOLDERS.get(stem)
-    return _Parsed(item, (video, f"{folder}/{video}") if folder else (video,))
+    places, cut = mvbench_places(task, video)
+    return _Parsed(item, tuple(places), mvbench_hint(task), frozenset(cut))
+
+
+def _raw_list(value: object, parsed: list[str]) -> list[str]:
+    """A list field as published (the reference prompts use the texts unstripped); `parsed` when it was text."""
+    return [str(v) for v in value] if isinstance(value, list) else parsed
 
 
 # ---------------------------------------------------------------- TempCompass
 
+# Caption matching's options, in its three templates: "Option 1: ...", "Sentence A: ...", "Caption A: ...".
+_CAPTION_OPTION = re.compile(r"^\s*(?:Option|Sentence|Caption)\s+(\w+)\s*:\s?(.*)$")
 
-def _parse_tempcompass(row: _Row, stem: str) -> _Parsed:
+
+def _tempcompass_type(row: _Row, file: Path, lines: list[str]) -> str:
+    """The question type: the name of the file (questions/<type>.json) or of its folder (lmms-lab's
+    <type>/test-*.parquet); for a file named otherwise, what the row looks like."""
+    for name in (file.stem, file.parent.name):
+        if name in TEMPCOMPASS_POST_PROMPTS:
+            return name
+    if str(row.fields.get("answer", "")).strip().lower() in ("yes", "no"):
+        return "yes_no"
+    if any(_CAPTION_OPTION.match(line) for line in lines[1:]):
+        return "caption_matching"
+    if "mc_question" in row.fields or lines[-1:] == ["Generated Caption:"]:
+        return "captioning"
+    return "multi-choice"
+
+
+def _parse_tempcompass(row: _Row, file: Path) -> _Parsed:
     video_id = _text(row, "video_id")
-    lines = _text(row, "question").splitlines()
-    lettered = [(i, _LETTERED.match(line)) for i, line in enumerate(lines)]
-    options = tuple(m.group(3).strip() for _, m in lettered if m)
-    question = "\n".join(line for (_, m), line in zip(lettered, lines) if not m).strip()
+    _text(row, "question")  # present and text; the prompt and the options use it as published
+    published = str(row.fields["question"])
+    lines = published.strip().splitlines()
+    kind = _tempcompass_type(row, file, lines)
+    dim = str(row.fields.get("dim") or "").strip()
     fields = dict(
-        id=f"{video_id}-{row.fields.get('dim', 'q')}-{row.number}",
+        id=f"{video_id}-{kind}-{dim or 'q'}-{row.number}",
         video=Path(f"{video_id}.mp4"),
-        question=question,
         dataset="tempcompass",
+        categories=((("dimension", dim),) if dim else ()) + (("question_type", kind),),
+        rule=f"tempcompass:{kind}",
+        reference_prompt=tempcompass_prompt(published, kind),
     )
     answer = _answer(row)
-    item = _choice_item(row, options, answer, **fields) if options else _open_item(row, answer, **fields)
-    return _Parsed(item, (f"{video_id}.mp4", f"videos/{video_id}.mp4"))
+    if kind == "caption_matching":
+        matches = [m for m in map(_CAPTION_OPTION.match, lines[1:]) if m]
+        options = tuple(m.group(2).strip() for m in matches)
+        labels = [m.group(1) for m in matches]
+        said = _CAPTION_OPTION.match(str(answer))
+        given = option_letter(labels.index(said.group(1))) if said and said.group(1) in labels else answer
+        item = _choice_item(row, options, given, question=lines[0].strip(), **fields)
+    elif kind == "multi-choice":
+        lettered = [(line, _LETTERED.match(line)) for line in lines]
+        options = tuple(m.group(3).strip() for _, m in lettered if m)
+        question = "\n".join(line for line, m in lettered if not m).strip()
+        item = _choice_item(row, options, answer, question=question, **fields)
+    else:  # yes_no is read from the reply's first word; captioning is judged by an LLM in the reference
+        text = str(answer).strip()
+        item = Item(
+            type="free-form",
+            answer=text.lower() if kind == "yes_no" else text,
+            source=row.source,
+            question=published.strip(),
+            **fields,
+        )  # type: ignore[arg-type]
+    hint = "TempCompass videos not found: unpack tempcompass_videos.zip (lmms-lab/TempCompass) into {root}/"
+    return _Parsed(item, (f"videos/{video_id}.mp4", f"{video_id}.mp4"), hint)
 
 
 def _tempcompass_rows(data: dict, name: str) -> list[_Row]:
@@ -315,76 +367,157 @@ def _videomme_questions(row: _Row) -> list[_Row]:
     ]
 
 
-def _parse_videomme(row: _Row, stem: str) -> _Parsed:
-    video_id = _text(row, "videoID")
-    options = _unlettered(_option_list(_field(row, "options"), "options"))
+# The per-video JSON of the official repository and its evaluation script name the video's categories
+# differently from the parquet rows; each category's names, parquet first.
+_VIDEOMME_CATEGORIES = {
+    "duration": ("duration", "duration_category"),
+    "domain": ("domain", "video_category"),
+    "sub_category": ("sub_category", "video_sub_category", "video_subcategory"),
+    "task_type": ("task_type",),
+}
+
+
+def _videomme_video_name(row: _Row) -> str:
+    """The file name of the video: the YouTube id (videoID, or the url's v=), else the numbered video_id."""
+    if row.fields.get("videoID"):
+        return _text(row, "videoID")
+    url = re.search(r"[?&]v=([\w-]+)", str(row.fields.get("url") or ""))
+    return url.group(1) if url else _text(row, "video_id")
+
+
+def _parse_videomme(row: _Row, file: Path) -> _Parsed:
+    name = _videomme_video_name(row)
+    published = _option_list(_field(row, "options" if "options" in row.fields else "choices"), "options")
+    options = _unlettered(published)
+    lettered = published if options != tuple(published) else [f"{option_letter(i)}. {o}" for i, o in enumerate(options)]
+    categories = tuple(
+        (category, str(value).strip())
+        for category, names in _VIDEOMME_CATEGORIES.items()
+        for value in [next((row.fields[n] for n in names if row.fields.get(n)), None)]
+        if value is not None
+    )
     item = _choice_item(
         row,
         options,
         _answer(row),
         id=_text(row, "question_id"),
-        video=Path(f"{video_id}.mp4"),
+        video=Path(f"{name}.mp4"),
         question=_text(row, "question"),
         dataset="videomme",
+        categories=categories,
+        rule="videomme:mc",
+        reference_prompt=videomme_prompt(str(row.fields["question"]), lettered),
     )
-    return _Parsed(item, (f"{video_id}.mp4", f"data/{video_id}.mp4"))
+    places = tuple(f"{folder}{name}{ext}" for ext in (".mp4", ".MP4", ".mkv") for folder in ("data/", ""))
+    hint = "Video-MME videos not found: unpack the videos_chunked_*.zip archives (lmms-lab/Video-MME) into {root}/"
+    return _Parsed(item, places, hint)
 
 
 # ---------------------------------------------------------------- MMVU
 
 
-def _parse_mmvu(row: _Row, stem: str) -> _Parsed:
+def _parse_mmvu(row: _Row, file: Path) -> _Parsed:
     where = str(row.fields.get("video_path") or _text(row, "video")).strip()
     relative = where.split("/resolve/main/", 1)[-1] if "://" in where else where  # the HF URL in validation.json
     choices = row.fields.get("choices") or {}
     if not isinstance(choices, dict):
         raise RowError(f"choices must be an object of letter -> text, got {choices!r}")
-    texts = [str(choices[letter]).strip() for letter in sorted(choices)]
-    while texts and not texts[-1]:  # unused trailing letters are left empty ("E": "")
+    published = {str(letter): "" if text is None else str(text) for letter, text in choices.items()}
+    texts = [published[letter].strip() for letter in sorted(published)]
+    while texts and not texts[-1]:  # unused trailing letters are left empty ("E": "") or null (parquet)
         texts.pop()
-    fields = dict(id=_text(row, "id"), video=Path(relative), question=_text(row, "question"), dataset="mmvu")
+    declared = str(row.fields.get("question_type") or "").strip()
+    multiple = declared == "multiple-choice" or (not declared and bool(texts))
+    metadata = row.fields.get("metadata")
+    subject = metadata.get("subject") if isinstance(metadata, dict) else None
+    subject = str(subject or (relative.split("/")[-2] if relative.count("/") else "")).strip()
+    fields = dict(
+        id=_text(row, "id"),
+        video=Path(relative),
+        question=_text(row, "question"),
+        dataset="mmvu",
+        categories=((("subject", subject),) if subject else ())
+        + (("question_type", "multiple-choice" if multiple else "open-ended"),),
+        rule="mmvu:mc" if multiple else "mmvu:open",
+        reference_prompt=mmvu_prompt(str(row.fields["question"]), published, multiple),
+    )
     answer = _answer(row)
-    if str(row.fields.get("question_type", "")).strip() == "multiple-choice" or texts:
+    if multiple:
         item = _choice_item(row, tuple(texts), answer, **fields)
     else:
         item = Item(type="free-form", answer=str(answer).strip(), source=row.source, **fields)  # type: ignore[arg-type]
     inner = relative.split("videos/", 1)[1] if relative.startswith("videos/") else relative
-    return _Parsed(item, (relative, inner, f"videos/{inner}"))
+    hint = "MMVU videos not found: download the videos/ folder of yale-nlp/MMVU into {root}/"
+    return _Parsed(item, (relative, f"videos/{inner}", inner), hint)
 
 
 # ---------------------------------------------------------------- VSI-Bench
 
 
-def _parse_vsibench(row: _Row, stem: str) -> _Parsed:
+def _parse_vsibench(row: _Row, file: Path) -> _Parsed:
     scene = _text(row, "scene_name")
     source = str(row.fields.get("dataset") or "").strip()
     options = row.fields.get("options")
+    kind = str(row.fields.get("question_type") or "").strip()
+    published = _option_list(options, "options") if options else None
     fields = dict(
         id=_text(row, "id"),
         video=Path(f"{source}/{scene}.mp4" if source else f"{scene}.mp4"),
         question=_text(row, "question"),
         dataset="vsibench",
+        categories=(("question_type", kind),) if kind else (),
+        rule="vsibench:mca" if published else "vsibench:na",
+        reference_prompt=vsibench_prompt(str(row.fields["question"]), published and _raw_list(options, published)),
     )
     answer = _answer(row, "ground_truth")
-    if options:  # multiple choice; numeric questions (counts, distances, sizes) have no options
-        item = _choice_item(row, _unlettered(_option_list(options, "options")), answer, **fields)
+    if published:  # multiple choice; numeric questions (counts, distances, sizes) have no options
+        item = _choice_item(row, _unlettered(published), answer, **fields)
     else:
         item = Item(type="numeric", answer=_number(answer, "ground_truth"), source=row.source, **fields)  # type: ignore[arg-type]
-    return _Parsed(item, (str(fields["video"]), f"{scene}.mp4"))
+    archive = source or "the scene"
+    hint = f"VSI-Bench videos not found: unpack {archive}.zip (nyu-visionx/VSI-Bench) into {{root}}/"
+    return _Parsed(item, (str(fields["video"]), f"{scene}.mp4"), hint)
 
 
 # ---------------------------------------------------------------- VideoMMMU
 
 
-def _parse_videommmu(row: _Row, stem: str) -> _Parsed:
+def _videommmu_track(row: _Row, file: Path) -> str | None:
+    """The track: the key it is nested under (perception_video.json's {"Perception": {...}}), the folder
+    (lmms-lab's Perception/test-*.parquet) or the file's name (perception_video.json)."""
+    for name in (row.fields.get("_track"), file.parent.name, file.stem.split("_")[0].capitalize()):
+        if name in VIDEOMMMU_TRACKS:
+            return str(name)
+    return None
+
+
+def _parse_videommmu(row: _Row, file: Path) -> _Parsed:
     item_id = _text(row, "id")
-    fields = dict(id=item_id, video=Path(f"{item_id}.mp4"), question=_text(row, "question"), dataset="videommmu")
+    track = _videommmu_track(row, file)
+    subject = videommmu_subject(item_id)
+    published = _option_list(row.fields.get("options") or [], "options")
+    declared = str(row.fields.get("question_type") or "").strip()
+    multiple = declared == "multiple-choice" or (not declared and bool(published))  # no question_type: options say
+    fields = dict(
+        id=f"{track.lower()}-{item_id}" if track else item_id,  # the same id is asked in each track
+        video=Path(f"{item_id}.mp4"),
+        question=_text(row, "question"),
+        dataset="videommmu",
+        categories=((("track", track),) if track else ()) + ((("subject", subject),) if subject else ()),
+        rule="videommmu:mc" if multiple else "videommmu:open",
+        reference_prompt=videommmu_prompt(
+            str(row.fields["question"]), _raw_list(row.fields.get("options") or [], published), track, multiple
+        ),
+    )
     answer = _answer(row)
-    if str(row.fields.get("question_type", "")).strip() == "multiple-choice":
-        item = _choice_item(row, _unlettered(_option_list(_field(row, "options"), "options")), answer, **fields)
+    if multiple:
+        item = _choice_item(row, _unlettered(published), answer, **fields)
     else:
         item = _open_item(row, answer, **fields)
-    return _Parsed(item, (f"{item_id}.mp4", f"*/{item_id}.mp4"))
+    group = VIDEOMMMU_GROUP.get(subject or "")
+    places = ((f"{group}/{item_id}.mp4",) if group else ()) + (f"{item_id}.mp4", f"*/{item_id}.mp4")
+    where = f"{{root}}/{group}/" if group else "{root}/<its subject group>/"
+    return _Parsed(item, places, f"VideoMMMU videos not found: unpack the videos of lmms-lab/VideoMMMU into {where}")
 
 
 # ---------------------------------------------------------------- the registry
@@ -413,10 +546,12 @@ _LOADERS: dict[str, _Loader] = {
         _Loader(
             FormatInfo(
                 "mvbench",
-                "MVBench: one JSON list per task (json/<task>.json); the answer is the correct candidate's text.",
+                "MVBench: json/<task>.json (one JSON list per task; give the file, json/ or the whole folder); "
+                "the answer is the correct candidate's text.",
                 "fields video, question, candidates (list), answer (candidate text), optional start/end (s); "
-                "id = <file stem>-<row>; video at <media root>/<video>, else <media root>/<task's folder in "
-                "MVBench's video/ tree, e.g. clevrer/video_validation>/<video>",
+                "id = <task>-<row>; category task; video found from the folder holding json/: the task's folder "
+                "of lmms-eval's download (<root>/star/Charades_segment/, clips already cut) or of the notebook's "
+                "(<root>/video/star/Charades_v1_480/), or under data0613/",
             ),
             _has("video", "question", "candidates", "answer"),
             _parse_mvbench,
@@ -424,11 +559,11 @@ _LOADERS: dict[str, _Loader] = {
         _Loader(
             FormatInfo(
                 "tempcompass",
-                "TempCompass: questions/multi-choice.json ({video_id: {dimension: [{question, answer}]}}) or "
-                "flat rows; yes_no.json and caption_matching.json read too.",
-                "fields question (options as 'A. ...' or 'Option 1: ...' lines inside it), answer ('B. text', "
-                "yes/no) and video_id (+ dim) from the nesting or the row; video at <media root>/<video_id>.mp4 "
-                "or <media root>/videos/<video_id>.mp4",
+                "TempCompass: questions/<type>.json ({video_id: {dimension: [{question, answer}]}}) for "
+                "multi-choice, yes_no, caption_matching and captioning, or lmms-lab's <type>/test-*.parquet rows.",
+                "fields question (options as 'A. ...', 'Option 1: ...', 'Sentence A: ...' or 'Caption A: ...' "
+                "lines inside it), answer, video_id and dim (from the nesting or the row); question type from the "
+                "file or folder name; categories dimension, question_type; video at <root>/videos/<video_id>.mp4",
             ),
             _has("video_id", "question", "answer"),
             _parse_tempcompass,
@@ -436,23 +571,25 @@ _LOADERS: dict[str, _Loader] = {
         _Loader(
             FormatInfo(
                 "videomme",
-                "Video-MME: its test rows (parquet exported to JSON/JSONL) or the per-video JSON with nested "
+                "Video-MME: videomme/test-*.parquet rows (or as JSON/JSONL), or the per-video JSON with nested "
                 "'questions'.",
-                "fields videoID, question_id, question, options (['A. ...', ...]), answer (letter); video at "
-                "<media root>/<videoID>.mp4 or <media root>/data/<videoID>.mp4",
+                "fields videoID (or url, or video_id), question_id, question, options or choices (['A. ...']), "
+                "answer (letter), duration/duration_category, domain/video_category, sub_category/"
+                "video_sub_category, task_type (the categories); video at <root>/data/<videoID>.mp4 (.MP4, .mkv)",
             ),
-            lambda f: "videoID" in f and ("question_id" in f or "questions" in f),
+            lambda f: (
+                ("videoID" in f and ("question_id" in f or "questions" in f)) or ("questions" in f and "video_id" in f)
+            ),
             _parse_videomme,
             _videomme_questions,
         ),
         _Loader(
             FormatInfo(
                 "mmvu",
-                "MMVU: validation.json; open-ended questions are scored by normalised exact match (MMVU's own "
-                "scoring uses an LLM judge).",
+                "MMVU: validation.json (or data/validation.json, or lmms-eval's rows with video_path).",
                 "fields id, question, choices ({letter: text}, empty for open-ended), answer (letter or text), "
-                "question_type, video (HF URL; the part after /resolve/main/ is used) or video_path; video at "
-                "<media root>/videos/<subject>/<n>.mp4 or <media root>/<subject>/<n>.mp4 (video_path likewise)",
+                "question_type, metadata.subject, video (HF URL; the part after /resolve/main/ is used) or "
+                "video_path; categories subject, question_type; video at <root>/videos/<subject>/<n>.mp4",
             ),
             _has("id", "question", "choices", "answer"),
             _parse_mmvu,
@@ -460,10 +597,10 @@ _LOADERS: dict[str, _Loader] = {
         _Loader(
             FormatInfo(
                 "vsibench",
-                "VSI-Bench: test rows (JSONL, or parquet exported to JSON); numeric questions are scored by MRA.",
-                "fields id, dataset, scene_name, question, options (['A. ...'] or null for numeric questions), "
-                "ground_truth (letter or number); video at <media root>/<dataset>/<scene_name>.mp4 or "
-                "<media root>/<scene_name>.mp4",
+                "VSI-Bench: test.jsonl or test-*.parquet rows; numeric questions are scored by MRA.",
+                "fields id, dataset, scene_name, question_type (the category), question, options (['A. ...'] or "
+                "null for numeric questions), ground_truth (letter or number); video at "
+                "<root>/<dataset>/<scene_name>.mp4",
             ),
             _has("scene_name", "question", "ground_truth"),
             _parse_vsibench,
@@ -471,12 +608,14 @@ _LOADERS: dict[str, _Loader] = {
         _Loader(
             FormatInfo(
                 "videommmu",
-                "VideoMMMU: Perception/Comprehension/Adaptation rows (parquet exported to JSON/JSONL).",
-                "fields id, question, options (list), answer (letter, or the value for open questions), "
-                "question_type ('multiple-choice' or other = open: numeric if the answer is a number, else "
-                "free-form); video at <media root>/<id>.mp4 or <media root>/<any folder>/<id>.mp4",
+                "VideoMMMU: perception_video.json / comprehension_video.json / adaptation_video.json "
+                '({"Perception": {"0": {...}}}), lmms-lab\'s <Track>/test-*.parquet, or rows as JSON/JSONL.',
+                "fields id, question, options (list), answer (letter, or the value for open questions), optional "
+                "question_type (absent: multiple-choice when there are options); categories track (from the "
+                "nesting, folder or file name), subject (from the id); video at <root>/<subject group, e.g. "
+                "Art>/<id>.mp4, <root>/<id>.mp4 or <root>/<any folder>/<id>.mp4",
             ),
-            lambda f: _has("id", "question", "options", "answer", "question_type")(f) and "video" not in f,
+            lambda f: _has("id", "question", "options", "answer")(f) and "video" not in f,
             _parse_videommmu,
         ),
     )
@@ -490,13 +629,16 @@ _DETECTION_ORDER = ("videomme", "mvbench", "vsibench", "mmvu", "videommmu", "tem
 # ---------------------------------------------------------------- reading files
 
 
-def _read_rows(path: Path) -> list[_Row]:
-    """The records of a .jsonl, .json or .csv file; a file that cannot be read at all is a UserError."""
+def _read_rows(path: Path, name: str | None = None) -> list[_Row]:
+    """The records of a .jsonl, .json, .csv or .parquet file, their sources named `name` (default: the file's
+    name; in a folder, its path there, as several files may be called test-00000-of-00001.parquet). A file
+    that cannot be read at all is a UserError."""
+    name = name or path.name
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
-        raise UserError(
-            f"{path}: dataset files must be {', '.join(SUFFIXES)} (parquet: export it to JSON first), got '{suffix}'"
-        )
+        raise UserError(f"{path}: dataset files must be {', '.join(SUFFIXES)}, got '{suffix}'")
+    if suffix == ".parquet":
+        return _parquet_rows(path, name)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
@@ -507,25 +649,58 @@ def _read_rows(path: Path) -> list[_Row]:
         raise UserError(f"cannot read dataset file {path}: {exc}") from None
     if suffix == ".csv":
         try:
-            return _csv_rows(path, text)
+            return _csv_rows(name, text)
         except csv.Error as exc:
             raise UserError(f"{path} is not a readable CSV file: {exc}") from None
     if suffix == ".jsonl":
-        return list(_jsonl_rows(path, text))
+        return list(_jsonl_rows(path, name, text))
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # one object per line under a .json name: read it as the JSON Lines it is
-            return list(_jsonl_rows(path, text))
+            return list(_jsonl_rows(path, name, text))
         raise UserError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+    if isinstance(data, dict) and data and set(data) <= set(VIDEOMMMU_TRACKS):
+        return _videommmu_rows(data, name)
     if isinstance(data, dict) and _is_tempcompass_tree(data):
-        return _tempcompass_rows(data, path.name)
+        return _tempcompass_rows(data, name)
     if not isinstance(data, list):
         raise UserError(f"{path}: expected a JSON list of question objects, got a JSON {type(data).__name__}")
-    return [_Row(f"{path.name}:#{n}", n, fields) for n, fields in enumerate(data, 1)]
+    return [_Row(f"{name}:#{n}", n, fields) for n, fields in enumerate(data, 1)]
 
 
-def _csv_rows(path: Path, text: str) -> list[_Row]:
+def _parquet_rows(path: Path, name: str) -> list[_Row]:
+    """The rows of a parquet file (the Hugging Face copies of Video-MME, VSI-Bench, TempCompass, VideoMMMU).
+    pyarrow is optional: only this needs it, so its absence is said here, in one line."""
+    try:
+        import pyarrow.parquet as parquet
+    except ImportError:
+        raise _NoPyarrow(f"{path}: reading parquet files needs pyarrow: pip install pyarrow") from None
+    try:
+        records = parquet.read_table(path).to_pylist()
+    except FileNotFoundError:
+        raise UserError(f"dataset file not found: {path}") from None
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError, its IO errors OSErrors
+        raise UserError(f"{path} is not a readable parquet file: {exc}") from None
+    return [_Row(f"{name}:#{n}", n, fields) for n, fields in enumerate(records, 1)]
+
+
+def _videommmu_rows(data: dict, name: str) -> list[_Row]:
+    """VideoMMMU's published perception_video.json: {"Perception": {"0": {...}, "1": {...}}}, one row per entry,
+    each knowing its track."""
+    rows: list[_Row] = []
+    for track, entries in data.items():
+        keyed = (
+            entries.items() if isinstance(entries, dict) else enumerate(entries if isinstance(entries, list) else [])
+        )
+        for n, (key, fields) in enumerate(keyed, 1):
+            rows.append(
+                _Row(f"{name}:{track}/{key}", n, dict(fields, _track=track) if isinstance(fields, dict) else fields)
+            )
+    return rows
+
+
+def _csv_rows(name: str, text: str) -> list[_Row]:
     """One row per CSV record, named by the physical line it starts on. A quote left open makes the csv module
     read the following lines into one field, silently; a record spanning several lines whose later lines read
     as whole rows on their own (or that ends the file inside its quote) is that, and it and every line it
@@ -541,12 +716,12 @@ def _csv_rows(path: Path, text: str) -> list[_Row]:
         if _quote_left_open(raw, width, fields):
             span = f"lines {first}-{last} read as one row" if last > first else "it runs to the end of the file"
             why = f"a quote opened on line {first} is left open ({span}); close it"
-            rows.append(_Row(f"{path.name}:{first}", number, RowError(why)))  # type: ignore[arg-type]
+            rows.append(_Row(f"{name}:{first}", number, RowError(why)))  # type: ignore[arg-type]
             for n in range(first + 1, last + 1):
                 swallowed = RowError(f"read into the row of line {first} by the quote left open there")
-                rows.append(_Row(f"{path.name}:{n}", number, swallowed))  # type: ignore[arg-type]
+                rows.append(_Row(f"{name}:{n}", number, swallowed))  # type: ignore[arg-type]
         else:
-            rows.append(_Row(f"{path.name}:{first}", number, fields))
+            rows.append(_Row(f"{name}:{first}", number, fields))
         first = last + 1
     return rows
 
@@ -562,7 +737,7 @@ def _quote_left_open(raw: list[str], width: int, fields: dict) -> bool:
     return width > 1 and any(len(next(csv.reader([line]), [])) == width for line in raw[1:])
 
 
-def _jsonl_rows(path: Path, text: str) -> Iterator[_Row]:
+def _jsonl_rows(path: Path, name: str, text: str) -> Iterator[_Row]:
     """One row per non-blank line; a line that is not JSON is kept as a row that will be reported invalid."""
     lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     parsed = 0
@@ -572,7 +747,7 @@ def _jsonl_rows(path: Path, text: str) -> Iterator[_Row]:
             parsed += 1
         except json.JSONDecodeError as exc:
             fields = RowError(f"not valid JSON ({exc.msg} at column {exc.colno})")
-        yield _Row(f"{path.name}:{n}", n, fields)  # type: ignore[arg-type]
+        yield _Row(f"{name}:{n}", n, fields)  # type: ignore[arg-type]
     if lines and not parsed:
         raise UserError(f"{path} is not a JSON Lines file: no line of it is valid JSON")
 
@@ -590,55 +765,116 @@ def _detect(path: Path, rows: list[_Row]) -> str:
     )
 
 
-def _resolve(parsed: _Parsed, base: Path) -> Item:
-    """The item with its video found under `base` and checked (exists, a non-empty file); else RowError."""
+def _resolve(parsed: _Parsed, bases: list[Path], root: Path) -> Item:
+    """The item with its video found under one of `bases` (the benchmark's root first) and checked (exists, a
+    non-empty file); else a RowError naming where it was looked for or, for a benchmark, what to unpack where."""
     tried: list[Path] = []
-    for candidate in parsed.candidates:
-        path = Path(candidate).expanduser()
-        if path.is_absolute():
-            matches = [path]
-        elif "*" in candidate:
-            matches = sorted(base.glob(candidate)) or [base / candidate]
-        else:
-            matches = [base / path]
-        tried.append(matches[0])
-        if matches[0].exists():
-            try:
-                return replace(parsed.item, video=check_video_file(matches[0]))
-            except UserError as exc:
-                raise RowError(exc.message) from None
-    raise RowError(f"video not found: {' or '.join(map(str, dict.fromkeys(tried)))}")
+    for base in bases:
+        for candidate in parsed.candidates:
+            path = Path(candidate).expanduser()
+            if path.is_absolute():
+                matches = [path]
+            elif "*" in candidate:
+                matches = sorted(base.glob(candidate)) or [base / candidate]
+            else:
+                matches = [base / path]
+            tried.append(matches[0])
+            if matches[0].exists():
+                item = replace(parsed.item, start=None, end=None) if candidate in parsed.cut else parsed.item
+                try:
+                    return replace(item, video=check_video_file(matches[0]))
+                except UserError as exc:
+                    raise RowError(exc.message) from None
+    places = list(dict.fromkeys(map(str, tried)))
+    if parsed.hint is None:
+        raise RowError(f"video not found: {' or '.join(places)}")
+    others = f" and {count(len(places) - 1, 'other place')}" if len(places) > 1 else ""
+    raise RowError(f"{parsed.hint.format(root=root)} (looked for {places[0]}{others})")
+
+
+class _NoPyarrow(UserError):
+    """A parquet file without pyarrow installed: never a file to pass over in a folder, as others are."""
+
+
+def _dataset_files(path: Path, fmt: str) -> list[tuple[Path, list[_Row], str]]:
+    """The annotation files to load, with their rows and format: the file given, or every file of a downloaded
+    benchmark's folder whose rows are questions of one format (files of the download that hold no questions,
+    such as TempCompass's meta_info.json, are passed over)."""
+    if not path.is_dir():
+        rows = _read_rows(path)
+        return [(path, rows, _detect(path, rows) if fmt == "auto" else fmt)]
+    found: list[tuple[Path, list[_Row], str]] = []
+    looked = annotation_files(path)
+    for file in looked:
+        try:
+            rows = _read_rows(file, str(file.relative_to(path)))
+            kind = _detect(file, rows)
+        except _NoPyarrow:
+            raise
+        except UserError:
+            continue
+        if fmt in ("auto", kind):
+            found.append((file, rows, kind))
+    kinds = sorted({kind for *_, kind in found})
+    if len(kinds) > 1:
+        files = "; ".join(
+            f"{kind}: {', '.join(str(f.relative_to(path)) for f, _, k in found if k == kind)}" for kind in kinds
+        )
+        raise UserError(f"{path} holds dataset files of several formats ({files}); give one file, or --format")
+    if not found:
+        what = f"{fmt} " if fmt != "auto" else ""
+        raise UserError(
+            f"no {what}dataset file in the folder {path} (looked at {count(len(looked), 'file')} with a suffix "
+            f"{', '.join(SUFFIXES)} in it and in the folders just below)"
+        )
+    return found
 
 
 def load_dataset(path: Path, fmt: str = "auto", media_root: Path | None = None) -> Dataset:
-    """Load a dataset file: its usable items and every row skipped, with the reason.
+    """Load a dataset: its usable items and every row skipped, with the reason.
 
-    `fmt` "auto" picks the format from the first row's fields. Videos are looked for under `media_root`,
-    or the dataset file's folder when None. Duplicate ids keep the first row and report the others, since
-    results are resumed by id.
+    `path` is a file, or a folder holding a benchmark as downloaded (every annotation file in it is read).
+    `fmt` "auto" picks the format from the first row's fields. Videos are looked for under `media_root` when
+    given, else where the benchmark's layout keeps them (from its root folder), then beside the file.
+    Duplicate ids keep the first row and report the others, since results are resumed by id.
     """
     path = Path(path).expanduser()
     if fmt != "auto" and fmt not in _LOADERS:
         raise UserError(f"unknown dataset format {fmt!r}; known formats: auto, {', '.join(FORMATS)}")
-    rows = _read_rows(path)
-    name = _detect(path, rows) if fmt == "auto" else fmt
+    files = _dataset_files(path, fmt)
     if media_root is not None and not Path(media_root).expanduser().is_dir():
         raise UserError(f"media folder not found: {media_root}")
-    base = Path(media_root).expanduser() if media_root is not None else path.parent
+    name = files[0][2]
+    loader = _LOADERS[name]
     dataset = Dataset(path, name)
     first_seen: dict[str, str] = {}
-    loader = _LOADERS[name]
-    for row in (question for record in rows for question in loader.expand(record)):
-        try:
-            if isinstance(row.fields, RowError):
-                raise row.fields
-            if not isinstance(row.fields, dict):
-                raise RowError(f"a row must be an object of fields, got {type(row.fields).__name__}")
-            parsed = loader.parse(row, path.stem)
-            if parsed.item.id in first_seen:
-                raise RowError(f"duplicate id '{parsed.item.id}' (first at {first_seen[parsed.item.id]})")
-            dataset.items.append(_resolve(parsed, base))
-            first_seen[parsed.item.id] = row.source
-        except RowError as exc:
-            dataset.invalid.append(Invalid(row.source, str(exc)))
+    for file, rows, _ in files:
+        root = Path(media_root).expanduser() if media_root is not None else layout_root(name, file)
+        bases = [root] if media_root is not None else list(dict.fromkeys((root, file.parent)))
+        for row in (question for record in rows for question in loader.expand(record)):
+            try:
+                if isinstance(row.fields, RowError):
+                    raise row.fields
+                if not isinstance(row.fields, dict):
+                    raise RowError(f"a row must be an object of fields, got {type(row.fields).__name__}")
+                parsed = loader.parse(row, file)
+                if parsed.item.id in first_seen:
+                    raise RowError(f"duplicate id '{parsed.item.id}' (first at {first_seen[parsed.item.id]})")
+                dataset.items.append(_resolve(parsed, bases, root))
+                first_seen[parsed.item.id] = row.source
+            except RowError as exc:
+                dataset.invalid.append(Invalid(row.source, str(exc)))
     return dataset
+
+
+def dataset_sha256(path: Path) -> str:
+    """What `--resume` compares to know the questions did not change: a dataset file's bytes, or for a folder
+    given as downloaded, the names and bytes of the annotation files in it (its videos are not hashed: the
+    items found, compared too, say whether they moved)."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    for file in annotation_files(path):
+        digest.update(str(file.relative_to(path)).encode() + b"\0" + hashlib.sha256(file.read_bytes()).digest())
+    return digest.hexdigest()

@@ -20,7 +20,10 @@ import click
 import numpy as np
 
 from ..wording import count
+from .reference import OVERALL_METHODS, SOURCES, UNMATCHED, overall
 from .results import RunDir, read_results
+from .row_scores import JUDGED
+from .scoring import Score
 from .stats import mcnemar_exact, paired_bootstrap
 
 SUMMARY_NAME = "summary.json"
@@ -49,20 +52,64 @@ def answer_time(row: dict) -> float:
     return t["answer_s"] - t.get("encode_s", 0.0) - t.get("prefill_media_s", 0.0)
 
 
+def _sub_accuracy(rows: Sequence[dict], scoring: str) -> float | None:
+    """Accuracy under one scoring, from the row's `reference` or `lenient` copy (rows written before both were
+    kept have neither: None)."""
+    subs = [r.get(scoring) for r in rows]
+    return _mean(float(s["correct"]) for s in subs if s and s["score"] is not None)
+
+
 def mode_stats(rows: Sequence[dict]) -> dict:
-    """Figures of one mode's rows: answered and failed counts, accuracy, mean score, tokens and time."""
+    """Figures of one mode's rows: answered and failed counts, accuracy, mean score, tokens and time; both
+    scorings' accuracies side by side; how many the reference leaves to an LLM judge (unscored, `n_judged`)
+    or would have asked one about (`n_unmatched`, scored by its no-judge fallback)."""
     ok = [r for r in rows if r["error"] is None]
     scored = [r for r in ok if r["score"] is not None]
+    notes = Counter((r.get("reference") or {}).get("note") for r in ok)
     return {
         "n_rows": len(rows),
         "n_answered": len(ok),
         "n_errors": len(rows) - len(ok),
         "n_scored": len(scored),
+        "n_judged": notes[JUDGED],
+        "n_unmatched": notes[UNMATCHED],
         "accuracy": _mean(float(r["correct"]) for r in scored),
         "mean_score": _mean(r["score"] for r in scored),
+        "accuracy_reference": _sub_accuracy(ok, "reference"),
+        "accuracy_lenient": _sub_accuracy(ok, "lenient"),
         "mean_tokens": _mean(r["n_tokens"] for r in ok),
         "mean_answer_s": _mean(answer_time(r) for r in ok),
     }
+
+
+def reference_overall(dataset: str, rows: Sequence[dict]) -> float | None:
+    """The benchmark's headline figure for these rows (one mode's), aggregated as its reference does, from the
+    rows' reference scores; None for a format without a reference, or rows written before scores were kept."""
+    scored = [
+        (r.get("categories") or {}, Score(ref["extracted"], bool(ref["correct"]), ref["score"], ref.get("note")))
+        for r in rows
+        if r["error"] is None and (ref := r.get("reference")) and ref["score"] is not None
+    ]
+    return overall(dataset, scored) if scored else None
+
+
+def category_names(rows: Sequence[dict]) -> list[str]:
+    """The category names the rows carry, in the order the benchmark's paper reports them (as items keep them)."""
+    names: dict[str, None] = {}
+    for r in rows:
+        names.update(dict.fromkeys(r.get("categories") or {}))
+    return list(names)
+
+
+def by_category(rows: Sequence[dict], modes: Sequence[str]) -> dict[str, dict[str, dict]]:
+    """{category name: {value: each mode's figures and pairs with base}} for one dataset's rows."""
+    out: dict[str, dict[str, dict]] = {}
+    for name in category_names(rows):
+        values = [v for v in dict.fromkeys((r.get("categories") or {}).get(name) for r in rows) if v is not None]
+        out[name] = {
+            v: _by_mode([r for r in rows if (r.get("categories") or {}).get(name) == v], modes) for v in values
+        }
+    return out
 
 
 def paired_stats(a_rows: Sequence[dict], b_rows: Sequence[dict], seed: int = 0) -> dict:
@@ -108,8 +155,10 @@ def summarize_run(run: dict, rows: Sequence[dict]) -> dict:
     """summary.json's content."""
     modes = run["options"]["modes"]
     datasets = sorted({r["dataset"] for r in rows})
+    in_ds = {ds: [r for r in rows if r["dataset"] == ds] for ds in datasets}
     return {
         "run": {
+            "scoring": run.get("scoring") or "lenient",  # runs stored before --scoring were scored leniently
             "dataset": run["dataset"],
             "model": run["model"],
             "created": run.get("created"),
@@ -122,9 +171,30 @@ def summarize_run(run: dict, rows: Sequence[dict]) -> dict:
             "skipped_reasons": skipped_reasons(run.get("skipped", [])),
         },
         "modes": _by_mode(rows, modes),
-        "datasets": {ds: _by_mode([r for r in rows if r["dataset"] == ds], modes) for ds in datasets},
+        "datasets": {ds: _by_mode(in_ds[ds], modes) for ds in datasets},
+        "categories": {ds: by_category(in_ds[ds], modes) for ds in datasets},
+        "reference": {
+            ds: {
+                "overall": {m: reference_overall(ds, [r for r in in_ds[ds] if r["mode"] == m]) for m in modes},
+                "method": OVERALL_METHODS[ds],
+                "source": SOURCES[ds],
+            }
+            for ds in datasets
+            if ds in OVERALL_METHODS
+        },
+        "judged": judged_items(rows),
         "plots": [ENTROPY_PNG, TOKENS_PNG, ACCURACY_PNG],
     }
+
+
+def judged_items(rows: Sequence[dict]) -> list[dict]:
+    """The items the reference scores with an LLM judge (unscored here), once each, with their rule."""
+    seen = {
+        (r["dataset"], r["id"]): r.get("rule")
+        for r in rows
+        if r["error"] is None and (r.get("reference") or {}).get("note") == JUDGED
+    }
+    return [{"dataset": ds, "id": i, "rule": rule} for (ds, i), rule in seen.items()]
 
 
 def skipped_reasons(skipped: Sequence[dict]) -> dict[str, int]:
@@ -207,6 +277,38 @@ def mode_table(by_mode: dict) -> str:
     return markdown_table(header, rows)
 
 
+def scoring_table(by_mode: dict, reference: dict | None) -> str:
+    """Per mode: accuracy under each scoring side by side, the overall figure as the benchmark's reference
+    computes it, and the items the reference leaves to (or would ask) an LLM judge."""
+    header = ["mode", "accuracy (reference)", "accuracy (lenient)", "overall as the reference computes it"]
+    header += ["judged (unscored)", "no rule matched (judge fallback)"]
+    rows = [
+        [
+            mode,
+            percent(s.get("accuracy_reference")),
+            percent(s.get("accuracy_lenient")),
+            percent(reference["overall"].get(mode)) if reference else "-",
+            str(s.get("n_judged", 0)),
+            str(s.get("n_unmatched", 0)),
+        ]
+        for mode, s in by_mode.items()
+    ]
+    return markdown_table(header, rows)
+
+
+def category_table(name: str, by_value: dict[str, dict]) -> str:
+    """Accuracy per value of one category, per mode, with each mode's pairs against base in that value."""
+    header = [name, "mode", "answered", "accuracy", "mean score", "wins / losses vs base", "McNemar p"]
+    header.append("score - base [95% CI] (bootstrap p)")
+    rows = [
+        [value, mode, str(s["n_answered"]), percent(s["accuracy"]), number(s["mean_score"], ".3f")]
+        + paired_cells(s.get("vs_base"))
+        for value, by_mode in by_value.items()
+        for mode, s in by_mode.items()
+    ]
+    return markdown_table(header, rows)
+
+
 def report_markdown(run: dict, summary: dict, rows: Sequence[dict]) -> str:
     r = summary["run"]
     model = run["model"]
@@ -217,6 +319,8 @@ def report_markdown(run: dict, summary: dict, rows: Sequence[dict]) -> str:
         f"- model: {model['name']}, `{model['path']}`",
         f"- modes: {', '.join(r['modes'])}; {r['n_rows']} of {count(r['n_expected_rows'], 'answer')} in results.jsonl",
         f"- started {r['created']}; settings in run.json",
+        f"- scoring: {r.get('scoring', 'lenient')} (a benchmark's questions by its reference's rules, or leniently; "
+        "the project's own formats always leniently; both are in every row)",
         "",
         "Accuracy is the share of correct answers and mean score the mean of the per-item score (1/0, or the "
         "MRA of a numeric answer); failed answers are counted, not scored. Mean time is per answer once its "
@@ -232,6 +336,16 @@ def report_markdown(run: dict, summary: dict, rows: Sequence[dict]) -> str:
     ]
     for ds, by_mode in summary["datasets"].items():
         parts += ["", f"### {ds}", "", mode_table(by_mode)]
+        reference = summary.get("reference", {}).get(ds)
+        if reference:
+            parts += [
+                "",
+                f"Overall as the reference computes it: {reference['method']} ({reference['source']}).",
+                "",
+                scoring_table(by_mode, reference),
+            ]
+        for name, by_value in summary.get("categories", {}).get(ds, {}).items():
+            parts += ["", f"#### {ds} by {name}", "", category_table(name, by_value)]
     parts += [
         "",
         "## Plots",
@@ -242,6 +356,12 @@ def report_markdown(run: dict, summary: dict, rows: Sequence[dict]) -> str:
         "",
         f"![accuracy per mode]({ACCURACY_PNG})",
     ]
+    judged = summary.get("judged", [])
+    if judged:
+        parts += ["", f"## Judged by an LLM in the reference: unscored ({len(judged)})", ""]
+        parts += [f"- `{j['id']}` ({j['dataset']}, {j['rule']})" for j in judged[:20]]
+        if len(judged) > 20:
+            parts.append(f"- ... and {len(judged) - 20} more (`judged` in summary.json)")
     failed = [row for row in rows if row["error"] is not None]
     if failed:
         parts += ["", f"## Failed answers ({len(failed)})", ""]

@@ -28,7 +28,7 @@ from ..telemetry import summarize
 from ..video import FrameSampling
 from .items import Item
 from .results import ResultsWriter
-from .scoring import score
+from .row_scores import SCORE_FIELDS, Scoring, score_fields
 
 if TYPE_CHECKING:
     from ..vreason import VReasonSettings
@@ -39,12 +39,14 @@ OnEvent = Callable[[Item, str, Event], None]
 @dataclass(frozen=True)
 class EvalSettings:
     """What decides every answer of a run. An item's own clip window replaces `frames`' start and end.
-    `vreason`: the controller's settings in the V-Reason and Lite modes (None: the defaults)."""
+    `vreason`: the controller's settings in the V-Reason and Lite modes (None: the defaults). `scoring`: which
+    score a row counts (both are stored): the benchmark's reference rule, or the lenient scorer."""
 
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     frames: FrameSampling = field(default_factory=FrameSampling)
     vreason: VReasonSettings | None = None
     token_budget: int | None = None
+    scoring: Scoring = "reference"
 
 
 class Stop:
@@ -181,17 +183,21 @@ def _item_fields(item: Item, mode: str) -> dict:
         "question": item.question,
         "options": list(item.options),
         "truth": item.answer,
+        "categories": dict(item.categories),
+        "rule": item.rule,
+        "prompt": item.prompt(),
     }
 
 
 # What a row writes of the answer's record (Answer.to_dict), under the names rows have always had (`n_media_tokens`
 # as `n_video_tokens`; events.answer_fields). The row's own fields: the item's (question: the item's, not the
-# prompt built from it), the score, the frames, telemetry's summary, warnings and error.
+# prompt built from it, which is `prompt`), the scores (row_scores), the frames, telemetry's summary, warnings
+# and error.
 _ANSWER_FIELDS = (
     "answer", "text", "stop_reason", "n_tokens", "tokens", "entropy", "reused_encoding", "n_video_tokens",
     "n_video_tokens_kept", "notices",
 )  # fmt: skip
-_SCORE_FIELDS = ("extracted", "correct", "score")
+_SCORE_FIELDS = (*SCORE_FIELDS, "scoring", "reference", "lenient")
 
 
 def _frames(settings: EvalSettings, loaded: LoadedMedia | None = None) -> dict:
@@ -215,13 +221,12 @@ def answer_row(
     item: Item, answer: Answer, loaded: LoadedMedia, settings: EvalSettings, answer_s: float, sampling_s: float
 ) -> dict:
     """The results row of a finished answer (README: `vreason eval`, results.jsonl)."""
-    scored = score(item, answer.text) if item.answer is not None else None  # scoring reads the <answer> part
     record = answer.to_dict()
     used = record["settings"]
     return {
         **_item_fields(item, answer.mode),
         **answer_fields(record, _ANSWER_FIELDS, ENTROPY_DIGITS),
-        **{name: getattr(scored, name) if scored else None for name in _SCORE_FIELDS},
+        **score_fields(item, answer.text, settings.scoring),  # both scorings read the answer, not the reasoning
         "timings": {**record["timings"], "sampling_s": round(sampling_s, 4), "answer_s": round(answer_s, 4)},
         "telemetry": summarize(answer).as_dict(),
         "settings": {

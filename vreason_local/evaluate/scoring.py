@@ -43,11 +43,14 @@ class Score:
 
     `score` is 1/0 for multiple-choice and free-form and the MRA for numeric; a numeric answer is `correct`
     when its MRA is 1, i.e. within 5 % of the truth (the strictest threshold), which is what McNemar counts.
+    `note` (reference scoring only, evaluate/reference.py): "unmatched" where the benchmark's reference would
+    ask an LLM judge and the score is its no-judge fallback; "empty" where its aggregation leaves the reply out.
     """
 
     extracted: str | float | None
     correct: bool
     score: float
+    note: str | None = None
 
 
 def answer_part(text: str) -> str:
