@@ -29,6 +29,10 @@ from vreason_local.llama_backend import quantize
 from vreason_local.settings import default_threads
 from vreason_local.tiny import TinyModel, file_names, make_tiny
 
+# A benchmark times encoding: an encoding loaded from an earlier run's disk cache would pass for one
+# (bench_encoding_cache.py turns the cache on for the processes it measures).
+os.environ.setdefault("VREASON_ENCODING_CACHE", "off")
+
 BENCH_DIR = Path(os.environ.get("VREASON_BENCH_DIR", cache_dir() / "bench"))
 QUANTS = ("q4_k_m", "q8_0")  # the registry's model files, and the generated type beside them
 

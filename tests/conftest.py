@@ -47,6 +47,9 @@ def _isolated_environment(root: Path) -> dict[str, str | None]:
         HF_HUB_CACHE=str(root / "hf" / "hub"),  # models
         XDG_CACHE_HOME=str(root / "xdg"),  # anything else that follows the XDG default (~/.cache)
         XDG_DATA_HOME=str(root / "xdg-data"),  # the chat database (platformdirs' user data folder)
+        # One cache folder serves the whole session, so a test's encoding would be loaded from disk by later
+        # tests that expect to encode; tests of the encoding cache turn it on for themselves.
+        VREASON_ENCODING_CACHE="off",
     )
     return changes
 

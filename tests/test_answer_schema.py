@@ -212,6 +212,7 @@ RUN_JSON_KEYS = {
     "n_video_tokens", "n_video_tokens_kept", "frames", "text", "reasoning", "answer", "stop_reason", "n_tokens",
     "tokens", "token_text", "entropy", "ema", "peak", "alpha", "dv_norm", "update_ms", "selfcheck", "head_rows",
     "head_bound", "written_ratio", "skipped", "controller", "settings", "warnings", "notices", "timings",
+    "encoding_source",
 }  # fmt: skip
 
 

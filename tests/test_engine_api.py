@@ -39,7 +39,8 @@ def clips(tmp_path_factory) -> dict[str, Media]:
 
 @pytest.fixture(scope="module")
 def engine(tiny):
-    with Engine(tiny.model_path, tiny.mmproj_path) as eng:
+    # the in-process API: its encodings are made here (an earlier module's on disk would spare the encoder)
+    with Engine(tiny.model_path, tiny.mmproj_path, EngineSettings(encoding_cache=False)) as eng:
         yield eng
 
 

@@ -17,6 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "vreason_local"
 FRONT_ENDS = {
     "chat": ("vreason_local.chat",),
     "eval": ("vreason_local.evaluate",),
+    "serve": ("vreason_local.serve",),
     "cli": ("vreason_local.cli",),
 }
 

@@ -131,6 +131,15 @@ def _register_models() -> None:
 _register_models()
 
 
+def _register_cache() -> None:
+    from .cache_commands import cache
+
+    cli.add_command(cache)
+
+
+_register_cache()
+
+
 def _register_eval() -> None:
     from .evaluate.command import make_eval_command
 
@@ -147,6 +156,15 @@ def _register_chat() -> None:
 
 
 _register_chat()
+
+
+def _register_serve() -> None:
+    from .serve.command import serve_command
+
+    cli.add_command(serve_command())
+
+
+_register_serve()
 
 
 # click >= 8.2 raises this (a UsageError whose message is the whole help page) for a group run with no

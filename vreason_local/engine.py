@@ -27,19 +27,21 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
 import numpy as np
 
 from . import gguf_info
 from .channels import split_answer
 from .decoding import Controller, Decoding, TextStream, decoding_for, stop_reason
+from .encoding_store import DamagedEntry, EncodingStore, entry_key, file_identity, known_identity
 from .errors import EngineBusy, Remedy, UserError
 from .events import Answer, Encoded, Event, Finished, Mode, Notice, Prefilled, Progress, TokenEvent
 from .fit import ContextUse, check_context, context_size
@@ -54,6 +56,8 @@ from .settings import DEFAULT_SYSTEM, EngineSettings, GenerationSettings
 if TYPE_CHECKING:
     from .tail import Tail
 
+_OFF = ("0", "off", "no", "false")
+
 
 def media_key(media: Media, system: str = DEFAULT_SYSTEM) -> str:
     """Identity of an encoded prefix: the media content and the system prompt before it. Same frames and
@@ -65,6 +69,9 @@ def media_key(media: Media, system: str = DEFAULT_SYSTEM) -> str:
     if system != DEFAULT_SYSTEM:  # the default's keys stay those stored before there was a choice (chat databases)
         h.update(b"\0system\0" + system.encode())
     return h.hexdigest()
+
+
+EncodingSource = Literal["encoded", "memory", "disk"]
 
 
 class Encoding:
@@ -93,6 +100,9 @@ class Encoding:
         self.encode_s = encode_s
         self.prefill_s = prefill_s
         self.snapshot: bytes | None = None  # the unpruned prefix's sequence state, when it had to be kept
+        self.source: EncodingSource = "encoded"  # "disk": loaded from the encoding cache, not encoded here
+        self.cost_s = encode_s + prefill_s  # what encoding it took where it was made (this or an earlier process)
+        self.load_s = 0.0  # reading it from the encoding cache (source "disk")
         self._engine = weakref.ref(engine)
 
     @property
@@ -256,6 +266,8 @@ class Engine:
         self._cache = _Cache()
         self._active: weakref.ref[_Job] | None = None
         self._abort = CancelFlag()
+        self._store = _open_store(settings)
+        self._identity: dict | None = None  # what identifies this engine's encodings on disk (`_disk_identity`)
         with contextlib.ExitStack() as undo:
             undo.callback(self.close)
             self.repack = repack_allowed(settings.repack)
@@ -288,6 +300,8 @@ class Engine:
             if obj:
                 obj.close()
         self.ctx = None
+        if self._store is not None:
+            self._store.wait()  # an encoding being written is on disk once the engine is closed
 
     def __enter__(self) -> Engine:
         return self
@@ -463,14 +477,104 @@ class Engine:
                 self._evict()
                 self.ctx.state_set(source.snapshot)
                 self._cache = _Cache(source, False, source.media_cells, source.n_tokens)
-            return source, Encoded(source.n_tokens, source.n_media_tokens, source.n_frames, 0.0, 0.0, True)
+            return source, _encoded_event(source, "memory")
         if c.encoding is not None and c.encoding.key == key:
-            e = c.encoding
-            return e, Encoded(e.n_tokens, e.n_media_tokens, e.n_frames, 0.0, 0.0, True)
-        encoding = yield from self._encode(source, key, prompt, ctl, system)
-        return encoding, Encoded(
-            encoding.n_tokens, encoding.n_media_tokens, encoding.n_frames, encoding.encode_s, encoding.prefill_s, False
-        )
+            return c.encoding, _encoded_event(c.encoding, "memory")
+        yield from self._store_warnings()
+        encoding = None
+        if self._store is not None and prompt is not None:
+            encoding = yield from self._load_encoding(source, key, prompt, system)
+        if encoding is None:
+            encoding = yield from self._encode(source, key, prompt, ctl, system)
+            if self._store is not None and prompt is not None:
+                self._save_encoding(encoding, prompt)
+        return encoding, _encoded_event(encoding, encoding.source)
+
+    # -- the encoding cache on disk (encoding_store.py) --------------------------------------------
+    def _disk_identity(self, key: str, prefix: list, compute: bool) -> dict | None:
+        """Everything that decides the prefix's KV rows (encoding_store's docstring). The model's and projector's
+        content hashes are taken once per file version (remembered across processes by path, size and mtime);
+        without `compute`, None where they are not known yet: then no process has stored an encoding of this
+        file version, and the hash is taken in the background, when the encoding is written."""
+        if self._identity is None:
+            import llama_cpp
+
+            paths = [self.info.path] + ([self.projector.path] if self.projector else [])
+            identify = file_identity if compute else known_identity
+            files = [identify(p, self._store.folder) for p in paths]
+            if None in files:
+                return None
+            params = llama_cpp.llama_context_default_params()  # the engine keeps llama.cpp's KV types
+            s = self.settings
+            self._identity = {
+                "model": files[0],
+                "projector": files[1] if self.projector else None,
+                "llama_cpp": llama_cpp.__version__,
+                "kv_types": [int(params.type_k), int(params.type_v)],
+                "flash_attn": s.flash_attn,
+                "n_batch": s.n_batch,
+                "n_gpu_layers": s.n_gpu_layers,
+                "repack": self.repack,
+            }
+        return {**self._identity, "media_key": key, "prefix": prefix}
+
+    def _load_encoding(self, media: Media, key: str, prompt: MediaPrompt, system: str) -> Iterator[Event]:
+        """The encoding from the cache on disk, loaded into the KV cache; None (after one warning where a file
+        was there but unusable) when the media must be encoded."""
+        t0 = time.perf_counter()
+        identity = self._disk_identity(key, _prefix(prompt), compute=False)
+        if identity is None:
+            return None
+        try:
+            found = self._store.load(entry_key(identity), identity)
+        except (DamagedEntry, OSError) as exc:
+            yield Notice("warning", f"the encoding cache's file for this media was not usable ({exc}): encoding again")
+            return None
+        if found is None:
+            return None
+        meta, state = found
+        self._ensure_context(prompt.n_tokens + 1)
+        self._evict()
+        try:
+            self.ctx.state_set(state)
+        except RuntimeError as exc:
+            self.ctx.clear()
+            self._store.path_for(entry_key(identity)).unlink(missing_ok=True)
+            yield Notice("warning", f"the encoding cache's file for this media was not usable ({exc}): encoding again")
+            return None
+        tokens, cells = list(meta["tokens"]), np.asarray(meta["media_cells"], np.int64)
+        encoding = Encoding(self, media, key, tokens, int(meta["n_past"]), cells, 0.0, 0.0, system)
+        encoding.source = "disk"
+        encoding.cost_s = float(meta["encode_s"]) + float(meta["prefill_s"])
+        encoding.load_s = time.perf_counter() - t0
+        self._cache = _Cache(encoding, False, cells, len(tokens))
+        return encoding
+
+    def _save_encoding(self, encoding: Encoding, prompt: MediaPrompt) -> None:
+        """Write the fresh encoding's prefix state to disk, in the background (the answer goes on meanwhile)."""
+        media, prefix = encoding.media, _prefix(prompt)
+        meta = {
+            "tokens": encoding.tokens,
+            "n_past": encoding.n_past,
+            "media_cells": encoding.media_cells.tolist(),
+            "encode_s": encoding.encode_s,
+            "prefill_s": encoding.prefill_s,
+            "media": {"kind": media.kind, "source": media.source, "frames": len(media.frames)},
+            "model": self.info.name,
+            "model_file": self.info.path.name,
+            "created": time.time(),
+        }
+
+        def describe() -> tuple[str, dict]:
+            identity = self._disk_identity(encoding.key, prefix, compute=True)
+            return entry_key(identity), {**meta, "identity": identity}
+
+        self._store.save_later(describe, self.ctx.state_get())
+
+    def _store_warnings(self) -> Iterator[Event]:
+        """What a background write could not do, said once."""
+        while self._store is not None and self._store.errors:
+            yield Notice("warning", self._store.errors.pop(0))
 
     def _evict(self) -> None:
         """Clear the cache; a resident encoding keeps its prefix's state to come back to."""
@@ -563,9 +667,14 @@ class Engine:
         if self.hook:
             self.hook.prepare(False)  # counts start with the answer; no node capture unless V-Reason asks
         try:
-            encoding, encoded = yield from self._resident(source, key, prompt, ctl, system)
+            encoding, encoded = yield from _noted(answer, self._resident(source, key, prompt, ctl, system))
             ctl.encoding = encoding
             answer.reused_encoding = encoded.reused
+            if encoded.source != "encoded":  # the encoder time this answer did not spend
+                saved = encoded.saved_s if encoded.source == "disk" else encoding.cost_s
+                answer.timings["encoding_saved_s"] = round(saved, 4)
+            if encoded.source == "disk":
+                answer.timings["encoding_load_s"] = round(encoded.load_s, 4)
             answer.n_media_tokens = encoding.n_media_tokens
             answer.timings.update(encode_s=round(encoded.encode_s, 4), prefill_media_s=round(encoded.prefill_s, 4))
             yield encoded
@@ -734,6 +843,46 @@ def _control(
     yield from _say(answer, "warning", controller.warning)
     controller.warning = None
     return state, seconds
+
+
+def _prefix(prompt: MediaPrompt) -> list:
+    """The prompt prefix's tokens as the encoding cache identifies them: text chunks' ids, media chunks' sizes."""
+    return [list(ch.tokens) if ch.tokens is not None else ch.n_tokens for ch in prompt.chunks]
+
+
+def _encoded_event(e: Encoding, source: EncodingSource) -> Encoded:
+    """The `Encoded` event of an encoding made ready from `source`, with the time that saved."""
+    if source == "encoded":
+        return Encoded(e.n_tokens, e.n_media_tokens, e.n_frames, e.encode_s, e.prefill_s, False, source)
+    if source == "memory":  # the time it saves is the answer's (timings), not the event's (recordings keep events)
+        return Encoded(e.n_tokens, e.n_media_tokens, e.n_frames, 0.0, 0.0, True, source)
+    return Encoded(
+        e.n_tokens, e.n_media_tokens, e.n_frames, 0.0, 0.0, False, source, max(0.0, e.cost_s - e.load_s), e.load_s
+    )
+
+
+def _open_store(settings: EngineSettings) -> EncodingStore | None:
+    """The encoding cache, unless the settings or VREASON_ENCODING_CACHE=off (a machine's or CI's switch, as
+    VREASON_REPACK is repack's) turn it off."""
+    if not settings.encoding_cache or os.environ.get("VREASON_ENCODING_CACHE", "").lower() in _OFF:
+        return None
+    gb = settings.encoding_cache_gb
+    return EncodingStore(cap_bytes=None if gb is None else int(gb * 1e9))
+
+
+def _noted(answer: Answer, steps: Iterator[Event]) -> Iterator[Event]:
+    """`steps`' events, their notices kept with the answer; returns what `steps` returns."""
+    try:
+        while True:
+            try:
+                ev = next(steps)
+            except StopIteration as stop:
+                return stop.value
+            if isinstance(ev, Notice):
+                answer.notices.append(ev.message)
+            yield ev
+    finally:
+        steps.close()  # closed with the answer, as `yield from` would
 
 
 def _say(answer: Answer, level: str, notice: str | None) -> Iterator[Event]:

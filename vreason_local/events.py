@@ -43,7 +43,11 @@ class Progress:
 
 @dataclass(frozen=True)
 class Encoded:
-    """The system prompt and media are in the KV cache (encoded now, or reused from an earlier answer)."""
+    """The system prompt and media are in the KV cache (encoded now, or reused from an earlier answer).
+
+    `source`: where the encoding came from: "encoded" now, "memory" (this engine's, `reused`; the default where
+    none is given, as in recordings made before there was a cache), or "disk" (the encoding cache, written by
+    this or an earlier process: `load_s` to read it, `saved_s` the encoding time that spared, less the load)."""
 
     n_tokens: int
     n_media_tokens: int
@@ -51,6 +55,13 @@ class Encoded:
     encode_s: float
     prefill_s: float
     reused: bool
+    source: Literal["encoded", "memory", "disk"] | None = None
+    saved_s: float = 0.0
+    load_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.source is None:
+            object.__setattr__(self, "source", "memory" if self.reused else "encoded")
 
 
 @dataclass(frozen=True)
@@ -128,10 +139,20 @@ class Answer:
     prompt_tokens: list[int | None] = field(default_factory=list)  # None at media (vision) positions
     n_media_tokens: int = 0
     n_video_tokens_kept: int | None = None
-    reused_encoding: bool = False  # the media was not encoded again for this answer
+    reused_encoding: bool = False  # the media was not encoded again for this answer: this engine's encoding
     settings: dict[str, object] = field(default_factory=dict)  # generation and (V-Reason modes) vreason
     notices: list[str] = field(default_factory=list)
     history: tuple[int, ...] = ()  # the conversation's token ids after the media, through this answer
+
+    @property
+    def encoding_source(self) -> Literal["encoded", "memory", "disk"]:
+        """Where the media's encoding came from: "encoded" for this answer, "memory" (this engine's encoding,
+        `reused_encoding`) or "disk" (the encoding cache: `timings` has `encoding_load_s`). The last two put the
+        encoding time they saved in `timings["encoding_saved_s"]`. Derived, not stored, so every output that keeps
+        the timings (run --json, eval rows, the chat store) tells it the same way."""
+        if "encoding_load_s" in self.timings:
+            return "disk"
+        return "memory" if self.reused_encoding else "encoded"
 
     def to_dict(self) -> dict:
         """The answer as one JSON-able record (schema `ANSWER_SCHEMA`): every field under its own name, `control`

@@ -98,7 +98,7 @@ def consume(plan: Plan, events: Iterable[Event], on_event) -> tuple[Answer, Enco
         progress.end()
         if isinstance(ev, Encoded):
             encoded = ev
-            if not ev.reused:
+            if ev.source == "encoded":  # a measurement of this machine (not a load from the encoding cache)
                 record_prefill_speed(plan.info, plan.engine, ev.n_tokens, ev.encode_s + ev.prefill_s)
         elif isinstance(ev, Finished):
             answer = ev.answer
@@ -119,6 +119,12 @@ def stream_text(plan: Plan, events: Iterable[Event]) -> Answer:
         elif isinstance(ev, Encoded) and ev.n_media_tokens:
             if ev.reused:
                 click.echo("reused the encoded media", err=True)
+            elif ev.source == "disk":
+                click.echo(
+                    f"loaded {count(ev.n_media_tokens, 'vision token')} from the encoding cache in {ev.load_s:.2f} s "
+                    f"(saved {ev.saved_s:.2f} s of encoding)",
+                    err=True,
+                )
             else:
                 click.echo(
                     f"encoded {count(ev.n_media_tokens, 'vision token')} in {ev.encode_s + ev.prefill_s:.2f} s "
@@ -179,6 +185,7 @@ def answer_json(plan: Plan, events: Iterable[Event]) -> dict:
         "random_weights": plan.info.random_weights,
         "media": media.media.kind,
         **answer_fields(record, _PROMPT_FIELDS),  # prompt_tokens: null marks a media (vision) token position
+        "encoding_source": answer.encoding_source,  # encoded, memory or disk; the time it saved is in timings
         "frames": media.media.frame_times(),
         **answer_fields(record, (*_ANSWER_FIELDS, *CONTROL_FIELDS), ENTROPY_DIGITS),
         "controller": {

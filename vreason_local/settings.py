@@ -284,6 +284,26 @@ SETTINGS: tuple[Setting, ...] = (
         "llama.cpp's repacking of quantised weights (auto: off where it crashes, e.g. AMX CPUs).",
         choices=("auto", "on", "off"),
     ),
+    _S(
+        "engine.encoding_cache",
+        "encoding_cache",
+        bool,
+        True,
+        "Keep encoded media on disk (the user cache folder) and load it instead of encoding it again "
+        "(`vreason cache` lists and clears it).",
+    ),
+    _S(
+        "engine.encoding_cache_gb",
+        "encoding_cache_gb",
+        float,
+        None,
+        "Size cap of the encoding cache in GB; least recently used encodings go first "
+        "(default: 10 GB or 10% of the free disk, whichever is less).",
+        0,
+        1e6,
+        optional=True,
+        label="encoding cache GB",
+    ),
     _S("vreason.beta", "beta", float, 0.9, "V-Reason: EMA factor.", 0, 1, high_open=True),
     _S("vreason.every", "every", int, 2, "V-Reason: update every k tokens.", 1, 10_000),
     _S("vreason.steps", "steps", int, 1, "V-Reason: optimiser steps per update.", 1, 1_000),
@@ -432,6 +452,8 @@ class EngineSettings:
     flash_attn: str = "auto"
     hook: bool = True
     system: str = DEFAULT_SYSTEM
+    encoding_cache: bool = True  # encodings kept on disk across processes (encoding_store.py)
+    encoding_cache_gb: float | None = None  # its size cap (None: min(10 GB, 10% of the free disk))
 
     def __post_init__(self) -> None:
         check_fields(self, "engine")
@@ -591,6 +613,8 @@ class RunSettings:
                 repack=v["repack"],
                 hook=v["mode"] != "base" if hook is None else hook,
                 system=v["system"],
+                encoding_cache=v["encoding_cache"],
+                encoding_cache_gb=v["encoding_cache_gb"],
             ),
             vreason=VReasonSettings(
                 beta=v["beta"],

@@ -215,7 +215,7 @@ class ChatSession:
                 warnings.append(
                     "the video's frames are not those of the stored conversation: new questions start afresh"
                 )
-        if encoding.n_media_tokens and not reused and self.engine is not None:
+        if encoding.n_media_tokens and not reused and encoding.source == "encoded" and self.engine is not None:
             record_prefill_speed(self.engine.info, plan.engine, encoding.n_tokens, self.encode_s)
         return Ready(encoding, tuple(warnings), reused)
 

@@ -152,6 +152,9 @@ class AnswerView(Vertical):
             if ev.reused:
                 saved = seconds_text(self.app, encode_s)
                 self.add_note(f"[dim]reused the encoded video ({ev.n_frames} frames): saved {saved}[/]")
+            elif ev.source == "disk":
+                saved = seconds_text(self.app, ev.saved_s)
+                self.add_note(f"[dim]loaded the encoded video from the encoding cache: saved {saved}[/]")
             else:
                 self.add_note(f"[dim]encoded the video again ({seconds_text(self.app, ev.encode_s + ev.prefill_s)})[/]")
         elif isinstance(ev, Prefilled) and ev.n_video_tokens_kept is not None:
