@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from vreason_local.clips import make_clip
 from vreason_local.engine import Engine
 from vreason_local.errors import SettingError
 from vreason_local.native import available_simd, simd_level, use_default_simd
@@ -122,6 +123,13 @@ def _open_operations_closed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         job = ref()
         if job is not None and not job.done:
             job.close()
+
+
+@pytest.fixture(scope="session")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-second generated clip (4 frames per second) for tests that need some video, not a particular one;
+    a module that needs another defines its own `clip`."""
+    return make_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", seconds=1.0, fps=4.0)
 
 
 @pytest.fixture(scope="session")

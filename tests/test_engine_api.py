@@ -240,3 +240,72 @@ def test_the_cancel_flag_stops_llama_cpp_and_the_vision_encoder_part_way(engine,
     finally:
         engine._abort.clear()
     assert engine.encode(clips["a"]).result() is enc  # the cached encoding is untouched
+
+
+def _ask(engine: Engine, source, question: str, mode: str = "base", **kw) -> tuple[Encoded, Prefilled, object]:
+    """(Encoded, Prefilled, the answer) of one answer."""
+    handle = engine.ask(source, question, GEN, decoding_for(mode, STRONG), **kw)
+    events = list(handle)
+    encoded = next(e for e in events if isinstance(e, Encoded))
+    return encoded, next(e for e in events if isinstance(e, Prefilled)), handle.result()
+
+
+def _held(answer) -> list[int]:
+    """The conversation tokens the cache holds after `answer`: its history, less its last token unless that
+    ended it (a token is decoded into the cache when the next step is computed, so the last one never is)."""
+    return list(answer.history[: len(answer.history) - (0 if answer.stop_reason == "eos" else 1)])
+
+
+def _kept(before, answer, n_prefix: int) -> int:
+    """What of `answer`'s conversation the cache held after `before`: the longest common start, all but the last
+    token of the conversation at most (that one is decoded for the first step's logits)."""
+    held, wanted = _held(before), answer.prompt_tokens[n_prefix:-1]
+    return next((i for i, (a, b) in enumerate(zip(held, wanted)) if a != b), min(len(held), len(wanted)))
+
+
+def test_prefilled_counts_the_prompt_tokens_the_answer_did_not_compute(engine, clips):
+    _ask(engine, Media.none(), "Something else first?")  # another prefix resident: "b" is not
+    encoded, p, first = _ask(engine, clips["b"], "What happens?")
+    assert encoded.source == "encoded" and p.n_reused == 0  # fresh media: everything computed
+    n = encoded.n_tokens
+    encoded, p, other = _ask(engine, clips["b"], "What happens next?")  # the prefix and the question's common start
+    assert encoded.source == "memory" and p.n_reused == n + _kept(first, other, n) and 0 < _kept(first, other, n)
+    enc = engine.encode(clips["b"]).result()
+    _, p, second = _ask(engine, enc, "And then?", follow_up=first)  # the other question's tokens are held now
+    assert p.n_reused == n + _kept(other, second, n) < n + len(_held(first))
+    _, p, third = _ask(engine, enc, "And after that?", follow_up=second)
+    assert p.n_reused == n + len(_held(second))  # a follow-up of the last answer: its whole conversation
+    # Lite: its first answer on the whole prefix saves it, with no conversation; a Lite follow-up keeps the pruned
+    # prefix and the conversation; another mode's answer gets the whole prefix back, with no conversation
+    _, p, lite = _ask(engine, enc, "What happens?", "lite")
+    assert p.n_reused == n and p.n_video_tokens_kept < enc.n_media_tokens
+    _, p, _ = _ask(engine, enc, "And then?", "lite", follow_up=lite)
+    assert p.n_reused == n + len(_held(lite))
+    _, p, _ = _ask(engine, enc, "And after that?", follow_up=third)
+    assert p.n_reused == n
+
+
+def test_prefilled_counts_a_prefix_read_from_the_encoding_cache_on_disk(tiny, clips, tmp_path, monkeypatch):
+    monkeypatch.setenv("VREASON_CACHE", str(tmp_path / "cache"))  # an encoding cache of this test's own
+    monkeypatch.setenv("VREASON_ENCODING_CACHE", "on")
+    counts = []
+    for _ in range(2):  # the first engine encodes it, the second reads it from disk
+        with Engine(tiny.model_path, tiny.mmproj_path, EngineSettings(n_ctx=4096)) as eng:
+            encoded, p, _ = _ask(eng, clips["a"], "What happens?")
+            counts.append((encoded.source, p.n_reused, encoded.n_tokens))
+    assert counts == [("encoded", 0, counts[0][2]), ("disk", counts[0][2], counts[0][2])]
+
+
+def test_token_events_carry_logprobs_only_when_asked(engine):
+    from dataclasses import replace
+
+    plain = [e for e in engine.ask(Media.none(), "Say something.", GEN) if isinstance(e, TokenEvent)]
+    assert plain and all(e.logprob is None and e.top_logprobs == () for e in plain)
+    asked = [
+        e for e in engine.ask(Media.none(), "Say something.", replace(GEN, logprobs=2)) if isinstance(e, TokenEvent)
+    ]
+    assert [e.token for e in asked] == [e.token for e in plain]  # greedy: the same answer
+    for e in asked:  # greedy picks the most likely token, which heads the alternatives
+        assert len(e.top_logprobs) == 2 and e.top_logprobs[0] == (e.token, e.logprob) and e.logprob <= 0
+    with pytest.raises(UserError, match="top logprobs must be from 0 to 20"):
+        replace(GEN, logprobs=21)

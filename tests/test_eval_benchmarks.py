@@ -33,21 +33,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from eval_support import place
 
-from vreason_local.clips import make_clip
 from vreason_local.evaluate.datasets import dataset_sha256, load_dataset
 from vreason_local.evaluate.items import Item
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", seconds=1.0, fps=4.0)
-
-
-def _place(clip: Path, root: Path, *relative: str) -> None:
-    for rel in relative:
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(clip, root / rel)
 
 
 def _json(path: Path, data: object) -> Path:
@@ -83,7 +72,7 @@ def test_mvbench_notebook_layout_whole_folder_json_folder_and_one_file(tmp_path:
     """HF OpenGVLab/MVBench main branch: json/<task>.json, the zips of video/ unpacked under video/, folders as
     the notebook's `data_list` names them; star clips are whole Charades videos, cut by the row's start/end."""
     root = tmp_path / "MVBench"
-    _place(
+    place(
         clip,
         root / "video",
         "star/Charades_v1_480/6H78U.mp4",
@@ -125,7 +114,7 @@ def test_mvbench_lmms_eval_video_revision_folders_and_data0613(tmp_path: Path, c
     (star/Charades_segment, nturgbd_convert ...), its star/sta/tvqa clips already cut to the window;
     data0613/ holds the clips added later (lmms_eval/tasks/mvbench/utils.py DATA_LIST, mvbench_doc_to_visual)."""
     root = tmp_path / "mvbench_video"
-    _place(
+    place(
         clip,
         root,
         "star/Charades_segment/6H78U_1.5_9.0.mp4",
@@ -173,7 +162,7 @@ def test_mvbench_missing_videos_say_which_archive_to_unpack_where(tmp_path: Path
     assert reasons["json/fine_grained_pose.json:#1"].startswith(
         f"MVBench videos not found: unpack video/nturgbd.zip into {root}/video/nturgbd/"
     )
-    _place(clip, root / "video", "tvqa/frames_fps3_hq/castle_s01e01/00001.jpg")  # frames, as video/tvqa.zip has
+    place(clip, root / "video", "tvqa/frames_fps3_hq/castle_s01e01/00001.jpg")  # frames, as video/tvqa.zip has
     _json(root / "json" / "episodic_reasoning.json", [dict(_CLEVRER, video="castle_s01e01")])
     (entry,) = [e for e in load_dataset(root).invalid if e.source.startswith("json/episodic")]
     assert entry.reason.startswith(
@@ -182,7 +171,7 @@ def test_mvbench_missing_videos_say_which_archive_to_unpack_where(tmp_path: Path
         "the main branch's video/tvqa.zip holds frames, not videos (looked for "
     )
     media = tmp_path / "elsewhere"  # --media-root still overrides the layout
-    _place(clip, media, "star/Charades_v1_480/6H78U.mp4")
+    place(clip, media, "star/Charades_v1_480/6H78U.mp4")
     (item,) = load_dataset(root / "json" / "action_sequence.json", media_root=media).items
     assert item.video == (media / "star/Charades_v1_480/6H78U.mp4").resolve() and item.start == 1.5
 
@@ -257,7 +246,7 @@ def test_tempcompass_official_questions_folder(tmp_path: Path, clip: Path) -> No
     """llyx97/TempCompass: questions/<type>.json nested {video_id: {dimension: [...]}}, videos/ at the root,
     and meta_info.json (no questions) beside them."""
     root = tmp_path / "TempCompass"
-    _place(clip, root, "videos/1034419625.mp4")
+    place(clip, root, "videos/1034419625.mp4")
     _json(root / "questions" / "multi-choice.json", {"1034419625": {"action": [_TC_MC]}})
     _json(root / "questions" / "yes_no.json", {"1034419625": {"action": [_TC_YES]}})
     _json(root / "questions" / "caption_matching.json", {"1034419625": {"action": _TC_MATCH}})
@@ -274,7 +263,7 @@ def test_tempcompass_lmms_lab_parquet_per_task_type(tmp_path: Path, clip: Path) 
     """HF lmms-lab/TempCompass: <type>/test-00000-of-00001.parquet with flat rows (video_id, question, answer,
     dim; captioning adds mc_question, mc_answer), tempcompass_videos.zip holding videos/."""
     root = tmp_path / "tempcompass"
-    _place(clip, root, "videos/1034419625.mp4")
+    place(clip, root, "videos/1034419625.mp4")
     base = {"video_id": "1034419625", "dim": "action"}
     _parquet(root / "multi-choice" / "test-00000-of-00001.parquet", [base | _TC_MC])
     _parquet(root / "yes_no" / "test-00000-of-00001.parquet", [base | _TC_YES])
@@ -317,7 +306,7 @@ def test_videomme_lmms_lab_parquet_with_mp4_MP4_and_mkv(tmp_path: Path, clip: Pa
     """HF lmms-lab/Video-MME: videomme/test-00000-of-00001.parquet, the chunked zips unpacked into data/; the
     reference tries <videoID>.mp4, .MP4, then .mkv (videomme_doc_to_visual)."""
     root = tmp_path / "Video-MME"
-    _place(clip, root, "data/fFjv93ACGo8.mp4", "data/Upper1.MP4", "data/mkvOnly.mkv")
+    place(clip, root, "data/fFjv93ACGo8.mp4", "data/Upper1.MP4", "data/mkvOnly.mkv")
     rows = [
         _VIDEOMME_V | dict(url="https://www.youtube.com/watch?v=fFjv93ACGo8", videoID="fFjv93ACGo8") | _VIDEOMME_Q,
         _VIDEOMME_V
@@ -359,7 +348,7 @@ def test_videomme_official_per_video_json_in_both_field_namings(tmp_path: Path, 
     """The per-video JSON: MME-Benchmarks/Video-MME evaluation/output_test_template.json (duration, domain,
     sub_category, options) and the form its evaluation script reads (duration_category, video_category,
     video_sub_category; choices); the video is named by the YouTube id of its url."""
-    _place(clip, tmp_path, "data/fFjv93ACGo8.mp4", "data/001.mp4")
+    place(clip, tmp_path, "data/fFjv93ACGo8.mp4", "data/001.mp4")
     template = _VIDEOMME_V | {"questions": [_VIDEOMME_Q]}
     question = {k: v for k, v in _VIDEOMME_Q.items() if k != "options"} | {
         "question_id": "002-1",
@@ -418,7 +407,7 @@ def test_mmvu_official_validation_json(tmp_path: Path, clip: Path, annotation: s
     """HF yale-nlp/MMVU: validation.json and videos/<subject>/<n>.mp4 at the root; the GitHub repository keeps
     the same file as data/validation.json."""
     root = tmp_path / "MMVU"
-    _place(clip, root, "videos/Art/0.mp4")
+    place(clip, root, "videos/Art/0.mp4")
     _json(root / annotation, [_MMVU_MC, _MMVU_OPEN])
     for given in (root, root / annotation):
         dataset = load_dataset(given)
@@ -436,7 +425,7 @@ def test_mmvu_lmms_eval_rows_with_video_path_and_null_choices(tmp_path: Path, cl
     """lmms-eval's MMVU rows: video_path below the cache folder, the subject its folder (`extract_category`);
     in parquet the choices are a struct whose unused letters are null."""
     root = tmp_path / "mmvu"
-    _place(clip, root, "videos/Chemistry/7.mp4")
+    place(clip, root, "videos/Chemistry/7.mp4")
     row = {k: v for k, v in _MMVU_MC.items() if k not in ("video", "metadata")} | {
         "video_path": "videos/Chemistry/7.mp4"
     }
@@ -479,7 +468,7 @@ _VSI = [
 def test_vsibench_test_rows_and_scene_archives(tmp_path: Path, clip: Path, annotation: str) -> None:
     """HF nyu-visionx/VSI-Bench: test rows, and <dataset>.zip archives unpacked into <dataset>/<scene>.mp4."""
     root = tmp_path / "VSI-Bench"
-    _place(clip, root, "arkitscenes/41069025.mp4", "scannet/scene0011_00.mp4")
+    place(clip, root, "arkitscenes/41069025.mp4", "scannet/scene0011_00.mp4")
     if annotation.endswith(".jsonl"):
         (root / annotation).write_text("".join(json.dumps(r) + "\n" for r in _VSI))
     else:
@@ -525,7 +514,7 @@ def test_videommmu_published_track_json_without_question_type(tmp_path: Path, cl
     """perception_video.json / comprehension_video.json as published: {"Perception": {"0": {...}}}, rows without
     question_type (their options kept: multiple-choice), videos in the subject's group folder (get_cache_dir)."""
     root = tmp_path / "VideoMMMU"
-    _place(clip, root, "Art/validation_Art_Theory_1.mp4", "Science/validation_Math_2.mp4")
+    place(clip, root, "Art/validation_Art_Theory_1.mp4", "Science/validation_Math_2.mp4")
     _json(root / "perception_video.json", {"Perception": {"0": _MMMU_ART, "1": _MMMU_MATH}})
     _json(root / "comprehension_video.json", {"Comprehension": {"0": _MMMU_ART}})
     dataset = load_dataset(root)
@@ -561,7 +550,7 @@ def test_videommmu_lmms_lab_track_folders_and_adaptation_prompt(tmp_path: Path, 
     """HF lmms-lab/VideoMMMU: <Track>/test-00000-of-00001.parquet; the Adaptation prompt says the question's
     image is at the end of the video (videommmu_doc_to_text_adaptation, _default_template_yaml)."""
     root = tmp_path / "video_mmmu"
-    _place(clip, root, "Art/validation_Art_Theory_1.mp4", "Science/validation_Math_2.mp4")
+    place(clip, root, "Art/validation_Art_Theory_1.mp4", "Science/validation_Math_2.mp4")
     mc = dict(_MMMU_ART, question_type="multiple-choice", options=["A. Baroque", "B. Gothic", "C. Rococo"])
     _parquet(root / "Adaptation" / "test-00000-of-00001.parquet", [mc, _MMMU_MATH])
     _parquet(root / "Perception" / "test-00000-of-00001.parquet", [mc])
@@ -620,11 +609,11 @@ def test_parquet_without_pyarrow_is_one_line_saying_how_to_get_it(tmp_path: Path
 
 def test_a_folder_dataset_is_fingerprinted_by_its_annotation_files_not_its_videos(tmp_path: Path, clip: Path) -> None:
     root = tmp_path / "VSI-Bench"
-    _place(clip, root, "arkitscenes/41069025.mp4")
+    place(clip, root, "arkitscenes/41069025.mp4")
     (root / "test.jsonl").write_text(json.dumps(_VSI[0]) + "\n")
     first = dataset_sha256(root)
     assert dataset_sha256(root / "test.jsonl") == hashlib.sha256((root / "test.jsonl").read_bytes()).hexdigest()
-    _place(clip, root, "scannet/scene0011_00.mp4")
+    place(clip, root, "scannet/scene0011_00.mp4")
     assert dataset_sha256(root) == first
     (root / "test.jsonl").write_text(json.dumps(_VSI[0]) + "\n" + json.dumps(_VSI[1]) + "\n")
     assert dataset_sha256(root) != first
@@ -639,7 +628,7 @@ def test_vreason_eval_runs_a_benchmark_as_downloaded_without_media_root(tmp_path
     `--resume` on the folder recognises the same questions (its fingerprint is the annotation files')."""
     tiny = tiny_model_factory("qwen25vl")
     root = tmp_path / "Video-MME"
-    _place(clip, root, "data/fFjv93ACGo8.mp4", "data/Upper1.MP4")
+    place(clip, root, "data/fFjv93ACGo8.mp4", "data/Upper1.MP4")
     rows = [
         _VIDEOMME_V | dict(videoID="fFjv93ACGo8") | _VIDEOMME_Q,
         _VIDEOMME_V | dict(videoID="Upper1", video_id="002") | dict(_VIDEOMME_Q, question_id="002-1"),

@@ -7,31 +7,18 @@ placed where the benchmark keeps its videos, and checks what each row became.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from eval_support import place
 
-from vreason_local.clips import make_clip
 from vreason_local.errors import UserError
 from vreason_local.evaluate.datasets import FORMATS, load_dataset, make_sample
 from vreason_local.evaluate.items import Item
 from vreason_local.evaluate.sample import BACKGROUND_BGR, COLOURS_BGR, MOVER
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", seconds=1.0, fps=4.0)
-
-
-def _place(clip: Path, root: Path, *relative: str) -> None:
-    """Copy the clip to each relative path under root, as a benchmark's video folder would hold it."""
-    for rel in relative:
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(clip, root / rel)
 
 
 def _write_jsonl(path: Path, rows: list) -> Path:
@@ -49,7 +36,7 @@ def test_every_format_is_described() -> None:
 
 
 def test_own_jsonl_loads_each_type_with_windows_and_relative_videos(tmp_path: Path, clip: Path) -> None:
-    _place(clip, tmp_path, "videos/a.mp4")
+    place(clip, tmp_path, "videos/a.mp4")
     path = _write_jsonl(
         tmp_path / "mine.jsonl",
         [
@@ -75,7 +62,7 @@ def test_own_jsonl_loads_each_type_with_windows_and_relative_videos(tmp_path: Pa
 
 def test_own_csv_reads_pipe_and_json_options_and_a_media_root(tmp_path: Path, clip: Path) -> None:
     media = tmp_path / "media"
-    _place(clip, media, "a.mp4")
+    place(clip, media, "a.mp4")
     path = tmp_path / "mine.csv"
     path.write_text(
         "id,video,question,options,answer,type,start,end\n"
@@ -94,7 +81,7 @@ def test_own_csv_reads_pipe_and_json_options_and_a_media_root(tmp_path: Path, cl
 def test_a_quote_left_open_in_a_csv_is_reported_not_read_into_one_question(tmp_path: Path, clip: Path) -> None:
     """The csv module reads the lines after an unterminated quote into one field without a word; here the rows it
     swallowed are reported, naming the line where the quote opened, and a real multi-line question still loads."""
-    _place(clip, tmp_path, "a.mp4")
+    place(clip, tmp_path, "a.mp4")
     header = "id,video,question,options,answer,type,start,end\n"
     path = tmp_path / "open.csv"
     path.write_text(
@@ -129,7 +116,7 @@ def test_a_quote_left_open_in_a_csv_is_reported_not_read_into_one_question(tmp_p
 
 
 def test_bad_rows_are_reported_with_file_and_line_and_the_rest_load(tmp_path: Path, clip: Path) -> None:
-    _place(clip, tmp_path, "a.mp4")
+    place(clip, tmp_path, "a.mp4")
     (tmp_path / "folder.mp4").mkdir()
     (tmp_path / "empty.mp4").write_bytes(b"")
     good = dict(id="ok", video="a.mp4", question="Q?", answer="x")
@@ -215,7 +202,7 @@ def test_missing_file_unknown_format_and_missing_media_root(tmp_path: Path, clip
 
 def test_mvbench(tmp_path: Path, clip: Path) -> None:
     root = tmp_path / "MVBench"
-    _place(clip, root / "video", "clevrer/video_validation/video_10009.mp4", "star/Charades_v1_480/6H78U.mp4")
+    place(clip, root / "video", "clevrer/video_validation/video_10009.mp4", "star/Charades_v1_480/6H78U.mp4")
     (root / "json").mkdir()
     path = root / "json" / "moving_direction.json"
     row = dict(
@@ -246,7 +233,7 @@ def test_mvbench(tmp_path: Path, clip: Path) -> None:
 
 
 def test_tempcompass_nested_json(tmp_path: Path, clip: Path) -> None:
-    _place(clip, tmp_path, "videos/1034419625.mp4")
+    place(clip, tmp_path, "videos/1034419625.mp4")
     path = tmp_path / "multi-choice.json"
     path.write_text(
         json.dumps(
@@ -280,7 +267,7 @@ def test_tempcompass_nested_json(tmp_path: Path, clip: Path) -> None:
 
 
 def test_tempcompass_flat_rows_with_yes_no_and_caption_matching(tmp_path: Path, clip: Path) -> None:
-    _place(clip, tmp_path, "7.mp4")
+    place(clip, tmp_path, "7.mp4")
     path = _write_jsonl(
         tmp_path / "tempcompass.jsonl",
         [
@@ -299,7 +286,7 @@ def test_tempcompass_flat_rows_with_yes_no_and_caption_matching(tmp_path: Path, 
 
 
 def test_videomme_rows_and_nested_layout(tmp_path: Path, clip: Path) -> None:
-    _place(clip, tmp_path, "data/fFjv93ACGo8.mp4")
+    place(clip, tmp_path, "data/fFjv93ACGo8.mp4")
     question = dict(
         question_id="001-1",
         task_type="Counting Problem",
@@ -323,7 +310,7 @@ def test_videomme_rows_and_nested_layout(tmp_path: Path, clip: Path) -> None:
 
 
 def test_mmvu_multiple_choice_and_open_ended(tmp_path: Path, clip: Path) -> None:
-    _place(clip, tmp_path, "videos/Art/0.mp4")
+    place(clip, tmp_path, "videos/Art/0.mp4")
     url = "https://huggingface.co/datasets/yale-nlp/MMVU/resolve/main/videos/Art/0.mp4"
     choices = {"A": "Oil", "B": "Fresco", "C": "Tempera", "D": "Ink", "E": ""}
     path = tmp_path / "validation.json"
@@ -366,7 +353,7 @@ def test_mmvu_multiple_choice_and_open_ended(tmp_path: Path, clip: Path) -> None
 
 
 def test_vsibench_numeric_and_multiple_choice(tmp_path: Path, clip: Path) -> None:
-    _place(clip, tmp_path, "scannet/scene0011_00.mp4")
+    place(clip, tmp_path, "scannet/scene0011_00.mp4")
     base = dict(dataset="scannet", scene_name="scene0011_00")
     path = _write_jsonl(
         tmp_path / "test.jsonl",
@@ -403,7 +390,7 @@ def test_vsibench_numeric_and_multiple_choice(tmp_path: Path, clip: Path) -> Non
 
 
 def test_videommmu(tmp_path: Path, clip: Path) -> None:
-    _place(clip, tmp_path, "Art/validation_Art_1.mp4", "Science/validation_Math_2.mp4")
+    place(clip, tmp_path, "Art/validation_Art_1.mp4", "Science/validation_Math_2.mp4")
     path = _write_jsonl(
         tmp_path / "perception.jsonl",
         [

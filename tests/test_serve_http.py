@@ -103,7 +103,7 @@ def bad_requests(files) -> list[tuple]:
         ("unknown mode", chat(vreason={"mode": "turbo"}), AUTH, 400, None, None),
         ("mode conflict", chat(model=f"{NAME}:lite", vreason={"mode": "vreason"}), AUTH, 400, None, None),
         ("unknown vreason key", chat(vreason={"betta": 0.5}), AUTH, 400, None, None),
-        ("logprobs", chat(logprobs=True), AUTH, 400, None, "logprobs"),
+        ("logprobs not a boolean", chat(logprobs="yes"), AUTH, 400, None, "logprobs"),
         ("top_logprobs out of range", chat(logprobs=True, top_logprobs=50), AUTH, 400, None, "top_logprobs"),
         ("unknown uuid", chat(messages=[{"role": "user", "content": [{"type": "video_url", "video_url": None, "uuid": "x"}, {"type": "text", "text": "Hi"}]}]), AUTH, 400, "unknown_media_uuid", None),
     ]  # fmt: skip

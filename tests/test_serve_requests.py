@@ -205,8 +205,12 @@ def test_streaming_logprobs_and_stop(limits: MediaLimits, stop: object, expected
         body(stream=True, stream_options={"include_usage": True}, logprobs=True, top_logprobs=5, stop=stop), limits
     )
     assert (req.stream, req.include_usage, req.logprobs, req.top_logprobs, req.stop) == (True, True, True, 5, expected)
+    assert req.settings.generation.logprobs == 5  # what the engine reads: 5 alternatives a token
     plain = parse(body(stream_options={"include_usage": True}), limits)
     assert plain.include_usage is False  # usage chunks belong to streams only
+    assert plain.settings.generation.logprobs is None  # not asked: none computed
+    bare = parse(body(logprobs=True), limits)
+    assert (bare.logprobs, bare.top_logprobs, bare.settings.generation.logprobs) == (True, 0, 0)
 
 
 # -- media parts ------------------------------------------------------------------------------------

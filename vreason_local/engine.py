@@ -50,7 +50,7 @@ from .llama_backend import Aborted, CancelFlag, Context, MediaPrompt, Model, Vis
 from .media import Media
 from .prompt import prefix_parts, question_text, require_question
 from .repack import repack_allowed
-from .sampling import Sampler
+from .sampling import Sampler, logprobs
 from .settings import DEFAULT_SYSTEM, EngineSettings, GenerationSettings
 
 if TYPE_CHECKING:
@@ -678,7 +678,8 @@ class Engine:
             answer.n_media_tokens = encoding.n_media_tokens
             answer.timings.update(encode_s=round(encoded.encode_s, 4), prefill_media_s=round(encoded.prefill_s, 4))
             yield encoded
-            yield from self._prefill(answer, encoding, wanted, gen, decoding, ctl)
+            reused = encoding.n_tokens if encoded.source != "encoded" else 0
+            yield from self._prefill(answer, encoding, wanted, gen, decoding, ctl, reused)
             yield from self._decode(answer, gen, ctl)
         except (_Cancelled, Aborted):
             answer.stop_reason = "cancelled"
@@ -702,9 +703,11 @@ class Engine:
         gen: GenerationSettings,
         decoding: Decoding,
         ctl: _Control,
+        n_reused_prefix: int,
     ) -> Iterator[Event]:
         """Bring the cache from what it holds to prefix + `wanted`, all but the last token; then the
-        decoding's `prefilled` hook, the last token (whose step it may capture), and its `start` hook."""
+        decoding's `prefilled` hook, the last token (whose step it may capture), and its `start` hook.
+        `n_reused_prefix`: the prefix's tokens when its encoding was ready (`Prefilled.n_reused` counts them)."""
         t0 = time.perf_counter()
         self._ensure_context(encoding.n_tokens + len(wanted) + gen.max_tokens)
         c = self._continue_from(encoding, wanted, decoding.prunes)
@@ -722,7 +725,7 @@ class Engine:
         answer.timings["prefill_s"] = round(answer.timings["prefill_media_s"] + prefill_s, 4)
         answer.settings["n_ctx"] = self.ctx.n_ctx
         answer.prompt_tokens = list(encoding.tokens) + wanted
-        yield Prefilled(len(wanted), prefill_s, answer.n_video_tokens_kept)
+        yield Prefilled(len(wanted), prefill_s, answer.n_video_tokens_kept, n_reused_prefix + done)
 
     def _continue_from(self, encoding: Encoding, wanted: list[int], keep_pruned: bool) -> _Cache:
         """The cache on the prefix this answer needs, holding the longest start of `wanted[:-1]` it can.
@@ -754,6 +757,7 @@ class Engine:
             step += 1
             logits = self.ctx.logits()
             tok, h = sampler(logits)
+            lp, top = (None, ()) if gen.logprobs is None else logprobs(logits, tok, gen.logprobs)
             state, seconds = yield from _control(controller, step, logits, h, self.n_cells, answer)
             control_s += seconds
             raw, eog = self.model.piece(tok)
@@ -762,7 +766,7 @@ class Engine:
             answer.token_text.append(piece)
             answer.entropy.append(h)
             answer.control.append(state)
-            yield TokenEvent(step, tok, piece, h, time.perf_counter() - t0, state, parts)
+            yield TokenEvent(step, tok, piece, h, time.perf_counter() - t0, state, parts, lp, top)
             answer.stop_reason = stop_reason(gen, step, eog, text.recent, ctl.cancelled())
             if not answer.stop_reason and not self._decode_next(tok, step + 1, controller):
                 answer.stop_reason = "cancelled"  # cancelled while llama.cpp computed the next step

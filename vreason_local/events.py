@@ -66,11 +66,16 @@ class Encoded:
 
 @dataclass(frozen=True)
 class Prefilled:
-    """The question's text is in the KV cache; decoding starts."""
+    """The question's text is in the KV cache; decoding starts.
+
+    `n_reused`: prompt tokens this answer did not compute: the media's prefix where its encoding was ready (kept
+    in memory, restored, or read from disk; an `Encoding` passed to `ask` counts as ready), plus the conversation
+    tokens the cache still held from the answer before (the longest common start that the mode may keep)."""
 
     n_tokens: int
     prefill_s: float
     n_video_tokens_kept: int | None = None  # Lite: video rows left after pruning
+    n_reused: int = 0
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,10 @@ class TokenEvent:
     t_s: float  # seconds since decoding started
     control: ControlState | None = None
     segments: tuple[tuple[Channel, str], ...] = ()
+    # only where the answer asked (GenerationSettings.logprobs): log p of `token` under softmax(logits) at
+    # temperature 1, and the most likely tokens as (id, log p), most likely first (sampling.logprobs)
+    logprob: float | None = None
+    top_logprobs: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,13 @@ number from a seeded numpy generator: same seed, same tokens). Top-p's threshold
 radix selection over the float bits of p, never by sorting; ties at the threshold are all kept. p is
 computed in float32 (within ~1e-6 relative), so a token whose cumulative mass lies within that of
 top_p's boundary may fall on the other side of it than in a float64 computation.
+
+Log-probabilities (`logprobs`, only for an answer that asks: OpenAI's `logprobs`/`top_logprobs`) are vLLM's
+default "raw logprobs": log-softmax at temperature 1 of the raw logits, whatever the sampling settings, so
+they describe the model, not the sampler. Computed in float64 with numpy (the float32 logits are exact in
+float64, so the only rounding is the sum's and the log's, ~1e-15), top-n by `np.argpartition`: ~1.4 ms a
+token for the log-sum-exp and ~2 ms more for the top-n on 151,936 logits (2 AMD EPYC cores), paid only
+by answers that ask for them.
 """
 
 from __future__ import annotations
@@ -79,6 +86,20 @@ def entropy(logits: np.ndarray) -> float:
     h = ctypes.c_double()
     native.library().vr_argmax_entropy(x.ctypes.data, x.size, ctypes.byref(h))
     return h.value
+
+
+def logprobs(logits: np.ndarray, token: int, top_n: int) -> tuple[float, tuple[tuple[int, float], ...]]:
+    """(log p of `token`, the `top_n` most likely tokens as (id, log p), most likely first), p = softmax(logits)
+    at temperature 1. Ties within the top-n are ordered by id; of tokens tied at its cut, which are in is unspecified."""
+    x = np.asarray(logits, dtype=np.float64).ravel()
+    top = float(x.max())
+    lse = top + float(np.log(np.exp(x - top).sum()))
+    if top_n <= 0:
+        return float(x[token]) - lse, ()
+    n = min(top_n, x.size)
+    ids = np.argpartition(x, x.size - n)[x.size - n :]
+    ids = ids[np.lexsort((ids, -x[ids]))]
+    return float(x[token]) - lse, tuple((int(i), float(x[i]) - lse) for i in ids)
 
 
 class Sampler:

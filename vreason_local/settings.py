@@ -424,17 +424,35 @@ class TokenSampling:
             object.__setattr__(self, "seed", secrets.randbelow(2**31))
 
 
+# Described as the table's settings are, but not in it: no front end but the server's API asks for it (a table row
+# would be a `run` flag whose output no file format has a place for), so it is no flag, form field or body name.
+LOGPROBS = Setting(
+    "generation.logprobs",
+    "top_logprobs",
+    int,
+    None,
+    "Log-probability of each chosen token and of this many most likely alternatives (None: off).",
+    0,
+    20,  # OpenAI's most
+    optional=True,
+    label="top logprobs",
+)
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
-    """One answer's decoding settings."""
+    """One answer's decoding settings. `logprobs` (`LOGPROBS`): None computes none (no cost); k >= 0 puts the
+    chosen token's log-probability and the k most likely tokens' on every `TokenEvent` (sampling.logprobs)."""
 
     max_tokens: int = 1024
     sampling: TokenSampling = TokenSampling()
     reasoning: bool = True  # ask for <think>...</think><answer>...</answer>
     stop_at_answer: bool = True  # stop once </answer> is written
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         check_fields(self, "generation")
+        LOGPROBS.check(self.logprobs)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """One request's work on the engine thread: its media's encoding (kept or made), its conversation, its answer.
 
 Runs on the worker's thread only (the engine is used from one thread), so the caches here need no lock.
-Each step `send`s what the client may see: ("started"), ("progress", Progress), ("token", TokenEvent),
-("notice", Notice), then ("done", Outcome) or ("error", ApiError).
+Each step `send`s what the client may see: ("started"), ("progress", Progress), ("token", (TokenEvent, its
+logprobs entry or None)), ("notice", Notice), then ("done", Outcome) or ("error", ApiError). The logprobs entries
+are made here, on the engine's thread, since they read the model's token pieces.
 
 Reuse, in the order it saves time: a kept encoding (no vision encoder, no media prefill); the engine's own
 KV cache when the conversation continues the last answer (`follow_up`: only the new turn is prefilled);
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from ..decoding import decoding_for
 from ..engine import Encoding, Engine
 from ..errors import UserError
-from ..events import Answer, Encoded, Finished, Notice, Progress, TokenEvent
+from ..events import Answer, Encoded, Finished, Notice, Prefilled, Progress, TokenEvent
 from ..media import Media, load_image, load_video
 from ..prompt import question_text
 from ..video import check_video_file
@@ -24,7 +25,7 @@ from .cache import Bounded, EncodingCache, conversation_key, encoding_key, file_
 from .errors import ApiError, from_user_error
 from .metrics import Metrics
 from .requests import ChatRequest
-from .stream import cut_at_stop
+from .stream import cut_at_stop, logprob_entry
 from .worker import Job, stopped_error
 
 
@@ -35,20 +36,11 @@ class Outcome:
     answer: Answer
     cached_tokens: int  # prompt tokens not computed for this answer (a kept encoding, a continued cache)
     stopped: bool = False  # a stop sequence of the request ended it
+    logprobs: list[dict] | None = None  # one OpenAI logprobs entry per token, where the request asked
 
 
 class _Stopped(Exception):
     """The job was cancelled before its answer began."""
-
-
-@dataclass(frozen=True)
-class _Held:
-    """What the engine's KV cache holds after the last answer: `key`'s prefix, then `turns` (the tokens of the
-    conversation it decoded); `pruned`: a Lite answer removed media rows from the prefix."""
-
-    key: str
-    turns: tuple[int, ...]
-    pruned: bool
 
 
 class Answerer:
@@ -61,7 +53,6 @@ class Answerer:
         self.encodings = EncodingCache(cache_bytes, engine.info.kv_bytes_per_token)
         self.conversations: Bounded[str, Answer] = Bounded(256)
         self.uuids: Bounded[str, str] = Bounded(1024)  # a media part's uuid -> its encoding key
-        self._held: _Held | None = None  # None: not known (before the first answer, after a failed one)
         metrics.gauge("vreason_encoding_cache_bytes", lambda: self.encodings.held_bytes)
         metrics.gauge("vreason_encoding_cache_entries", lambda: len(self.encodings))
 
@@ -86,7 +77,6 @@ class Answerer:
     def _answer(self, job: Job) -> Outcome:
         req = job.request
         encoding, reused = self._encoding(job)
-        before, self._held = self._held, None  # unknown until the answer ends
         follow_up = self._follow_up(encoding, req)
         settings = req.settings
         handle = self.engine.ask(
@@ -98,11 +88,15 @@ class Answerer:
         )
         job.attach(handle)
         _started(job)
-        content, stopped = "", False
+        content, stopped, reused_tokens = "", False, 0
+        entries: list[dict] | None = [] if req.logprobs else None
         with handle:  # whatever happens here, the engine is left free for the next request
             for event in handle:
                 if isinstance(event, TokenEvent):
-                    job.send("token", event)
+                    entry = None if entries is None else logprob_entry(event, self._piece)
+                    if entry is not None:
+                        entries.append(entry)
+                    job.send("token", (event, entry))
                     if req.stop and not stopped:  # a stop sequence ends the answer: no need to compute more
                         content += "".join(text for channel, text in event.segments if channel == "answer")
                         if cut_at_stop(content, req.stop)[1]:
@@ -112,13 +106,19 @@ class Answerer:
                     job.send("notice", event)
                 elif isinstance(event, Progress):
                     job.send("progress", event)
+                elif isinstance(event, Prefilled):
+                    # the engine counts the prefix of the Encoding it was given as reused; one encoded for this
+                    # very request (`reused` False) was computed for it, a step before its answer
+                    reused_tokens = event.n_reused - (0 if reused else encoding.n_tokens)
                 elif isinstance(event, Finished):
                     break
             answer = handle.result()
-        cached = self._cached_tokens(before, encoding, answer, req.mode, reused)
         self._remember(encoding, req, answer)
-        self._count(answer, cached)
-        return Outcome(answer, cached, stopped)
+        self._count(answer, reused_tokens)
+        return Outcome(answer, reused_tokens, stopped, entries)
+
+    def _piece(self, token: int) -> bytes:
+        return self.engine.model.piece(token)[0]
 
     def _encoding(self, job: Job) -> tuple[Encoding, bool]:
         """The request's media encoded: kept from before, or made now (its progress sent); and whether it was
@@ -137,7 +137,6 @@ class Answerer:
             media = self._load(req)
         if job.cancel_reason:
             raise _Stopped
-        self._held = None
         encode = self.engine.encode(media, system=system)
         job.attach(encode)
         _started(job)
@@ -151,7 +150,6 @@ class Answerer:
             if job.cancel_reason or encoded is None:
                 raise _Stopped
             encoding = encode.result()
-        self._held = _Held(encoding.key, (), False)
         self.metrics.add("vreason_encode_seconds_total", encoded.encode_s)
         self.metrics.add("vreason_prefill_seconds_total", encoded.prefill_s)
         self.encodings.put(key, encoding)
@@ -213,30 +211,11 @@ class Answerer:
         return Answer(mode=req.mode, question="", settings={"media_key": encoding.key}, history=history)
 
     def _remember(self, encoding: Encoding, req: ChatRequest, answer: Answer) -> None:
-        """Keep the answer to continue its conversation, and what the engine's cache holds after it."""
-        eos = answer.stop_reason == "eos"
-        turns = answer.history if eos else answer.history[:-1]
-        self._held = _Held(encoding.key, tuple(turns), req.mode == "lite")
+        """Keep the answer to continue its conversation."""
         if answer.stop_reason != "cancelled":
             content = cut_at_stop(answer.answer, req.stop)[0]  # as the client was given it
             conversation = [(t.role, t.text) for t in req.turns] + [("assistant", content)]
             self.conversations.put(conversation_key(encoding.key, conversation), answer)
-
-    @staticmethod
-    def _cached_tokens(before: _Held | None, encoding: Encoding, answer: Answer, mode: str, kept: bool) -> int:
-        """Prompt tokens this answer did not compute: the prefix when its encoding was `kept`, and what the
-        engine's cache still held of the conversation, as the engine's `_continue_from` keeps it: the longest
-        common start, but after a Lite answer (media rows pruned) only a Lite answer that continues all of it,
-        and a Lite answer after another mode's is counted as starting over (it may not)."""
-        cached = encoding.n_tokens if kept else 0
-        if before is None or before.key != encoding.key or before.pruned != (mode == "lite"):
-            return cached
-        wanted = answer.prompt_tokens[encoding.n_tokens : -1]
-        held = list(before.turns)
-        if before.pruned:
-            return cached + (len(held) if wanted[: len(held)] == held else 0)
-        common = next((i for i, (a, b) in enumerate(zip(held, wanted)) if a != b), min(len(held), len(wanted)))
-        return cached + common
 
     def _count(self, answer: Answer, cached: int) -> None:
         m, t = self.metrics, answer.timings

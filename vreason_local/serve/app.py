@@ -82,9 +82,6 @@ def create_app(engine: Engine, settings: RunSettings, options: ServeOptions) -> 
         body = await _read_json(request, options.max_body_bytes)
         req = parse_chat_request(body, settings, options.model_name, options.media)
         request.scope["vreason.log"] = f"model={req.model_id} mode={req.mode} stream={str(req.stream).lower()}"
-        if req.logprobs:
-            req.discard()
-            raise ApiError(400, "logprobs are not available from this server yet", param="logprobs", code="unsupported")
         job = Job(req, asyncio.get_running_loop())
         try:
             worker.submit(job)
@@ -156,7 +153,7 @@ async def _whole(request: Request, job: Job) -> Response:
             out: Outcome = payload  # type: ignore[assignment]
             req = job.request
             body = stream.completion(
-                job.id, job.created, req.model_id, out.answer, out.cached_tokens, req.telemetry, req.stop
+                job.id, job.created, req.model_id, out.answer, out.cached_tokens, req.telemetry, req.stop, out.logprobs
             )
             _note(request, out, time.perf_counter() - job.arrived, None)
             return JSONResponse(body)
@@ -183,13 +180,17 @@ async def _streamed(request: Request, job: Job, watcher: asyncio.Task, keepalive
                 out.append(chunks.chunk({}, extra={"vreason": stream.progress_telemetry(payload)}))
             return out, False
         if kind == "token":
-            deltas = chunks.deltas(payload)
+            event, entry = payload
+            deltas = chunks.deltas(event)
             if deltas and not ttft:
                 ttft.append(time.perf_counter() - job.arrived)
-            extra = {"vreason": stream.token_telemetry(payload)} if req.telemetry else None
-            if not deltas and extra:
+            extra = {"vreason": stream.token_telemetry(event)} if req.telemetry else None
+            if not deltas and (extra or entry):
                 deltas = [{}]
-            return [chunks.chunk(delta, extra=extra) for delta in deltas], False
+            # the token's logprobs ride on its first chunk, so the chunks' entries are the non-streamed list
+            return [
+                chunks.chunk(delta, extra=extra, logprobs=entry if i == 0 else None) for i, delta in enumerate(deltas)
+            ], False
         if kind == "notice":
             notice = {"vreason": {"notice": payload.message, "level": payload.level}}
             return ([chunks.chunk({}, extra=notice)] if req.telemetry else []), False

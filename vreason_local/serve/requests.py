@@ -27,7 +27,7 @@ do not know; inside the objects that are ours or vLLM's an unknown key is refuse
   `token_budget`}}. One setting given twice with different values (`max_tokens` and
   `max_completion_tokens`, `mm_processor_kwargs.fps` and `vreason.frames.fps`) is refused.
 - `stop` (a string or up to 4), `stream`, `stream_options.include_usage`, `logprobs`, `top_logprobs`
-  (0..20, needs `logprobs`), `n` (only 1).
+  (0..20, needs `logprobs`; together they set `GenerationSettings.logprobs`), `n` (only 1).
 A bad value's error names the field as the caller sent it (`param`: `top_p`, `mm_processor_kwargs.fps`,
 `vreason.frames.max_frames`, `messages[1].content[0].type`), in its message and in the remedy.
 """
@@ -35,19 +35,19 @@ A bad value's error names the field as the caller sent it (`param`: `top_p`, `mm
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from ..channels import split_answer
 from ..errors import Remedy, SettingError, UserError
 from ..events import MODES, Mode
-from ..settings import RunSettings, setting_name
+from ..settings import LOGPROBS, RunSettings, setting_name
 from .errors import ApiError
 from .media import MediaKind, MediaLimits, MediaSource, resolve_media
 
 MODES_BY_SUFFIX: dict[str, Mode] = {"": "base", ":vreason": "vreason", ":lite": "lite"}
 MAX_STOP = 4  # OpenAI's limit on stop sequences
-MAX_TOP_LOGPROBS = 20  # OpenAI's
+MAX_TOP_LOGPROBS = int(LOGPROBS.high)  # OpenAI's
 
 # Request fields that are run settings: where in the body -> the setting's name in `settings.SETTINGS`.
 TOP_LEVEL = {
@@ -94,7 +94,8 @@ class ChatRequest:
     default mode). `settings`: the server's defaults with this request's values. `system`: the system
     messages' text (None: the engine's own). `media`: the conversation's one video or image (None: none
     sent, or only its `media_uuid` to reuse one sent before). `turns`: user and assistant turns in
-    order, the last the user's question. `stop`: stop sequences (text that ends the answer, not returned)."""
+    order, the last the user's question. `stop`: stop sequences (text that ends the answer, not returned).
+    The request's `logprobs`/`top_logprobs` are `settings.generation.logprobs` (None: not asked)."""
 
     model_id: str
     mode: Mode
@@ -106,9 +107,15 @@ class ChatRequest:
     stream: bool
     include_usage: bool
     telemetry: bool
-    logprobs: bool
-    top_logprobs: int
     stop: tuple[str, ...] = field(default=())
+
+    @property
+    def logprobs(self) -> bool:
+        return self.settings.generation.logprobs is not None
+
+    @property
+    def top_logprobs(self) -> int:
+        return self.settings.generation.logprobs or 0
 
     def discard(self) -> None:
         """Remove the temporary media file, if the media was sent inline (safe to call more than once)."""
@@ -130,6 +137,7 @@ def parse_chat_request(body: object, defaults: RunSettings, model_name: str, lim
     stream_options = _object(body, "stream_options")
     logprobs = _bool(body, "logprobs", "logprobs")
     top_logprobs = _top_logprobs(body, logprobs)
+    settings = replace(settings, generation=replace(settings.generation, logprobs=top_logprobs if logprobs else None))
     stop = _stop(body)
     system, turns, parts = _messages(body.get("messages"))
     media, uuid = _media(parts, limits)
@@ -144,8 +152,6 @@ def parse_chat_request(body: object, defaults: RunSettings, model_name: str, lim
         stream=stream,
         include_usage=stream and _bool(stream_options, "include_usage", "stream_options.include_usage"),
         telemetry=telemetry,
-        logprobs=logprobs,
-        top_logprobs=top_logprobs,
         stop=stop,
     )
 

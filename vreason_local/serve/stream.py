@@ -10,12 +10,16 @@ before (llama.cpp PR #14728).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 
 from ..events import Answer, Progress, TokenEvent
 from .errors import ApiError
 
 DONE = b"data: [DONE]\n\n"
+
+# OpenAI's stand-in for a log-probability of -inf (JSON has no infinity; a token masked out by the model)
+MIN_LOGPROB = -9999.0
 
 # Answer.stop_reason -> OpenAI's finish_reason (a cancelled answer ran out of its time: "length")
 FINISH = {"eos": "stop", "answer": "stop", "max_tokens": "length", "cancelled": "length"}
@@ -43,6 +47,23 @@ def usage(answer: Answer, cached_tokens: int) -> dict:
         "total_tokens": prompt + len(answer.tokens),
         "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
+
+
+def logprob_entry(event: TokenEvent, piece: Callable[[int], bytes]) -> dict:
+    """OpenAI's logprobs entry for one generated token (`piece`: a token id's bytes, the model's own): its text
+    (bytes that are not whole UTF-8 characters shown as U+FFFD, as OpenAI's are), log-probability and bytes,
+    and the most likely alternatives in the same form. One entry per generated token, reasoning and tags
+    included: the tokens `completion_tokens` counts."""
+
+    def one(token: int, logprob: float) -> dict:
+        raw = piece(token)
+        return {
+            "token": raw.decode("utf-8", errors="replace"),
+            "logprob": max(logprob, MIN_LOGPROB),
+            "bytes": list(raw),
+        }
+
+    return {**one(event.token, event.logprob), "top_logprobs": [one(t, lp) for t, lp in event.top_logprobs]}
 
 
 def token_telemetry(event: TokenEvent) -> dict:
@@ -124,8 +145,12 @@ class Chunks:
         self.stop = StopText(stop)
         self._started: set[str] = set()  # channels that have sent text (leading blanks before it dropped)
 
-    def chunk(self, delta: dict, finish_reason: str | None = None, extra: dict | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    def chunk(
+        self, delta: dict, finish_reason: str | None = None, extra: dict | None = None, logprobs: dict | None = None
+    ) -> bytes:
+        """One chunk; `logprobs`: the entry of the token whose text it carries (`logprob_entry`), if asked."""
+        logprobs = None if logprobs is None else {"content": [logprobs]}
+        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         body = {**self.head, "choices": [choice]}
         if self.include_usage:
             body["usage"] = None
@@ -172,8 +197,10 @@ def completion(
     cached_tokens: int,
     telemetry: bool,
     stop: tuple[str, ...] = (),
+    logprobs: list[dict] | None = None,
 ) -> dict:
-    """The non-streamed response; the answer ends before the first of the `stop` sequences."""
+    """The non-streamed response; the answer ends before the first of the `stop` sequences. `logprobs`: every
+    token's entry (`logprob_entry`), where the request asked for them."""
     content, stopped = cut_at_stop(answer.answer, stop)
     message: dict[str, object] = {"role": "assistant", "content": content}
     if answer.reasoning:
@@ -184,7 +211,12 @@ def completion(
         "created": created,
         "model": model,
         "choices": [
-            {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason(answer, stopped)}
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None if logprobs is None else {"content": logprobs},
+                "finish_reason": finish_reason(answer, stopped),
+            }
         ],
         "usage": usage(answer, cached_tokens),
     }
