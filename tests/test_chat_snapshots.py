@@ -59,6 +59,7 @@ def events_from_json(text: str) -> list[Event]:
         if kind == "TokenEvent":
             fields["control"] = _control(fields["control"])
             fields["segments"] = tuple((channel, part) for channel, part in fields["segments"])
+            fields["top_logprobs"] = tuple((token, logprob) for token, logprob in fields["top_logprobs"])
             events.append(TokenEvent(**fields))
         elif kind == "Finished":
             answer = fields["answer"]
