@@ -9,8 +9,9 @@ seconds-long check that the benchmark works.) Prints, each as a ratio measured i
   in-process TTFT (`ask()` -> first TokenEvent), both on a kept encoding: target < 20 ms;
 - a follow-up's TTFT through the server (the conversation resent with a new question) / the first
   question's (which encoded the video): target <= 0.1 on the 3b shape.
-In-process and server answers alternate (interleaved rounds, medians), with distinct questions so that
-neither reuses the other's question tokens; the server runs in this process (uvicorn in a thread, loopback),
+In-process and server answers alternate (interleaved rounds, medians), with distinct questions of the same
+token count (`question_pairs`) so that neither reuses the other's question tokens nor prefills more; the
+server runs in this process (uvicorn in a thread, loopback),
 as a client on the same machine sees it.
 """
 
@@ -67,6 +68,23 @@ def served(http: httpx.Client, url: str, messages: list[dict]) -> tuple[float, f
     return times[0] - t0, _rate(times, len(times)), len(times), content
 
 
+def question_pairs(engine: Engine, rounds: int) -> list[tuple[str, str]]:
+    """Per round, two questions of the same token count that differ from their first word: neither side reuses
+    the other's question tokens from the KV cache, and neither prefills more tokens (on the 3b shape each
+    question token costs ~90 ms on 2 cores, which a one-token difference would add to the TTFT compared)."""
+    pairs = []
+    for k in range(rounds):
+        by_length: dict[int, list[str]] = {}
+        for word in WORDS:
+            question = f"{word} the video, take {k}."
+            by_length.setdefault(len(engine.model.tokenize(question)), []).append(question)
+        same = max(by_length.values(), key=len)
+        if len(same) < 2:
+            raise SystemExit("no two questions of the same token count: add words to WORDS")
+        pairs.append((same[k % len(same)], same[(k + 1) % len(same)]))
+    return pairs
+
+
 def _rate(times: list[float], n_tokens: int) -> float:
     """Tokens per second from the first to the last arrival (the first token's wait is TTFT's, not decode's)."""
     return (n_tokens - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else float("nan")
@@ -114,9 +132,11 @@ def main() -> None:
                 media = load_video(video, settings.frames, engine.projector.patch_size, settings.token_budget).media
                 encoding = engine.encode(media).result()  # resident already: no encoding
                 local, remote = [], []
-                for k in range(args.rounds):
-                    local.append(in_process(engine, encoding, f"{WORDS[2 * k % 10]} the video, take {k}.", settings))
-                    remote.append(served(http, url, [user(f"{WORDS[(2 * k + 1) % 10]} the video, take {k}.", video)]))
+                for k, (mine, theirs) in enumerate(question_pairs(engine, args.rounds)):
+                    # sides swap which of the pair they ask, so that neither always has the costlier words
+                    mine, theirs = (mine, theirs) if k % 2 == 0 else (theirs, mine)
+                    local.append(in_process(engine, encoding, mine, settings))
+                    remote.append(served(http, url, [user(theirs, video)]))
         finally:
             server.should_exit = True
             thread.join(30)
