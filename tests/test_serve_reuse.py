@@ -186,3 +186,25 @@ def test_the_least_recently_used_encoding_goes_first_when_memory_is_full(engine,
         assert counter(url, "vreason_encoding_cache_misses_total") == 3
         assert counter(url, "vreason_encoding_cache_entries") == 1
         assert counter(url, "vreason_encoding_cache_bytes") <= room
+
+
+def test_a_restarted_server_loads_the_encoding_from_disk(tiny, media_dir, ref, tmp_path, monkeypatch):
+    """The engine's disk cache on (as `vreason serve` runs by default): a second server process-alike (a new
+    engine) answers the same question without encoding, says so in `cached_tokens` (the whole prefix) and in
+    /metrics (no encoder seconds), and answers exactly as before."""
+    monkeypatch.setenv("VREASON_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("VREASON_ENCODING_CACHE", "on")
+    settings = server_settings(tiny, encoding_cache=True)
+    n_prefix, answers = ref[2], []
+    for life in range(2):
+        with Engine(tiny.model_path, tiny.mmproj_path, settings.engine) as eng:
+            with running(eng, settings, options(media_dir, tmp_path / f"inline{life}")) as url:
+                done = client(url).chat.completions.create(
+                    model=NAME, messages=[user("What happens?", media_dir=media_dir)]
+                )
+                answers.append((done.choices[0].message.content, done.usage.prompt_tokens_details.cached_tokens))
+                encode_s = counter(url, "vreason_encode_seconds_total")
+        assert (encode_s > 0) == (life == 0)
+    assert answers[0][1] == 0  # encoded, and written to disk when its engine closed
+    assert answers[1] == (answers[0][0], n_prefix)  # loaded: the same answer, the prefix not computed
+    assert answers[0][0] == ask_ref(ref, settings, "What happens?").answer
