@@ -13,6 +13,7 @@ import click
 
 from .encoding_store import EncodingStore, Entry
 from .fit import format_bytes
+from .wording import count, table
 
 
 def _when(t: float) -> str:
@@ -27,15 +28,9 @@ def _row(e: Entry) -> list[str]:
     return [source, model, frames, format_bytes(e.size), _when(e.last_used)]
 
 
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
-
-
 def _removed(entries: list[Entry], store: EncodingStore) -> str:
-    n = len(entries)
     freed = format_bytes(sum(e.size for e in entries))
-    return f"removed {n} encoding{'s' if n != 1 else ''} ({freed}) from {store.folder}"
+    return f"removed {count(len(entries), 'encoding')} ({freed}) from {store.folder}"
 
 
 @click.group("cache")
@@ -69,9 +64,9 @@ def list_cmd(as_json: bool) -> None:
     if not entries:
         click.echo(f"the encoding cache is empty ({store.folder})")
         return
-    click.echo(_table([["video", "model", "frames", "size", "last used"], *map(_row, entries)]))
-    n, total, cap = len(entries), format_bytes(sum(e.size for e in entries)), format_bytes(store.cap())
-    click.echo(f"{n} encoding{'s' if n != 1 else ''}, {total} of {cap} in {store.folder}")
+    click.echo(table([["video", "model", "frames", "size", "last used"], *map(_row, entries)]))
+    total, cap = format_bytes(sum(e.size for e in entries)), format_bytes(store.cap())
+    click.echo(f"{count(len(entries), 'encoding')}, {total} of {cap} in {store.folder}")
 
 
 @cache.command("prune")

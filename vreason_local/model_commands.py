@@ -13,6 +13,7 @@ import click
 from .families import FAMILY_NAMES
 from .fit import format_bytes
 from .registry import DEFAULT_MODEL, get_spec
+from .wording import table
 
 
 def _context(n: int) -> str:
@@ -22,11 +23,6 @@ def _context(n: int) -> str:
     if n % 1024 == 0:
         return f"{n // 1024}k"
     return str(n)
-
-
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
 # `models list --json`: "downloaded" is a boolean for scripts; "state" also tells a download that was
@@ -93,7 +89,7 @@ def list_cmd(as_json: bool) -> None:
                 str(path.parent) if path else "-",
             ]
         )
-    click.echo(_table(rows))
+    click.echo(table(rows))
     click.echo(f"\n* default model.  Sizes are approximate (model + projector).  Cache: {hf_cache_dir()}")
     click.echo("Download one with: vreason models pull NAME")
 

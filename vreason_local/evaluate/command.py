@@ -287,7 +287,7 @@ def _show_invalid(dataset: Dataset) -> None:
     bad = dataset.invalid
     if not bad:
         return
-    click.echo(f"warning: {len(bad)} row{'s' if len(bad) > 1 else ''} of {dataset.path} skipped:", err=True)
+    click.echo(f"warning: {count(len(bad), 'row')} of {dataset.path} skipped:", err=True)
     for entry in bad[:SHOW_INVALID]:
         click.echo(f"  {entry}", err=True)
     if len(bad) > SHOW_INVALID:

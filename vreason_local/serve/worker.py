@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
+from ..wording import count
 from .errors import ApiError
 from .metrics import Metrics
 from .requests import ChatRequest
@@ -34,8 +35,7 @@ class QueueFull(ApiError):
     def __init__(self, waiting: int, retry_after_s: int) -> None:
         super().__init__(
             429,
-            f"the server is busy: {waiting} request{'s' if waiting != 1 else ''} already waiting (--queue); "
-            f"retry after {retry_after_s} s",
+            f"the server is busy: {count(waiting, 'request')} already waiting (--queue); retry after {retry_after_s} s",
             type="rate_limit_exceeded",
             code="queue_full",
         )
