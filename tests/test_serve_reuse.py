@@ -8,6 +8,8 @@ so reuse is checked to change nothing in the answers, only what is computed.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import shutil
 
@@ -20,6 +22,7 @@ from vreason_local.clips import make_clip
 from vreason_local.decoding import decoding_for
 from vreason_local.engine import Engine
 from vreason_local.media import load_video
+from vreason_local.serve import cache
 from vreason_local.serve.cache import encoding_bytes
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -208,3 +211,18 @@ def test_a_restarted_server_loads_the_encoding_from_disk(tiny, media_dir, ref, t
     assert answers[0][1] == 0  # encoded, and written to disk when its engine closed
     assert answers[1] == (answers[0][0], n_prefix)  # loaded: the same answer, the prefix not computed
     assert answers[0][0] == ask_ref(ref, settings, "What happens?").answer
+
+
+def test_a_file_is_hashed_once_per_version(tmp_path, monkeypatch):
+    """The server remembers a media file's digest by (path, size, mtime): asked again it reads nothing; the file
+    rewritten (another mtime) is hashed again, so an edited video never keeps the old one's encoding."""
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(b"first version")
+    digests, reads = cache.FileDigests(), []
+    monkeypatch.setattr(cache, "file_sha256", lambda p: reads.append(p) or hashlib.sha256(p.read_bytes()).hexdigest())
+    assert digests(path) == digests(path) == hashlib.sha256(b"first version").hexdigest()
+    assert len(reads) == 1
+    path.write_bytes(b"other version")
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    assert digests(path) == hashlib.sha256(b"other version").hexdigest()
+    assert len(reads) == 2

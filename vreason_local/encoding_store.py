@@ -118,6 +118,15 @@ def _read_index(folder: Path) -> dict:
     return index if isinstance(index, dict) else {}
 
 
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in blocks (a model or a video may be larger than memory should hold twice)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def known_identity(path: Path, folder: Path | None = None) -> str | None:
     """The remembered `file_identity` of this version of the file (same path, size and mtime), else None."""
     path = Path(path).resolve()
@@ -136,11 +145,7 @@ def file_identity(path: Path, folder: Path | None = None) -> str:
     if known is not None:
         return known
     st = path.stat()
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            h.update(chunk)
-    identity = f"{st.st_size}:{h.hexdigest()}"
+    identity = f"{st.st_size}:{file_sha256(path)}"
     index = _read_index(folder)
     index[str(path)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "identity": identity}
     with contextlib.suppress(OSError):  # a lost update costs one more hash later, nothing else

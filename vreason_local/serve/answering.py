@@ -21,7 +21,7 @@ from ..events import Answer, Encoded, Finished, Notice, Prefilled, Progress, Tok
 from ..media import Media, load_image, load_video
 from ..prompt import question_text
 from ..video import check_video_file
-from .cache import Bounded, EncodingCache, conversation_key, encoding_key, file_digest
+from .cache import Bounded, EncodingCache, FileDigests, conversation_key, encoding_key
 from .errors import ApiError, from_user_error
 from .metrics import Metrics
 from .requests import ChatRequest
@@ -53,6 +53,7 @@ class Answerer:
         self.encodings = EncodingCache(cache_bytes, engine.info.kv_bytes_per_token)
         self.conversations: Bounded[str, Answer] = Bounded(256)
         self.uuids: Bounded[str, str] = Bounded(1024)  # a media part's uuid -> its encoding key
+        self.digests = FileDigests()
         metrics.gauge("vreason_encoding_cache_bytes", lambda: self.encodings.held_bytes)
         metrics.gauge("vreason_encoding_cache_entries", lambda: len(self.encodings))
 
@@ -161,7 +162,7 @@ class Answerer:
         s = req.settings
         if req.media is not None:
             return encoding_key(
-                req.media.kind, file_digest(req.media.path), s.frames, s.token_budget, system, self.model_id
+                req.media.kind, self.digests(req.media.path), s.frames, s.token_budget, system, self.model_id
             ), None
         if req.media_uuid:
             key = self.uuids.get(req.media_uuid)

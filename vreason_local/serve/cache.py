@@ -15,20 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from ..encoding_store import file_sha256
 from ..engine import Encoding
 from ..settings import FrameSampling
 
 K = TypeVar("K")
 V = TypeVar("V")
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes, read in blocks (a video may be larger than memory should hold twice)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def encoding_key(
@@ -72,6 +64,23 @@ class Bounded(Generic[K, V]):
         self._items.move_to_end(key)
         while len(self._items) > self.limit:
             self._items.popitem(last=False)
+
+
+class FileDigests:
+    """Media files' SHA-256, taken once per file version (resolved path, size, mtime): every request names its
+    video, and a follow-up about a long one must not read it all again before its first token."""
+
+    def __init__(self, limit: int = 256) -> None:
+        self._known: Bounded[tuple[str, int, int], str] = Bounded(limit)
+
+    def __call__(self, path: Path) -> str:
+        st = path.stat()
+        version = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        digest = self._known.get(version)
+        if digest is None:
+            digest = file_sha256(path)
+            self._known.put(version, digest)
+        return digest
 
 
 def encoding_bytes(encoding: Encoding, kv_bytes_per_token: int) -> int:
