@@ -9,8 +9,6 @@ scores left as it was; the new file replaces the old in one step, so an interrup
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,9 +43,7 @@ def rescore_run(path: Path, scoring: Scoring) -> Rescored:
         if not back.rows:
             raise UserError(f"{run_dir.results_file} holds no answers to rescore")
         rows = [rescore_row(row, scoring) for row in back.rows]
-        tmp = run_dir.results_file.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        os.replace(tmp, run_dir.results_file)
+        run_dir.replace_results(rows)
         # the run's scoring from now on: a later --resume (--retry-errors) scores its new rows the same way
         run_dir.write_run({**run, "scoring": scoring, "options": {**run.get("options", {}), "scoring": scoring}})
     answered = [r for r in rows if r.get("error") is None and r.get("text") is not None]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -190,3 +190,10 @@ class RunDir:
         tmp = self.run_file.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(run, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         os.replace(tmp, self.run_file)
+
+    def replace_results(self, rows: Iterable[dict]) -> None:
+        """results.jsonl rewritten whole (`--rescore`), replaced atomically as run.json is: a crash leaves the
+        old rows or the new, never a mix."""
+        tmp = self.results_file.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        os.replace(tmp, self.results_file)
