@@ -12,6 +12,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..wording import count
 from .report import (
+    category_groups,
     category_names,
     load_run,
     markdown_table,
@@ -128,11 +129,11 @@ def category_comparison(rows_a: list[dict], rows_b: list[dict], modes: list[str]
         ]  # fmt: skip
         table = []
         for name in names:
-            values = dict.fromkeys((r.get("categories") or {}).get(name) for r in da + db)
-            for value in (v for v in values if v is not None):
+            in_a, in_b = category_groups(da, name), category_groups(db, name)
+            for value in dict.fromkeys([*in_a, *in_b]):
                 for mode in modes:
-                    ma = [r for r in da if r["mode"] == mode and (r.get("categories") or {}).get(name) == value]
-                    mb = [r for r in db if r["mode"] == mode and (r.get("categories") or {}).get(name) == value]
+                    ma = [r for r in in_a.get(value, []) if r["mode"] == mode]
+                    mb = [r for r in in_b.get(value, []) if r["mode"] == mode]
                     p = paired_stats(ma, mb)
                     sa, sb = mode_stats(ma), mode_stats(mb)
                     table.append(

@@ -101,15 +101,22 @@ def category_names(rows: Sequence[dict]) -> list[str]:
     return list(names)
 
 
+def category_groups(rows: Sequence[dict], name: str) -> dict[str, list[dict]]:
+    """The rows of each value of category `name`, values in the order first met (rows without it left out)."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        value = (r.get("categories") or {}).get(name)
+        if value is not None:
+            groups.setdefault(value, []).append(r)
+    return groups
+
+
 def by_category(rows: Sequence[dict], modes: Sequence[str]) -> dict[str, dict[str, dict]]:
     """{category name: {value: each mode's figures and pairs with base}} for one dataset's rows."""
-    out: dict[str, dict[str, dict]] = {}
-    for name in category_names(rows):
-        values = [v for v in dict.fromkeys((r.get("categories") or {}).get(name) for r in rows) if v is not None]
-        out[name] = {
-            v: _by_mode([r for r in rows if (r.get("categories") or {}).get(name) == v], modes) for v in values
-        }
-    return out
+    return {
+        name: {value: _by_mode(group, modes) for value, group in category_groups(rows, name).items()}
+        for name in category_names(rows)
+    }
 
 
 def paired_stats(a_rows: Sequence[dict], b_rows: Sequence[dict], seed: int = 0) -> dict:
