@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict
 
-from ..events import Answer, Progress, TokenEvent
+from ..events import Answer, Progress, TokenEvent, answer_fields
 from .errors import ApiError
 
 DONE = b"data: [DONE]\n\n"
@@ -86,20 +85,17 @@ def progress_telemetry(event: Progress) -> dict:
     }
 
 
+# What a non-streamed response's `vreason` field carries of the answer's record, in the record's own names and
+# forms (`Answer.to_dict`: the one answer shape, as `run --json` and eval rows write it).
+_TELEMETRY_FIELDS = (
+    "mode", "stop_reason", "tokens", "entropy", "control", "timings", "n_media_tokens", "n_video_tokens_kept",
+    "reused_encoding", "notices",
+)  # fmt: skip
+
+
 def answer_telemetry(answer: Answer) -> dict:
     """The whole answer's figures, on a non-streamed response for a client that asked."""
-    return {
-        "mode": answer.mode,
-        "stop_reason": answer.stop_reason,
-        "tokens": list(answer.tokens),
-        "entropy": list(answer.entropy),
-        "control": [None if c is None else asdict(c) for c in answer.control],
-        "timings": dict(answer.timings),
-        "n_media_tokens": answer.n_media_tokens,
-        "n_video_tokens_kept": answer.n_video_tokens_kept,
-        "reused_encoding": answer.reused_encoding,
-        "notices": list(answer.notices),
-    }
+    return answer_fields(answer.to_dict(), _TELEMETRY_FIELDS)
 
 
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
