@@ -41,17 +41,15 @@ def annotation_files(folder: Path) -> list[Path]:
     further, so a tree of thousands of clips costs one listing per folder."""
     found: list[Path] = []
     for entry in sorted(folder.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_file() and entry.suffix.lower() in ANNOTATION_SUFFIXES:
+        if _is_annotation(entry):
             found.append(entry)
-        elif entry.is_dir():
-            found += [
-                f
-                for f in sorted(entry.iterdir())
-                if f.is_file() and f.suffix.lower() in ANNOTATION_SUFFIXES and not f.name.startswith(".")
-            ]
+        elif entry.is_dir() and not entry.name.startswith("."):
+            found += [f for f in sorted(entry.iterdir()) if _is_annotation(f)]
     return found
+
+
+def _is_annotation(path: Path) -> bool:
+    return not path.name.startswith(".") and path.suffix.lower() in ANNOTATION_SUFFIXES and path.is_file()
 
 
 # ---------------------------------------------------------------- MVBench
