@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import openai
 import uvicorn
 
 from vreason_local.engine import Engine
@@ -20,6 +21,7 @@ from vreason_local.serve.app import create_app
 from vreason_local.serve.config import ServeOptions
 from vreason_local.serve.media import MediaLimits
 from vreason_local.settings import RunSettings
+from vreason_local.tiny import TinyModel
 
 KEY = "test-key-0123456789"
 NAME = "tiny"
@@ -57,3 +59,15 @@ def running(engine: Engine, settings: RunSettings, opts: ServeOptions) -> Iterat
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+@contextmanager
+def serving(model: TinyModel, settings: RunSettings, opts: ServeOptions) -> Iterator[str]:
+    """An engine of `model` (a tiny model) with `settings`, served as `running` serves one; closed after."""
+    with Engine(model.model_path, model.mmproj_path, settings.engine) as engine, running(engine, settings, opts) as url:
+        yield url
+
+
+def client(url: str, timeout: float = 120) -> openai.OpenAI:
+    """The `openai` client of a test server: its key, and no retries (a test sees the first reply)."""
+    return openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=timeout)

@@ -14,7 +14,8 @@ import cv2
 import httpx
 import openai
 import pytest
-from serve_support import KEY, NAME, options, running, server_settings
+from serve_support import KEY, NAME, options, server_settings, serving
+from serve_support import client as client_of
 
 from vreason_local.clips import make_clip
 from vreason_local.decoding import decoding_for
@@ -50,14 +51,13 @@ def settings(tiny):
 
 @pytest.fixture(scope="module")
 def server(tiny, settings, media_dir, tmp_path_factory):
-    with Engine(tiny.model_path, tiny.mmproj_path, settings.engine) as engine:
-        with running(engine, settings, options(media_dir, tmp_path_factory.mktemp("inline"))) as url:
-            yield url
+    with serving(tiny, settings, options(media_dir, tmp_path_factory.mktemp("inline"))) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=server + "/v1", api_key=KEY, max_retries=0, timeout=120)
+    return client_of(server)
 
 
 @pytest.fixture(scope="module")
@@ -200,21 +200,20 @@ def test_health_needs_no_key_every_other_route_does(server):
 
 
 def test_body_over_the_cap_is_413_declared_or_not(tiny, settings, media_dir, tmp_path):
-    with Engine(tiny.model_path, tiny.mmproj_path, settings.engine) as engine:
-        with running(engine, settings, options(media_dir, tmp_path, max_body_bytes=1000)) as url:
-            auth = {"Authorization": f"Bearer {KEY}"}
-            body = json.dumps({"model": NAME, "messages": [{"role": "user", "content": "x" * 2000}]}).encode()
-            r = httpx.post(url + "/v1/chat/completions", content=body, headers=auth)
-            assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+    with serving(tiny, settings, options(media_dir, tmp_path, max_body_bytes=1000)) as url:
+        auth = {"Authorization": f"Bearer {KEY}"}
+        body = json.dumps({"model": NAME, "messages": [{"role": "user", "content": "x" * 2000}]}).encode()
+        r = httpx.post(url + "/v1/chat/completions", content=body, headers=auth)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
 
-            def chunked():  # no Content-Length: the cap holds while the body arrives
-                yield body[:600]
-                yield body[600:]
+        def chunked():  # no Content-Length: the cap holds while the body arrives
+            yield body[:600]
+            yield body[600:]
 
-            r = httpx.post(url + "/v1/chat/completions", content=chunked(), headers=auth)
-            assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
-            small = {"model": NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
-            assert httpx.post(url + "/v1/chat/completions", json=small, headers=auth).status_code == 200
+        r = httpx.post(url + "/v1/chat/completions", content=chunked(), headers=auth)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+        small = {"model": NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+        assert httpx.post(url + "/v1/chat/completions", json=small, headers=auth).status_code == 200
 
 
 def test_unknown_route_and_bad_json_are_openai_errors(server):

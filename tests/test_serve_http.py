@@ -11,7 +11,7 @@ import os
 
 import httpx
 import pytest
-from serve_support import KEY, NAME, options, running, server_settings
+from serve_support import KEY, NAME, options, running, server_settings, serving
 
 from vreason_local.clips import make_clip, make_image
 from vreason_local.engine import Engine
@@ -51,9 +51,8 @@ def settings(tiny):
 @pytest.fixture(scope="module")
 def server(tiny, settings, files):
     files["tmp"].mkdir(exist_ok=True)
-    with Engine(tiny.model_path, tiny.mmproj_path, settings.engine) as engine:
-        with running(engine, settings, options(files["root"], files["tmp"], INLINE_CAP, max_body_bytes=CAP)) as url:
-            yield url
+    with serving(tiny, settings, options(files["root"], files["tmp"], INLINE_CAP, max_body_bytes=CAP)) as url:
+        yield url
 
 
 def video(url: str, text: str = "What happens?", kind: str = "video_url") -> dict:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import openai
 import pytest
-from serve_support import KEY, NAME, options, running, server_settings
+from serve_support import NAME, options, server_settings, serving
+from serve_support import client as client_of
 
 from vreason_local.clips import make_clip
-from vreason_local.engine import Engine
 
 CLIENTS = 6
 REQUESTS = 3  # per client
@@ -31,9 +31,8 @@ def served(tiny_model_factory, tmp_path_factory):
     d = tmp_path_factory.mktemp("load")
     make_clip(d / "a.mp4", seconds=4.0, fps=10.0, size=(224, 168))
     settings = server_settings(tiny, max_tokens=12)
-    with Engine(tiny.model_path, tiny.mmproj_path, settings.engine) as engine:
-        with running(engine, settings, options(d, d / "inline", queue=2)) as url:
-            yield url, d
+    with serving(tiny, settings, options(d, d / "inline", queue=2)) as url:
+        yield url, d
 
 
 def request(client: openai.OpenAI, d: Path, i: int) -> tuple[str, list[int]]:
@@ -71,7 +70,7 @@ def load_round(url: str, d: Path) -> list[tuple[int, object]]:
     lock = threading.Lock()
 
     def client_loop(c: int) -> None:
-        client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+        client = client_of(url, timeout=60)
         for k in range(REQUESTS):
             i = c * REQUESTS + k
             try:
@@ -93,7 +92,7 @@ def load_round(url: str, d: Path) -> list[tuple[int, object]]:
 
 def test_concurrent_clients_get_whole_unmixed_answers_or_429(served):
     url, d = served
-    client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+    client = client_of(url, timeout=60)
     alone = {kind: request(client, d, kind) for kind in range(6)}  # each kind of request, answered alone
     assert len({tuple(tokens) for _, tokens in alone.values()}) > 1  # the kinds differ: a mix-up would show
     rss = []

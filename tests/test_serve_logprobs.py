@@ -12,10 +12,10 @@ import math
 from dataclasses import replace
 
 import numpy as np
-import openai
 import pytest
 import torch
-from serve_support import KEY, NAME, options, running, server_settings
+from serve_support import NAME, options, server_settings, serving
+from serve_support import client as client_of
 
 from vreason_local.clips import make_clip
 from vreason_local.engine import Engine
@@ -51,9 +51,8 @@ def settings(tiny):
 
 @pytest.fixture(scope="module")
 def client(tiny, settings, media_dir, tmp_path_factory):
-    with Engine(tiny.model_path, tiny.mmproj_path, settings.engine) as engine:
-        with running(engine, settings, options(media_dir, tmp_path_factory.mktemp("inline"))) as url:
-            yield openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=120)
+    with serving(tiny, settings, options(media_dir, tmp_path_factory.mktemp("inline"))) as url:
+        yield client_of(url)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import shutil
 import httpx
 import openai
 import pytest
-from serve_support import KEY, NAME, options, running, server_settings
+from serve_support import KEY, NAME, client, options, running, server_settings
 
 from vreason_local.clips import make_clip
 from vreason_local.decoding import decoding_for
@@ -73,10 +73,6 @@ def ref(tiny, settings, media_dir):
 def ask_ref(ref, settings, question: str, follow_up=None):
     eng, media, _ = ref
     return eng.ask(media, question, settings.generation, decoding_for("base"), follow_up=follow_up).result()
-
-
-def client(url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=120)
 
 
 def user(text: str, video: str | None = "a.mp4", media_dir=None, uuid: str | None = None) -> dict:
