@@ -363,25 +363,22 @@ def report_markdown(run: dict, summary: dict, rows: Sequence[dict]) -> str:
         "",
         f"![accuracy per mode]({ACCURACY_PNG})",
     ]
-    judged = summary.get("judged", [])
-    if judged:
-        parts += ["", f"## Judged by an LLM in the reference: unscored ({len(judged)})", ""]
-        parts += [f"- `{j['id']}` ({j['dataset']}, {j['rule']})" for j in judged[:20]]
-        if len(judged) > 20:
-            parts.append(f"- ... and {len(judged) - 20} more (`judged` in summary.json)")
-    failed = [row for row in rows if row["error"] is not None]
-    if failed:
-        parts += ["", f"## Failed answers ({len(failed)})", ""]
-        parts += [f"- `{row['id']}` ({row['mode']}, {row['source']}): {row['error']}" for row in failed[:20]]
-        if len(failed) > 20:
-            parts.append(f"- ... and {len(failed) - 20} more (field `error` in results.jsonl)")
-    skipped = run.get("skipped", [])
-    if skipped:
-        parts += ["", f"## Skipped rows of the dataset ({len(skipped)})", ""]
-        parts += [f"- {entry['source']}: {entry['reason']}" for entry in skipped[:20]]
-        if len(skipped) > 20:
-            parts.append(f"- ... and {len(skipped) - 20} more (`skipped` in run.json)")
+    judged = [f"- `{j['id']}` ({j['dataset']}, {j['rule']})" for j in summary.get("judged", [])]
+    parts += _listed("Judged by an LLM in the reference: unscored", judged, "`judged` in summary.json")
+    failed = [f"- `{r['id']}` ({r['mode']}, {r['source']}): {r['error']}" for r in rows if r["error"] is not None]
+    parts += _listed("Failed answers", failed, "field `error` in results.jsonl")
+    skipped = [f"- {entry['source']}: {entry['reason']}" for entry in run.get("skipped", [])]
+    parts += _listed("Skipped rows of the dataset", skipped, "`skipped` in run.json")
     return "\n".join(parts) + "\n"
+
+
+def _listed(title: str, lines: list[str], where: str, most: int = 20) -> list[str]:
+    """A section listing the first `most` of `lines` and how many more there are (`where`: where all of them
+    are kept); nothing when there are none."""
+    if not lines:
+        return []
+    more = [f"- ... and {len(lines) - most} more ({where})"] if len(lines) > most else []
+    return ["", f"## {title} ({len(lines)})", "", *lines[:most], *more]
 
 
 # -- plots ---------------------------------------------------------------------------------------------
