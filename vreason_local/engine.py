@@ -106,6 +106,12 @@ class Encoding:
         self._engine = weakref.ref(engine)
 
     @property
+    def saved_s(self) -> float:
+        """What loading it from the encoding cache spared (source "disk"): the encoding's cost where it was
+        made, less the load."""
+        return max(0.0, self.cost_s - self.load_s)
+
+    @property
     def n_tokens(self) -> int:
         return len(self.tokens)
 
@@ -860,9 +866,7 @@ def _encoded_event(e: Encoding, source: EncodingSource) -> Encoded:
         return Encoded(e.n_tokens, e.n_media_tokens, e.n_frames, e.encode_s, e.prefill_s, False, source)
     if source == "memory":  # the time it saves is the answer's (timings), not the event's (recordings keep events)
         return Encoded(e.n_tokens, e.n_media_tokens, e.n_frames, 0.0, 0.0, True, source)
-    return Encoded(
-        e.n_tokens, e.n_media_tokens, e.n_frames, 0.0, 0.0, False, source, max(0.0, e.cost_s - e.load_s), e.load_s
-    )
+    return Encoded(e.n_tokens, e.n_media_tokens, e.n_frames, 0.0, 0.0, False, source, e.saved_s, e.load_s)
 
 
 def _open_store(settings: EngineSettings) -> EncodingStore | None:

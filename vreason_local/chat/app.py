@@ -223,7 +223,7 @@ class ChatApp(App):
             took = (
                 "encoded earlier, used again"
                 if ev.reused
-                else f"loaded from the encoding cache, saved {seconds_text(self, enc.cost_s - enc.load_s)}"
+                else f"loaded from the encoding cache, saved {seconds_text(self, enc.saved_s)}"
                 if enc.source == "disk"
                 else f"encoded in {seconds_text(self, self.session.encode_s)}"
             )
