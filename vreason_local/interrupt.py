@@ -7,6 +7,7 @@ SIGINT is delivered at once. Used by every command-line front end (`run`, `eval`
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
@@ -37,6 +38,16 @@ def _abort(signum: int, frame: object) -> None:
         except (OSError, ValueError):  # a closed or broken stream has nothing more to say
             pass
     os._exit(130)
+
+
+def _ignore_ctrl_c_from_here() -> None:
+    """The last exit handler (registered on import, before any library's): past it, Python's finalisation puts
+    back the default SIGINT action, and a Ctrl-C landing in those last instants would kill the process by the
+    signal instead of letting it exit 130; with nothing left to stop, it is ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+atexit.register(_ignore_ctrl_c_from_here)
 
 
 def abort_on_next_ctrl_c() -> None:
