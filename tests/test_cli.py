@@ -514,9 +514,21 @@ def test_readme_defaults_answer_about_long_clips(jobs, arch, clip):
     assert out["settings"]["engine"]["n_ctx_used"] >= out["n_prompt_tokens"] + int(MAX_TOKENS)
 
 
-def _start(files: dict[str, Path], name: str, args: list[str]) -> subprocess.Popen:
+def _story(files: dict[str, Path]) -> list[str]:
+    """A text-only run long enough (7,000 tokens) to be stopped by Ctrl-C while it streams."""
+    return ["run", "--model", str(files["model"]), "-q", "Tell me a long story.", "--max-tokens", "7000"]
+
+
+def _read_stderr_until(p: subprocess.Popen, text: str) -> None:
+    while text not in (line := p.stderr.readline().decode()):
+        assert line, f"the process ended before printing {text!r}"
+
+
+def _start(files: dict[str, Path], name: str, args: list[str], wrapper: str | None = None) -> subprocess.Popen:
+    """`vreason ARGS` in a child process; `wrapper`: Python code run instead of the module, which calls `main`."""
+    program = ["-c", wrapper] if wrapper else ["-m", "vreason_local.cli"]
     return subprocess.Popen(
-        [sys.executable, "-m", "vreason_local.cli", *args],
+        [sys.executable, *program, *args],
         env=_env(files["root"], name),
         cwd=files["root"],
         stdout=subprocess.PIPE,
@@ -527,8 +539,7 @@ def _start(files: dict[str, Path], name: str, args: list[str]) -> subprocess.Pop
 def test_first_ctrl_c_keeps_the_answer(files):
     """Ctrl-C once the answer streams: it ends after the current token, the text so far stays, exit 130."""
 
-    args = ["run", "--model", str(files["model"]), "-q", "Tell me a long story.", "--max-tokens", "7000"]
-    p = _start(files, "sigint", args)
+    p = _start(files, "sigint", _story(files))
     first = p.stdout.read(1)  # the first streamed token's first byte: decoding has started
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=TIMEOUT_S)
@@ -561,8 +572,7 @@ def test_ctrl_c_while_encoding_stops_and_still_prints_json(files):
         "4000",
     ]
     p = _start(files, "sigint-encode", args)
-    while "encoding video" not in (line := p.stderr.readline().decode()):
-        assert line, "no progress line before the end of stderr"
+    _read_stderr_until(p, "encoding video")
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=TIMEOUT_S)
     assert p.returncode == 130, err.decode()
@@ -574,8 +584,7 @@ def test_ctrl_c_while_encoding_stops_and_still_prints_json(files):
 
 def test_second_ctrl_c_aborts(files):
 
-    args = ["run", "--model", str(files["model"]), "-q", "Tell me a long story.", "--max-tokens", "7000"]
-    p = _start(files, "sigint2", args)
+    p = _start(files, "sigint2", _story(files))
     assert p.stdout.read(1)
     p.send_signal(signal.SIGINT)
     p.send_signal(signal.SIGINT)
@@ -587,8 +596,7 @@ def test_two_quick_ctrl_cs_leave_no_shutdown_noise(files):
     """A second Ctrl-C 50 ms after the first, as real users press it: exit 130, our own lines only."""
     import time
 
-    args = ["run", "--model", str(files["model"]), "-q", "Tell me a long story.", "--max-tokens", "7000"]
-    p = _start(files, "sigint-twice", args)
+    p = _start(files, "sigint-twice", _story(files))
     assert p.stdout.read(1)
     p.send_signal(signal.SIGINT)
     time.sleep(0.05)
@@ -613,18 +621,10 @@ def test_ctrl_c_in_the_last_instants_of_the_process_still_exits_130(files):
         "from vreason_local.cli import main\n"
         "main(sys.argv[1:])\n"
     )
-    args = ["run", "--model", str(files["model"]), "-q", "Tell me a long story.", "--max-tokens", "7000"]
-    p = subprocess.Popen(
-        [sys.executable, "-c", wrapper, *args],
-        env=_env(files["root"], "sigint-last"),
-        cwd=files["root"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    p = _start(files, "sigint-last", _story(files), wrapper)
     assert p.stdout.read(1)
     p.send_signal(signal.SIGINT)
-    while "finalising" not in (line := p.stderr.readline().decode()):
-        assert line, "the process ended before finalising its modules"
+    _read_stderr_until(p, "finalising")
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=TIMEOUT_S)
     assert p.returncode == 130, err.decode()
@@ -641,18 +641,10 @@ def test_second_ctrl_c_while_the_interpreter_exits_aborts_quietly(files):
         "import sys, threading, time; threading.Thread(target=time.sleep, args=(60,)).start(); "
         "from vreason_local.cli import main; main(sys.argv[1:])"
     )
-    args = ["run", "--model", str(files["model"]), "-q", "Tell me a long story.", "--max-tokens", "7000"]
-    p = subprocess.Popen(
-        [sys.executable, "-c", wrapper, *args],
-        env=_env(files["root"], "sigint-exit"),
-        cwd=files["root"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    p = _start(files, "sigint-exit", _story(files), wrapper)
     assert p.stdout.read(1)
     p.send_signal(signal.SIGINT)
-    while "stop: cancelled" not in (line := p.stderr.readline().decode()):
-        assert line, "no summary line before the end of stderr"
+    _read_stderr_until(p, "stop: cancelled")
     time.sleep(0.05)  # the command has returned; the interpreter waits for the sleeping thread
     t0 = time.monotonic()
     p.send_signal(signal.SIGINT)

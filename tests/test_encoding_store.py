@@ -16,6 +16,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,6 +26,7 @@ import pytest
 from vreason_local.chat.options import ChatOptions
 from vreason_local.chat.session import ChatSession
 from vreason_local.chat.store import ChatStore
+from vreason_local.chat.video_panel import estimate_text
 from vreason_local.clips import make_clip
 from vreason_local.decoding import decoding_for
 from vreason_local.encoding_store import DamagedEntry, EncodingStore, file_identity, pack
@@ -33,6 +35,8 @@ from vreason_local.evaluate.command import EvalProgress
 from vreason_local.evaluate.items import Item
 from vreason_local.events import Encoded, Notice
 from vreason_local.media import Media, load_video
+from vreason_local.planning import open_engine, plan_run
+from vreason_local.settings import RunSettings
 from vreason_local.tiny import make_tiny
 from vreason_local.video import FrameSampling
 from vreason_local.vreason import VReasonSettings
@@ -308,12 +312,13 @@ def test_no_encoding_cache_writes_and_reads_nothing(tiny_model_factory, clip, st
     common = ["--model", str(tiny.model_path), "--mmproj", str(tiny.mmproj_path), "--video", str(clip)]
     common += ["--fps", "2", "--max-frames", "6", "--max-tokens", "4", "-q", QUESTION]
     code, out, err = vreason(["run", "--json", "--no-encoding-cache", *common])
-    assert code == 0, err
+    assert code == 0 and "; encode + prefill ~" in err.splitlines()[0], err
     assert json.loads(out)["encoding_source"] == "encoded" and not _entries(store_dir)
     code, out, err = vreason(["run", "--json", *common])
     assert code == 0 and json.loads(out)["encoding_source"] == "encoded" and len(_entries(store_dir)) == 1
-    code, out, err = vreason(["run", *common])  # the stream says where the encoding came from
+    code, out, err = vreason(["run", *common])  # the estimate and the stream say where the encoding comes from
     assert code == 0 and "from the encoding cache" in err and "saved" in err, err
+    assert "encoding on disk: loads in place of" in err.splitlines()[0], err
     code, out, err = vreason(["run", "--json", *common])
     record = json.loads(out)
     t = record["timings"]
@@ -370,12 +375,39 @@ def test_a_new_chat_session_loads_the_video_from_disk(tiny_model_factory, clip, 
     """`chat --resume` in a new process: the session's engine loads the encoding, and answers as before."""
     tiny = tiny_model_factory("qwen25vl")
     chat = ChatOptions(str(tiny.model_path), str(tiny.mmproj_path), clip, SAMPLING, GEN, EngineSettings(), STRONG)
-    answers, sources = [], []
+    answers, sources, panel = [], [], []
     for _ in range(2):
         with ChatStore(tmp_path / "chats.db") as db:
             session = ChatSession(chat, db)
+            panel.append(estimate_text(SimpleNamespace(show_timings=False), session.plan(chat)).splitlines()[-1])
             ready = list(session.load(chat))[-1]
             sources.append(ready.encoding.source)
             answers.append(list(session.ask(QUESTION))[-1][1].answer.tokens)
             session.engine.close()
     assert sources == ["encoded", "disk"] and answers[0] == answers[1]
+    assert panel == ["encode + prefill ~–", "encoding on disk: loads in place of –"]  # the video panel's estimate
+
+
+def test_the_estimate_says_the_encoding_is_on_disk(tiny_model_factory, clip, other_clip, store_dir, monkeypatch):
+    """Before anything is loaded, the plan knows the cache on disk holds this video's encoding for this model (and
+    what making it cost), and the load keeps that promise; another video or system prompt, or the cache off, is
+    no such promise."""
+    tiny = tiny_model_factory("qwen25vl")
+    settings = RunSettings(model=str(tiny.model_path), mmproj=str(tiny.mmproj_path), frames=SAMPLING)
+    before = plan_run(settings, clip, None, QUESTION)
+    assert before.estimate.stored_s is None and "; encode + prefill ~" in before.estimate.describe(before.media)
+    _, events = _answer(tiny, clip)
+    (encoded,) = [e for e in events if isinstance(e, Encoded)]
+    assert encoded.source == "encoded"
+    assert _entries(store_dir)  # written in the background; the engine waited for it when it closed
+    after = plan_run(settings, clip, None, QUESTION)
+    assert after.estimate.stored_s == pytest.approx(encoded.encode_s + encoded.prefill_s)
+    line = after.estimate.describe(after.media)
+    assert "; encoding on disk: loads in place of" in line and "encode + prefill ~" not in line, line
+    with open_engine(after) as eng:
+        assert eng.ask(after.media.media, QUESTION, GEN).result().encoding_source == "disk"
+    assert plan_run(settings, other_clip, None, QUESTION).estimate.stored_s is None
+    other_system = replace(settings, engine=replace(settings.engine, system="Answer in French."))
+    assert plan_run(other_system, clip, None, QUESTION).estimate.stored_s is None
+    monkeypatch.setenv("VREASON_ENCODING_CACHE", "off")
+    assert plan_run(settings, clip, None, QUESTION).estimate.stored_s is None

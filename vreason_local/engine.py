@@ -498,30 +498,13 @@ class Engine:
 
     # -- the encoding cache on disk (encoding_store.py) --------------------------------------------
     def _disk_identity(self, key: str, prefix: list, compute: bool) -> dict | None:
-        """Everything that decides the prefix's KV rows (encoding_store's docstring). The model's and projector's
-        content hashes are taken once per file version (remembered across processes by path, size and mtime);
-        without `compute`, None where they are not known yet: then no process has stored an encoding of this
-        file version, and the hash is taken in the background, when the encoding is written."""
+        """Everything that decides the prefix's KV rows (encoding_store's docstring): this engine's part
+        (`engine_identity`, remembered once known), the media and the prompt prefix's tokens."""
         if self._identity is None:
-            import llama_cpp
-
             paths = [self.info.path] + ([self.projector.path] if self.projector else [])
-            identify = file_identity if compute else known_identity
-            files = [identify(p, self._store.folder) for p in paths]
-            if None in files:
+            self._identity = engine_identity(self.settings, self.repack, paths, self._store.folder, compute)
+            if self._identity is None:
                 return None
-            params = llama_cpp.llama_context_default_params()  # the engine keeps llama.cpp's KV types
-            s = self.settings
-            self._identity = {
-                "model": files[0],
-                "projector": files[1] if self.projector else None,
-                "llama_cpp": llama_cpp.__version__,
-                "kv_types": [int(params.type_k), int(params.type_v)],
-                "flash_attn": s.flash_attn,
-                "n_batch": s.n_batch,
-                "n_gpu_layers": s.n_gpu_layers,
-                "repack": self.repack,
-            }
         return {**self._identity, "media_key": key, "prefix": prefix}
 
     def _load_encoding(self, media: Media, key: str, prompt: MediaPrompt, system: str) -> Iterator[Event]:
@@ -867,6 +850,50 @@ def _encoded_event(e: Encoding, source: EncodingSource) -> Encoded:
     if source == "memory":  # the time it saves is the answer's (timings), not the event's (recordings keep events)
         return Encoded(e.n_tokens, e.n_media_tokens, e.n_frames, 0.0, 0.0, True, source)
     return Encoded(e.n_tokens, e.n_media_tokens, e.n_frames, 0.0, 0.0, False, source, e.saved_s, e.load_s)
+
+
+def engine_identity(
+    settings: EngineSettings, repack: bool, paths: list[Path], folder: Path, compute: bool
+) -> dict | None:
+    """What identifies an engine's encodings on disk besides the media and the prompt: the model's and projector's
+    content hashes (taken once per file version, remembered across processes by path, size and mtime), llama.cpp's
+    version and KV types, and the settings that change the computation. Without `compute`, None where a hash is
+    not known yet: then no process has stored an encoding of this file version (the hash is taken in the
+    background, when an encoding is written)."""
+    import llama_cpp
+
+    identify = file_identity if compute else known_identity
+    files = [identify(p, folder) for p in paths]
+    if None in files:
+        return None
+    params = llama_cpp.llama_context_default_params()  # the engine keeps llama.cpp's KV types
+    return {
+        "model": files[0],
+        "projector": files[1] if len(files) > 1 else None,
+        "llama_cpp": llama_cpp.__version__,
+        "kv_types": [int(params.type_k), int(params.type_v)],
+        "flash_attn": settings.flash_attn,
+        "n_batch": settings.n_batch,
+        "n_gpu_layers": settings.n_gpu_layers,
+        "repack": repack,
+    }
+
+
+def stored_encoding(settings: EngineSettings, model: Path, projector: Path | None, media: Media) -> float | None:
+    """What encoding `media` cost the earlier run whose encoding the cache on disk holds for this model and these
+    settings (None: it holds none): the estimate line's promise, made before anything is loaded. The prompt
+    prefix's tokens, the one part of an entry's identity not known yet, follow from the model and the media."""
+    store = _open_store(settings)
+    if store is None or media.kind == "none":
+        return None
+    paths = [model] + ([projector] if projector else [])
+    base = engine_identity(settings, repack_allowed(settings.repack), paths, store.folder, compute=False)
+    if base is None:
+        return None
+    entry = store.find({**base, "media_key": media_key(media, settings.system)})
+    if entry is None:
+        return None
+    return float(entry.meta.get("encode_s", 0.0)) + float(entry.meta.get("prefill_s", 0.0))
 
 
 def _open_store(settings: EngineSettings) -> EncodingStore | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from . import gguf_info
 from .cache import cache_dir
 from .checks import check_model_settings
-from .engine import Engine
+from .engine import Engine, stored_encoding
 from .errors import Remedy, UserError
 from .fit import ContextUse, check_context, check_fit, context_size, format_bytes
 from .hub import resolve_model
@@ -38,6 +38,14 @@ class Estimate:
     kv_bytes: int
     prefill_s: float
     measured: bool  # prefill speed measured on this machine before, not guessed
+    stored_s: float | None = None  # the media's encoding is on disk (encoding_store.py): what it cost to make
+
+    def prompt_cost(self, work: str = "encode + prefill") -> str:
+        """The time before the first token: a load from the encoding cache, or `work` (encode + prefill)."""
+        if self.stored_s is not None:
+            return f"encoding on disk: loads in place of {_seconds(self.stored_s)} s {work}"
+        guess = "" if self.measured else " (a guess until measured here)"
+        return f"{work} ~{_seconds(self.prefill_s)} s{guess}"
 
     def describe(self, media: LoadedMedia) -> str:
         what = "no media"
@@ -48,17 +56,19 @@ class Estimate:
         elif media.media.kind == "image":
             h, w = media.media.frames[0].rgb.shape[:2]
             what = f"image {w}x{h}"
-        guess = "" if self.measured else " (a guess until measured here)"
-        seconds = f"{self.prefill_s:.0f}" if self.prefill_s >= 10 else f"{self.prefill_s:.1f}"
         if media.media.kind == "none":
             return (
                 f"text only; context {self.n_ctx:,} tokens, KV cache {format_bytes(self.kv_bytes)}; "
-                f"prefill ~{seconds} s{guess}"
+                f"{self.prompt_cost('prefill')}"
             )
         return (
             f"{what} -> {count(self.n_media_tokens, 'vision token')}; context {self.n_ctx:,} tokens, "
-            f"KV cache {format_bytes(self.kv_bytes)}; encode + prefill ~{seconds} s{guess}"
+            f"KV cache {format_bytes(self.kv_bytes)}; {self.prompt_cost()}"
         )
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.0f}" if s >= 10 else f"{s:.1f}"
 
 
 @dataclass(frozen=True)
@@ -141,7 +151,8 @@ def plan_run(
         question,
     )
     speed, measured = _prefill_speed(info, settings.engine)
-    est = Estimate(loaded.n_tokens, ctx, ctx * info.kv_bytes_per_token, n_prompt / speed, measured)
+    stored = stored_encoding(settings.engine, info.path, projector.path if projector else None, loaded.media)
+    est = Estimate(loaded.n_tokens, ctx, ctx * info.kv_bytes_per_token, n_prompt / speed, measured, stored)
     return Plan(
         info.path,
         projector.path if projector else None,

@@ -187,6 +187,9 @@ def estimate_text(app: object, plan: Plan) -> str:
     lines.append(f"{e.n_media_tokens:,} vision tokens · context {e.n_ctx:,}")
     weights = plan.info.file_bytes + (plan.projector.file_bytes if plan.projector else 0)
     lines.append(f"memory ≈ {format_bytes(weights + e.kv_bytes)} (KV {format_bytes(e.kv_bytes)})")
-    guess = "" if e.measured or not getattr(app, "show_timings", True) else " (guess)"
-    lines.append(f"encode + prefill ~{seconds_text(app, e.prefill_s)}{guess}")
+    if e.stored_s is not None:  # the encoding cache on disk holds this video's encoding
+        lines.append(f"encoding on disk: loads in place of {seconds_text(app, e.stored_s)}")
+    else:
+        guess = "" if e.measured or not getattr(app, "show_timings", True) else " (guess)"
+        lines.append(f"encode + prefill ~{seconds_text(app, e.prefill_s)}{guess}")
     return "\n".join(lines)
