@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import time
 
 import httpx
 import pytest
@@ -144,17 +145,33 @@ def test_inline_media_is_answered_then_removed(server, files):
     assert list(files["tmp"].iterdir()) == []
 
 
+def _log_lines(caplog, n: int, limit_s: float = 10.0) -> list[str]:
+    """The server's `n` log lines, waited for: each is written once its response is sent, in the server's
+    thread, so the client may read the response first (CI once saw the 401's line not yet there)."""
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "vreason.serve"]
+
+    t0 = time.monotonic()
+    while len(lines()) < n:
+        assert time.monotonic() - t0 < limit_s, lines()
+        time.sleep(0.01)
+    time.sleep(0.1)  # and no line beyond the n expected
+    assert len(found := lines()) == n, found
+    return found
+
+
 def test_one_log_line_per_request_without_key_or_media(server, files, caplog):
     caplog.set_level(logging.INFO, logger="vreason.serve")
     data = base64.b64encode((files["root"] / "still.png").read_bytes()).decode()
     payload = chat(messages=[video(f"data:image/png;base64,{data}", "What is shown?", kind="image_url")])
     httpx.post(server + "/v1/chat/completions", json=payload, headers=AUTH, timeout=60)
     httpx.get(server + "/v1/models", headers={"Authorization": "Bearer wrong-key-value"})
-    lines = [r.getMessage() for r in caplog.records if r.name == "vreason.serve"]
-    assert len(lines) == 2
-    assert lines[0].startswith("POST /v1/chat/completions 200 ") and f"model={NAME}" in lines[0]
-    assert "prompt=" in lines[0] and "completion=" in lines[0]
-    assert lines[1].startswith("GET /v1/models 401 ")
+    lines = _log_lines(caplog, 2)
+    post, get = (next(line for line in lines if line.startswith(method)) for method in ("POST ", "GET "))
+    assert post.startswith("POST /v1/chat/completions 200 ") and f"model={NAME}" in post
+    assert "prompt=" in post and "completion=" in post
+    assert get.startswith("GET /v1/models 401 ")
     assert not any(KEY in line or "wrong-key-value" in line or data[:40] in line for line in lines)
 
 

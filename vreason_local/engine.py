@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
+import llama_cpp
 import numpy as np
 
 from . import gguf_info
@@ -860,8 +861,6 @@ def engine_identity(
     version and KV types, and the settings that change the computation. Without `compute`, None where a hash is
     not known yet: then no process has stored an encoding of this file version (the hash is taken in the
     background, when an encoding is written)."""
-    import llama_cpp
-
     identify = file_identity if compute else known_identity
     files = [identify(p, folder) for p in paths]
     if None in files:
