@@ -234,12 +234,13 @@ def test_no_model_screen(snap_compare, make):
         await until(pilot, lambda: isinstance(app.screen, ModelScreen) and app.screen.query("#no-model"))
         problem = app.screen.query_one("#model-problem")
         assert "not downloaded" in str(problem.content)
-        # the message names this run's temporary Hugging Face cache: masked
+        # The message names this run's temporary Hugging Face cache: masked, once the line is mounted. Textual
+        # keeps a widget's measured height through an update made before its mount, so the short text would
+        # stay in the long one's height (two full runs drew that, or never laid it out again).
+        await until(pilot, lambda: problem.is_mounted)
         problem.update("model qwen2.5-vl-3b is not downloaded (cache path masked)")
         app.status("not ready · model not downloaded (masked)")
-        # laid out again before the picture: one line, not the long path's (a full run once drew the new text in
-        # the old height, the models list pushed out of the box)
-        await until(pilot, lambda: problem.size.height == 1)
+        await until(pilot, lambda: problem.size.height == 1)  # laid out again: one line
         await still(pilot)
 
     assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)
