@@ -538,7 +538,6 @@ def _start(files: dict[str, Path], name: str, args: list[str], wrapper: str | No
 
 def test_first_ctrl_c_keeps_the_answer(files):
     """Ctrl-C once the answer streams: it ends after the current token, the text so far stays, exit 130."""
-
     p = _start(files, "sigint", _story(files))
     first = p.stdout.read(1)  # the first streamed token's first byte: decoding has started
     p.send_signal(signal.SIGINT)
@@ -552,7 +551,6 @@ def test_first_ctrl_c_keeps_the_answer(files):
 
 def test_ctrl_c_while_encoding_stops_and_still_prints_json(files):
     """Ctrl-C once encoding has begun (a progress line on stderr): the run stops, JSON still printed."""
-
     args = [
         "run",
         "--json",
@@ -583,7 +581,6 @@ def test_ctrl_c_while_encoding_stops_and_still_prints_json(files):
 
 
 def test_second_ctrl_c_aborts(files):
-
     p = _start(files, "sigint2", _story(files))
     assert p.stdout.read(1)
     p.send_signal(signal.SIGINT)
