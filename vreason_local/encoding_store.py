@@ -297,7 +297,6 @@ class EncodingStore:
         """The most recently used entry whose identity has every field of `wanted` (a plan knows all of an
         identity but the prompt prefix's tokens before the model is loaded). Metadata only: nothing is
         checked or loaded, so this is a promise the load keeps or, for a damaged file, breaks with its warning."""
-        wanted = json.loads(json.dumps(wanted))  # compared as stored: JSON values
         for entry in self.entries():
             identity = entry.meta.get("identity") or {}
             if all(identity.get(k) == v for k, v in wanted.items()):

@@ -535,7 +535,7 @@ class Engine:
         tokens, cells = list(meta["tokens"]), np.asarray(meta["media_cells"], np.int64)
         encoding = Encoding(self, media, key, tokens, int(meta["n_past"]), cells, 0.0, 0.0, system)
         encoding.source = "disk"
-        encoding.cost_s = float(meta["encode_s"]) + float(meta["prefill_s"])
+        encoding.cost_s = _cost_s(meta)
         encoding.load_s = time.perf_counter() - t0
         self._cache = _Cache(encoding, False, cells, len(tokens))
         return encoding
@@ -890,9 +890,12 @@ def stored_encoding(settings: EngineSettings, model: Path, projector: Path | Non
     if base is None:
         return None
     entry = store.find({**base, "media_key": media_key(media, settings.system)})
-    if entry is None:
-        return None
-    return float(entry.meta.get("encode_s", 0.0)) + float(entry.meta.get("prefill_s", 0.0))
+    return None if entry is None else _cost_s(entry.meta)
+
+
+def _cost_s(meta: dict) -> float:
+    """What making a stored encoding cost (its vision encoder and prefill time, as `_save_encoding` wrote them)."""
+    return float(meta["encode_s"]) + float(meta["prefill_s"])
 
 
 def _open_store(settings: EngineSettings) -> EncodingStore | None:
